@@ -1,0 +1,1 @@
+"""One module per study; each declares its grid and calls the engine and plots."""
