@@ -1,0 +1,304 @@
+"""The multi-run engine: a group of runs as one state pytree with a leading run axis.
+
+Runs share the model, optimiser kind and batch size (the `GroupSpec`, static); everything else
+(seed, learning-rate schedule and its parameters, dropout rate, L2 λ, momentum, weight decay,
+init scale, noise) is a per-run array in `hp`. One run's step is written once; the layout decides
+how a group executes it: `vmap` over the run axis or the runs one after another, and the steps
+of an epoch inside `lax.scan` or as a host loop of jitted steps. Every layout computes the same
+numbers; the automatic choice follows the measurements in DESIGN.md (on CPU, conv training
+steps are much slower vmapped or inside scan).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cifar_jax import models, optim, preprocess, schedules
+
+LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "seq_scan", "seq_loop")
+HP_INT = ("seed", "schedule")
+HP_FLOAT = ("lr", "lr_min", "decay_rate", "decay_every", "staircase", "total_steps", "half_cycle",
+            "dropout", "l2", "momentum", "weight_decay", "init_scale", "noise_std", "salt_pepper")
+HP_DEFAULTS = dict(seed=0, schedule=0, **schedules.PARAM_DEFAULTS, dropout=0.0, l2=0.0,
+                   momentum=0.9, weight_decay=0.0, init_scale=1.0, noise_std=0.0, salt_pepper=0.0)
+METRICS = ("loss", "acc", "top5")
+
+
+class Data(NamedTuple):
+    """A dataset on the device: uint8 images, split index arrays and normalisation statistics."""
+
+    x: jax.Array          # uint8 [N, H, W, C]: the official training set
+    y: jax.Array          # int32 [N]
+    x_test: jax.Array     # uint8 [M, H, W, C]
+    y_test: jax.Array     # int32 [M]
+    train_idx: jax.Array  # int32 [n_train], indices into x
+    val_idx: jax.Array    # int32 [n_val], indices into x
+    mean: jax.Array       # broadcastable to an image
+    std: jax.Array
+
+
+class TrainState(NamedTuple):
+    """One run's state; a group stacks every leaf along a leading run axis."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: jax.Array       # int32
+    alive: jax.Array      # bool: False once the run diverged; it then stops updating
+    hp: dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+    """What the compiled program depends on: shared by all runs of a group."""
+
+    model: models.ModelConfig
+    optimizer: str = "sgd"
+    batch_size: int = 64
+    augment: str = "none"
+    noise: bool = False
+    clip_norm: float | None = None
+    eval_batch_size: int = 500
+
+    @property
+    def net(self) -> models.Net:
+        return models.build(self.model)
+
+
+def put_data(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+             train_idx: np.ndarray, val_idx: np.ndarray, mean: np.ndarray, std: np.ndarray) -> Data:
+    """Copy a dataset and its split to the device once."""
+    arrays = (x, y.astype(np.int32), x_test, y_test.astype(np.int32), train_idx.astype(np.int32),
+              val_idx.astype(np.int32), mean.astype(np.float32), std.astype(np.float32))
+    return Data(*jax.device_put(arrays))
+
+
+def stack_hparams(runs: list[dict]) -> dict[str, np.ndarray]:
+    """Per-run hyperparameter dicts → one dict of arrays with a leading run axis."""
+    unknown = set().union(*runs) - set(HP_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown per-run hyperparameters: {sorted(unknown)}")
+    return {k: np.asarray([r.get(k, HP_DEFAULTS[k]) for r in runs],
+                          np.int32 if k in HP_INT else np.float32) for k in HP_DEFAULTS}
+
+
+def _run_key(hp: dict[str, jax.Array], stream: int) -> jax.Array:
+    """Independent key streams of a run (0: init, 1: steps, 2: data order), all from its seed."""
+    return jax.random.fold_in(jax.random.PRNGKey(hp["seed"]), stream)
+
+
+def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, ...]) -> TrainState:
+    """Initialise one run from its seed (init scale applied for normal(σ) init)."""
+    variables = spec.net.init(_run_key(hp, 0), jnp.zeros((1, *image_shape)), train=False)
+    params = variables["params"]
+    if spec.model.init == "normal":
+        params = models.scale_kernels(params, hp["init_scale"])
+    opt_state = optim.make(spec.optimizer, 0.0, hp, spec.clip_norm).init(params)
+    return TrainState(params, variables.get("batch_stats", {}), opt_state, jnp.int32(0),
+                      jnp.bool_(True), hp)
+
+
+def _count_correct(logits: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(top-1 correct, top-5 correct) as float vectors."""
+    top1 = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+    return top1, jnp.any(top == y[:, None], -1).astype(jnp.float32)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
+               ) -> tuple[TrainState, jax.Array]:
+    """One SGD step of one run on the examples `idx`; returns the new state and
+    [loss, top-1 correct, top-5 correct] summed over the batch (NaN once diverged)."""
+    hp = state.hp
+    k_drop, k_aug, k_noise = jax.random.split(jax.random.fold_in(_run_key(hp, 1), state.step), 3)
+    x = preprocess.normalize(data.x[idx], data.mean, data.std)
+    y = data.y[idx]
+    if spec.augment == "crop_flip":
+        x = preprocess.crop_flip(k_aug, x)
+    if spec.noise:
+        x = preprocess.add_noise(k_noise, x, hp["noise_std"], hp["salt_pepper"])
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        logits, updates = spec.net.apply(variables, x, train=True, dropout_rate=hp["dropout"],
+                                         rngs={"dropout": k_drop}, mutable=["batch_stats"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return ce.mean() + hp["l2"] * optim.l2_penalty(params), (ce, logits, updates)
+
+    grads, (ce, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    tx = optim.make(spec.optimizer, schedules.learning_rate(hp, state.step), hp, spec.clip_norm)
+    deltas, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = (optax.apply_updates(state.params, deltas), updates.get("batch_stats", {}), opt_state)
+    ok = state.alive & jnp.all(jnp.isfinite(ce)) & _all_finite(new[0])
+    keep = lambda n, o: jnp.where(ok, n, o)
+    params, batch_stats, opt_state = jax.tree_util.tree_map(
+        keep, new, (state.params, state.batch_stats, state.opt_state))
+    top1, top5 = _count_correct(logits, y)
+    sums = jnp.where(ok, jnp.stack([ce.sum(), top1.sum(), top5.sum()]), jnp.nan)
+    return TrainState(params, batch_stats, opt_state, state.step + 1, ok, hp), sums
+
+
+def epoch_indices(hp: dict[str, jax.Array], epoch: jax.Array, train_idx: jax.Array,
+                  batch_size: int) -> jax.Array:
+    """This run's shuffled batches for `epoch`: [steps, batch] indices (the last partial batch
+    is dropped so every step has the same shape)."""
+    steps = train_idx.shape[0] // batch_size
+    perm = jax.random.permutation(jax.random.fold_in(_run_key(hp, 2), epoch), train_idx.shape[0])
+    return train_idx[perm[: steps * batch_size]].reshape(steps, batch_size)
+
+
+def train_epoch(spec: GroupSpec, state: TrainState, data: Data, epoch: jax.Array
+                ) -> tuple[TrainState, jax.Array]:
+    """One epoch of one run with its steps inside `lax.scan`; returns summed step metrics."""
+    idx = epoch_indices(state.hp, epoch, data.train_idx, spec.batch_size)
+    step = lambda s, i: train_step(spec, s, data, i)
+    state, sums = jax.lax.scan(step, state, idx)
+    return state, sums.sum(0)
+
+
+def evaluate(spec: GroupSpec, state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array,
+             mean: jax.Array, std: jax.Array) -> jax.Array:
+    """Eval-mode [loss, top-1 acc, top-5 acc] of one run over x[idx], in padded batches."""
+    n, bs = idx.shape[0], min(spec.eval_batch_size, idx.shape[0])
+    pad = -n % bs
+    batches = jnp.pad(idx, (0, pad)).reshape(-1, bs)
+    valid = (jnp.arange(n + pad) < n).reshape(-1, bs).astype(jnp.float32)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def body(total, b):
+        i, w = b
+        logits = spec.net.apply(variables, preprocess.normalize(x[i], mean, std), train=False)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y[i])
+        top1, top5 = _count_correct(logits, y[i])
+        return total + jnp.stack([(ce * w).sum(), (top1 * w).sum(), (top5 * w).sum()]), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros(3), (batches, valid))
+    return total / n
+
+
+def auto_layout(model: models.ModelConfig, backend: str | None = None) -> str:
+    """The measured-fastest layout: on CPU conv models run one at a time with host-looped steps
+    (vmap → grouped convs, scan → slow weight-gradient convs); elsewhere vmap + scan."""
+    backend = backend or jax.default_backend()
+    has_conv = model.name != "mlp"
+    return "seq_loop" if backend == "cpu" and has_conv else "vmap_scan"
+
+
+class Callbacks(Protocol):
+    """What the engine reports as it goes; `runs` are indices into the group."""
+
+    def on_compiled(self, seconds: float) -> None: ...
+    def on_start(self, runs: np.ndarray, untrained: dict[str, np.ndarray]) -> None: ...
+    def on_epoch(self, runs: np.ndarray, epoch: int, metrics: dict[str, np.ndarray],
+                 seconds: float) -> None: ...
+    def on_end(self, runs: np.ndarray, final: dict[str, np.ndarray]) -> None: ...
+
+
+@functools.lru_cache(maxsize=None)
+def _programs(spec: GroupSpec, image_shape: tuple[int, ...]) -> dict[str, Callable]:
+    """The jitted, run-batched programs of a group (cached per spec)."""
+    batched = lambda f, *axes: jax.vmap(f, in_axes=axes)
+    init = jax.jit(batched(lambda hp: init_run(spec, hp, image_shape), 0))
+    epoch = jax.jit(batched(functools.partial(train_epoch, spec), 0, None, None), donate_argnums=0)
+
+    def step(state, sums, data, idx, s):
+        state, m = batched(functools.partial(train_step, spec), 0, None, 0)(state, data, idx[:, s])
+        return state, sums + m
+
+    def indices(state, data, epoch):
+        return batched(lambda hp: epoch_indices(hp, epoch, data.train_idx, spec.batch_size), 0)(state.hp)
+
+    def ev(state, x, y, idx, mean, std):
+        return batched(functools.partial(evaluate, spec), 0, None, None, None, None, None)(
+            state, x, y, idx, mean, std)
+
+    return dict(init=init, epoch=epoch, step=jax.jit(step, donate_argnums=(0, 1)),
+                indices=jax.jit(indices), evaluate=jax.jit(ev))
+
+
+def _eval_splits(prog: dict, state: TrainState, data: Data, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """{"val_loss": [R], "val_acc": [R], ...} for the named splits (train, val, test)."""
+    out = {}
+    for split in splits:
+        if split == "test":
+            x, y, idx = data.x_test, data.y_test, jnp.arange(data.y_test.shape[0], dtype=jnp.int32)
+        else:
+            x, y, idx = data.x, data.y, getattr(data, f"{split}_idx")
+        if idx.shape[0] == 0:
+            continue
+        values = np.asarray(prog["evaluate"](state, x, y, idx, data.mean, data.std))
+        out.update({f"{split}_{m}": values[:, i] for i, m in enumerate(METRICS)})
+    return out
+
+
+def _masked(metrics: dict[str, np.ndarray], alive: np.ndarray) -> dict[str, np.ndarray]:
+    """NaN for diverged runs: their frozen parameters are not a trained model."""
+    return {k: np.where(alive, v, np.nan) for k, v in metrics.items()}
+
+
+def train(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: int,
+          callbacks: Callbacks, *, layout: str = "auto", eval_train: bool = False) -> TrainState:
+    """Train a group of runs for `epochs`, reporting through `callbacks`; returns the final
+    state of every run (stacked along the run axis)."""
+    layout = auto_layout(spec.model) if layout == "auto" else layout
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
+    n = len(hp["seed"])
+    chunks = [np.arange(n)] if layout.startswith("vmap") else [np.array([i]) for i in range(n)]
+    states = [_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
+                           callbacks, layout.endswith("scan"), eval_train) for runs in chunks]
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *states)
+
+
+def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
+                 epochs: int, callbacks: Callbacks, scan: bool, eval_train: bool) -> TrainState:
+    image_shape = tuple(data.x.shape[1:])
+    prog = _programs(spec, image_shape)
+    state = prog["init"](jax.device_put(hp))
+    steps = data.train_idx.shape[0] // spec.batch_size
+    if steps == 0:
+        raise ValueError(f"--batch_size={spec.batch_size} is larger than the training split "
+                         f"({data.train_idx.shape[0]} images)")
+    t0 = time.perf_counter()
+    if scan:
+        prog_epoch = prog["epoch"].lower(state, data, jnp.int32(0)).compile()
+    else:
+        sums0 = jnp.zeros((len(runs), 3))
+        idx0 = prog["indices"](state, data, jnp.int32(0))
+        prog_step = prog["step"].lower(state, sums0, data, idx0, jnp.int32(0)).compile()
+    callbacks.on_compiled(time.perf_counter() - t0)
+    eval_splits = ("train", "val", "test") if eval_train else ("val", "test")
+    callbacks.on_start(runs, _eval_splits(prog, state, data, eval_splits))
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        lr = np.asarray(jax.vmap(schedules.learning_rate)(state.hp, state.step))
+        if scan:
+            state, sums = prog_epoch(state, data, jnp.int32(epoch))
+        else:
+            idx = prog["indices"](state, data, jnp.int32(epoch))
+            sums = jnp.zeros((len(runs), 3))
+            for s in range(steps):
+                state, sums = prog_step(state, sums, data, idx, jnp.int32(s))
+        sums = np.asarray(sums) / (steps * spec.batch_size)
+        alive = np.asarray(state.alive)
+        metrics = {"lr": lr, "alive": alive,
+                   **{f"train_{m}": sums[:, i] for i, m in enumerate(METRICS)},
+                   **_masked(_eval_splits(prog, state, data, ("val",)), alive)}
+        callbacks.on_epoch(runs, epoch + 1, metrics, time.perf_counter() - t0)
+    alive = np.asarray(state.alive)
+    final = _masked(_eval_splits(prog, state, data, ("train", "test") if eval_train else ("test",)), alive)
+    final["alive"] = alive
+    final["l2_penalty"] = np.asarray(jax.vmap(optim.l2_penalty)(state.params))
+    callbacks.on_end(runs, final)
+    return state

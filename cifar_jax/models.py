@@ -1,0 +1,188 @@
+"""Models as layer specs: one flax module builds any spec, and the same spec gives the layer table.
+
+A spec is a tuple of layers: ("conv", features, kernel), ("pool", window) or ("dense", features);
+the classifier layer (dense, num_classes) is appended by the module. Batch or layer norm follows
+every layer but the last; a layer feeding batch norm has no bias. Dropout, with a rate given per
+call (so it can be a per-run array), follows the activation of every hidden dense layer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Layer = tuple
+INITS = ("torch", "he", "xavier", "normal")
+NORMS = ("none", "batch", "layer")
+
+# The architectures of STUDIES.md "Models" (the classifier layer is added by Net).
+ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
+    "baseline": (("conv", 16, 3), ("pool", 2), ("conv", 32, 3), ("pool", 2),
+                 ("conv", 64, 3), ("pool", 2), ("dense", 64)),
+    "convnet": (("conv", 32, 5), ("pool", 2), ("conv", 64, 5), ("pool", 2),
+                ("conv", 64, 5), ("pool", 2), ("dense", 1000)),
+}
+MODELS = ("baseline", "convnet", "mlp")
+
+
+def _torch_uniform(key: jax.Array, shape: Sequence[int], dtype: Any, fan_in: int) -> jax.Array:
+    """PyTorch's default Linear/Conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (what seeds/000 used)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _initializers(init: str, fan_in: int) -> tuple[Any, Any]:
+    """(kernel_init, bias_init) for an init scheme; "normal" is N(0, 1), scaled per run later."""
+    if init == "torch":
+        f = lambda key, shape, dtype=jnp.float32: _torch_uniform(key, shape, dtype, fan_in)
+        return f, f
+    kernel = {"he": nn.initializers.he_normal(), "xavier": nn.initializers.xavier_normal(),
+              "normal": nn.initializers.normal(1.0)}[init]
+    return kernel, nn.initializers.zeros
+
+
+def dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+    """Inverted dropout with a traced rate: E[out] = x in train mode; rate 0 returns x exactly."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, x.shape)
+    return jnp.where(mask, x / keep, 0.0)
+
+
+class Net(nn.Module):
+    """A conv/pool/dense stack from a spec, then a dense classifier."""
+
+    layers: tuple[Layer, ...]
+    num_classes: int = 10
+    norm: str = "none"
+    init_kind: str = "torch"
+    use_dropout: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
+        bias = self.norm != "batch"
+        n_conv = n_fc = 0
+        for layer in self.layers:
+            kind = layer[0]
+            if kind == "pool":
+                x = nn.max_pool(x, (layer[1], layer[1]), strides=(layer[1], layer[1]))
+                continue
+            if kind == "conv":
+                n_conv += 1
+                name = f"conv{n_conv}"
+                k = layer[2]
+                kinit, binit = _initializers(self.init_kind, k * k * x.shape[-1])
+                x = nn.Conv(layer[1], (k, k), padding=k // 2, use_bias=bias, kernel_init=kinit,
+                            bias_init=binit, name=name)(x)
+            else:
+                n_fc += 1
+                name = f"fc{n_fc}"
+                x = x.reshape(x.shape[0], -1)
+                kinit, binit = _initializers(self.init_kind, x.shape[-1])
+                x = nn.Dense(layer[1], use_bias=bias, kernel_init=kinit, bias_init=binit, name=name)(x)
+            x = self._normalize(x, name, train)
+            x = nn.relu(x)
+            if kind == "dense" and self.use_dropout and train:
+                x = dropout(x, dropout_rate, self.make_rng("dropout"))
+        x = x.reshape(x.shape[0], -1)
+        kinit, binit = _initializers(self.init_kind, x.shape[-1])
+        return nn.Dense(self.num_classes, kernel_init=kinit, bias_init=binit, name=f"fc{n_fc + 1}")(x)
+
+    def _normalize(self, x: jax.Array, name: str, train: bool) -> jax.Array:
+        if self.norm == "batch":
+            # momentum 0.9 = PyTorch's 0.1; statistics are per run because each run is its own apply.
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                name=f"bn_{name}")(x)
+        if self.norm == "layer":
+            return nn.LayerNorm(epsilon=1e-5, name=f"ln_{name}")(x)
+        return x
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What defines a model: architecture name, hidden widths (MLP), norm, init, dropout layer."""
+
+    name: str = "baseline"
+    hidden: tuple[int, ...] = (50, 50)
+    norm: str = "none"
+    init: str = "torch"
+    use_dropout: bool = False
+    num_classes: int = 10
+
+
+def spec(cfg: ModelConfig) -> tuple[Layer, ...]:
+    """The layer spec of a model config."""
+    if cfg.name == "mlp":
+        return tuple(("dense", w) for w in cfg.hidden)
+    return ARCHITECTURES[cfg.name]
+
+
+def build(cfg: ModelConfig) -> Net:
+    """The flax module for a model config."""
+    if cfg.name not in MODELS:
+        raise ValueError(f"--model={cfg.name!r} is unknown; allowed: {', '.join(MODELS)}")
+    return Net(spec(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout)
+
+
+def scale_kernels(params: Any, scale: jax.Array) -> Any:
+    """Multiply every weight matrix by `scale` (the per-run σ of a normal(σ) init)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: p * scale if path[-1].key == "kernel" else p, params)
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+
+
+def layer_table(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> list[dict]:
+    """Per layer: output shape, weights, biases, norm parameters and receptive field (in pixels)."""
+    net = build(cfg)
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    variables = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), x, train=False))
+    params = variables["params"]
+    rows, shape = [], tuple(image_shape)
+    rf, jump, n_conv, n_fc, n_pool = 1, 1, 0, 0, 0
+    for layer in spec(cfg) + (("dense", cfg.num_classes),):
+        if layer[0] == "pool":
+            n_pool += 1
+            w = layer[1]
+            rf, jump = rf + (w - 1) * jump, jump * w
+            shape = (shape[0] // w, shape[1] // w, shape[2])
+            rows.append(dict(layer=f"pool{n_pool}", kind=f"maxpool {w}x{w}/{w}", output=shape,
+                             weights=0, biases=0, norm=0, receptive_field=rf))
+            continue
+        if layer[0] == "conv":
+            n_conv += 1
+            name, k = f"conv{n_conv}", layer[2]
+            rf += (k - 1) * jump
+            shape = (shape[0], shape[1], layer[1])
+            kind = f"conv {k}x{k}, pad {k // 2}"
+        else:
+            n_fc += 1
+            name = f"fc{n_fc}"
+            shape = (layer[1],)
+            kind = "dense"
+            rf = max(rf, image_shape[0], image_shape[1])  # a dense unit sees the whole image
+        p = params[name]
+        norm = sum(int(v.size) for key in (f"bn_{name}", f"ln_{name}") if key in params
+                   for v in jax.tree_util.tree_leaves(params[key]))
+        rows.append(dict(layer=name, kind=kind, output=shape, weights=int(p["kernel"].size),
+                         biases=int(p["bias"].size) if "bias" in p else 0, norm=norm,
+                         receptive_field=rf))
+    return rows
+
+
+def format_layer_table(rows: list[dict]) -> str:
+    """The layer table as aligned text, with a total line."""
+    head = f"{'layer':<7} {'kind':<16} {'output':<14} {'weights':>9} {'biases':>7} {'norm':>6} {'RF':>4}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['layer']:<7} {r['kind']:<16} {str(r['output']):<14} {r['weights']:>9,} "
+                     f"{r['biases']:>7,} {r['norm']:>6,} {r['receptive_field']:>4}")
+    total = sum(r["weights"] + r["biases"] + r["norm"] for r in rows)
+    lines.append(f"total parameters: {total:,}")
+    return "\n".join(lines)

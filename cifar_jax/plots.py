@@ -1,0 +1,373 @@
+"""Study figures from stored results (never trains); each function writes one 150 dpi PNG and returns its path.
+
+Figures are built with matplotlib's object API (`Figure`), which renders PNGs with the Agg canvas and
+never touches pyplot's global backend or opens a window.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+from typing import Callable, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from cifar_jax import results
+from cifar_jax.results import TEST_METRICS, ResultsError
+
+DPI = 150
+STYLE = {
+    "font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
+    "xtick.labelsize": 10, "ytick.labelsize": 10, "figure.titlesize": 13,
+    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+}
+PALETTE = matplotlib.colormaps["tab10"].colors
+LINESTYLES = ("-", "--", "-.", ":")
+BEST_CELL = "#c6dbef"  # light blue: visible to all common colour-vision types
+HEADER_CELL = "#e6e6e6"
+PANELS = (("train_loss", "Train loss"), ("val_loss", "Validation loss"),
+          ("train_acc", "Train accuracy"), ("val_acc", "Validation accuracy"))
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+def curve(record: dict, key: str) -> np.ndarray:
+    """Per-epoch values of `key` as float64, NaN where absent or non-finite."""
+    values = [(e.get(key) if isinstance(e, dict) else None) for e in record.get("epochs") or []]
+    arr = np.array([np.nan if v is None or isinstance(v, bool) else v for v in values], dtype=np.float64)
+    arr[~np.isfinite(arr)] = np.nan
+    return arr
+
+
+def mean_std(curves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """NaN-aware mean and sample std (ddof=1; 0 for one value) per epoch across curves of any lengths."""
+    length = max((len(c) for c in curves), default=0)
+    stack = np.full((len(curves), length), np.nan)
+    for i, c in enumerate(curves):
+        stack[i, :len(c)] = c
+    valid = np.isfinite(stack)
+    count = valid.sum(axis=0)
+    filled = np.where(valid, stack, 0.0)
+    mean = np.where(count > 0, filled.sum(axis=0) / np.maximum(count, 1), np.nan)
+    squares = np.where(valid, (stack - mean) ** 2, 0.0).sum(axis=0)
+    std = np.where(count > 1, np.sqrt(squares / np.maximum(count - 1, 1)), 0.0)
+    return mean, np.where(count > 0, std, np.nan)
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred NaN-aware moving average whose window shrinks at the edges; window <= 1 returns a copy."""
+    values = np.asarray(values, dtype=np.float64)
+    if window <= 1 or values.size == 0:
+        return values.copy()
+    valid = np.isfinite(values)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(valid, values, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(valid)])
+    idx = np.arange(values.size)
+    lo = np.maximum(idx - (window - 1) // 2, 0)
+    hi = np.minimum(idx + window // 2 + 1, values.size)
+    n = counts[hi] - counts[lo]
+    smoothed = (sums[hi] - sums[lo]) / np.maximum(n, 1)
+    return np.where(valid & (n > 0), smoothed, np.nan)
+
+
+def _scale(key: str) -> float:
+    """100 for accuracies (plotted in %), 1 otherwise."""
+    return 100.0 if results.is_percent(key) else 1.0
+
+
+def _ylabel(key: str) -> str:
+    """Axis label with units for a per-epoch metric."""
+    return "accuracy (%)" if results.is_percent(key) else "cross-entropy loss"
+
+
+def _until_divergence(record: dict, values: np.ndarray) -> np.ndarray:
+    """Blank the epochs after a run diverged (its later numbers are meaningless)."""
+    epoch = record.get("diverged_epoch")
+    if record.get("status") == "diverged" and isinstance(epoch, int):
+        values = values.copy()
+        values[epoch:] = np.nan
+    return values
+
+
+def _plotted(record: dict, key: str) -> np.ndarray:
+    """Curve as drawn: scaled to display units and cut at divergence."""
+    return _until_divergence(record, curve(record, key) * _scale(key))
+
+
+def _epochs(values: np.ndarray) -> np.ndarray:
+    """Epoch numbers 1..n for an n-epoch curve."""
+    return np.arange(1, len(values) + 1)
+
+
+def _style(i: int) -> dict:
+    """Colour-blind-friendly colour (tab10), with a new line style every ten series."""
+    return {"color": PALETTE[i % len(PALETTE)], "linestyle": LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)]}
+
+
+def _no_data(ax: Axes, text: str) -> None:
+    """Mark an empty panel instead of leaving it blank."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+    ax.set_yticks([])
+
+
+def _figure_legend(fig: Figure, axes: Sequence[Axes], ncol: int = 5) -> None:
+    """One legend below the panels with each label once."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncol=min(ncol, len(handles)), frameon=False)
+
+
+def _save(fig: Figure, path: Path | str, crop: bool = False) -> Path:
+    """Render to PNG in memory (cropped to content when the figure has no layout engine), write atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if crop else None)
+    return results.atomic_write_bytes(path, buffer.getvalue())
+
+
+def _styled(fn: Callable[..., Path]) -> Callable[..., Path]:
+    """Run a plot function under the module's publication style."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> Path:
+        with matplotlib.rc_context(STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _final(record: dict, key: str) -> float:
+    """Last-epoch value of `key` (NaN when absent)."""
+    values = curve(record, key)
+    return float(values[-1]) if values.size else np.nan
+
+
+# ----------------------------------------------------------------------------- per-configuration curves
+
+def _seed_panel(ax: Axes, records: list[dict], key: str) -> None:
+    """Each seed thin (diverged dashed), the mean of the non-diverged seeds bold."""
+    kept, any_diverged = [], False
+    for i, rec in enumerate(records):
+        values = _plotted(rec, key)
+        if not np.isfinite(values).any():
+            continue
+        diverged = rec.get("status") == "diverged"
+        label = f"seed {rec.get('seed')}" + (f" (diverged, epoch {rec.get('diverged_epoch')})" if diverged else "")
+        ax.plot(_epochs(values), values, color=PALETTE[i % len(PALETTE)], lw=1.0, alpha=0.55,
+                ls="--" if diverged else "-", label=label)
+        any_diverged |= diverged
+        if not diverged:
+            kept.append(values)
+    if kept:
+        mean, _ = mean_std(kept)
+        ax.plot(_epochs(mean), mean, color="black", lw=2.4, label=f"mean of {len(kept)} seeds")
+        if any_diverged and not results.is_percent(key):  # keep exploding losses from flattening the rest
+            ax.set_ylim(0, 1.15 * float(np.nanmax(np.concatenate(kept))))
+    elif not any_diverged:
+        _no_data(ax, "no data (no validation split?)" if key.startswith("val") else "no data")
+
+
+@_styled
+def four_panel(records: list[dict], path: Path | str, title: str) -> Path:
+    """Train/val loss and accuracy vs epoch for the seeds of ONE configuration."""
+    fig = Figure(figsize=(10, 7.5), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True)
+    for ax, (key, name) in zip(axes.flat, PANELS):
+        _seed_panel(ax, records, key)
+        ax.set_title(name)
+        ax.set_ylabel(_ylabel(key))
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+    fig.suptitle(title)
+    _figure_legend(fig, axes.flat, ncol=4)
+    return _save(fig, path)
+
+
+def _comparison_panel(ax: Axes, records_by_config: dict[str, list[dict]], key: str, smooth: int) -> None:
+    """Smoothed mean ± std across non-diverged seeds, one line per configuration."""
+    drawn = False
+    for i, (name, records) in enumerate(records_by_config.items()):
+        curves = [_plotted(r, key) for r in records if r.get("status") != "diverged"]
+        curves = [c for c in curves if np.isfinite(c).any()]
+        if not curves:
+            continue
+        mean, std = (moving_average(a, smooth) for a in mean_std(curves))
+        x = _epochs(mean)
+        style = _style(i)
+        ax.plot(x, mean, lw=2, label=f"{name} (n={len(curves)})", **style)
+        ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.18, lw=0)
+        drawn = True
+    if not drawn:
+        _no_data(ax, "no validation data")
+
+
+@_styled
+def val_comparison(records_by_config: dict[str, list[dict]], path: Path | str, title: str,
+                   smooth: int = 5) -> Path:
+    """Mean validation accuracy and loss per configuration, moving-average smoothed, ±1 std band."""
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, key, name in ((axes[0], "val_acc", "Validation accuracy"), (axes[1], "val_loss", "Validation loss")):
+        _comparison_panel(ax, records_by_config, key, smooth)
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(_ylabel(key))
+    note = f" (centred {smooth}-epoch moving average, band ±1 std across seeds)" if smooth > 1 else \
+        " (band ±1 std across seeds)"
+    fig.suptitle(title + note)
+    _figure_legend(fig, axes)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- tables and data
+
+@_styled
+def test_table(summary: dict, path: Path | str, title: str, metrics: Sequence[str] = TEST_METRICS) -> Path:
+    """The mean ± std test table as a figure, best value per metric bold on a coloured cell."""
+    header, rows, flags = results.table_rows(summary, metrics)
+    if not rows:
+        raise ResultsError("test_table: the summary has no configurations")
+    fig = Figure(figsize=(2.2 + 1.9 * len(metrics), 0.6 + 0.3 * (len(rows) + 1)))
+    ax = fig.subplots()
+    ax.axis("off")
+    table = ax.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(10)
+    table.scale(1.0, 1.5)
+    table.auto_set_column_width(list(range(len(header))))
+    for col in range(len(header)):
+        table[0, col].set_facecolor(HEADER_CELL)
+        table[0, col].get_text().set_fontweight("bold")
+    for r, row_flags in enumerate(flags, start=1):
+        for col, best in enumerate(row_flags):
+            if best:
+                table[r, col].set_facecolor(BEST_CELL)
+                table[r, col].get_text().set_fontweight("bold")
+    ax.set_title(f"{title}\nmean ± std across seeds; best per metric highlighted", pad=12)
+    return _save(fig, path, crop=True)
+
+
+@_styled
+def schedule_shapes(curves: dict[str, np.ndarray], path: Path | str, title: str, xlabel: str = "epoch") -> Path:
+    """Learning rate vs epoch (x = 1..len) for several schedule shapes, one line each."""
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, values) in enumerate(curves.items()):
+        values = np.asarray(values, dtype=np.float64)
+        ax.plot(_epochs(values), values, lw=2, label=name, **_style(i))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("learning rate")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return _save(fig, path)
+
+
+@_styled
+def class_distribution(labels_by_split: dict[str, np.ndarray], classes: tuple[str, ...], path: Path | str,
+                       title: str = "Images per class") -> Path:
+    """Count of images per class, one bar-chart panel per split (train/val/test)."""
+    n_classes = len(classes)
+    fig = Figure(figsize=(min(max(7.0, 0.6 * n_classes), 22.0), 2.9 * len(labels_by_split) + 0.6),
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(labels_by_split), 1, squeeze=False)[:, 0])
+    for i, (ax, (split, labels)) in enumerate(zip(axes, labels_by_split.items())):
+        labels = np.asarray(labels).ravel()
+        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+            raise ResultsError(f"class_distribution: {split} labels must lie in [0, {n_classes})")
+        counts = np.bincount(labels.astype(np.int64), minlength=n_classes)
+        bars = ax.bar(np.arange(n_classes), counts, color=PALETTE[i % len(PALETTE)])
+        few = n_classes <= 20
+        if few:  # counts on the bars; with many classes the y-axis alone stays readable
+            ax.bar_label(bars, labels=[f"{c:,}" for c in counts], fontsize=8, padding=2)
+        ax.set_xticks(np.arange(n_classes), classes, rotation=30 if few else 90, rotation_mode="anchor",
+                      ha="right", va="top" if few else "center", fontsize=10 if few else 6)
+        ax.set_ylabel("images")
+        ax.set_title(f"{split} ({labels.size:,} images)")
+        ax.margins(y=0.15)
+        ax.grid(axis="x", visible=False)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- learning rate
+
+def _lr(record: dict) -> float:
+    """The run's (initial) learning rate from its config, which must be positive for a log axis."""
+    lr = record.get("config", {}).get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ResultsError(f"run {record.get('run_id')!r}: config 'lr' must be a positive number, got {lr!r}")
+    return float(lr)
+
+
+def _range_panel(ax: Axes, points: list[tuple[float, float, bool]], diverged_at: float, color: tuple) -> None:
+    """Runs as dots, per-LR mean as a line, diverged runs as X at a fixed axes height."""
+    ok = [(lr, y) for lr, y, div in points if not div and np.isfinite(y)]
+    if ok:
+        lrs, ys = np.array(ok).T
+        ax.scatter(lrs, ys, s=18, color=color, alpha=0.5, label="run")
+        grid = np.unique(lrs)
+        ax.plot(grid, [ys[lrs == g].mean() for g in grid], "-o", color=color, lw=1.8, ms=4, label="mean per LR")
+    bad = [lr for lr, _, div in points if div]
+    if bad:
+        ax.plot(bad, [diverged_at] * len(bad), "X", color=PALETTE[3], ms=9, clip_on=False,
+                transform=ax.get_xaxis_transform(), label="diverged")
+    if not ok and not bad:
+        _no_data(ax, "no validation data")
+
+
+@_styled
+def lr_range(records: list[dict], path: Path | str, title: str = "Learning-rate range test") -> Path:
+    """Final train loss and validation accuracy against learning rate (log axis), chance level dotted."""
+    if not records:
+        raise ResultsError("lr_range: no records")
+    diverged = [r.get("status") == "diverged" for r in records]
+    lrs = [_lr(r) for r in records]
+    losses = [(lr, _final(r, "train_loss"), d) for lr, r, d in zip(lrs, records, diverged)]
+    accs = [(lr, 100 * _final(r, "val_acc"), d) for lr, r, d in zip(lrs, records, diverged)]
+    chance = 100.0 / records[0]["config"].get("num_classes", 10)
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2, sharex=True)
+    _range_panel(ax_loss, losses, 0.96, PALETTE[0])
+    _range_panel(ax_acc, accs, 0.04, PALETTE[1])
+    ax_acc.axhline(chance, ls=":", color="0.3", lw=1.5, label=f"chance ({chance:.3g}%)")
+    ax_acc.set_ylim(bottom=0)  # separates the chance line from the diverged markers
+    for ax, name, unit in ((ax_loss, "Final train loss", "cross-entropy loss"),
+                           (ax_acc, "Final validation accuracy", "accuracy (%)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(unit)
+        ax.set_title(name)
+    fig.suptitle(title)
+    _figure_legend(fig, (ax_loss, ax_acc))
+    return _save(fig, path)
+
+
+@_styled
+def lr_curves(records: list[dict], path: Path | str, title: str = "Learning rate per epoch") -> Path:
+    """The learning rate each configuration actually used per epoch (from its first seed with data)."""
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    drawn = []
+    for name, group in results.group_by_config(records).items():
+        values = next((c for c in (curve(r, "lr") for r in group) if np.isfinite(c).any()), None)
+        if values is not None:
+            ax.plot(_epochs(values), values, lw=2, label=name, **_style(len(drawn)))
+            drawn.append(values)
+    if drawn:
+        positive = np.concatenate(drawn)
+        positive = positive[positive > 0]
+        if positive.size and positive.max() / positive.min() > 100:
+            ax.set_yscale("log")
+        ax.legend(frameon=False, ncol=1 + len(drawn) // 8)
+    else:
+        _no_data(ax, "no learning-rate data")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title)
+    return _save(fig, path)

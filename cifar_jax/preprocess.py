@@ -1,0 +1,34 @@
+"""Inside-the-step preprocessing: normalisation, augmentation and input noise, all from keys."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+AUGMENTATIONS = ("none", "crop_flip")
+
+
+def normalize(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    """uint8 images → float32 (x/255 - mean) / std, with statistics from the training split."""
+    return (x.astype(jnp.float32) / 255.0 - mean) / std
+
+
+def crop_flip(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
+    """Random crop after zero padding by `pad`, and horizontal flip with p = 0.5, per image."""
+    n, h, w, _ = x.shape
+    k_off, k_flip = jax.random.split(key)
+    offsets = jax.random.randint(k_off, (n, 2), 0, 2 * pad + 1)
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[-1]))
+    x = jax.vmap(crop)(padded, offsets)
+    flip = jax.random.bernoulli(k_flip, 0.5, (n, 1, 1, 1))
+    return jnp.where(flip, x[:, :, ::-1, :], x)
+
+
+def add_noise(key: jax.Array, x: jax.Array, gaussian_std: jax.Array, salt_pepper: jax.Array) -> jax.Array:
+    """Gaussian noise N(0, σ²) and salt-and-pepper noise (a fraction p of inputs set to the
+    batch min or max), on normalised inputs; σ = 0 and p = 0 return x exactly."""
+    k_g, k_sp, k_sign = jax.random.split(key, 3)
+    x = x + gaussian_std * jax.random.normal(k_g, x.shape)
+    hit = jax.random.bernoulli(k_sp, salt_pepper, x.shape)
+    salt = jax.random.bernoulli(k_sign, 0.5, x.shape)
+    return jnp.where(hit, jnp.where(salt, x.max(), x.min()), x)

@@ -1,0 +1,450 @@
+"""Study results on disk: atomic run records, resume bookkeeping, environment and seed statistics."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy import stats
+
+STATUSES = ("done", "diverged", "incomplete")
+FINISHED = ("done", "diverged")
+SUMMARY_METRICS = (
+    "test_loss", "test_acc", "test_top5",
+    "train_loss", "train_acc", "val_loss", "val_acc",
+    "untrained_val_acc", "untrained_val_loss",
+)
+TEST_METRICS = ("test_loss", "test_acc", "test_top5")
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
+_MAX_STEM = 120
+
+
+class ResultsError(Exception):
+    """A results directory or record that cannot be used as asked (one-line message)."""
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def _jsonable(obj: Any) -> Any:
+    """Convert numpy (or array-like) values for json.dumps, which only knows Python types."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "__array__"):
+        return np.asarray(obj).tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def to_json(obj: Any) -> str:
+    """Serialise to indented JSON with NaN allowed and numpy values converted."""
+    try:
+        return json.dumps(obj, indent=2, default=_jsonable) + "\n"
+    except (TypeError, ValueError) as err:
+        raise ResultsError(f"cannot serialise to JSON: {err}") from None
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """Write bytes via a synced temp file and rename, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename by syncing its directory (best effort: not every OS allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    """Write UTF-8 text atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> Path:
+    """Write JSON atomically (serialised first, so a bad object leaves the old file untouched)."""
+    return atomic_write_text(path, to_json(obj))
+
+
+def read_json(path: Path | str) -> Any:
+    """Read a JSON file, turning a corrupt file into a one-line ResultsError."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ResultsError(f"cannot read {path}: {err}") from None
+
+
+# ----------------------------------------------------------------------------- study directory
+
+def run_file_stem(run_id: str) -> str:
+    """File-system-safe name for a run id; a hash suffix keeps altered or long ids unique."""
+    stem = _UNSAFE.sub("_", run_id)[:_MAX_STEM]
+    if stem != run_id or stem.startswith("."):
+        digest = hashlib.sha1(run_id.encode("utf-8")).hexdigest()[:8]
+        stem = f"{stem.lstrip('.')}-{digest}"
+    return stem
+
+
+def _check_record(record: Any, where: str) -> dict:
+    """Validate the keys resume and statistics depend on."""
+    if not isinstance(record, dict):
+        raise ResultsError(f"{where}: a run record must be a JSON object")
+    for key, kind in (("run_id", str), ("config_name", str), ("seed", int), ("config", dict)):
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+            raise ResultsError(f"{where}: run record needs {key!r} of type {kind.__name__}")
+    if record.get("status") not in STATUSES:
+        raise ResultsError(f"{where}: status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
+    return record
+
+
+def group_by_config(records: Iterable[dict]) -> dict[str, list[dict]]:
+    """Group records by config_name in order of first appearance (the seeds of one config)."""
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        groups.setdefault(rec["config_name"], []).append(rec)
+    return groups
+
+
+def _plain(obj: Any) -> Any:
+    """The value as it reads back from JSON (tuples → lists, numpy → Python)."""
+    return json.loads(to_json(obj))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON-value equality where NaN equals NaN and a bool never equals a number."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def first_difference(stored: dict, requested: dict, prefix: str = "") -> str | None:
+    """Dotted path of the first key whose value differs (requested key order first), or None."""
+    for key in list(requested) + [k for k in stored if k not in requested]:
+        name = f"{prefix}{key}"
+        if key not in stored or key not in requested:
+            return name
+        a, b = stored[key], requested[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            nested = first_difference(a, b, f"{name}.")
+            if nested is not None:
+                return nested
+        elif not _same(a, b):
+            return name
+    return None
+
+
+def _lookup(config: dict, dotted: str) -> str:
+    """Short repr of a dotted key's value for error messages ('missing' when absent)."""
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "missing"
+        value = value[part]
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Study:
+    """One directory per study: run records under runs/, figures under figures/, summaries at the root."""
+
+    def __init__(self, root: Path | str):
+        """Remember the paths only; nothing is created until the first write."""
+        self.root = Path(root)
+        self.runs_dir = self.root / "runs"
+        self.figures_dir = self.root / "figures"
+
+    def _record_path(self, run_id: str) -> Path:
+        """Where the record of run_id lives."""
+        return self.runs_dir / f"{run_file_stem(run_id)}.json"
+
+    def record(self, run_id: str) -> dict | None:
+        """The stored record of run_id, or None when it was never written."""
+        path = self._record_path(run_id)
+        if not path.is_file():
+            return None
+        rec = _check_record(read_json(path), str(path))
+        if rec["run_id"] != run_id:
+            raise ResultsError(f"{path}: holds run {rec['run_id']!r}, expected {run_id!r}")
+        return rec
+
+    def records(self) -> list[dict]:
+        """All run records, grouped by config (first appearance in file-name order), seeds ascending."""
+        if not self.runs_dir.is_dir():
+            return []
+        paths = sorted(p for p in self.runs_dir.glob("*.json") if not p.name.startswith("."))
+        loaded = [_check_record(read_json(p), str(p)) for p in paths]
+        groups = group_by_config(loaded)
+        return [rec for group in groups.values() for rec in sorted(group, key=lambda r: r["seed"])]
+
+    def pending(self, run_ids_and_configs: list[tuple[str, dict]]) -> list[str]:
+        """Run ids still to train; a finished run with a different config is an error, not a rerun."""
+        ids = [run_id for run_id, _ in run_ids_and_configs]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ResultsError(f"duplicate run id {duplicates[0]!r} in the requested runs")
+        todo = []
+        for run_id, config in run_ids_and_configs:
+            rec = self.record(run_id)
+            if rec is None or rec["status"] not in FINISHED:
+                todo.append(run_id)
+                continue
+            requested = _plain(config)
+            key = first_difference(rec["config"], requested)
+            if key is not None:
+                raise ResultsError(
+                    f"run {run_id!r} in {self.root} finished with a different config: {key!r} is "
+                    f"{_lookup(rec['config'], key)} there, {_lookup(requested, key)} now; "
+                    "pass a new --name or --results_dir")
+        return todo
+
+    def write_record(self, record: dict) -> Path:
+        """Store a run record atomically (replacing an older one of the same run)."""
+        _check_record(record, "write_record")
+        return atomic_write_json(self._record_path(record["run_id"]), record)
+
+    def _root_file(self, name: str) -> Path:
+        """Path of a root-level file; names with directories are refused."""
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise ResultsError(f"study file name {name!r} must be a plain file name")
+        return self.root / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write a root-level JSON file (config.json, env.json, summary.json, ...) atomically."""
+        return atomic_write_json(self._root_file(name), obj)
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a root-level text file (flags.txt, report tables, ...) atomically."""
+        return atomic_write_text(self._root_file(name), text)
+
+    def remove_if_empty(self) -> bool:
+        """Remove empty runs/, figures/ and root directories; True when the root is gone."""
+        for directory in (self.runs_dir, self.figures_dir, self.root):
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        return not self.root.exists()
+
+
+# ----------------------------------------------------------------------------- environment
+
+def _version(package: str) -> str | None:
+    """Installed version of a distribution, None when absent."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    """Output of a git command in this file's repository, None on any failure."""
+    try:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def git_state() -> dict | None:
+    """Commit and dirty flag of the repository holding this code, None outside a git checkout."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain")
+    if commit is None or status is None:
+        return None
+    return {"commit": commit.strip(), "dirty": bool(status.strip())}
+
+
+def _devices() -> tuple[str | None, list[str] | None]:
+    """JAX backend name and device kinds; (None, None) if JAX is unavailable or fails."""
+    try:
+        import jax
+        return jax.default_backend(), [d.device_kind for d in jax.devices()]
+    except Exception:  # noqa: BLE001 - any backend failure must not stop a study
+        return None, None
+
+
+def environment() -> dict:
+    """Versions, devices, host and git commit, so every result can be traced to what produced it."""
+    backend, devices = _devices()
+    return {
+        "versions": {"python": platform.python_version(), **{p: _version(p) for p in _PACKAGES}},
+        "backend": backend,
+        "devices": devices,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_state(),
+    }
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def _finite(value: Any) -> float | None:
+    """The value as float when it is a finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def metric_values(record: dict) -> dict[str, float | None]:
+    """The summary metrics of one run (None where the record has no finite value)."""
+    test = record.get("test") or {}
+    epochs = record.get("epochs") or [{}]
+    last = epochs[-1]
+    untrained_val = (record.get("untrained") or {}).get("val") or {}
+    raw = {
+        "test_loss": test.get("loss"), "test_acc": test.get("acc"), "test_top5": test.get("top5"),
+        "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
+        "val_loss": last.get("val_loss"), "val_acc": last.get("val_acc"),
+        "untrained_val_acc": untrained_val.get("acc"), "untrained_val_loss": untrained_val.get("loss"),
+    }
+    return {name: _finite(value) for name, value in raw.items()}
+
+
+def statistics(values: Sequence[float]) -> dict:
+    """Mean, sample std (ddof=1) and Student-t 95% interval of the mean; None fields when empty."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "ci95": None, "n": 0, "values": []}
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean())
+    std = float(arr.std(ddof=1)) if n > 1 else 0.0
+    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": n, "values": arr.tolist()}
+
+
+def _config_summary(group: list[dict]) -> dict:
+    """Run counts and metric statistics (done runs only) of one configuration."""
+    done = [metric_values(r) for r in group if r["status"] == "done"]
+    metrics = {m: statistics([v[m] for v in done if v[m] is not None]) for m in SUMMARY_METRICS}
+    return {
+        "n_runs": len(group),
+        "n_done": len(done),
+        "n_diverged": sum(r["status"] == "diverged" for r in group),
+        "n_incomplete": sum(r["status"] == "incomplete" for r in group),
+        "metrics": metrics,
+    }
+
+
+def summarize(records: list[dict]) -> dict:
+    """Per-configuration statistics across seeds, configs in order of first appearance."""
+    for rec in records:
+        _check_record(rec, f"run {rec.get('run_id')!r}" if isinstance(rec, dict) else "summarize")
+    return {"configs": {name: _config_summary(group) for name, group in group_by_config(records).items()}}
+
+
+# ----------------------------------------------------------------------------- tables
+
+def is_percent(metric: str) -> bool:
+    """Whether a metric is an accuracy (fraction shown as %)."""
+    return "acc" in metric or "top5" in metric
+
+
+def lower_is_better(metric: str) -> bool:
+    """Losses are minimised, accuracies maximised."""
+    return "loss" in metric
+
+
+def metric_label(metric: str) -> str:
+    """Human-readable column label, e.g. 'test_acc' → 'test acc (%)'."""
+    label = metric.replace("top5", "top-5").replace("_", " ")
+    return f"{label} (%)" if is_percent(metric) else label
+
+
+def _display_mean(metric: str, stat: dict) -> float | None:
+    """The mean rounded as it is displayed (so equal-looking values tie for best)."""
+    if stat["mean"] is None:
+        return None
+    return round(stat["mean"] * 100, 2) if is_percent(metric) else round(stat["mean"], 3)
+
+
+def format_stat(metric: str, stat: dict) -> str:
+    """'mean ± std' with accuracies in % (2 decimals) and losses with 3 decimals; '–' when empty."""
+    if stat["mean"] is None:
+        return "–"
+    if is_percent(metric):
+        return f"{stat['mean'] * 100:.2f} ± {stat['std'] * 100:.2f}"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def best_configs(summary: dict, metric: str) -> set[str]:
+    """Configs with the best displayed mean for a metric (ties all count)."""
+    means = {name: _display_mean(metric, cfg["metrics"][metric]) for name, cfg in summary["configs"].items()}
+    present = {name: m for name, m in means.items() if m is not None}
+    if not present:
+        return set()
+    best = (min if lower_is_better(metric) else max)(present.values())
+    return {name for name, m in present.items() if m == best}
+
+
+def runs_cell(config_summary: dict) -> str:
+    """'done/total' plus diverged and incomplete counts when any."""
+    text = f"{config_summary['n_done']}/{config_summary['n_runs']}"
+    for key, word in (("n_diverged", "diverged"), ("n_incomplete", "incomplete")):
+        if config_summary[key]:
+            text += f", {config_summary[key]} {word}"
+    return text
+
+
+def table_rows(summary: dict, metrics: Sequence[str] = TEST_METRICS
+               ) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """Header, cell texts and best-cell flags shared by the Markdown and figure tables."""
+    header = ["config", *(metric_label(m) for m in metrics), "n"]
+    best = {m: best_configs(summary, m) for m in metrics}
+    rows, flags = [], []
+    for name, cfg in summary["configs"].items():
+        rows.append([name, *(format_stat(m, cfg["metrics"][m]) for m in metrics), runs_cell(cfg)])
+        flags.append([False, *(name in best[m] for m in metrics), False])
+    return header, rows, flags
+
+
+def test_table_markdown(summary: dict, metrics: Sequence[str] = TEST_METRICS) -> str:
+    """Markdown table of mean ± std per config with the best value per metric in bold."""
+    header, rows, flags = table_rows(summary, metrics)
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([":---", *["---:"] * len(metrics), ":---"]) + "|"]
+    for row, bold in zip(rows, flags):
+        cells = [c.replace("|", "\\|") for c in row]
+        cells = [f"**{c}**" if b else c for c, b in zip(cells, bold)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

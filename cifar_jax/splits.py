@@ -1,0 +1,85 @@
+"""Train/validation splits of the official training set as index arrays, and normalisation
+statistics computed from the training split only."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+NORMALIZATIONS = ("per_channel", "per_dim", "mean_image", "none")
+
+_SPLIT_FORM = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*(:swap)?\s*")
+_CHUNK = 2048  # images per chunk when summing statistics: ~50 MB of float64 for CIFAR
+
+
+def make_split(n: int, train_size: int, val_size: int, *, seed: int = 0,
+               swap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) int32 index arrays into an n-image training set, each sorted ascending.
+
+    Membership comes from np.random.default_rng(seed).permutation(n): train is its first
+    train_size entries, val the next val_size (0 gives an empty val). Sorting only fixes the
+    order within a split (visiting order is the per-run shuffle's job) and keeps gathers local.
+    swap=True returns (val, train): the seeds/000 transfer study trains on the other half.
+    """
+    if train_size < 1 or val_size < 0:
+        raise ValueError(f"split {train_size}/{val_size}: the train size must be >= 1 and the "
+                         f"validation size >= 0")
+    if swap and val_size < 1:
+        raise ValueError(f"split {train_size}/{val_size}:swap would train on the empty validation "
+                         f"set; give a validation size >= 1")
+    if train_size + val_size > n:
+        raise ValueError(f"split {train_size}/{val_size} needs {train_size + val_size} images but "
+                         f"the training set has {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    train = np.sort(order[:train_size]).astype(np.int32)
+    val = np.sort(order[train_size:train_size + val_size]).astype(np.int32)
+    return (val, train) if swap else (train, val)
+
+
+def parse_split(spec: str) -> tuple[int, int, bool]:
+    """Parses --split text: "45000/5000" -> (45000, 5000, False); "25000/25000:swap" -> swap True."""
+    match = _SPLIT_FORM.fullmatch(spec)
+    if match is None:
+        raise ValueError(f"--split={spec!r} is not of the form TRAIN/VAL or TRAIN/VAL:swap "
+                         f"(e.g. 45000/5000 or 25000/25000:swap)")
+    return int(match[1]), int(match[2]), match[3] is not None
+
+
+def norm_stats(x: np.ndarray, train_idx: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (mean, std) of x[train_idx]/255 such that the model input is (x/255 - mean) / std.
+
+    x is uint8 NHWC; only the train rows are read, in chunks. per_channel: shape (C,), over N,H,W;
+    per_dim: (H, W, C), over N (each input dimension standardised, as in seeds/002); mean_image:
+    mean (H, W, C) and std ones; none: zeros and ones of shape (C,). A std of 0 becomes 1.
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"--normalization={mode!r} is not one of {', '.join(NORMALIZATIONS)}")
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"norm_stats: needs uint8 NHWC images, got {x.dtype} {list(x.shape)}")
+    if len(train_idx) == 0:
+        raise ValueError("norm_stats: the training split is empty")
+    channels = x.shape[-1]
+    if mode == "none":
+        return np.zeros(channels, np.float32), np.ones(channels, np.float32)
+    mean, std = _moments(x, train_idx, axes=(0, 1, 2) if mode == "per_channel" else (0,))
+    if mode == "mean_image":
+        std = np.ones_like(mean)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _moments(x: np.ndarray, idx: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """float64 mean and std (0 replaced by 1) of x[idx]/255 over axes, summed chunk by chunk.
+
+    Sums of raw uint8 values in float64 are exact integers (well below 2**53), so the only
+    rounding is in the final division, and a constant input dimension gets std exactly 0 -> 1.
+    """
+    kept = [size for axis, size in enumerate(x.shape) if axis not in axes]
+    total, total_sq = np.zeros(kept), np.zeros(kept)
+    for start in range(0, len(idx), _CHUNK):
+        chunk = x[idx[start:start + _CHUNK]].astype(np.float64)
+        total += chunk.sum(axis=axes)
+        total_sq += np.square(chunk).sum(axis=axes)
+    count = len(idx) * int(np.prod([x.shape[a] for a in axes if a > 0]))
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+    return mean / 255.0, np.where(std == 0.0, 255.0, std) / 255.0

@@ -1,0 +1,111 @@
+"""Tests for cifar_jax.plots: every figure is a readable PNG, also with diverged runs and no validation split."""
+
+import math
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from cifar_jax import plots, results
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_record(config_name="lr=0.1", seed=0, lr=0.1, status="done", n_epochs=8, val=True):
+    """A synthetic run record with noisy decreasing loss and rising accuracy."""
+    rng = np.random.default_rng(seed)
+    epochs = []
+    for e in range(1, n_epochs + 1):
+        loss = 2.3 * math.exp(-0.2 * e) + 0.05 * rng.random()
+        entry = {"epoch": e, "lr": lr / (1 + 0.25 * (e - 1)), "train_loss": loss, "train_acc": 0.9 - loss / 3,
+                 "train_top5": 0.95, "seconds": 1.0}
+        if val:
+            entry.update(val_loss=loss + 0.1, val_acc=0.85 - loss / 3, val_top5=0.9)
+        else:
+            entry.update(val_loss=float("nan"))
+        epochs.append(entry)
+    diverged_epoch = None
+    if status == "diverged":
+        diverged_epoch = 4
+        for entry in epochs[diverged_epoch - 1:]:
+            entry.update(train_loss=float("nan"), val_loss=float("nan"), train_acc=0.1, val_acc=0.1)
+        epochs[diverged_epoch - 2]["train_loss"] = 40.0
+    return {"run_id": f"{config_name},seed={seed}", "config_name": config_name, "seed": seed,
+            "config": {"lr": lr, "seed": seed, "num_classes": 10}, "status": status,
+            "diverged_epoch": diverged_epoch, "untrained": {"val": {"loss": 2.3, "acc": 0.1, "top5": 0.5}},
+            "epochs": epochs,
+            "test": {"loss": 1.0 + 0.1 * seed, "acc": 0.6 + 0.01 * seed, "top5": 0.9} if status == "done" else None,
+            "final_train": None}
+
+
+def assert_png(path):
+    """The file is a non-empty PNG that matplotlib reads back as an image."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 5000
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture
+def config_with_diverged():
+    return [make_record(seed=s) for s in range(3)] + [make_record(seed=3, status="diverged")]
+
+
+def test_curve_and_mean_std():
+    rec = make_record(n_epochs=3, val=False)
+    assert plots.curve(rec, "val_acc").shape == (3,) and np.isnan(plots.curve(rec, "val_acc")).all()
+    mean, std = plots.mean_std([np.array([1.0, 2.0, 3.0]), np.array([3.0, np.nan])])
+    np.testing.assert_allclose(mean, [2.0, 2.0, 3.0])
+    np.testing.assert_allclose(std, [np.std([1.0, 3.0], ddof=1), 0.0, 0.0])
+
+
+def test_moving_average_shrinks_at_edges():
+    y = np.array([0.0, 3.0, 6.0, 9.0])
+    np.testing.assert_allclose(plots.moving_average(y, 3), [1.5, 3.0, 6.0, 7.5])
+    np.testing.assert_allclose(plots.moving_average(y, 1), y)
+    np.testing.assert_allclose(plots.moving_average(y[:1], 5), [0.0])
+
+
+def test_four_panel(tmp_path, config_with_diverged):
+    assert_png(plots.four_panel(config_with_diverged, tmp_path / "four.png", "BaselineNet, lr=0.1"))
+    no_val = [make_record(seed=s, val=False) for s in range(2)]
+    assert_png(plots.four_panel(no_val, tmp_path / "four_noval.png", "no validation split"))
+
+
+def test_val_comparison(tmp_path, config_with_diverged):
+    by_config = {"lr=0.1": config_with_diverged,
+                 "lr=0.05": [make_record("lr=0.05", s, lr=0.05, n_epochs=3) for s in range(2)],
+                 "no val": [make_record("no val", 0, val=False)]}
+    assert_png(plots.val_comparison(by_config, tmp_path / "cmp.png", "LR sweep"))
+
+
+def test_test_table(tmp_path, config_with_diverged):
+    records = config_with_diverged + [make_record("lr=0.05", s, lr=0.05) for s in range(2)]
+    assert_png(plots.test_table(results.summarize(records), tmp_path / "table.png", "Test results"))
+
+
+def test_schedule_shapes(tmp_path):
+    t = np.arange(50)
+    curves = {"inverse-time": 0.1 / (1 + 0.25 * t), "exponential": 0.1 * 0.95 ** t,
+              "step": 0.1 * 0.5 ** (t // 15), "linear": 0.1 * (1 - t / 50),
+              "cosine": 0.05 * (1 + np.cos(np.pi * t / 50))}
+    assert_png(plots.schedule_shapes(curves, tmp_path / "shapes.png", "Decay shapes"))
+
+
+def test_class_distribution(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    labels = {"train": rng.integers(0, 10, 4500), "val": rng.integers(0, 10, 500), "test": rng.integers(0, 10, 1000)}
+    assert_png(plots.class_distribution(labels, classes, tmp_path / "classes.png"))
+    with pytest.raises(results.ResultsError, match="labels"):
+        plots.class_distribution({"train": np.array([10])}, classes, tmp_path / "bad.png")
+
+
+def test_lr_range_and_lr_curves(tmp_path):
+    records = [make_record(f"lr={lr:g}", s, lr=lr, n_epochs=3, status="diverged" if lr > 0.2 else "done")
+               for lr in (0.5, 0.3, 0.1, 1e-2, 1e-4, 1e-6) for s in range(2)]
+    assert_png(plots.lr_range(records, tmp_path / "range.png"))
+    no_val = [make_record(f"lr={lr:g}", 0, lr=lr, val=False) for lr in (0.1, 0.01)]
+    assert_png(plots.lr_range(no_val, tmp_path / "range_noval.png"))
+    assert_png(plots.lr_curves(records, tmp_path / "lrs.png"))
