@@ -1,0 +1,270 @@
+"""The core flags every experiment shares, their validation, and the run grid they describe.
+
+Flags are parsed by absl; `from_flags` turns them into a validated `Config` (one-line
+`ConfigError` naming the flag and what is allowed), and `grid` expands the list-valued flags
+(× seeds) into runs. Nothing here touches data or disk.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Any, Sequence
+
+from absl import flags
+
+from cifar_jax import engine, models, optim, preprocess, schedules, splits
+
+
+class ConfigError(ValueError):
+    """A bad flag value; the message names the flag and what is allowed."""
+
+
+FLAGS = flags.FLAGS
+_GRID_FLAGS = ("lr", "decay_rate", "dropout", "l2", "momentum", "init_scale")
+
+
+def define_flags() -> None:
+    """Define the core flags (once per process)."""
+    if "lr" in FLAGS:
+        return
+    f = flags
+    f.DEFINE_string("dataset", "cifar10", "cifar10, cifar100, synthetic, or a tfds catalogue name "
+                    "(mnist, fashion_mnist, svhn_cropped, ...; needs the [tfds] extra).")
+    f.DEFINE_string("data_dir", None, "Where datasets live; default $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax.")
+    f.DEFINE_string("results_dir", "./results", "Root of the study directories.")
+    f.DEFINE_string("name", None, "Study directory name under --results_dir (default: the experiment's name).")
+    f.DEFINE_string("model", "baseline", f"Architecture: {', '.join(models.MODELS)}.")
+    f.DEFINE_list("hidden", ["50", "50"], "MLP hidden widths, comma separated (--model=mlp).")
+    f.DEFINE_string("norm", "none", f"Normalisation layer after every layer but the last: {', '.join(models.NORMS)}.")
+    f.DEFINE_string("init", "torch", "Weight init: torch (PyTorch default uniform), he, xavier, or normal "
+                    "(N(0, σ²) with σ from --init_scale).")
+    f.DEFINE_list("init_scale", ["0.01"], "σ of --init=normal; a comma list is a grid axis.")
+    f.DEFINE_list("lr", ["0.05"], "Learning rate (α0; η_max for --schedule=cyclic); a comma list is a grid axis.")
+    f.DEFINE_string("schedule", "constant", f"LR schedule: {', '.join(schedules.SCHEDULES)}.")
+    f.DEFINE_float("lr_min", 0.0, "End LR of linear/cosine; η_min of cyclic.")
+    f.DEFINE_list("decay_rate", ["0"], "k of inverse_time, γ of exponential/step; a comma list is a grid axis.")
+    f.DEFINE_string("decay_unit", "epoch", "Unit of t in the decay schedules: epoch (LR changes once per "
+                    "epoch) or step (every step).")
+    f.DEFINE_float("decay_every", 1.0, "t advances by one every this many decay units (step schedule: 10 = every 10 epochs).")
+    f.DEFINE_integer("half_cycle", 0, "n_s of the cyclic schedule, in steps (0: 5 epochs' worth, as in seeds/002).")
+    f.DEFINE_string("optimizer", "sgd", f"Optimiser: {', '.join(optim.OPTIMIZERS)}.")
+    f.DEFINE_list("momentum", ["0.9"], "Momentum of --optimizer=momentum/nesterov; a comma list is a grid axis.")
+    f.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay of --optimizer=adamw.")
+    f.DEFINE_list("l2", ["0"], "L2 penalty λ·ΣW² added to the loss (weights only); a comma list is a grid axis.")
+    f.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).")
+    f.DEFINE_integer("batch_size", 64, "Training batch size (the last partial batch of an epoch is dropped).")
+    f.DEFINE_integer("epochs", 50, "Training epochs.")
+    f.DEFINE_list("seeds", ["5"], "A count n (seeds 0..n-1) or a comma list of seeds.")
+    f.DEFINE_list("dropout", ["0"], "Dropout rate on hidden dense activations, in [0, 1); a comma list is a grid axis.")
+    f.DEFINE_string("split", "45000/5000", "train/validation sizes drawn from the official training set; "
+                    "append :swap to exchange them (transfer studies).")
+    f.DEFINE_integer("split_seed", 0, "Seed of the train/validation split (shared by every run).")
+    f.DEFINE_string("normalization", "per_channel", f"Input standardisation: {', '.join(splits.NORMALIZATIONS)} "
+                    "(statistics from the training split only).")
+    f.DEFINE_string("augment", "none", f"Training augmentation: {', '.join(preprocess.AUGMENTATIONS)}.")
+    f.DEFINE_float("noise_std", 0.0, "Gaussian input noise σ on normalised training inputs.")
+    f.DEFINE_float("salt_pepper", 0.0, "Fraction of training inputs set to salt-and-pepper noise.")
+    f.DEFINE_string("layout", "auto", f"How a group runs: {', '.join(engine.LAYOUTS)} (auto: the measured-fastest "
+                    "for the backend and model; every layout gives the same numbers).")
+    f.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation passes.")
+    f.DEFINE_bool("eval_train", False, "Also evaluate the whole training split in eval mode before and after training.")
+    f.DEFINE_bool("download", True, "Download a missing CIFAR archive from its official address.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The validated core flags."""
+
+    dataset: str
+    data_dir: str | None
+    results_dir: str
+    name: str | None
+    model: models.ModelConfig
+    lrs: tuple[float, ...]
+    schedule: str
+    lr_min: float
+    decay_rates: tuple[float, ...]
+    decay_unit: str
+    decay_every: float
+    half_cycle: int
+    optimizer: str
+    momentums: tuple[float, ...]
+    weight_decay: float
+    l2s: tuple[float, ...]
+    clip_norm: float
+    batch_size: int
+    epochs: int
+    seeds: tuple[int, ...]
+    dropouts: tuple[float, ...]
+    init_scales: tuple[float, ...]
+    split: tuple[int, int, bool]
+    split_seed: int
+    normalization: str
+    augment: str
+    noise_std: float
+    salt_pepper: float
+    layout: str
+    eval_batch_size: int
+    eval_train: bool
+    download: bool
+
+
+def _floats(flag: str, values: Sequence[str], lo: float, hi: float, *, lo_open: bool = False,
+            hi_open: bool = False, what: str = "") -> tuple[float, ...]:
+    """Parse and range-check a float list flag."""
+    if not values:
+        raise ConfigError(f"--{flag} needs at least one value")
+    out = []
+    for v in values:
+        try:
+            x = float(v)
+        except ValueError:
+            raise ConfigError(f"--{flag}={','.join(values)}: {v!r} is not a number") from None
+        if math.isnan(x) or (x <= lo if lo_open else x < lo) or (x >= hi if hi_open else x > hi):
+            raise ConfigError(f"--{flag}={','.join(values)}: {what}")
+        out.append(x)
+    return tuple(out)
+
+
+def _choice(flag: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"--{flag}={value!r} is unknown; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _positive(flag: str, value: int | float, strict: bool = True) -> None:
+    if (value <= 0) if strict else (value < 0):
+        raise ConfigError(f"--{flag}={value}: must be {'> 0' if strict else '>= 0'}")
+
+
+def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
+    """--seeds: a count n → 0..n-1, or a list of distinct non-negative seeds."""
+    try:
+        ints = [int(v) for v in values]
+    except ValueError:
+        raise ConfigError(f"--seeds={','.join(values)}: give a count or a comma list of integers") from None
+    if len(ints) == 1:
+        if ints[0] < 1:
+            raise ConfigError(f"--seeds={ints[0]}: a count must be >= 1")
+        return tuple(range(ints[0]))
+    if min(ints) < 0 or len(set(ints)) != len(ints):
+        raise ConfigError(f"--seeds={','.join(values)}: seeds must be distinct and >= 0")
+    return tuple(ints)
+
+
+def from_flags(fl: Any = None) -> Config:
+    """Validate the parsed core flags into a Config (raises ConfigError, one line)."""
+    fl = fl or FLAGS
+    model_name = _choice("model", fl.model, models.MODELS)
+    try:
+        hidden = tuple(int(h) for h in fl.hidden)
+    except ValueError:
+        raise ConfigError(f"--hidden={','.join(fl.hidden)}: widths must be integers") from None
+    if model_name == "mlp" and (not hidden or min(hidden) < 1):
+        raise ConfigError(f"--hidden={','.join(fl.hidden)}: give one or more widths >= 1")
+    dropouts = _floats("dropout", fl.dropout, 0.0, 1.0, hi_open=True, what="dropout rates must be in [0, 1)")
+    model = models.ModelConfig(
+        name=model_name, hidden=hidden if model_name == "mlp" else (),
+        norm=_choice("norm", fl.norm, models.NORMS), init=_choice("init", fl.init, models.INITS),
+        use_dropout=any(d > 0 for d in dropouts))
+    try:
+        split = splits.parse_split(fl.split)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for flag in ("batch_size", "epochs", "eval_batch_size"):
+        _positive(flag, getattr(fl, flag))
+    for flag in ("weight_decay", "clip_norm", "lr_min", "noise_std", "half_cycle"):
+        _positive(flag, getattr(fl, flag), strict=False)
+    _positive("decay_every", fl.decay_every)
+    if not 0 <= fl.salt_pepper < 1:
+        raise ConfigError(f"--salt_pepper={fl.salt_pepper}: must be in [0, 1)")
+    lrs = _floats("lr", fl.lr, 0.0, math.inf, lo_open=True, what="learning rates must be > 0")
+    schedule = _choice("schedule", fl.schedule, list(schedules.SCHEDULES))
+    if schedule == "cyclic" and fl.lr_min >= min(lrs):
+        raise ConfigError(f"--lr_min={fl.lr_min}: must be below every --lr (η_max) for the cyclic schedule")
+    return Config(
+        dataset=fl.dataset, data_dir=fl.data_dir, results_dir=fl.results_dir, name=fl.name, model=model,
+        lrs=lrs, schedule=schedule, lr_min=fl.lr_min,
+        decay_rates=_floats("decay_rate", fl.decay_rate, 0.0, math.inf, what="decay rates must be >= 0"),
+        decay_unit=_choice("decay_unit", fl.decay_unit, ("epoch", "step")), decay_every=fl.decay_every,
+        half_cycle=fl.half_cycle, optimizer=_choice("optimizer", fl.optimizer, optim.OPTIMIZERS),
+        momentums=_floats("momentum", fl.momentum, 0.0, 1.0, hi_open=True, what="momentum must be in [0, 1)"),
+        weight_decay=fl.weight_decay,
+        l2s=_floats("l2", fl.l2, 0.0, math.inf, what="L2 λ must be >= 0"),
+        clip_norm=fl.clip_norm, batch_size=fl.batch_size, epochs=fl.epochs, seeds=parse_seeds(fl.seeds),
+        dropouts=dropouts,
+        init_scales=_floats("init_scale", fl.init_scale, 0.0, math.inf, lo_open=True, what="σ must be > 0"),
+        split=split, split_seed=fl.split_seed,
+        normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS),
+        augment=_choice("augment", fl.augment, preprocess.AUGMENTATIONS),
+        noise_std=fl.noise_std, salt_pepper=fl.salt_pepper,
+        layout=_choice("layout", fl.layout, engine.LAYOUTS), eval_batch_size=fl.eval_batch_size,
+        eval_train=fl.eval_train, download=fl.download)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run: its configuration name, seed, group spec and per-run hyperparameters."""
+
+    config_name: str
+    seed: int
+    spec: engine.GroupSpec
+    hp: dict[str, Any]
+    epochs: int
+    data: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.config_name},seed={self.seed}"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything that defines the run, as plain JSON values (stored in its record)."""
+        spec = dataclasses.asdict(self.spec)
+        hp = dict(self.hp)
+        hp["schedule"] = list(schedules.SCHEDULES)[hp["schedule"]]
+        return {**spec, **hp, "epochs": self.epochs, **self.data}
+
+
+def schedule_hparams(cfg: Config, lr: float, decay_rate: float, steps_per_epoch: int,
+                     schedule: str | None = None) -> dict[str, Any]:
+    """The per-run schedule parameters implied by the flags."""
+    unit = steps_per_epoch if cfg.decay_unit == "epoch" else 1
+    return dict(schedule=schedules.SCHEDULE_IDS[schedule or cfg.schedule], lr=lr, lr_min=cfg.lr_min,
+                decay_rate=decay_rate, decay_every=cfg.decay_every * unit,
+                staircase=float(cfg.decay_unit == "epoch"), total_steps=cfg.epochs * steps_per_epoch,
+                half_cycle=cfg.half_cycle or 5 * steps_per_epoch)
+
+
+def group_spec(cfg: Config, num_classes: int) -> engine.GroupSpec:
+    """The static part shared by every run of the flags' grid."""
+    return engine.GroupSpec(
+        model=dataclasses.replace(cfg.model, num_classes=num_classes), optimizer=cfg.optimizer,
+        batch_size=cfg.batch_size, augment=cfg.augment, noise=cfg.noise_std > 0 or cfg.salt_pepper > 0,
+        clip_norm=cfg.clip_norm or None, eval_batch_size=cfg.eval_batch_size)
+
+
+def data_config(cfg: Config) -> dict[str, Any]:
+    """The data settings a run's numbers depend on."""
+    return dict(dataset=cfg.dataset, split=list(cfg.split), split_seed=cfg.split_seed,
+                normalization=cfg.normalization)
+
+
+def grid(cfg: Config, n_train: int, num_classes: int, label: str = "") -> list[Run]:
+    """Runs for every combination of the list-valued flags × every seed. A configuration is
+    named by the values that vary (or `label`, or "default" when nothing varies)."""
+    spe = n_train // cfg.batch_size
+    axes = {"lr": cfg.lrs, "decay_rate": cfg.decay_rates, "dropout": cfg.dropouts, "l2": cfg.l2s,
+            "momentum": cfg.momentums, "init_scale": cfg.init_scales}
+    varying = [k for k, v in axes.items() if len(v) > 1]
+    spec = group_spec(cfg, num_classes)
+    runs = []
+    for values in itertools.product(*axes.values()):
+        v = dict(zip(axes, values))
+        name = ",".join([label] * bool(label) + [f"{k}={v[k]:g}" for k in varying]) or "default"
+        hp = {**schedule_hparams(cfg, v["lr"], v["decay_rate"], spe), "dropout": v["dropout"],
+              "l2": v["l2"], "momentum": v["momentum"], "weight_decay": cfg.weight_decay,
+              "init_scale": v["init_scale"], "noise_std": cfg.noise_std, "salt_pepper": cfg.salt_pepper}
+        runs += [Run(name, s, spec, {**hp, "seed": s}, cfg.epochs, data_config(cfg)) for s in cfg.seeds]
+    return runs

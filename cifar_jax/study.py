@@ -1,0 +1,208 @@
+"""Running a study: data → groups of runs → engine → run records → summary, tables and figures.
+
+An experiment module builds its runs (usually `config.grid`) and calls `prepare`, `execute` and
+`finish`. Runs already finished in the study directory are not recomputed; records are written
+after every epoch, so an interrupted study keeps its progress and resumes the unfinished runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from absl import app, flags
+
+from cifar_jax import config, data, engine, plots, results, splits
+from cifar_jax.config import Config, ConfigError, Run
+
+SPLITS = ("train", "val", "test")
+
+
+def log(message: str) -> None:
+    """Progress output (stdout, flushed so it shows up in logs of long runs)."""
+    print(message, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A dataset loaded, split, standardised and on the device."""
+
+    dataset: data.Dataset
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    device: engine.Data
+
+    @property
+    def labels_by_split(self) -> dict[str, np.ndarray]:
+        y = self.dataset.y_train
+        return {"train": y[self.train_idx], "val": y[self.val_idx], "test": self.dataset.y_test}
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Load the dataset and its split, check the batch size fits, and put it on the device."""
+    ds = data.load(cfg.dataset, cfg.data_dir, download=cfg.download)
+    n_train, n_val, swap = cfg.split
+    try:
+        train_idx, val_idx = splits.make_split(len(ds.y_train), n_train, n_val, seed=cfg.split_seed, swap=swap)
+    except ValueError as err:
+        raise ConfigError(f"--split={n_train}/{n_val}: {err}") from None
+    if cfg.batch_size > len(train_idx):
+        raise ConfigError(f"--batch_size={cfg.batch_size}: larger than the training split ({len(train_idx)} images)")
+    mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization)
+    device = engine.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, train_idx, val_idx, mean, std)
+    log(f"data: {ds.name} train {len(train_idx)} / val {len(val_idx)} / test {len(ds.y_test)}, "
+        f"images {ds.image_shape}, {ds.num_classes} classes, normalization {cfg.normalization}")
+    return Prepared(ds, train_idx, val_idx, device)
+
+
+def open_study(cfg: Config, default_name: str) -> results.Study:
+    """The study directory for these flags (created on its first write)."""
+    return results.Study(Path(cfg.results_dir).expanduser() / (cfg.name or default_name))
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * float(np.nanmean(x)):.1f}%" if np.isfinite(np.nanmean(x)) else "nan"
+
+
+class Recorder:
+    """Engine callbacks: builds each run's record, writes it every epoch, prints progress."""
+
+    def __init__(self, study: results.Study, runs: list[Run], total_epochs: int, label: str,
+                 progress: dict):
+        self.study, self.runs, self.label = study, runs, label
+        self.records: dict[int, dict] = {}
+        self.total, self.progress = total_epochs, progress  # progress is shared across groups
+
+    def on_compiled(self, seconds: float) -> None:
+        if seconds > 0.5:
+            log(f"{self.label}: compiled in {seconds:.1f} s")
+
+    def on_start(self, runs: np.ndarray, untrained: dict[str, np.ndarray]) -> None:
+        for j, i in enumerate(runs):
+            run = self.runs[i]
+            self.records[i] = dict(
+                run_id=run.run_id, config_name=run.config_name, seed=run.seed, config=run.config,
+                status="incomplete", diverged_epoch=None, epochs=[], test=None, final_train=None,
+                untrained={s: _split_metrics(untrained, s, j) for s in SPLITS if f"{s}_loss" in untrained})
+
+    def on_epoch(self, runs: np.ndarray, epoch: int, metrics: dict[str, np.ndarray], seconds: float) -> None:
+        for j, i in enumerate(runs):
+            rec = self.records[i]
+            entry = {"epoch": epoch, **{k: float(v[j]) for k, v in metrics.items() if k != "alive"},
+                     "seconds": seconds}
+            rec["epochs"].append(entry)
+            if not metrics["alive"][j] and rec["diverged_epoch"] is None:
+                rec["diverged_epoch"] = epoch
+            self.study.write_record(rec)
+        self.progress["done"] += 1
+        self.progress["seconds"] += seconds
+        left = (self.total - self.progress["done"]) * self.progress["seconds"] / self.progress["done"]
+        first = self.runs[runs[0]].run_id if len(runs) == 1 else f"{len(runs)} runs"
+        n_div = int((~metrics["alive"]).sum())
+        log(f"{self.label} [{first}] epoch {epoch}/{self.runs[runs[0]].epochs}  "
+            f"train loss {np.nanmean(metrics['train_loss']):.3f} acc {_pct(metrics['train_acc'])}  "
+            f"val loss {np.nanmean(metrics.get('val_loss', np.nan)):.3f} acc {_pct(metrics.get('val_acc', np.nan))}  "
+            f"{seconds:.1f} s/epoch  ETA {_fmt_time(left)}" + (f"  ({n_div} diverged)" if n_div else ""))
+
+    def on_end(self, runs: np.ndarray, final: dict[str, np.ndarray]) -> None:
+        for j, i in enumerate(runs):
+            rec = self.records[i]
+            rec["test"] = _split_metrics(final, "test", j)
+            if "train_loss" in final:
+                rec["final_train"] = _split_metrics(final, "train", j)
+            rec["l2_penalty"] = float(final["l2_penalty"][j])
+            rec["status"] = "done" if final["alive"][j] else "diverged"
+            self.study.write_record(rec)
+
+
+def _split_metrics(metrics: dict[str, np.ndarray], split: str, j: int) -> dict[str, float]:
+    return {m: float(metrics[f"{split}_{m}"][j]) for m in engine.METRICS}
+
+
+def write_preamble(study: results.Study, cfg: Config, runs: list[Run], prepared: Prepared,
+                   extra: dict | None = None) -> None:
+    """Flags, resolved config, environment and the class-distribution figure of the splits."""
+    study.write_text("flags.txt", flags.FLAGS.flags_into_string())
+    study.write_json("config.json", {"flags": dataclasses.asdict(cfg), **(extra or {}),
+                                     "runs": [{"run_id": r.run_id, **r.config} for r in runs]})
+    study.write_json("env.json", results.environment())
+    plots.class_distribution(prepared.labels_by_split, prepared.dataset.classes,
+                             study.figures_dir / "class_distribution.png")
+
+
+def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Config) -> None:
+    """Train every run of `runs` that the study has not finished, group by group."""
+    todo = set(study.pending([(r.run_id, r.config) for r in runs]))
+    if len(todo) < len(runs):
+        log(f"{study.root}: {len(runs) - len(todo)} of {len(runs)} runs already finished, skipped")
+    groups: dict[Any, list[int]] = {}
+    for i, r in enumerate(runs):
+        if r.run_id in todo:
+            groups.setdefault((r.spec, r.epochs), []).append(i)
+    total = sum(r.epochs * _chunks(r.spec, len(ids), cfg.layout) for (_, _), ids in groups.items()
+                for r in [runs[ids[0]]])
+    progress = {"done": 0, "seconds": 0.0}
+    for g, ((spec, epochs), ids) in enumerate(groups.items()):
+        group_runs = [runs[i] for i in ids]
+        layout = engine.auto_layout(spec.model) if cfg.layout == "auto" else cfg.layout
+        label = f"[{study.root.name} group {g + 1}/{len(groups)}]"
+        log(f"{label} {len(ids)} runs, model {spec.model.name}, batch {spec.batch_size}, "
+            f"{epochs} epochs, layout {layout}")
+        hp = engine.stack_hparams([r.hp for r in group_runs])
+        t0 = time.perf_counter()
+        engine.train(spec, hp, prepared.device, epochs, Recorder(study, group_runs, total, label, progress),
+                     layout=layout, eval_train=cfg.eval_train)
+        log(f"{label} finished in {_fmt_time(time.perf_counter() - t0)}")
+
+
+def _chunks(spec: engine.GroupSpec, n: int, layout: str) -> int:
+    layout = engine.auto_layout(spec.model) if layout == "auto" else layout
+    return 1 if layout.startswith("vmap") else n
+
+
+def finish(study: results.Study, runs: list[Run], title: str) -> dict:
+    """Summary, test table and figures of `runs` (from their records only)."""
+    records = [study.record(r.run_id) for r in runs]
+    records = [r for r in records if r is not None]
+    summary = results.summarize(records)
+    study.write_json("summary.json", summary)
+    table = results.test_table_markdown(summary)
+    study.write_text("test_table.md", f"# {title}: test set (mean ± std over seeds)\n\n{table}\n")
+    by_config = results.group_by_config(records)
+    fig = study.figures_dir
+    for name, recs in by_config.items():
+        plots.four_panel(recs, fig / f"curves_{results.run_file_stem(name)}.png", f"{title}: {name}")
+    plots.val_comparison(by_config, fig / "val_comparison.png", f"{title}: mean validation (smoothed)")
+    plots.test_table(summary, fig / "test_table.png", f"{title}: test set")
+    plots.lr_curves(records, fig / "lr_curves.png")
+    log(f"\n{title}: test set (mean ± std over seeds)\n{table}\nresults and figures: {study.root}")
+    return summary
+
+
+def main(experiment: Callable[[Config], Any]) -> None:
+    """absl entry point: define the core flags, validate, run; bad input → one line, exit 2."""
+    config.define_flags()
+
+    def run(argv: list[str]) -> None:
+        if len(argv) > 1:
+            _fail(f"unexpected arguments {' '.join(argv[1:])!r} (flags need the --name=value form)")
+        try:
+            experiment(config.from_flags())
+        except (ConfigError, data.DataError, results.ResultsError) as err:
+            _fail(str(err))
+
+    app.run(run)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)

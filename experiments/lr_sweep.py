@@ -1,0 +1,92 @@
+"""seeds/000 §1.1: learning-rate sweep of BaselineNet (5 LRs × 5 seeds, one group), and with
+--lr_range the range test over a log grid from 0.5 down to 1e-6 that finds the unstable and the
+no-learning ends.
+
+    python -m experiments.lr_sweep --flagfile=experiments/flags/lr_sweep.flags
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from absl import flags
+
+from cifar_jax import config, plots, results, study
+
+flags.DEFINE_bool("lr_range", False, "Also run the LR range test (log grid from --range_max down to --range_min).")
+flags.DEFINE_float("range_max", 0.5, "Largest LR of the range test.")
+flags.DEFINE_float("range_min", 1e-6, "Smallest LR of the range test.")
+flags.DEFINE_integer("range_points", 12, "Number of LRs in the range test (log-spaced).")
+flags.DEFINE_integer("range_epochs", 2, "Epochs per range-test run.")
+FLAGS = flags.FLAGS
+
+
+def range_lrs() -> tuple[float, ...]:
+    """The range test's log grid, largest first."""
+    if not 0 < FLAGS.range_min < FLAGS.range_max or FLAGS.range_points < 2 or FLAGS.range_epochs < 1:
+        raise config.ConfigError("--range_min/--range_max/--range_points/--range_epochs: need "
+                                 "0 < range_min < range_max, range_points >= 2, range_epochs >= 1")
+    return tuple(float(f"{x:.3g}") for x in np.geomspace(FLAGS.range_max, FLAGS.range_min, FLAGS.range_points))
+
+
+def range_ends(records: list[dict]) -> tuple[float | None, float | None]:
+    """(unstable end, no-learning end): the smallest LR from which every larger LR diverged or
+    ended above its untrained loss, and the largest LR below which validation accuracy gained
+    less than 2 points over the untrained model."""
+    rows = sorted(((r["config"]["lr"], _failed(r), _gain(r)) for r in records), reverse=True)
+    unstable = None
+    for lr, failed, _ in rows:
+        if not failed:
+            break
+        unstable = lr
+    no_learning = None
+    for lr, _, gain in reversed(rows):
+        if gain >= 0.02:
+            break
+        no_learning = lr
+    return unstable, no_learning
+
+
+def _failed(rec: dict) -> bool:
+    last = rec["epochs"][-1]["train_loss"] if rec["epochs"] else float("nan")
+    return rec["status"] == "diverged" or not np.isfinite(last) or last >= rec["untrained"]["val"]["loss"]
+
+
+def _gain(rec: dict) -> float:
+    val = rec["epochs"][-1].get("val_acc", float("nan")) if rec["epochs"] else float("nan")
+    return float(val - rec["untrained"]["val"]["acc"]) if np.isfinite(val) else 0.0
+
+
+def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results.Study) -> None:
+    """The range test: one seed per LR, all in one group, in a sub-study `range_test`."""
+    rcfg = dataclasses.replace(cfg, lrs=range_lrs(), epochs=FLAGS.range_epochs, seeds=cfg.seeds[:1])
+    runs = config.grid(rcfg, len(prepared.train_idx), prepared.dataset.num_classes)
+    sub = results.Study(parent.root / "range_test")
+    study.execute(sub, runs, prepared, rcfg)
+    records = [sub.record(r.run_id) for r in runs]
+    plots.lr_range(records, parent.figures_dir / "lr_range_test.png")
+    unstable, no_learning = range_ends(records)
+    lines = [f"| {r['config']['lr']:.3g} | {r['status']} | {r['epochs'][-1]['train_loss']:.3f} | "
+             f"{100 * r['epochs'][-1].get('val_acc', float('nan')):.1f}% |" for r in records]
+    text = ("# LR range test\n\n| lr | status | final train loss | final val acc |\n|---|---|---|---|\n"
+            + "\n".join(lines) + f"\n\nunstable from lr ≥ {unstable}; no learning at lr ≤ {no_learning}\n")
+    parent.write_text("range_test.md", text)
+    study.log(text)
+
+
+def main(cfg: config.Config) -> None:
+    if FLAGS.lr_range:
+        range_lrs()  # validate before any work
+    prepared = study.prepare(cfg)
+    runs = config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes)
+    st = study.open_study(cfg, "lr_sweep")
+    st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
+    study.write_preamble(st, cfg, runs, prepared)
+    if FLAGS.lr_range:
+        run_range_test(cfg, prepared, st)
+    study.execute(st, runs, prepared, cfg)
+    study.finish(st, runs, "LR sweep")
+
+
+if __name__ == "__main__":
+    study.main(main)
