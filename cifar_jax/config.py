@@ -224,7 +224,7 @@ class Run:
         spec = dataclasses.asdict(self.spec)
         hp = dict(self.hp)
         hp["schedule"] = list(schedules.SCHEDULES)[hp["schedule"]]
-        return {**spec, **hp, "epochs": self.epochs, **self.data}
+        return {"epochs": self.epochs, **self.data, **spec, **hp}
 
 
 def schedule_hparams(cfg: Config, lr: float, decay_rate: float, steps_per_epoch: int,

@@ -1,0 +1,56 @@
+"""seeds/000 §1.2: inverse-time LR decay α0/(1 + k·t) applied every epoch, against the best
+static LR, both in one group (the schedule kind is a per-run value), plus the figure of decay
+shapes over the training length used to choose it.
+
+    python -m experiments.lr_schedule --flagfile=experiments/flags/lr_schedule.flags
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from absl import flags
+
+from cifar_jax import config, plots, schedules, study
+
+flags.DEFINE_float("compare_lr", 0.05, "The static LR to compare against (the best of §1.1); 0: none.")
+flags.DEFINE_integer("shape_epochs", 50, "Length of the decay-shapes figure, in epochs.")
+FLAGS = flags.FLAGS
+
+
+def shape_curves(lr: float, epochs: int) -> dict[str, np.ndarray]:
+    """Candidate decay shapes from α0 = lr over `epochs`, evaluated once per epoch."""
+    t = np.arange(epochs)
+    return {
+        "inverse time, k = 0.25": schedules.curve("inverse_time", t, lr=lr, decay_rate=0.25),
+        "inverse time, k = 1": schedules.curve("inverse_time", t, lr=lr, decay_rate=1.0),
+        "exponential, γ = 0.95": schedules.curve("exponential", t, lr=lr, decay_rate=0.95),
+        "step, ×0.5 every 10": schedules.curve("step", t, lr=lr, decay_rate=0.5, decay_every=10, staircase=1),
+        "linear to 0": schedules.curve("linear", t, lr=lr, total_steps=epochs),
+        "cosine to 0": schedules.curve("cosine", t, lr=lr, total_steps=epochs),
+    }
+
+
+def main(cfg: config.Config) -> None:
+    if FLAGS.compare_lr < 0 or FLAGS.shape_epochs < 1:
+        raise config.ConfigError(f"--compare_lr={FLAGS.compare_lr} / --shape_epochs={FLAGS.shape_epochs}: "
+                                 "need compare_lr >= 0 and shape_epochs >= 1")
+    prepared = study.prepare(cfg)
+    n_train, classes = len(prepared.train_idx), prepared.dataset.num_classes
+    label = cfg.schedule + (f" lr0={cfg.lrs[0]:g}" if len(cfg.lrs) == 1 else "") + (
+        f" k={cfg.decay_rates[0]:g}" if len(cfg.decay_rates) == 1 and cfg.schedule != "constant" else "")
+    runs = config.grid(cfg, n_train, classes, label=label)
+    if FLAGS.compare_lr:
+        static = dataclasses.replace(cfg, schedule="constant", lrs=(FLAGS.compare_lr,), decay_rates=(0.0,))
+        runs = config.grid(static, n_train, classes, label=f"constant lr={FLAGS.compare_lr:g}") + runs
+    st = study.open_study(cfg, "lr_schedule")
+    st.pending([(r.run_id, r.config) for r in runs])
+    study.write_preamble(st, cfg, runs, prepared, {"compare_lr": FLAGS.compare_lr})
+    plots.schedule_shapes(shape_curves(max(cfg.lrs), FLAGS.shape_epochs), st.figures_dir / "decay_shapes.png",
+                          f"LR decay shapes from α0 = {max(cfg.lrs):g} over {FLAGS.shape_epochs} epochs")
+    study.execute(st, runs, prepared, cfg)
+    study.finish(st, runs, "LR schedule")
+
+
+if __name__ == "__main__":
+    study.main(main)

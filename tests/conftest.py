@@ -1,0 +1,17 @@
+"""Shared test fixtures: tests run on CPU, offline, on synthetic data or the shared CIFAR copy."""
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+SHARED_CIFAR = pathlib.Path(os.environ.get("CIFAR_JAX_SHARED", "~/.cache/cifar10-shared")).expanduser()
+
+
+@pytest.fixture
+def shared_cifar() -> pathlib.Path:
+    """The shared CIFAR-10 copy (built by .ci/run from ../shared); skip when absent."""
+    if not (SHARED_CIFAR / "cifar-10-batches-py").is_dir():
+        pytest.skip(f"no shared CIFAR-10 copy at {SHARED_CIFAR} (build it with ../shared/data/build_cifar10.py)")
+    return SHARED_CIFAR

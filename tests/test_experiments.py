@@ -1,0 +1,117 @@
+"""Experiments end to end from the command line: results, figures, resume, and bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH = ["--dataset=synthetic", "--split=512/256", "--batch_size=64", "--epochs=1", "--seeds=2"]
+
+
+def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def records(study: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted((study / "runs").glob("*.json"))}
+
+
+def test_lr_sweep_writes_results_and_resumes_without_retraining(tmp_path):
+    args = [*SYNTH, "--lr=0.1,0.02", "--lr_range", "--range_points=3", "--range_epochs=1", f"--results_dir={tmp_path}"]
+    first = run("lr_sweep", *args)
+    assert first.returncode == 0, first.stderr
+    study = tmp_path / "lr_sweep"
+    recs = records(study)
+    assert len(recs) == 4 and all(r["status"] == "done" for r in recs.values())
+    rec = recs["lr=0.1_seed=0.json"] if "lr=0.1_seed=0.json" in recs else next(iter(recs.values()))
+    assert len(rec["epochs"]) == 1 and set(rec["untrained"]) == {"val", "test"}
+    assert 0.0 <= rec["test"]["acc"] <= rec["test"]["top5"] <= 1.0
+    summary = json.loads((study / "summary.json").read_text())
+    assert list(summary["configs"]) == ["lr=0.1", "lr=0.02"]
+    for name in ("class_distribution", "val_comparison", "test_table", "lr_curves", "lr_range_test",
+                 "curves_lr=0.1", "curves_lr=0.02"):
+        assert (study / "figures" / f"{name}.png").stat().st_size > 10_000, name
+    assert "| lr=0.1 |" in (study / "test_table.md").read_text()
+    assert "unstable from" in (study / "range_test.md").read_text()
+    for f in ("flags.txt", "config.json", "env.json"):
+        assert (study / f).exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")}
+
+    second = run("lr_sweep", *args)
+    assert second.returncode == 0, second.stderr
+    assert "4 of 4 runs already finished" in second.stdout and "epoch 1/1" not in second.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")}
+
+
+def test_incomplete_runs_are_retrained_and_changed_config_is_refused(tmp_path):
+    args = [*SYNTH, "--model=mlp", "--hidden=16", "--init=he", "--lr=0.05", f"--results_dir={tmp_path}", "--name=s"]
+    assert run("lr_sweep", *args).returncode == 0
+    path = sorted((tmp_path / "s" / "runs").glob("*.json"))[0]
+    rec = json.loads(path.read_text())
+    rec["status"], rec["test"] = "incomplete", None  # as an interrupted run leaves it
+    path.write_text(json.dumps(rec))
+    again = run("lr_sweep", *args)
+    assert again.returncode == 0 and "1 of 2 runs already finished" in again.stdout
+    assert json.loads(path.read_text())["status"] == "done"
+    changed = run("lr_sweep", *[a for a in args if a != "--epochs=1"], "--epochs=2")
+    assert changed.returncode == 2
+    assert changed.stderr.strip().count("\n") == 0 and "epochs" in changed.stderr and "--name" in changed.stderr
+
+
+def test_mlp_baseline_prints_the_report_format(tmp_path):
+    out = run("mlp_baseline", "--dataset=synthetic", "--split=800/200", "--model=mlp", "--hidden=32,16",
+              "--init=he", "--l2=0.005", "--schedule=cyclic", "--lr=0.1", "--lr_min=1e-5", "--half_cycle=8",
+              "--cycles=1", "--batch_size=100", "--seeds=2", "--normalization=per_dim", "--eval_train",
+              f"--results_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    for text in ("Model parameters:", "hidden layers:       (32, 16)", "lambda:              0.005",
+                 "n_s:                 8", "Training data:", "Validation data:", "Test data:",
+                 "accuracy (untrained):", "cost (final):", "mean test accuracy"):
+        assert text in out.stdout, text
+    rec = next(iter(records(tmp_path / "mlp_baseline").values()))
+    assert len(rec["epochs"]) == 2  # 1 cycle = 2 * n_s = 16 steps = 2 epochs of 8 steps
+    assert rec["final_train"] is not None and rec["untrained"]["train"]["acc"] < rec["final_train"]["acc"]
+
+
+def test_lr_schedule_trains_both_schedules_in_one_group(tmp_path):
+    out = run("lr_schedule", *SYNTH, "--model=mlp", "--hidden=16", "--init=he", "--schedule=inverse_time",
+              "--lr=0.1", "--decay_rate=0.25", "--compare_lr=0.05", "--epochs=2", f"--results_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert "group 1/1] 4 runs" in out.stdout
+    study = tmp_path / "lr_schedule"
+    assert (study / "figures" / "decay_shapes.png").stat().st_size > 10_000
+    recs = list(records(study).values())
+    decayed = [r for r in recs if r["config"]["schedule"] == "inverse_time"][0]
+    assert [e["lr"] for e in decayed["epochs"]] == pytest.approx([0.1, 0.1 / 1.25])
+    static = [r for r in recs if r["config"]["schedule"] == "constant"][0]
+    assert [e["lr"] for e in static["epochs"]] == pytest.approx([0.05, 0.05])
+
+
+@pytest.mark.parametrize("flag,needle", [
+    ("--lr=-1", "--lr"), ("--dropout=1.0", "--dropout"), ("--model=nope", "--model"),
+    ("--batch_size=0", "--batch_size"), ("--split=60000/5000", "--split"),
+    ("--dataset=cifar10 --data_dir={tmp}/empty", "cifar-10-python.tar.gz"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, flag, needle):
+    args = flag.format(tmp=tmp_path).split()
+    out = run("lr_sweep", "--dataset=synthetic", "--epochs=1", f"--results_dir={tmp_path}/results", *args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_seed002_mlp_on_real_cifar(tmp_path, shared_cifar):
+    """The seeds/002 MLP at reduced length on the shared CIFAR-10 copy learns well past chance."""
+    out = run("mlp_baseline", "--flagfile=experiments/flags/seed002_mlp.flags", f"--data_dir={shared_cifar}",
+              "--half_cycle=450", "--cycles=1", "--seeds=2", f"--results_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "seed002_mlp" / "summary.json").read_text())
+    acc = next(iter(summary["configs"].values()))["metrics"]["test_acc"]
+    assert acc["n"] == 2 and 0.40 < acc["mean"] < 0.60

@@ -1,0 +1,96 @@
+"""Models: parameter counts, layer tables, dropout semantics, train/eval mode."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cifar_jax import models
+
+
+def _init(cfg, shape=(32, 32, 3)):
+    net = models.build(cfg)
+    variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), train=False)
+    return net, variables
+
+
+def test_baseline_net_has_89834_parameters():
+    _, variables = _init(models.ModelConfig("baseline"))
+    assert models.count_params(variables["params"]) == 89_834
+    assert variables["params"]["fc1"]["kernel"].shape == (1024, 64)
+
+
+def test_convnet_parameter_count():
+    _, variables = _init(models.ModelConfig("convnet"))
+    assert models.count_params(variables["params"]) == 1_191_170
+
+
+@pytest.mark.parametrize("cfg", [models.ModelConfig("baseline"), models.ModelConfig("baseline", norm="batch"),
+                                 models.ModelConfig("mlp", hidden=(50, 30), norm="layer", init="he")])
+def test_layer_table_matches_parameters(cfg):
+    rows = models.layer_table(cfg, (32, 32, 3))
+    _, variables = _init(cfg)
+    assert sum(r["weights"] + r["biases"] + r["norm"] for r in rows) == models.count_params(variables["params"])
+    assert rows[-1]["output"] == (10,)
+    assert "total parameters" in models.format_layer_table(rows)
+
+
+def test_baseline_layer_table_shapes_and_receptive_fields():
+    rows = {r["layer"]: r for r in models.layer_table(models.ModelConfig("baseline"), (32, 32, 3))}
+    assert rows["conv1"]["output"] == (32, 32, 16) and rows["conv1"]["receptive_field"] == 3
+    assert rows["pool3"]["output"] == (4, 4, 64) and rows["pool3"]["receptive_field"] == 22
+    assert rows["fc1"]["weights"] == 65_536
+
+
+def test_batchnorm_net_drops_biases_that_feed_bn():
+    _, variables = _init(models.ModelConfig("baseline", norm="batch"))
+    p = variables["params"]
+    assert all("bias" not in p[f"conv{i}"] for i in (1, 2, 3)) and "bias" not in p["fc1"]
+    assert "bias" in p["fc2"]  # the classifier feeds no BN
+    assert set(variables["batch_stats"]) == {"bn_conv1", "bn_conv2", "bn_conv3", "bn_fc1"}
+
+
+def test_dropout_rate_zero_is_exactly_the_model_without_dropout():
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 3))
+    net, variables = _init(models.ModelConfig("baseline"))
+    plain = net.apply(variables, x, train=True)
+    drop = models.build(models.ModelConfig("baseline", use_dropout=True))
+    out = drop.apply(variables, x, train=True, dropout_rate=jnp.float32(0.0), rngs={"dropout": jax.random.PRNGKey(2)})
+    np.testing.assert_array_equal(np.asarray(plain), np.asarray(out))
+
+
+def test_dropout_is_inverted_and_off_in_eval():
+    x = jnp.ones((200_000,))
+    out = models.dropout(x, jnp.float32(0.6), jax.random.PRNGKey(0))
+    assert abs(float(out.mean()) - 1.0) < 0.01  # expected activation unchanged in train mode
+    assert abs(float((out == 0).mean()) - 0.6) < 0.01
+    np.testing.assert_allclose(np.unique(np.asarray(out)), [0.0, 2.5], rtol=1e-6)
+    net = models.build(models.ModelConfig("mlp", hidden=(20,), use_dropout=True))
+    xs = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
+    variables = net.init(jax.random.PRNGKey(0), xs, train=False)
+    a = net.apply(variables, xs, train=False, dropout_rate=0.9)
+    b = net.apply(variables, xs, train=False, dropout_rate=0.0)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # identity in eval mode
+
+
+def test_batchnorm_eval_uses_running_averages():
+    cfg = models.ModelConfig("mlp", hidden=(16,), norm="batch")
+    net, variables = _init(cfg, (4, 4, 3))
+    x = jax.random.normal(jax.random.PRNGKey(3), (32, 4, 4, 3)) * 5 + 2
+    _, upd = net.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert not np.allclose(upd["batch_stats"]["bn_fc1"]["mean"], 0.0)
+    one = net.apply(variables, x[:1], train=False)
+    many = net.apply(variables, x, train=False)[:1]
+    np.testing.assert_allclose(np.asarray(one), np.asarray(many), rtol=1e-5, atol=1e-6)  # no batch dependence
+
+
+def test_normal_init_scale_multiplies_only_weights():
+    cfg = models.ModelConfig("mlp", hidden=(30,), init="normal")
+    _, variables = _init(cfg)
+    scaled = models.scale_kernels(variables["params"], 1e-3)
+    assert abs(float(jnp.std(scaled["fc1"]["kernel"])) - 1e-3) < 1e-4
+    np.testing.assert_array_equal(scaled["fc1"]["bias"], variables["params"]["fc1"]["bias"])
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match="--model='nope'.*allowed"):
+        models.build(models.ModelConfig("nope"))
