@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# cifar_jax launcher: creates .venv when missing, installs the project into it, then runs
+#   ./launch.sh <experiment> [--flag=value ...]   an experiment, e.g. lr_sweep, lr_schedule, mlp_baseline
+#   ./launch.sh test [pytest args ...]            the test suite (-m "not slow" skips real-data tests)
+#   ./launch.sh setup                             only create/update the environment
+# Environment: CIFAR_JAX_VENV (default .venv), PYTHON (default python3), CIFAR_JAX_DATA_DIR.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+venv=${CIFAR_JAX_VENV:-.venv}
+python=${PYTHON:-python3}
+
+if [ $# -eq 0 ]; then
+  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+  exit 2
+fi
+command=$1
+shift
+case "$command" in
+  setup|test) ;;
+  *) if [ ! -f "experiments/$command.py" ] || [ "$command" = __init__ ]; then
+       echo "launch.sh: no experiment '$command'; available: $(cd experiments && ls [a-z]*.py | sed 's/\.py$//' | tr '\n' ' ')" >&2
+       exit 2
+     fi ;;
+esac
+if [ ! -x "$venv/bin/python" ]; then
+  echo "launch.sh: creating $venv with $($python --version 2>&1)" >&2
+  "$python" -m venv "$venv"
+fi
+stamp="$venv/.cifar_jax-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "launch.sh: installing cifar_jax and its dependencies into $venv" >&2
+  log="$venv/install.log"
+  if ! { "$venv/bin/python" -m pip install --upgrade pip && "$venv/bin/python" -m pip install -e ".[dev]"; } >"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "launch.sh: installation failed; full log in $log" >&2
+    exit 1
+  fi
+  touch "$stamp"
+fi
+
+case "$command" in
+  setup) echo "launch.sh: environment ready in $venv" >&2 ;;
+  test) exec "$venv/bin/python" -m pytest "$@" ;;
+  *) exec "$venv/bin/python" -m "experiments.$command" "$@" ;;
+esac
