@@ -15,6 +15,7 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cifar_jax import results
 from cifar_jax.results import TEST_METRICS, ResultsError
@@ -183,6 +184,7 @@ def four_panel(records: list[dict], path: Path | str, title: str) -> Path:
         ax.set_ylabel(_ylabel(key))
     for ax in axes[1]:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     _figure_legend(fig, axes.flat, ncol=4)
     return _save(fig, path)
@@ -216,6 +218,7 @@ def val_comparison(records_by_config: dict[str, list[dict]], path: Path | str, t
         _comparison_panel(ax, records_by_config, key, smooth)
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(_ylabel(key))
     note = f" (centred {smooth}-epoch moving average, band ±1 std across seeds)" if smooth > 1 else \
         " (band ±1 std across seeds)"
@@ -261,6 +264,7 @@ def schedule_shapes(curves: dict[str, np.ndarray], path: Path | str, title: str,
         values = np.asarray(values, dtype=np.float64)
         ax.plot(_epochs(values), values, lw=2, label=name, **_style(i))
     ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("learning rate")
     ax.set_ylim(bottom=0)
     ax.set_title(title)
@@ -368,6 +372,7 @@ def lr_curves(records: list[dict], path: Path | str, title: str = "Learning rate
     else:
         _no_data(ax, "no learning-rate data")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("learning rate")
     ax.set_title(title)
     return _save(fig, path)

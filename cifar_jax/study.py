@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 from absl import app, flags
 
-from cifar_jax import config, data, engine, plots, results, splits
+from cifar_jax import config, data, engine, models, plots, results, splits
 from cifar_jax.config import Config, ConfigError, Run
 
 SPLITS = ("train", "val", "test")
@@ -157,6 +157,7 @@ def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Conf
         label = f"[{study.root.name} group {g + 1}/{len(groups)}]"
         log(f"{label} {len(ids)} runs, model {spec.model.name}, batch {spec.batch_size}, "
             f"{epochs} epochs, layout {layout}")
+        log(models.format_layer_table(models.layer_table(spec.model, prepared.dataset.image_shape)))
         hp = engine.stack_hparams([r.hp for r in group_runs])
         t0 = time.perf_counter()
         engine.train(spec, hp, prepared.device, epochs, Recorder(study, group_runs, total, label, progress),
