@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 from typing import Any, Sequence
 
 from absl import flags
@@ -70,6 +71,10 @@ def define_flags() -> None:
     f.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation passes.")
     f.DEFINE_bool("eval_train", False, "Also evaluate the whole training split in eval mode before and after training.")
     f.DEFINE_bool("download", True, "Download a missing CIFAR archive from its official address.")
+    f.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 for jax.distributed "
+                    "(default $CIFAR_JAX_COORDINATOR).")
+    f.DEFINE_integer("num_processes", None, "Multi-host: number of processes (default $CIFAR_JAX_NUM_PROCESSES, else 1).")
+    f.DEFINE_integer("process_id", None, "Multi-host: this process's index (default $CIFAR_JAX_PROCESS_ID, else 0).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +113,7 @@ class Config:
     eval_batch_size: int
     eval_train: bool
     download: bool
+    distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
 
 
 def _floats(flag: str, values: Sequence[str], lo: float, hi: float, *, lo_open: bool = False,
@@ -200,7 +206,23 @@ def from_flags(fl: Any = None) -> Config:
         augment=_choice("augment", fl.augment, preprocess.AUGMENTATIONS),
         noise_std=fl.noise_std, salt_pepper=fl.salt_pepper,
         layout=_choice("layout", fl.layout, engine.LAYOUTS), eval_batch_size=fl.eval_batch_size,
-        eval_train=fl.eval_train, download=fl.download)
+        eval_train=fl.eval_train, download=fl.download, distributed=_distributed(fl))
+
+
+def _distributed(fl: Any) -> tuple[str | None, int, int]:
+    """(coordinator, process count, process index) from the flags, else the environment."""
+    env = os.environ.get
+    address = fl.coordinator_address or env("CIFAR_JAX_COORDINATOR")
+    try:
+        count = fl.num_processes if fl.num_processes is not None else int(env("CIFAR_JAX_NUM_PROCESSES", "1"))
+        index = fl.process_id if fl.process_id is not None else int(env("CIFAR_JAX_PROCESS_ID", "0"))
+    except ValueError:
+        raise ConfigError("$CIFAR_JAX_NUM_PROCESSES / $CIFAR_JAX_PROCESS_ID must be integers") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--num_processes={count} --process_id={index}: need 0 <= process_id < num_processes")
+    if count > 1 and not address:
+        raise ConfigError(f"--num_processes={count}: multi-host needs --coordinator_address=host:port")
+    return address, count, index
 
 
 @dataclasses.dataclass(frozen=True)

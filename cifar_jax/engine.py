@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
 from cifar_jax import models, optim, preprocess, schedules
 
 LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "seq_scan", "seq_loop")
@@ -158,10 +160,10 @@ def epoch_indices(hp: dict[str, jax.Array], epoch: jax.Array, train_idx: jax.Arr
     return train_idx[perm[: steps * batch_size]].reshape(steps, batch_size)
 
 
-def train_epoch(spec: GroupSpec, state: TrainState, data: Data, epoch: jax.Array
+def train_epoch(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
                 ) -> tuple[TrainState, jax.Array]:
-    """One epoch of one run with its steps inside `lax.scan`; returns summed step metrics."""
-    idx = epoch_indices(state.hp, epoch, data.train_idx, spec.batch_size)
+    """One epoch of one run over its [steps, batch] indices with the steps inside `lax.scan`;
+    returns summed step metrics."""
     step = lambda s, i: train_step(spec, s, data, i)
     state, sums = jax.lax.scan(step, state, idx)
     return state, sums.sum(0)
@@ -206,25 +208,45 @@ class Callbacks(Protocol):
 
 
 @functools.lru_cache(maxsize=None)
-def _programs(spec: GroupSpec, image_shape: tuple[int, ...]) -> dict[str, Callable]:
-    """The jitted, run-batched programs of a group (cached per spec)."""
-    batched = lambda f, *axes: jax.vmap(f, in_axes=axes)
-    init = jax.jit(batched(lambda hp: init_run(spec, hp, image_shape), 0))
-    epoch = jax.jit(batched(functools.partial(train_epoch, spec), 0, None, None), donate_argnums=0)
-
-    def step(state, sums, data, idx, s):
-        state, m = batched(functools.partial(train_step, spec), 0, None, 0)(state, data, idx[:, s])
-        return state, sums + m
+def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh) -> dict[str, Callable]:
+    """The jitted, run-batched programs of a group on `mesh` (cached per spec and mesh). The run
+    axis maps to the mesh axis "runs"; batches are split over the mesh axis "batch"."""
+    batched = lambda f, *axes: jax.vmap(f, in_axes=axes, spmd_axis_name="runs")
+    split = lambda idx: jax.lax.with_sharding_constraint(
+        idx, NamedSharding(mesh, P("runs", *[None] * (idx.ndim - 2), "batch")))
 
     def indices(state, data, epoch):
-        return batched(lambda hp: epoch_indices(hp, epoch, data.train_idx, spec.batch_size), 0)(state.hp)
+        idx = batched(lambda hp: epoch_indices(hp, epoch, data.train_idx, spec.batch_size), 0)(state.hp)
+        return split(idx)
+
+    def epoch(state, data, epoch):
+        return batched(functools.partial(train_epoch, spec), 0, None, 0)(state, data, indices(state, data, epoch))
+
+    def step(state, sums, data, idx, s):
+        state, m = batched(functools.partial(train_step, spec), 0, None, 0)(state, data, split(idx[:, s]))
+        return state, sums + m
 
     def ev(state, x, y, idx, mean, std):
         return batched(functools.partial(evaluate, spec), 0, None, None, None, None, None)(
             state, x, y, idx, mean, std)
 
-    return dict(init=init, epoch=epoch, step=jax.jit(step, donate_argnums=(0, 1)),
-                indices=jax.jit(indices), evaluate=jax.jit(ev))
+    return dict(init=jax.jit(batched(lambda hp: init_run(spec, hp, image_shape), 0)),
+                epoch=jax.jit(epoch, donate_argnums=0), step=jax.jit(step, donate_argnums=(0, 1)),
+                indices=jax.jit(indices), evaluate=jax.jit(ev),
+                lr=jax.jit(batched(schedules.learning_rate, 0, 0)),
+                l2=jax.jit(batched(optim.l2_penalty, 0)))
+
+
+def make_mesh(n_runs: int, batch_size: int, devices: list | None = None) -> Mesh:
+    """A ("runs", "batch") mesh over the local devices: the run axis as wide as the runs allow,
+    the rest of the devices splitting each batch (data parallel) where the batch divides."""
+    devices = list(devices or jax.local_devices())
+    runs_axis = min(n_runs, len(devices))
+    batch_axis = len(devices) // runs_axis
+    while batch_axis > 1 and batch_size % batch_axis:
+        batch_axis -= 1
+    used = np.asarray(devices[: runs_axis * batch_axis]).reshape(runs_axis, batch_axis)
+    return Mesh(used, ("runs", "batch"))
 
 
 def _eval_splits(prog: dict, state: TrainState, data: Data, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -248,57 +270,79 @@ def _masked(metrics: dict[str, np.ndarray], alive: np.ndarray) -> dict[str, np.n
 
 
 def train(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: int,
-          callbacks: Callbacks, *, layout: str = "auto", eval_train: bool = False) -> TrainState:
+          callbacks: Callbacks, *, layout: str = "auto", eval_train: bool = False,
+          devices: list | None = None, max_chunk: int | None = None) -> TrainState:
     """Train a group of runs for `epochs`, reporting through `callbacks`; returns the final
-    state of every run (stacked along the run axis)."""
+    state of every run (stacked along the run axis).
+
+    vmap layouts train the runs together, sharded over the local devices; seq layouts train
+    them one per device at a time. `max_chunk` caps the runs trained at once (set from the
+    compiled program's memory needs by `fit_chunk`)."""
     layout = auto_layout(spec.model) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"--layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
+    devices = list(devices or jax.local_devices())
     n = len(hp["seed"])
-    chunks = [np.arange(n)] if layout.startswith("vmap") else [np.array([i]) for i in range(n)]
-    states = [_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
-                           callbacks, layout.endswith("scan"), eval_train) for runs in chunks]
+    chunk = n if layout.startswith("vmap") else min(n, len(devices))
+    chunk = max(1, min(chunk, max_chunk or chunk))
+    states = []
+    for start in range(0, n, chunk):
+        runs = np.arange(start, min(start + chunk, n))
+        states.append(_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
+                                   callbacks, layout.endswith("scan"), eval_train, devices))
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *states)
 
 
+def _padded(hp: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+    """Repeat the last run so the run axis divides the mesh's "runs" axis."""
+    pad = -len(hp["seed"]) % width
+    return {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in hp.items()}
+
+
 def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
-                 epochs: int, callbacks: Callbacks, scan: bool, eval_train: bool) -> TrainState:
-    image_shape = tuple(data.x.shape[1:])
-    prog = _programs(spec, image_shape)
-    state = prog["init"](jax.device_put(hp))
+                 epochs: int, callbacks: Callbacks, scan: bool, eval_train: bool,
+                 devices: list) -> TrainState:
+    n = len(runs)
+    mesh = make_mesh(n, spec.batch_size, devices)
+    data = jax.device_put(data, NamedSharding(mesh, P()))
+    prog = _programs(spec, tuple(data.x.shape[1:]), mesh)
+    by_run = NamedSharding(mesh, P("runs"))
+    hp = jax.device_put(_padded(hp, mesh.shape["runs"]), by_run)
+    state = jax.device_put(prog["init"](hp), by_run)
+    zeros = lambda: jax.device_put(jnp.zeros((len(hp["seed"]), 3)), by_run)
     steps = data.train_idx.shape[0] // spec.batch_size
     if steps == 0:
         raise ValueError(f"--batch_size={spec.batch_size} is larger than the training split "
                          f"({data.train_idx.shape[0]} images)")
     t0 = time.perf_counter()
     if scan:
-        prog_epoch = prog["epoch"].lower(state, data, jnp.int32(0)).compile()
+        run_epoch = prog["epoch"].lower(state, data, jnp.int32(0)).compile()
     else:
-        sums0 = jnp.zeros((len(runs), 3))
-        idx0 = prog["indices"](state, data, jnp.int32(0))
-        prog_step = prog["step"].lower(state, sums0, data, idx0, jnp.int32(0)).compile()
+        run_step = prog["step"].lower(state, zeros(), data, prog["indices"](state, data, jnp.int32(0)),
+                                      jnp.int32(0)).compile()
     callbacks.on_compiled(time.perf_counter() - t0)
+    real = lambda metrics: {k: v[:n] for k, v in metrics.items()}
     eval_splits = ("train", "val", "test") if eval_train else ("val", "test")
-    callbacks.on_start(runs, _eval_splits(prog, state, data, eval_splits))
+    callbacks.on_start(runs, real(_eval_splits(prog, state, data, eval_splits)))
     for epoch in range(epochs):
         t0 = time.perf_counter()
-        lr = np.asarray(jax.vmap(schedules.learning_rate)(state.hp, state.step))
+        lr = np.asarray(prog["lr"](state.hp, state.step))[:n]
         if scan:
-            state, sums = prog_epoch(state, data, jnp.int32(epoch))
+            state, sums = run_epoch(state, data, jnp.int32(epoch))
         else:
             idx = prog["indices"](state, data, jnp.int32(epoch))
-            sums = jnp.zeros((len(runs), 3))
+            sums = zeros()
             for s in range(steps):
-                state, sums = prog_step(state, sums, data, idx, jnp.int32(s))
-        sums = np.asarray(sums) / (steps * spec.batch_size)
-        alive = np.asarray(state.alive)
+                state, sums = run_step(state, sums, data, idx, jnp.int32(s))
+        sums = np.asarray(sums)[:n] / (steps * spec.batch_size)
+        alive = np.asarray(state.alive)[:n]
         metrics = {"lr": lr, "alive": alive,
                    **{f"train_{m}": sums[:, i] for i, m in enumerate(METRICS)},
-                   **_masked(_eval_splits(prog, state, data, ("val",)), alive)}
+                   **_masked(real(_eval_splits(prog, state, data, ("val",))), alive)}
         callbacks.on_epoch(runs, epoch + 1, metrics, time.perf_counter() - t0)
-    alive = np.asarray(state.alive)
-    final = _masked(_eval_splits(prog, state, data, ("train", "test") if eval_train else ("test",)), alive)
+    alive = np.asarray(state.alive)[:n]
+    final = _masked(real(_eval_splits(prog, state, data, ("train", "test") if eval_train else ("test",))), alive)
     final["alive"] = alive
-    final["l2_penalty"] = np.asarray(jax.vmap(optim.l2_penalty)(state.params))
+    final["l2_penalty"] = np.asarray(prog["l2"](state.params))[:n]
     callbacks.on_end(runs, final)
-    return state
+    return jax.tree_util.tree_map(lambda x: jax.device_get(x)[:n], state)

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from cifar_jax import config, data, engine, models, plots, results, splits
 from cifar_jax.config import Config, ConfigError, Run
@@ -128,9 +129,16 @@ def _split_metrics(metrics: dict[str, np.ndarray], split: str, j: int) -> dict[s
     return {m: float(metrics[f"{split}_{m}"][j]) for m in engine.METRICS}
 
 
+def is_lead() -> bool:
+    """Whether this process writes the study-level files (process 0 of a multi-host study)."""
+    return jax.process_index() == 0
+
+
 def write_preamble(study: results.Study, cfg: Config, runs: list[Run], prepared: Prepared,
                    extra: dict | None = None) -> None:
     """Flags, resolved config, environment and the class-distribution figure of the splits."""
+    if not is_lead():
+        return
     study.write_text("flags.txt", flags.FLAGS.flags_into_string())
     study.write_json("config.json", {"flags": dataclasses.asdict(cfg), **(extra or {}),
                                      "runs": [{"run_id": r.run_id, **r.config} for r in runs]})
@@ -140,14 +148,38 @@ def write_preamble(study: results.Study, cfg: Config, runs: list[Run], prepared:
 
 
 def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Config) -> None:
-    """Train every run of `runs` that the study has not finished, group by group."""
-    todo = set(study.pending([(r.run_id, r.config) for r in runs]))
+    """Train every run of `runs` that the study has not finished, group by group. In a
+    multi-host study each process trains its own share of every group's runs, and process 0
+    then waits until all runs are finished (so it can write the summary)."""
+    wanted = [(r.run_id, r.config) for r in runs]
+    todo = set(study.pending(wanted))
     if len(todo) < len(runs):
         log(f"{study.root}: {len(runs) - len(todo)} of {len(runs)} runs already finished, skipped")
     groups: dict[Any, list[int]] = {}
     for i, r in enumerate(runs):
         if r.run_id in todo:
             groups.setdefault((r.spec, r.epochs), []).append(i)
+    groups = {k: list(np.array_split(ids, jax.process_count())[jax.process_index()]) for k, ids in groups.items()}
+    groups = {k: ids for k, ids in groups.items() if ids}
+    _train_groups(study, runs, groups, prepared, cfg)
+    if jax.process_count() > 1 and is_lead():
+        _wait_for_runs(study, wanted)
+
+
+def _wait_for_runs(study: results.Study, wanted: list[tuple[str, dict]], timeout_s: float = 7 * 24 * 3600) -> None:
+    """Block until every run has a finished record (written by the other processes)."""
+    t0, left = time.monotonic(), study.pending(wanted)
+    if left:
+        log(f"waiting for {len(left)} runs of the other processes")
+    while left:
+        if time.monotonic() - t0 > timeout_s:
+            raise results.ResultsError(f"gave up waiting for {len(left)} runs, e.g. {left[0]!r}")
+        time.sleep(2.0)
+        left = study.pending(wanted)
+
+
+def _train_groups(study: results.Study, runs: list[Run], groups: dict, prepared: Prepared, cfg: Config) -> None:
+    """Train the given groups (run indices per (spec, epochs)) with progress output."""
     total = sum(r.epochs * _chunks(r.spec, len(ids), cfg.layout) for (_, _), ids in groups.items()
                 for r in [runs[ids[0]]])
     progress = {"done": 0, "seconds": 0.0}
@@ -155,8 +187,9 @@ def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Conf
         group_runs = [runs[i] for i in ids]
         layout = engine.auto_layout(spec.model) if cfg.layout == "auto" else cfg.layout
         label = f"[{study.root.name} group {g + 1}/{len(groups)}]"
+        names = ", ".join(r.run_id for r in group_runs) if len(ids) <= 6 else f"{group_runs[0].run_id} … {group_runs[-1].run_id}"
         log(f"{label} {len(ids)} runs, model {spec.model.name}, batch {spec.batch_size}, "
-            f"{epochs} epochs, layout {layout}")
+            f"{epochs} epochs, layout {layout}: {names}")
         log(models.format_layer_table(models.layer_table(spec.model, prepared.dataset.image_shape)))
         hp = engine.stack_hparams([r.hp for r in group_runs])
         t0 = time.perf_counter()
@@ -167,11 +200,15 @@ def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Conf
 
 def _chunks(spec: engine.GroupSpec, n: int, layout: str) -> int:
     layout = engine.auto_layout(spec.model) if layout == "auto" else layout
-    return 1 if layout.startswith("vmap") else n
+    return 1 if layout.startswith("vmap") else -(-n // len(jax.local_devices()))
 
 
-def finish(study: results.Study, runs: list[Run], title: str) -> dict:
-    """Summary, test table and figures of `runs` (from their records only)."""
+def finish(study: results.Study, runs: list[Run], title: str) -> dict | None:
+    """Summary, test table and figures of `runs` (from their records only); written once, by
+    the lead process."""
+    if not is_lead():
+        log(f"process {jax.process_index()}: my runs are finished; process 0 writes the summary")
+        return None
     records = [study.record(r.run_id) for r in runs]
     records = [r for r in records if r is not None]
     summary = results.summarize(records)
@@ -194,10 +231,16 @@ def main(experiment: Callable[[Config], Any]) -> None:
     config.define_flags()
 
     def run(argv: list[str]) -> None:
+        logging.set_verbosity(logging.WARNING)  # keep backend-probing chatter out of the progress output
         if len(argv) > 1:
             _fail(f"unexpected arguments {' '.join(argv[1:])!r} (flags need the --name=value form)")
         try:
-            experiment(config.from_flags())
+            cfg = config.from_flags()
+            address, count, index = cfg.distributed
+            if count > 1:
+                jax.distributed.initialize(address, count, index)
+                log(f"process {index} of {count} (coordinator {address}), local devices {jax.local_devices()}")
+            experiment(cfg)
         except (ConfigError, data.DataError, results.ResultsError) as err:
             _fail(str(err))
 

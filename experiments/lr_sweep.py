@@ -63,6 +63,8 @@ def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results
     runs = config.grid(rcfg, len(prepared.train_idx), prepared.dataset.num_classes)
     sub = results.Study(parent.root / "range_test")
     study.execute(sub, runs, prepared, rcfg)
+    if not study.is_lead():
+        return
     records = [sub.record(r.run_id) for r in runs]
     plots.lr_range(records, parent.figures_dir / "lr_range_test.png")
     unstable, no_learning = range_ends(records)
