@@ -19,7 +19,7 @@ FULL = {"conv": dict(runs=25, steps_per_epoch=703, epochs=2),
 # --quick: ~2 minutes on 2 CPU cores; 5 conv runs (5 LRs x seed 0) instead of 25.
 QUICK = {"conv": dict(runs=5, steps_per_epoch=2, epochs=9),
          "mlp": dict(runs=25, steps_per_epoch=50, epochs=3)}
-SLOW_EPOCHS = 2  # --quick: one timed epoch for the layouts XLA:CPU runs slowly
+SLOW_EPOCHS = 1  # --quick: a single (timed) epoch for the layouts XLA:CPU runs slowly
 
 
 def workloads(quick: bool) -> list[common.Workload]:

@@ -68,6 +68,14 @@ def define_flags() -> None:
     f.DEFINE_float("salt_pepper", 0.0, "Fraction of training inputs set to salt-and-pepper noise.")
     f.DEFINE_string("layout", "auto", f"How a group runs: {', '.join(engine.LAYOUTS)} (auto: the measured-fastest "
                     "for the backend and model; every layout gives the same numbers).")
+    f.DEFINE_string("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master "
+                    "weights, loss and BN statistics).")
+    f.DEFINE_string("conv_impl", "xla", f"Convolution implementation: {', '.join(models.CONV_IMPLS)} (im2col: "
+                    "patches @ kernel, a batched matmul under vmap); the same numbers either way.")
+    f.DEFINE_float("memory_limit_gb", 0.0, "Per-device memory a group may use before it is split into chunks "
+                   "of runs (0: 90% of an accelerator's memory; no limit on CPU).")
+    f.DEFINE_string("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory, so "
+                    "a repeated study does not recompile ('' disables).")
     f.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation passes.")
     f.DEFINE_bool("eval_train", False, "Also evaluate the whole training split in eval mode before and after training.")
     f.DEFINE_bool("download", True, "Download a missing CIFAR archive from its official address.")
@@ -110,6 +118,10 @@ class Config:
     noise_std: float
     salt_pepper: float
     layout: str
+    precision: str
+    conv_impl: str
+    memory_limit_gb: float
+    compile_cache: str
     eval_batch_size: int
     eval_train: bool
     download: bool
@@ -180,7 +192,7 @@ def from_flags(fl: Any = None) -> Config:
         raise ConfigError(str(err)) from None
     for flag in ("batch_size", "epochs", "eval_batch_size"):
         _positive(flag, getattr(fl, flag))
-    for flag in ("weight_decay", "clip_norm", "lr_min", "noise_std", "half_cycle"):
+    for flag in ("weight_decay", "clip_norm", "lr_min", "noise_std", "half_cycle", "memory_limit_gb"):
         _positive(flag, getattr(fl, flag), strict=False)
     _positive("decay_every", fl.decay_every)
     if not 0 <= fl.salt_pepper < 1:
@@ -205,7 +217,10 @@ def from_flags(fl: Any = None) -> Config:
         normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS),
         augment=_choice("augment", fl.augment, preprocess.AUGMENTATIONS),
         noise_std=fl.noise_std, salt_pepper=fl.salt_pepper,
-        layout=_choice("layout", fl.layout, engine.LAYOUTS), eval_batch_size=fl.eval_batch_size,
+        layout=_choice("layout", fl.layout, engine.LAYOUTS),
+        precision=_choice("precision", fl.precision, list(models.PRECISIONS)),
+        conv_impl=_choice("conv_impl", fl.conv_impl, models.CONV_IMPLS),
+        memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size,
         eval_train=fl.eval_train, download=fl.download, distributed=_distributed(fl))
 
 
@@ -244,6 +259,7 @@ class Run:
     def config(self) -> dict[str, Any]:
         """Everything that defines the run, as plain JSON values (stored in its record)."""
         spec = dataclasses.asdict(self.spec)
+        del spec["conv_impl"]  # changes how, not what: the same numbers either way (tested)
         hp = dict(self.hp)
         hp["schedule"] = list(schedules.SCHEDULES)[hp["schedule"]]
         return {"epochs": self.epochs, **self.data, **spec, **hp}
@@ -264,7 +280,8 @@ def group_spec(cfg: Config, num_classes: int) -> engine.GroupSpec:
     return engine.GroupSpec(
         model=dataclasses.replace(cfg.model, num_classes=num_classes), optimizer=cfg.optimizer,
         batch_size=cfg.batch_size, augment=cfg.augment, noise=cfg.noise_std > 0 or cfg.salt_pepper > 0,
-        clip_norm=cfg.clip_norm or None, eval_batch_size=cfg.eval_batch_size)
+        clip_norm=cfg.clip_norm or None, eval_batch_size=cfg.eval_batch_size, precision=cfg.precision,
+        conv_impl=cfg.conv_impl)
 
 
 def data_config(cfg: Config) -> dict[str, Any]:

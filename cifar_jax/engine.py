@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cifar_jax import models, optim, preprocess, schedules
 
-LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "seq_scan", "seq_loop")
+LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
 HP_INT = ("seed", "schedule")
 HP_FLOAT = ("lr", "lr_min", "decay_rate", "decay_every", "staircase", "total_steps", "half_cycle",
             "dropout", "l2", "momentum", "weight_decay", "init_scale", "noise_std", "salt_pepper")
@@ -68,10 +68,12 @@ class GroupSpec:
     noise: bool = False
     clip_norm: float | None = None
     eval_batch_size: int = 500
+    precision: str = "fp32"
+    conv_impl: str = "xla"  # how convolutions execute; same numbers, so not part of a run's identity
 
     @property
     def net(self) -> models.Net:
-        return models.build(self.model)
+        return models.build(self.model, self.conv_impl, self.precision)
 
 
 def put_data(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -201,17 +203,31 @@ class Callbacks(Protocol):
     """What the engine reports as it goes; `runs` are indices into the group."""
 
     def on_compiled(self, seconds: float) -> None: ...
+    def on_log(self, message: str) -> None: ...
     def on_start(self, runs: np.ndarray, untrained: dict[str, np.ndarray]) -> None: ...
     def on_epoch(self, runs: np.ndarray, epoch: int, metrics: dict[str, np.ndarray],
                  seconds: float) -> None: ...
     def on_end(self, runs: np.ndarray, final: dict[str, np.ndarray]) -> None: ...
 
 
+def _map_over_runs(f: Callable, *axes: int | None) -> Callable:
+    """Like vmap(f, in_axes=axes) but one run after another inside the program (lax.map)."""
+    def mapped(*args):
+        def one(xs):
+            it = iter(xs)
+            return f(*[next(it) if ax == 0 else a for a, ax in zip(args, axes)])
+        return jax.lax.map(one, [a for a, ax in zip(args, axes) if ax == 0])
+    return mapped
+
+
 @functools.lru_cache(maxsize=None)
-def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh) -> dict[str, Callable]:
-    """The jitted, run-batched programs of a group on `mesh` (cached per spec and mesh). The run
-    axis maps to the mesh axis "runs"; batches are split over the mesh axis "batch"."""
-    batched = lambda f, *axes: jax.vmap(f, in_axes=axes, spmd_axis_name="runs")
+def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axis: str) -> dict[str, Callable]:
+    """The jitted, run-batched programs of a group on `mesh` (cached). The run axis is vmapped
+    (mapped to the mesh axis "runs") or lax.mapped; batches split over the mesh axis "batch"."""
+    if run_axis == "map":
+        batched = _map_over_runs
+    else:
+        batched = lambda f, *axes: jax.vmap(f, in_axes=axes, spmd_axis_name="runs")
     split = lambda idx: jax.lax.with_sharding_constraint(
         idx, NamedSharding(mesh, P("runs", *[None] * (idx.ndim - 2), "batch")))
 
@@ -271,26 +287,64 @@ def _masked(metrics: dict[str, np.ndarray], alive: np.ndarray) -> dict[str, np.n
 
 def train(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: int,
           callbacks: Callbacks, *, layout: str = "auto", eval_train: bool = False,
-          devices: list | None = None, max_chunk: int | None = None) -> TrainState:
+          devices: list | None = None, max_chunk: int | None = None,
+          memory_limit: int | None = None) -> TrainState:
     """Train a group of runs for `epochs`, reporting through `callbacks`; returns the final
     state of every run (stacked along the run axis).
 
-    vmap layouts train the runs together, sharded over the local devices; seq layouts train
-    them one per device at a time. `max_chunk` caps the runs trained at once (set from the
-    compiled program's memory needs by `fit_chunk`)."""
+    vmap layouts train the runs together, sharded over the local devices; map layouts train
+    them one after another inside one program; seq layouts one per device at a time. A group
+    whose compiled program needs more than `memory_limit` bytes per device (default: 90% of an
+    accelerator's memory) is split into chunks of runs that fit; `max_chunk` caps a chunk."""
     layout = auto_layout(spec.model) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"--layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
     devices = list(devices or jax.local_devices())
     n = len(hp["seed"])
-    chunk = n if layout.startswith("vmap") else min(n, len(devices))
+    chunk = min(n, len(devices)) if layout.startswith("seq") else n
     chunk = max(1, min(chunk, max_chunk or chunk))
-    states = []
-    for start in range(0, n, chunk):
+    limit = memory_limit or _device_memory(devices[0])
+    states, start = [], 0
+    while start < n:
         runs = np.arange(start, min(start + chunk, n))
-        states.append(_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
-                                   callbacks, layout.endswith("scan"), eval_train, devices))
+        try:
+            states.append(_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
+                                       callbacks, layout, eval_train, devices, limit))
+        except _TooBig as big:
+            chunk = big.fits
+            getattr(callbacks, "on_log", print)(f"group of {len(runs)} runs needs {big.need / 2**30:.2f} GiB per device, "
+                             f"more than the {limit / 2**30:.2f} GiB available: training {chunk} runs at a time")
+            continue
+        start += len(runs)
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *states)
+
+
+class _TooBig(Exception):
+    """A chunk whose compiled program would not fit; `fits` runs would."""
+
+    def __init__(self, need: int, fits: int):
+        super().__init__(need, fits)
+        self.need, self.fits = need, fits
+
+
+def _device_memory(device: Any) -> int | None:
+    """Bytes a group may use on `device`: 90% of the accelerator's limit; None on CPU."""
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    return int(0.9 * stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
+
+def _check_fits(compiled: Any, n_runs: int, shared_bytes: int, limit: int | None, width: int) -> None:
+    """Raise _TooBig when the compiled program's memory (n_runs per device, over `width`
+    devices of the run axis) exceeds `limit` bytes per device."""
+    if limit is None or n_runs == 1:
+        return
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return
+    need = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+    if need > limit:
+        per_run = max(1, (need - shared_bytes) // n_runs)
+        raise _TooBig(need, width * max(1, min(n_runs - 1, (limit - shared_bytes) // per_run)))
 
 
 def _padded(hp: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
@@ -300,12 +354,12 @@ def _padded(hp: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
 
 
 def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
-                 epochs: int, callbacks: Callbacks, scan: bool, eval_train: bool,
-                 devices: list) -> TrainState:
-    n = len(runs)
-    mesh = make_mesh(n, spec.batch_size, devices)
+                 epochs: int, callbacks: Callbacks, layout: str, eval_train: bool,
+                 devices: list, limit: int | None) -> TrainState:
+    n, scan, run_axis = len(runs), layout.endswith("scan"), layout.split("_")[0]
+    mesh = make_mesh(1 if run_axis == "map" else n, spec.batch_size, devices)
     data = jax.device_put(data, NamedSharding(mesh, P()))
-    prog = _programs(spec, tuple(data.x.shape[1:]), mesh)
+    prog = _programs(spec, tuple(data.x.shape[1:]), mesh, run_axis)
     by_run = NamedSharding(mesh, P("runs"))
     hp = jax.device_put(_padded(hp, mesh.shape["runs"]), by_run)
     state = jax.device_put(prog["init"](hp), by_run)
@@ -320,6 +374,8 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     else:
         run_step = prog["step"].lower(state, zeros(), data, prog["indices"](state, data, jnp.int32(0)),
                                       jnp.int32(0)).compile()
+    _check_fits(run_epoch if scan else run_step, len(hp["seed"]) // mesh.shape["runs"],
+                sum(x.nbytes for x in jax.tree_util.tree_leaves(data)), limit, mesh.shape["runs"])
     callbacks.on_compiled(time.perf_counter() - t0)
     real = lambda metrics: {k: v[:n] for k, v in metrics.items()}
     eval_splits = ("train", "val", "test") if eval_train else ("val", "test")

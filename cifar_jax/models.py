@@ -52,14 +52,45 @@ def dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(mask, x / keep, 0.0)
 
 
+class PatchConv(nn.Module):
+    """A stride-1 'same' convolution as im2col patches @ kernel: under vmap over runs this is a
+    batched matmul instead of a grouped convolution. Parameters equal nn.Conv's."""
+
+    features: int
+    kernel_size: int
+    use_bias: bool
+    kernel_init: Any
+    bias_init: Any
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, cin = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features))
+        patches = jax.lax.conv_general_dilated_patches(
+            x.astype(self.dtype), (k, k), (1, 1), [(k // 2, k // 2)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))  # features ordered (cin, kh, kw)
+        y = patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * k * k, self.features).astype(self.dtype)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
+        return y
+
+
+CONV_IMPLS = ("xla", "im2col")
+PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
 class Net(nn.Module):
-    """A conv/pool/dense stack from a spec, then a dense classifier."""
+    """A conv/pool/dense stack from a spec, then a dense classifier. Parameters are float32;
+    `dtype` is the compute precision (bf16: mixed precision, BN statistics still float32)."""
 
     layers: tuple[Layer, ...]
     num_classes: int = 10
     norm: str = "none"
     init_kind: str = "torch"
     use_dropout: bool = False
+    conv_impl: str = "xla"
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
@@ -75,29 +106,35 @@ class Net(nn.Module):
                 name = f"conv{n_conv}"
                 k = layer[2]
                 kinit, binit = _initializers(self.init_kind, k * k * x.shape[-1])
-                x = nn.Conv(layer[1], (k, k), padding=k // 2, use_bias=bias, kernel_init=kinit,
-                            bias_init=binit, name=name)(x)
+                if self.conv_impl == "im2col":
+                    x = PatchConv(layer[1], k, bias, kinit, binit, self.dtype, name=name)(x)
+                else:
+                    x = nn.Conv(layer[1], (k, k), padding=k // 2, use_bias=bias, kernel_init=kinit,
+                                bias_init=binit, dtype=self.dtype, name=name)(x)
             else:
                 n_fc += 1
                 name = f"fc{n_fc}"
                 x = x.reshape(x.shape[0], -1)
                 kinit, binit = _initializers(self.init_kind, x.shape[-1])
-                x = nn.Dense(layer[1], use_bias=bias, kernel_init=kinit, bias_init=binit, name=name)(x)
+                x = nn.Dense(layer[1], use_bias=bias, kernel_init=kinit, bias_init=binit,
+                             dtype=self.dtype, name=name)(x)
             x = self._normalize(x, name, train)
             x = nn.relu(x)
             if kind == "dense" and self.use_dropout and train:
                 x = dropout(x, dropout_rate, self.make_rng("dropout"))
         x = x.reshape(x.shape[0], -1)
         kinit, binit = _initializers(self.init_kind, x.shape[-1])
-        return nn.Dense(self.num_classes, kernel_init=kinit, bias_init=binit, name=f"fc{n_fc + 1}")(x)
+        logits = nn.Dense(self.num_classes, kernel_init=kinit, bias_init=binit, dtype=self.dtype,
+                          name=f"fc{n_fc + 1}")(x)
+        return logits.astype(jnp.float32)
 
     def _normalize(self, x: jax.Array, name: str, train: bool) -> jax.Array:
         if self.norm == "batch":
             # momentum 0.9 = PyTorch's 0.1; statistics are per run because each run is its own apply.
             return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                name=f"bn_{name}")(x)
+                                dtype=self.dtype, name=f"bn_{name}")(x)
         if self.norm == "layer":
-            return nn.LayerNorm(epsilon=1e-5, name=f"ln_{name}")(x)
+            return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"ln_{name}")(x)
         return x
 
 
@@ -120,11 +157,12 @@ def spec(cfg: ModelConfig) -> tuple[Layer, ...]:
     return ARCHITECTURES[cfg.name]
 
 
-def build(cfg: ModelConfig) -> Net:
-    """The flax module for a model config."""
+def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32") -> Net:
+    """The flax module for a model config, with a convolution implementation and precision."""
     if cfg.name not in MODELS:
         raise ValueError(f"--model={cfg.name!r} is unknown; allowed: {', '.join(MODELS)}")
-    return Net(spec(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout)
+    return Net(spec(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout, conv_impl,
+               PRECISIONS[precision])
 
 
 def scale_kernels(params: Any, scale: jax.Array) -> Any:

@@ -87,6 +87,9 @@ class Recorder:
         if seconds > 0.5:
             log(f"{self.label}: compiled in {seconds:.1f} s")
 
+    def on_log(self, message: str) -> None:
+        log(f"{self.label}: {message}")
+
     def on_start(self, runs: np.ndarray, untrained: dict[str, np.ndarray]) -> None:
         for j, i in enumerate(runs):
             run = self.runs[i]
@@ -194,7 +197,8 @@ def _train_groups(study: results.Study, runs: list[Run], groups: dict, prepared:
         hp = engine.stack_hparams([r.hp for r in group_runs])
         t0 = time.perf_counter()
         engine.train(spec, hp, prepared.device, epochs, Recorder(study, group_runs, total, label, progress),
-                     layout=layout, eval_train=cfg.eval_train)
+                     layout=layout, eval_train=cfg.eval_train,
+                     memory_limit=int(cfg.memory_limit_gb * 2**30) or None)
         log(f"{label} finished in {_fmt_time(time.perf_counter() - t0)}")
 
 
@@ -236,6 +240,9 @@ def main(experiment: Callable[[Config], Any]) -> None:
             _fail(f"unexpected arguments {' '.join(argv[1:])!r} (flags need the --name=value form)")
         try:
             cfg = config.from_flags()
+            if cfg.compile_cache:
+                jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
+                jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
             address, count, index = cfg.distributed
             if count > 1:
                 jax.distributed.initialize(address, count, index)

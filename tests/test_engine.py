@@ -14,10 +14,13 @@ class Collect:
     """Callbacks that keep everything the engine reports, keyed by run index."""
 
     def __init__(self):
-        self.epochs, self.untrained, self.final = {}, {}, {}
+        self.epochs, self.untrained, self.final, self.logs = {}, {}, {}, []
 
     def on_compiled(self, seconds):
         pass
+
+    def on_log(self, message):
+        self.logs.append(message)
 
     def on_start(self, runs, untrained):
         for j, i in enumerate(runs):
@@ -167,3 +170,34 @@ def test_epoch_order_is_a_permutation_from_the_seed(small_data):
     assert a.shape == (10, 32) and len(np.unique(a)) == 320
     assert set(a.ravel()) == set(np.asarray(small_data.train_idx).tolist())
     assert not np.array_equal(a, b)
+
+
+def test_group_too_big_for_memory_is_split_into_chunks(noise_data):
+    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(64,), init="he"), batch_size=32)
+    runs = [dict(seed=i, lr=0.02 * (i + 1)) for i in range(6)]
+    whole, ref = _train(spec, runs, noise_data, 1, "vmap_scan")
+    assert not ref.logs
+    limit = 2 * sum(x.nbytes for x in jax.tree_util.tree_leaves(noise_data)) + 200_000
+    parts, cb = _train(spec, runs, noise_data, 1, "vmap_scan", memory_limit=limit)
+    assert len(cb.logs) == 1 and "runs at a time" in cb.logs[0]
+    _assert_close(parts.params, whole.params, 1e-6)
+    assert [cb.final[i]["test_acc"] for i in range(6)] == pytest.approx([ref.final[i]["test_acc"] for i in range(6)], abs=1e-6)
+
+
+def test_im2col_convolution_gives_the_same_training(noise_data):
+    runs = RUNS[:2]
+    xla, ref = _train(engine.GroupSpec(models.ModelConfig("baseline", use_dropout=True), batch_size=32), runs,
+                      noise_data, 1, "vmap_loop")
+    patches, cb = _train(engine.GroupSpec(models.ModelConfig("baseline", use_dropout=True), batch_size=32,
+                                          conv_impl="im2col"), runs, noise_data, 1, "vmap_loop")
+    _assert_close(patches.params, xla.params, 1e-5)
+    assert [cb.final[i]["test_loss"] for i in range(2)] == pytest.approx([ref.final[i]["test_loss"] for i in range(2)], abs=1e-5)
+
+
+def test_bf16_compute_keeps_float32_master_weights(noise_data):
+    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(64,), norm="batch", init="he"), batch_size=32,
+                            precision="bf16")
+    state, cb = _train(spec, [dict(seed=0, lr=0.05)], noise_data, 3, "vmap_scan")
+    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves((state.params, state.batch_stats)))
+    losses = [e["train_loss"] for e in cb.epochs[0]]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
