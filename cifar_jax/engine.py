@@ -55,6 +55,7 @@ class TrainState(NamedTuple):
     step: jax.Array       # int32
     alive: jax.Array      # bool: False once the run diverged; it then stops updating
     hp: dict[str, jax.Array]
+    grad_acc: jax.Array   # [2, tensors, 3]: Σ over the first / last 5 steps of (mean |g|, mean g², ‖g‖); [0] if off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +71,12 @@ class GroupSpec:
     eval_batch_size: int = 500
     precision: str = "fp32"
     conv_impl: str = "xla"  # how convolutions execute; same numbers, so not part of a run's identity
+    frozen: tuple[str, ...] = ()  # layers (e.g. "conv1") whose parameters and BN statistics stay fixed
+    grad_stats: bool = False  # record |gradient| statistics per parameter tensor
 
     @property
     def net(self) -> models.Net:
-        return models.build(self.model, self.conv_impl, self.precision)
+        return models.build(self.model, self.conv_impl, self.precision, self.frozen)
 
 
 def put_data(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -104,9 +107,32 @@ def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, 
     params = variables["params"]
     if spec.model.init == "normal":
         params = models.scale_kernels(params, hp["init_scale"])
-    opt_state = optim.make(spec.optimizer, 0.0, hp, spec.clip_norm).init(params)
+    opt_state = _optimizer(spec, 0.0, hp, params).init(params)
+    n_tensors = len(jax.tree_util.tree_leaves(params)) if spec.grad_stats else 0
     return TrainState(params, variables.get("batch_stats", {}), opt_state, jnp.int32(0),
-                      jnp.bool_(True), hp)
+                      jnp.bool_(True), hp, jnp.zeros((2, n_tensors, 3)))
+
+
+def _optimizer(spec: GroupSpec, lr: jax.Array | float, hp: dict[str, jax.Array], params: Any
+               ) -> optax.GradientTransformation:
+    """The run's optimiser; frozen layers get zero updates (optax.multi_transform)."""
+    tx = optim.make(spec.optimizer, lr, hp, spec.clip_norm)
+    if not spec.frozen:
+        return tx
+    labels = {k: jax.tree_util.tree_map(lambda _: "frozen" if k in spec.frozen else "train", v)
+              for k, v in params.items()}
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def param_names(params: Any) -> list[str]:
+    """"layer/name" of every parameter tensor, in leaf order (the order of gradient statistics)."""
+    return ["/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+
+def _grad_stats(grads: Any) -> jax.Array:
+    """[tensors, 3]: mean |g|, mean g² and ‖g‖ of every parameter tensor."""
+    return jnp.stack([jnp.stack([jnp.mean(jnp.abs(g)), jnp.mean(g ** 2), jnp.sqrt(jnp.sum(g ** 2))])
+                      for g in jax.tree_util.tree_leaves(grads)])
 
 
 def _count_correct(logits: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -141,7 +167,7 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
         return ce.mean() + hp["l2"] * optim.l2_penalty(params), (ce, logits, updates)
 
     grads, (ce, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-    tx = optim.make(spec.optimizer, schedules.learning_rate(hp, state.step), hp, spec.clip_norm)
+    tx = _optimizer(spec, schedules.learning_rate(hp, state.step), hp, state.params)
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
     new = (optax.apply_updates(state.params, deltas), updates.get("batch_stats", {}), opt_state)
     ok = state.alive & jnp.all(jnp.isfinite(ce)) & _all_finite(new[0])
@@ -149,8 +175,15 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
     params, batch_stats, opt_state = jax.tree_util.tree_map(
         keep, new, (state.params, state.batch_stats, state.opt_state))
     top1, top5 = _count_correct(logits, y)
-    sums = jnp.where(ok, jnp.stack([ce.sum(), top1.sum(), top5.sum()]), jnp.nan)
-    return TrainState(params, batch_stats, opt_state, state.step + 1, ok, hp), sums
+    sums = jnp.stack([ce.sum(), top1.sum(), top5.sum()])
+    grad_acc = state.grad_acc
+    if spec.grad_stats:
+        g = _grad_stats(grads)
+        window = jnp.stack([state.step < 5, state.step >= hp["total_steps"] - 5]).astype(jnp.float32)
+        grad_acc = grad_acc + window[:, None, None] * g
+        sums = jnp.concatenate([sums, g[:, 2]])  # per-tensor ‖g‖, averaged per epoch
+    sums = jnp.where(ok, sums, jnp.nan)
+    return TrainState(params, batch_stats, opt_state, state.step + 1, ok, hp, grad_acc), sums
 
 
 def epoch_indices(hp: dict[str, jax.Array], epoch: jax.Array, train_idx: jax.Array,
@@ -288,14 +321,16 @@ def _masked(metrics: dict[str, np.ndarray], alive: np.ndarray) -> dict[str, np.n
 def train(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: int,
           callbacks: Callbacks, *, layout: str = "auto", eval_train: bool = False,
           devices: list | None = None, max_chunk: int | None = None,
-          memory_limit: int | None = None) -> TrainState:
+          memory_limit: int | None = None, initial: dict | None = None) -> TrainState:
     """Train a group of runs for `epochs`, reporting through `callbacks`; returns the final
     state of every run (stacked along the run axis).
 
     vmap layouts train the runs together, sharded over the local devices; map layouts train
     them one after another inside one program; seq layouts one per device at a time. A group
     whose compiled program needs more than `memory_limit` bytes per device (default: 90% of an
-    accelerator's memory) is split into chunks of runs that fit; `max_chunk` caps a chunk."""
+    accelerator's memory) is split into chunks of runs that fit; `max_chunk` caps a chunk.
+    `initial` ({"params": {layer: [R, ...]}, "batch_stats": {...}}) replaces those layers of the
+    fresh initialisation, e.g. restored pretrained layers to freeze."""
     layout = auto_layout(spec.model) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"--layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
@@ -308,8 +343,9 @@ def train(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: int,
     while start < n:
         runs = np.arange(start, min(start + chunk, n))
         try:
+            start_from = jax.tree_util.tree_map(lambda x: x[runs], initial) if initial else None
             states.append(_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
-                                       callbacks, layout, eval_train, devices, limit))
+                                       callbacks, layout, eval_train, devices, limit, start_from))
         except _TooBig as big:
             chunk = big.fits
             getattr(callbacks, "on_log", print)(f"group of {len(runs)} runs needs {big.need / 2**30:.2f} GiB per device, "
@@ -347,6 +383,16 @@ def _check_fits(compiled: Any, n_runs: int, shared_bytes: int, limit: int | None
         raise _TooBig(need, width * max(1, min(n_runs - 1, (limit - shared_bytes) // per_run)))
 
 
+def _window_stats(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[R, tensors, 3] (mean |g|, std |g|, mean ‖g‖) over the first and the last 5 steps, from
+    the accumulated sums (std over every element of the 5 steps: sqrt(E[g²] - E[|g|]²))."""
+    out = []
+    for window in (acc[:, 0] / 5, acc[:, 1] / 5):
+        mean, sq, norm = window[..., 0], window[..., 1], window[..., 2]
+        out.append(np.stack([mean, np.sqrt(np.maximum(sq - mean ** 2, 0.0)), norm], -1))
+    return out[0], out[1]
+
+
 def _padded(hp: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
     """Repeat the last run so the run axis divides the mesh's "runs" axis."""
     pad = -len(hp["seed"]) % width
@@ -355,15 +401,23 @@ def _padded(hp: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
 
 def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
                  epochs: int, callbacks: Callbacks, layout: str, eval_train: bool,
-                 devices: list, limit: int | None) -> TrainState:
+                 devices: list, limit: int | None, initial: dict | None) -> TrainState:
     n, scan, run_axis = len(runs), layout.endswith("scan"), layout.split("_")[0]
     mesh = make_mesh(1 if run_axis == "map" else n, spec.batch_size, devices)
     data = jax.device_put(data, NamedSharding(mesh, P()))
     prog = _programs(spec, tuple(data.x.shape[1:]), mesh, run_axis)
     by_run = NamedSharding(mesh, P("runs"))
     hp = jax.device_put(_padded(hp, mesh.shape["runs"]), by_run)
-    state = jax.device_put(prog["init"](hp), by_run)
-    zeros = lambda: jax.device_put(jnp.zeros((len(hp["seed"]), 3)), by_run)
+    state = prog["init"](hp)
+    if initial:
+        width = len(hp["seed"])
+        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], width - len(x), 0)])
+        merged = {k: {**getattr(state, k), **jax.tree_util.tree_map(pad, initial.get(k, {}))}
+                  for k in ("params", "batch_stats")}
+        state = state._replace(**merged)
+    state = jax.device_put(state, by_run)
+    width = 3 + (state.grad_acc.shape[2] if spec.grad_stats else 0)
+    zeros = lambda: jax.device_put(jnp.zeros((len(hp["seed"]), width)), by_run)
     steps = data.train_idx.shape[0] // spec.batch_size
     if steps == 0:
         raise ValueError(f"--batch_size={spec.batch_size} is larger than the training split "
@@ -390,15 +444,19 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
             sums = zeros()
             for s in range(steps):
                 state, sums = run_step(state, sums, data, idx, jnp.int32(s))
-        sums = np.asarray(sums)[:n] / (steps * spec.batch_size)
+        sums = np.asarray(sums)[:n]
         alive = np.asarray(state.alive)[:n]
         metrics = {"lr": lr, "alive": alive,
-                   **{f"train_{m}": sums[:, i] for i, m in enumerate(METRICS)},
+                   **{f"train_{m}": sums[:, i] / (steps * spec.batch_size) for i, m in enumerate(METRICS)},
                    **_masked(real(_eval_splits(prog, state, data, ("val",))), alive)}
+        if spec.grad_stats:
+            metrics["grad_norm"] = sums[:, 3:] / steps
         callbacks.on_epoch(runs, epoch + 1, metrics, time.perf_counter() - t0)
     alive = np.asarray(state.alive)[:n]
     final = _masked(real(_eval_splits(prog, state, data, ("train", "test") if eval_train else ("test",))), alive)
     final["alive"] = alive
     final["l2_penalty"] = np.asarray(prog["l2"](state.params))[:n]
+    if spec.grad_stats:
+        final["grad_first5"], final["grad_last5"] = _window_stats(np.asarray(state.grad_acc)[:n])
     callbacks.on_end(runs, final)
     return jax.tree_util.tree_map(lambda x: jax.device_get(x)[:n], state)

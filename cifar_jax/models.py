@@ -91,6 +91,7 @@ class Net(nn.Module):
     use_dropout: bool = False
     conv_impl: str = "xla"
     dtype: Any = jnp.float32
+    frozen: tuple[str, ...] = ()  # layers whose batch norm uses running statistics in train mode too
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
@@ -118,7 +119,7 @@ class Net(nn.Module):
                 kinit, binit = _initializers(self.init_kind, x.shape[-1])
                 x = nn.Dense(layer[1], use_bias=bias, kernel_init=kinit, bias_init=binit,
                              dtype=self.dtype, name=name)(x)
-            x = self._normalize(x, name, train)
+            x = self._normalize(x, name, train and name not in self.frozen)
             x = nn.relu(x)
             if kind == "dense" and self.use_dropout and train:
                 x = dropout(x, dropout_rate, self.make_rng("dropout"))
@@ -157,12 +158,14 @@ def spec(cfg: ModelConfig) -> tuple[Layer, ...]:
     return ARCHITECTURES[cfg.name]
 
 
-def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32") -> Net:
-    """The flax module for a model config, with a convolution implementation and precision."""
+def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32",
+          frozen: tuple[str, ...] = ()) -> Net:
+    """The flax module for a model config, with a convolution implementation, precision and
+    the layers whose BN statistics are frozen."""
     if cfg.name not in MODELS:
         raise ValueError(f"--model={cfg.name!r} is unknown; allowed: {', '.join(MODELS)}")
     return Net(spec(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout, conv_impl,
-               PRECISIONS[precision])
+               PRECISIONS[precision], frozen)
 
 
 def scale_kernels(params: Any, scale: jax.Array) -> Any:

@@ -201,3 +201,59 @@ def test_bf16_compute_keeps_float32_master_weights(noise_data):
     assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves((state.params, state.batch_stats)))
     losses = [e["train_loss"] for e in cb.epochs[0]]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_frozen_layers_stay_bit_identical_while_dense_layers_train(noise_data):
+    model = models.ModelConfig("baseline", norm="batch")
+    pre = engine.GroupSpec(model, batch_size=32)
+    pretrained, _ = _train(pre, RUNS[:2], noise_data, 1, "seq_loop")
+    convs = ("conv1", "conv2", "conv3")
+    frozen = convs + tuple(f"bn_{k}" for k in convs)
+    initial = {"params": {k: pretrained.params[k] for k in frozen},
+               "batch_stats": {f"bn_{k}": pretrained.batch_stats[f"bn_{k}"] for k in convs}}
+    spec = engine.GroupSpec(model, batch_size=32, frozen=frozen)
+    retrain = [dict(seed=10, lr=0.05), dict(seed=11, lr=0.05)]
+    fresh, _ = _train(engine.GroupSpec(model, batch_size=32), retrain, noise_data, 0, "seq_loop")
+    after, _ = _train(spec, retrain, noise_data, 2, "seq_loop", initial=initial)
+    for name in frozen:
+        for a, b in zip(jax.tree_util.tree_leaves(after.params[name]), jax.tree_util.tree_leaves(pretrained.params[name])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for name in (f"bn_{k}" for k in convs):  # frozen BN layers use (and keep) their running statistics
+        for a, b in zip(jax.tree_util.tree_leaves(after.batch_stats[name]), jax.tree_util.tree_leaves(pretrained.batch_stats[name])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The dense layers were re-initialised from the retraining seed, then trained.
+    assert not np.allclose(after.params["fc1"]["kernel"], fresh.params["fc1"]["kernel"])
+    assert not np.allclose(after.batch_stats["bn_fc1"]["mean"], fresh.batch_stats["bn_fc1"]["mean"])
+
+
+def test_gradient_statistics_equal_hand_computed_ones(noise_data):
+    """mean |g|, std |g| and ‖g‖ per tensor over the first 5 steps, and ‖g‖ averaged per epoch, of a
+    tiny MLP with LR 0 (so every step's gradient is at the initial parameters)."""
+    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(6,), init="he"), batch_size=32, grad_stats=True)
+    run = dict(seed=4, lr=0.0, total_steps=10)
+    state, cb = _train(spec, [run], noise_data, 1, "vmap_scan")
+    hp = jax.tree_util.tree_map(lambda a: a[0], engine.stack_hparams([run]))
+    params = jax.tree_util.tree_map(lambda x: x[0], state.params)
+    idx = np.asarray(engine.epoch_indices(hp, 0, noise_data.train_idx, 32))
+
+    def loss(p, i):
+        x = (noise_data.x[i].astype(jnp.float32) / 255 - noise_data.mean) / noise_data.std
+        logits = spec.net.apply({"params": p}, x, train=True)
+        return optax_ce(logits, noise_data.y[i])
+
+    grads = [jax.tree_util.tree_leaves(jax.grad(loss)(params, i)) for i in idx]
+    names = engine.param_names(params)
+    assert names == ["fc1/bias", "fc1/kernel", "fc2/bias", "fc2/kernel"]
+    for t in range(len(names)):
+        first = np.concatenate([np.abs(np.asarray(g[t])).ravel() for g in grads[:5]])
+        last = np.concatenate([np.abs(np.asarray(g[t])).ravel() for g in grads[-5:]])
+        np.testing.assert_allclose(cb.final[0]["grad_first5"][t], [first.mean(), first.std(),
+                                   np.mean([np.linalg.norm(np.asarray(g[t])) for g in grads[:5]])], rtol=2e-4)
+        np.testing.assert_allclose(cb.final[0]["grad_last5"][t][:2], [last.mean(), last.std()], rtol=2e-4)
+        np.testing.assert_allclose(cb.epochs[0][0]["grad_norm"][t],
+                                   np.mean([np.linalg.norm(np.asarray(g[t])) for g in grads]), rtol=2e-4)
+
+
+def optax_ce(logits, y):
+    import optax
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
