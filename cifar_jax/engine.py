@@ -124,6 +124,12 @@ def _optimizer(spec: GroupSpec, lr: jax.Array | float, hp: dict[str, jax.Array],
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
+def param_shapes(spec: GroupSpec, image_shape: tuple[int, ...]) -> Any:
+    """The parameter pytree of one run as shapes (no computation)."""
+    x = jnp.zeros((1, *image_shape))
+    return jax.eval_shape(lambda: spec.net.init(jax.random.PRNGKey(0), x, train=False))["params"]
+
+
 def param_names(params: Any) -> list[str]:
     """"layer/name" of every parameter tensor, in leaf order (the order of gradient statistics)."""
     return ["/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]

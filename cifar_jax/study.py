@@ -78,8 +78,8 @@ class Recorder:
     """Engine callbacks: builds each run's record, writes it every epoch, prints progress."""
 
     def __init__(self, study: results.Study, runs: list[Run], total_epochs: int, label: str,
-                 progress: dict):
-        self.study, self.runs, self.label = study, runs, label
+                 progress: dict, tensor_names: list[str]):
+        self.study, self.runs, self.label, self.tensor_names = study, runs, label, tensor_names
         self.records: dict[int, dict] = {}
         self.total, self.progress = total_epochs, progress  # progress is shared across groups
 
@@ -101,7 +101,7 @@ class Recorder:
     def on_epoch(self, runs: np.ndarray, epoch: int, metrics: dict[str, np.ndarray], seconds: float) -> None:
         for j, i in enumerate(runs):
             rec = self.records[i]
-            entry = {"epoch": epoch, **{k: float(v[j]) for k, v in metrics.items() if k != "alive"},
+            entry = {"epoch": epoch, **{k: v[j].tolist() for k, v in metrics.items() if k != "alive"},
                      "seconds": seconds}
             rec["epochs"].append(entry)
             if not metrics["alive"][j] and rec["diverged_epoch"] is None:
@@ -124,6 +124,10 @@ class Recorder:
             if "train_loss" in final:
                 rec["final_train"] = _split_metrics(final, "train", j)
             rec["l2_penalty"] = float(final["l2_penalty"][j])
+            if "grad_first5" in final:
+                rec["grad_stats"] = {"tensors": self.tensor_names, "columns": ["mean_abs", "std_abs", "norm"],
+                                     "first5": final["grad_first5"][j].tolist(),
+                                     "last5": final["grad_last5"][j].tolist()}
             rec["status"] = "done" if final["alive"][j] else "diverged"
             self.study.write_record(rec)
 
@@ -150,10 +154,14 @@ def write_preamble(study: results.Study, cfg: Config, runs: list[Run], prepared:
                              study.figures_dir / "class_distribution.png")
 
 
-def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Config) -> None:
+def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Config, *,
+            initial_for: Callable[[Run], dict] | None = None,
+            on_state: Callable[[Run, tuple], None] | None = None) -> None:
     """Train every run of `runs` that the study has not finished, group by group. In a
     multi-host study each process trains its own share of every group's runs, and process 0
-    then waits until all runs are finished (so it can write the summary)."""
+    then waits until all runs are finished (so it can write the summary). `initial_for(run)`
+    gives layers that replace the run's fresh initialisation; `on_state(run, (params,
+    batch_stats))` receives each run's final variables (e.g. to save a checkpoint)."""
     wanted = [(r.run_id, r.config) for r in runs]
     todo = set(study.pending(wanted))
     if len(todo) < len(runs):
@@ -164,7 +172,7 @@ def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Conf
             groups.setdefault((r.spec, r.epochs), []).append(i)
     groups = {k: list(np.array_split(ids, jax.process_count())[jax.process_index()]) for k, ids in groups.items()}
     groups = {k: ids for k, ids in groups.items() if ids}
-    _train_groups(study, runs, groups, prepared, cfg)
+    _train_groups(study, runs, groups, prepared, cfg, initial_for, on_state)
     if jax.process_count() > 1 and is_lead():
         _wait_for_runs(study, wanted)
 
@@ -181,7 +189,13 @@ def _wait_for_runs(study: results.Study, wanted: list[tuple[str, dict]], timeout
         left = study.pending(wanted)
 
 
-def _train_groups(study: results.Study, runs: list[Run], groups: dict, prepared: Prepared, cfg: Config) -> None:
+def _stack_initial(trees: list[dict]) -> dict:
+    """Per-run initial layers → one pytree with a leading run axis."""
+    return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
+
+
+def _train_groups(study: results.Study, runs: list[Run], groups: dict, prepared: Prepared, cfg: Config,
+                  initial_for: Callable | None, on_state: Callable | None) -> None:
     """Train the given groups (run indices per (spec, epochs)) with progress output."""
     total = sum(r.epochs * _chunks(r.spec, len(ids), cfg.layout) for (_, _), ids in groups.items()
                 for r in [runs[ids[0]]])
@@ -196,9 +210,14 @@ def _train_groups(study: results.Study, runs: list[Run], groups: dict, prepared:
         log(models.format_layer_table(models.layer_table(spec.model, prepared.dataset.image_shape)))
         hp = engine.stack_hparams([r.hp for r in group_runs])
         t0 = time.perf_counter()
-        engine.train(spec, hp, prepared.device, epochs, Recorder(study, group_runs, total, label, progress),
-                     layout=layout, eval_train=cfg.eval_train,
-                     memory_limit=int(cfg.memory_limit_gb * 2**30) or None)
+        names = engine.param_names(engine.param_shapes(spec, prepared.dataset.image_shape))
+        recorder = Recorder(study, group_runs, total, label, progress, names)
+        initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
+        states = engine.train(spec, hp, prepared.device, epochs, recorder, layout=layout, eval_train=cfg.eval_train,
+                              memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial)
+        if on_state:
+            for i, r in enumerate(group_runs):
+                on_state(r, jax.tree_util.tree_map(lambda x: x[i], (states.params, states.batch_stats)))
         log(f"{label} finished in {_fmt_time(time.perf_counter() - t0)}")
 
 
