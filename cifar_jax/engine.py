@@ -124,10 +124,19 @@ def _optimizer(spec: GroupSpec, lr: jax.Array | float, hp: dict[str, jax.Array],
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def param_shapes(spec: GroupSpec, image_shape: tuple[int, ...]) -> Any:
-    """The parameter pytree of one run as shapes (no computation)."""
+def _variable_shapes(spec: GroupSpec, image_shape: tuple[int, ...]) -> dict:
     x = jnp.zeros((1, *image_shape))
-    return jax.eval_shape(lambda: spec.net.init(jax.random.PRNGKey(0), x, train=False))["params"]
+    return jax.eval_shape(lambda: spec.net.init(jax.random.PRNGKey(0), x, train=False))
+
+
+def param_shapes(spec: GroupSpec, image_shape: tuple[int, ...]) -> Any:
+    """The parameter pytree of one run as shapes and dtypes (no computation)."""
+    return _variable_shapes(spec, image_shape)["params"]
+
+
+def batch_stats_shapes(spec: GroupSpec, image_shape: tuple[int, ...]) -> Any:
+    """The batch-norm statistics of one run as shapes and dtypes ({} without batch norm)."""
+    return _variable_shapes(spec, image_shape).get("batch_stats", {})
 
 
 def param_names(params: Any) -> list[str]:

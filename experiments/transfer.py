@@ -1,0 +1,129 @@
+"""seeds/000 §2.2: dropout and transfer. Pretrain BaselineNet and DropoutNet (5 seeds, one group),
+save each final model as an orbax checkpoint with its metrics and config; swap the train and
+validation sets; restore each checkpoint strictly, freeze every conv layer, re-initialise the
+dense layers from the retraining seed and retrain only them; compare with the best static-LR
+model of §1.1 during retraining and on the test set.
+
+    python -m experiments.transfer --flagfile=experiments/flags/transfer.flags
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from absl import flags
+
+from cifar_jax import checkpoint, config, engine, plots, results, study
+
+flags.DEFINE_float("transfer_dropout", -1.0, "DropoutNet's rate; -1: the best rate of the dropout study "
+                   "(--dropout_study), else 0.6 (the report's best).")
+flags.DEFINE_string("dropout_study", None, "Dropout-sweep study directory (default <results_dir>/dropout_sweep).")
+flags.DEFINE_string("baseline_study", None, "§1.1 LR-sweep study directory to compare with (default "
+                    "<results_dir>/lr_sweep); skipped with a note when absent.")
+flags.DEFINE_string("baseline_config", "lr=0.05", "The configuration of the baseline study to compare with.")
+flags.DEFINE_string("checkpoint_dir", "./checkpoints", "Root of the pretrained checkpoints.")
+flags.DEFINE_integer("retrain_seed_offset", 100, "Retraining seed = pretraining seed + this.")
+FLAGS = flags.FLAGS
+
+
+def dropout_rate(cfg: config.Config) -> float:
+    """--transfer_dropout, else the dropout study's best rate, else 0.6."""
+    if FLAGS.transfer_dropout >= 0:
+        if FLAGS.transfer_dropout >= 1:
+            raise config.ConfigError(f"--transfer_dropout={FLAGS.transfer_dropout}: must be in [0, 1)")
+        return FLAGS.transfer_dropout
+    gap = Path(FLAGS.dropout_study or Path(cfg.results_dir) / "dropout_sweep") / "generalisation_gap.json"
+    if gap.exists():
+        rate = float(json.loads(gap.read_text())["best_rate"])
+        study.log(f"DropoutNet rate {rate:g}: the best rate of {gap}")
+        return rate
+    study.log(f"DropoutNet rate 0.6: no dropout study at {gap} (the report's best rate)")
+    return 0.6
+
+
+def pretrain_runs(cfg: config.Config, rate: float, n_train: int, classes: int) -> list[config.Run]:
+    """BaselineNet and DropoutNet × seeds: one group (the dropout rate is a per-run value)."""
+    model = dataclasses.replace(cfg.model, use_dropout=True)
+    base = config.grid(dataclasses.replace(cfg, model=model, dropouts=(0.0,)), n_train, classes, "BaselineNet")
+    drop = config.grid(dataclasses.replace(cfg, model=model, dropouts=(rate,)), n_train, classes,
+                       f"DropoutNet p={rate:g}")
+    return base + drop
+
+
+def retrain_run(pre: config.Run, cfg: config.Config, frozen: tuple[str, ...], ckpt: Path) -> config.Run:
+    """The retraining of one pretrained run: frozen conv layers, a new seed, the swapped split."""
+    seed = pre.seed + FLAGS.retrain_seed_offset
+    return config.Run(f"{pre.config_name} retrained", seed, dataclasses.replace(pre.spec, frozen=frozen),
+                      {**pre.hp, "seed": seed}, pre.epochs,
+                      {**config.data_config(cfg), "pretrained": pre.run_id, "checkpoint": str(ckpt)})
+
+
+def main(cfg: config.Config) -> None:
+    if cfg.model.name == "mlp":
+        raise config.ConfigError("--model=mlp: transfer freezes the conv layers; use baseline or convnet")
+    rate = dropout_rate(cfg)
+    prepared = study.prepare(cfg)
+    n_train, n_val, swap = cfg.split
+    swapped = dataclasses.replace(cfg, split=(n_train, n_val, not swap))
+    parent = study.open_study(cfg, "transfer")
+    pre_study, re_study = results.Study(parent.root / "pretrain"), results.Study(parent.root / "retrain")
+    ckpt_root = Path(FLAGS.checkpoint_dir).expanduser() / parent.root.name
+    pre = pretrain_runs(cfg, rate, len(prepared.train_idx), prepared.dataset.num_classes)
+    shapes = engine.param_shapes(pre[0].spec, prepared.dataset.image_shape)
+    frozen = tuple(k for k in shapes if "conv" in k)
+    ckpts = {r.run_id: ckpt_root / results.run_file_stem(r.run_id) for r in pre}
+    retrain = [retrain_run(r, swapped, frozen, ckpts[r.run_id]) for r in pre]
+    pre_study.pending([(r.run_id, r.config) for r in pre])
+    re_study.pending([(r.run_id, r.config) for r in retrain])
+    study.write_preamble(parent, cfg, pre + retrain, prepared, {"dropout_rate": rate, "frozen": frozen})
+
+    for r in pre:  # a finished pretraining run without its checkpoint is trained again
+        if not (ckpts[r.run_id] / "metadata.json").exists() and pre_study.record(r.run_id):
+            (pre_study.runs_dir / f"{results.run_file_stem(r.run_id)}.json").unlink()
+
+    def save(run: config.Run, variables: tuple) -> None:
+        rec = pre_study.record(run.run_id)
+        checkpoint.save(ckpts[run.run_id], *variables, overwrite=True, config=run.config,
+                        metrics={"test": rec["test"], "last_epoch": rec["epochs"][-1], "status": rec["status"]})
+
+    study.execute(pre_study, pre, prepared, cfg, on_state=save)
+    study.finish(pre_study, pre, "Transfer: pretraining")
+
+    spec = retrain[0].spec
+    target_params = engine.param_shapes(spec, prepared.dataset.image_shape)
+    target_stats = engine.batch_stats_shapes(spec, prepared.dataset.image_shape)
+
+    def pretrained_layers(run: config.Run) -> dict:
+        params, stats = checkpoint.restore(run.data["checkpoint"], target_params, target_stats, strict=True)
+        study.log(f"{run.run_id}: restored {run.data['checkpoint']} (strict); frozen {', '.join(frozen)}; "
+                  f"{', '.join(k for k in params if k not in frozen)} re-initialised from seed {run.seed}")
+        return {"params": {k: params[k] for k in frozen},
+                "batch_stats": {k: stats[k] for k in frozen if k in stats}}
+
+    study.execute(re_study, retrain, study.prepare(swapped), swapped, initial_for=pretrained_layers)
+    if study.is_lead():
+        study.finish(re_study, retrain, "Transfer: retraining the dense layers (swapped split)")
+        compare(parent, re_study.records())
+
+
+def compare(parent: results.Study, retrained: list[dict]) -> None:
+    """Retrained models against the best static-LR model of §1.1: validation curves and test table."""
+    baseline_dir = Path(FLAGS.baseline_study or parent.root.parent / "lr_sweep")
+    base = [r for r in results.Study(baseline_dir).records()
+            if r["config_name"] == FLAGS.baseline_config and r["status"] == "done"] if baseline_dir.exists() else []
+    note = "" if base else f"\n(no §1.1 baseline found at {baseline_dir}: run experiments.lr_sweep first)\n"
+    base = [{**r, "config_name": f"§1.1 {FLAGS.baseline_config}"} for r in base]
+    records = retrained + base
+    summary = results.summarize(records)
+    parent.write_json("summary.json", summary)
+    table = results.test_table_markdown(summary)
+    parent.write_text("transfer_comparison.md", f"# Transfer: test set (mean ± std over seeds)\n\n{table}\n{note}")
+    plots.val_comparison(results.group_by_config(records), parent.figures_dir / "transfer_val_comparison.png",
+                         "Retraining vs the §1.1 baseline: mean validation (smoothed)")
+    plots.test_table(summary, parent.figures_dir / "transfer_test_table.png", "Transfer: test set")
+    study.log(f"\nTransfer vs §1.1 baseline (test set)\n{table}{note}")
+
+
+if __name__ == "__main__":
+    study.main(main)
