@@ -1,0 +1,83 @@
+"""seeds/000 §3.1–3.3 and seeds/003's per-layer gradient magnitudes: gradient flow in BaselineNet,
+DropoutNet and BatchNormNet. Every run records the mean and std of |gradient| of each parameter
+tensor over its first and last 5 training steps, and ‖gradient‖ per tensor per epoch; the figures
+and gradient_stats.md are drawn from those records.
+
+    python -m experiments.gradient_flow --flagfile=experiments/flags/gradient_flow.flags
+
+The three architectures are set here: --norm and --dropout are refused; --compare_dropout sets
+DropoutNet's rate on fc1. BaselineNet (rate 0) and DropoutNet share a group (dropout is a per-run
+value); BatchNormNet is its own. With several seeds the gradient figures show each model's first.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from cifar_jax import config, gradient_plots, results, study
+
+flags.DEFINE_float("compare_dropout", 0.6, "DropoutNet's dropout rate on fc1 (the best rate of §2.1), in (0, 1).")
+FLAGS = flags.FLAGS
+TITLE = "Gradient flow"
+
+
+def model_configs(cfg: config.Config, rate: float) -> dict[str, tuple[str, config.Config]]:
+    """Per model: its configuration label and the flags' Config with its architecture and dropout rate."""
+    plain = dataclasses.replace(cfg.model, norm="none", use_dropout=True)  # one model, so one group for both
+    batch = dataclasses.replace(cfg.model, norm="batch", use_dropout=False)
+    return {"BaselineNet": ("BaselineNet", dataclasses.replace(cfg, model=plain, dropouts=(0.0,))),
+            "DropoutNet": (f"DropoutNet p={rate:g}", dataclasses.replace(cfg, model=plain, dropouts=(rate,))),
+            "BatchNormNet": ("BatchNormNet", dataclasses.replace(cfg, model=batch, dropouts=(0.0,)))}
+
+
+def model_runs(cfg: config.Config, n_train: int, num_classes: int, rate: float) -> dict[str, list[config.Run]]:
+    """Each model's runs (every seed), recording gradient statistics."""
+    with_stats = lambda r: dataclasses.replace(r, spec=dataclasses.replace(r.spec, grad_stats=True))
+    return {model: [with_stats(r) for r in config.grid(c, n_train, num_classes, label=label)]
+            for model, (label, c) in model_configs(cfg, rate).items()}
+
+
+def write_gradients(st: results.Study, records: dict[str, dict]) -> None:
+    """The gradient figures and gradient_stats.md from one record per model (model name → record)."""
+    fig = st.figures_dir
+    title = lambda rec, what: f"{rec['config_name']} (seed {rec['seed']}): {what}"
+    for model in ("BaselineNet", "DropoutNet"):
+        gradient_plots.layer_gradients(records[model], fig / f"gradients_{model}.png",
+                                       title(records[model], "|gradient| per tensor, first vs last 5 steps"))
+    bn = records["BatchNormNet"]
+    plain = [t for m in ("BaselineNet", "DropoutNet") for t in records[m]["grad_stats"]["tensors"]]
+    shared = gradient_plots.shared_tensors(bn["grad_stats"]["tensors"], plain)
+    gradient_plots.layer_gradients(bn, fig / "gradients_BatchNormNet_shared.png",
+                                   title(bn, "|gradient| of the tensors the other models have"), tensors=shared)
+    gradient_plots.layer_gradients(bn, fig / "gradients_BatchNormNet_all.png",
+                                   title(bn, "|gradient| per tensor, batch-norm scale and shift included"))
+    by_label = {rec["config_name"]: rec for rec in records.values()}
+    gradient_plots.gradient_comparison(by_label, fig / "gradients_comparison.png",
+                                       f"{TITLE}: |gradient| per tensor by metric")
+    gradient_plots.gradient_norms(by_label, fig / "gradient_norms.png",
+                                  f"{TITLE}: gradient norm of each weight tensor per epoch")
+    text = gradient_plots.stats_markdown(by_label, f"{TITLE}: |gradient| per parameter tensor")
+    st.write_text("gradient_stats.md", text)
+    study.log("\n" + text)
+
+
+def main(cfg: config.Config) -> None:
+    if FLAGS["norm"].present or FLAGS["dropout"].present:
+        raise config.ConfigError("--norm/--dropout: this study sets the architectures itself "
+                                 "(BaselineNet, DropoutNet at --compare_dropout, BatchNormNet)")
+    if not 0 < FLAGS.compare_dropout < 1:
+        raise config.ConfigError(f"--compare_dropout={FLAGS.compare_dropout}: must be in (0, 1)")
+    prepared = study.prepare(cfg)
+    by_model = model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, FLAGS.compare_dropout)
+    runs = [r for model in by_model.values() for r in model]
+    st = study.open_study(cfg, "gradient_flow")
+    st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
+    study.write_preamble(st, cfg, runs, prepared, {"compare_dropout": FLAGS.compare_dropout})
+    study.execute(st, runs, prepared, cfg)
+    if study.finish(st, runs, TITLE) is not None:  # None: not the lead process
+        write_gradients(st, {model: st.record(rs[0].run_id) for model, rs in by_model.items()})
+
+
+if __name__ == "__main__":
+    study.main(main)

@@ -1,0 +1,142 @@
+"""Gradient flow (seeds/000 §3.1–3.3): the experiment end to end on synthetic data, and the figure
+and table functions of cifar_jax.gradient_plots on synthetic records."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from cifar_jax import engine, gradient_plots as gp, models
+from cifar_jax.results import ResultsError
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("gradients_BaselineNet", "gradients_DropoutNet", "gradients_BatchNormNet_shared",
+           "gradients_BatchNormNet_all", "gradients_comparison", "gradient_norms")
+BN_SHARED = ["conv1/kernel", "conv2/kernel", "conv3/kernel", "fc1/kernel", "fc2/kernel", "fc2/bias"]
+
+
+def tensor_names(norm: str) -> list[str]:
+    """The engine's tensor names (leaf order) of BaselineNet with `norm`."""
+    spec = engine.GroupSpec(models.ModelConfig(norm=norm))
+    return engine.param_names(engine.param_shapes(spec, (32, 32, 3)))
+
+
+def assert_png(path: Path, min_bytes: int = 10_000) -> tuple[int, int]:
+    """A readable, non-trivial PNG; returns its (height, width) in pixels."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > min_bytes, path
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 600
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+    return image.shape[:2]
+
+
+def run_experiment(results_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    args = ["--dataset=synthetic", "--split=256/128", "--epochs=2", "--batch_size=64", "--seeds=1",
+            f"--results_dir={results_dir}"]
+    return subprocess.run([sys.executable, "-m", "experiments.gradient_flow", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_experiment_writes_figures_records_and_table_then_resumes(tmp_path):
+    first = run_experiment(tmp_path)
+    assert first.returncode == 0, first.stderr
+    study = tmp_path / "gradient_flow"
+    for name in FIGURES:
+        assert_png(study / "figures" / f"{name}.png")
+    recs = {r["config_name"]: r for r in (json.loads(p.read_text()) for p in (study / "runs").glob("*.json"))}
+    assert set(recs) == {"BaselineNet", "DropoutNet p=0.6", "BatchNormNet"}
+    assert recs["DropoutNet p=0.6"]["config"]["dropout"] == 0.6 and recs["BaselineNet"]["config"]["dropout"] == 0
+    for name, rec in recs.items():
+        stats = rec["grad_stats"]
+        assert stats["tensors"] == tensor_names("batch" if name == "BatchNormNet" else "none")
+        assert np.array(stats["first5"]).shape == np.array(stats["last5"]).shape == (len(stats["tensors"]), 3)
+        assert [len(e["grad_norm"]) for e in rec["epochs"]] == [len(stats["tensors"])] * 2
+    bn = recs["BatchNormNet"]["grad_stats"]["tensors"]
+    assert "bn_conv1/scale" in bn and "bn_fc1/bias" in bn and not {"conv1/bias", "conv2/bias", "conv3/bias"} & set(bn)
+    assert "conv1/bias" in recs["BaselineNet"]["grad_stats"]["tensors"]
+    table = (study / "gradient_stats.md").read_text()
+    for heading in ("## BaselineNet", "## DropoutNet p=0.6", "## BatchNormNet"):
+        assert heading in table
+    assert "| bn_conv1/scale |" in table and (study / "test_table.md").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")}
+
+    second = run_experiment(tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "3 of 3 runs already finished" in second.stdout and "epoch 1/2" not in second.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")}
+
+
+# ----------------------------------------------------------------------------- figure functions
+
+def make_record(config_name: str, norm: str = "none", epochs: int = 6, seed: int = 0) -> dict:
+    """A run record with plausible gradient statistics for BaselineNet with `norm`."""
+    rng = np.random.default_rng(seed)
+    names = tensor_names(norm)
+    first = rng.uniform(1e-4, 1e-2, len(names))
+    window = lambda mean: np.stack([mean, 0.8 * mean, 50 * mean], -1).tolist()
+    return {"run_id": f"{config_name},seed={seed}", "config_name": config_name, "seed": seed, "status": "done",
+            "config": {}, "grad_stats": {"tensors": names, "columns": ["mean_abs", "std_abs", "norm"],
+                                         "first5": window(first), "last5": window(first * 3)},
+            "epochs": [{"epoch": e + 1, "grad_norm": (first * 50 * 1.2 ** e).tolist()} for e in range(epochs)]}
+
+
+@pytest.fixture
+def records() -> dict[str, dict]:
+    return {"BaselineNet": make_record("BaselineNet"), "DropoutNet p=0.6": make_record("DropoutNet p=0.6", seed=1),
+            "BatchNormNet": make_record("BatchNormNet", "batch", seed=2)}
+
+
+def test_tensors_in_depth_order_and_shared_selection():
+    bn = tensor_names("batch")
+    assert gp.ordered(bn)[:4] == ["conv1/kernel", "bn_conv1/scale", "bn_conv1/bias", "conv2/kernel"]
+    assert gp.ordered(tensor_names("none"))[:3] == ["conv1/kernel", "conv1/bias", "conv2/kernel"]
+    assert gp.ordered(bn)[-2:] == ["fc2/kernel", "fc2/bias"]
+    assert gp.shared_tensors(bn, tensor_names("none")) == BN_SHARED
+    assert gp.tensor_label("bn_conv2/bias") == "BN conv2\nβ (shift)" and gp.tensor_label("fc1/kernel") == "fc1\nweight"
+    assert [gp.is_norm(t) for t in ("bn_fc1/scale", "fc1/bias")] == [True, False]
+
+
+def test_gradients_reads_a_record_by_tensor_name(records):
+    rec = records["BatchNormNet"]
+    g = gp.gradients(rec)
+    i = rec["grad_stats"]["tensors"].index("conv2/kernel")
+    assert g.mean["first5"]["conv2/kernel"] == rec["grad_stats"]["first5"][i][0]
+    assert g.std["last5"]["conv2/kernel"] == rec["grad_stats"]["last5"][i][1]
+    assert g.norms["conv2/kernel"].shape == (6,) and g.tensors == gp.ordered(rec["grad_stats"]["tensors"])
+    with pytest.raises(ResultsError, match="no grad_stats"):
+        gp.gradients({"run_id": "x", "epochs": []})
+
+
+def test_layer_gradients_all_and_shared(tmp_path, records):
+    bn = records["BatchNormNet"]
+    everything = gp.layer_gradients(bn, tmp_path / "all.png", "BatchNormNet: all")
+    shared = gp.layer_gradients(bn, tmp_path / "shared.png", "BatchNormNet: shared",
+                                tensors=gp.shared_tensors(bn["grad_stats"]["tensors"], tensor_names("none")))
+    assert everything == tmp_path / "all.png" and shared == tmp_path / "shared.png"
+    assert assert_png(shared)[1] < assert_png(everything)[1]  # 6 tensors drawn, not 14
+    with pytest.raises(ResultsError, match="conv1/bias"):
+        gp.layer_gradients(bn, tmp_path / "bad.png", "x", tensors=["conv1/bias"])
+
+
+def test_layer_gradients_with_zero_and_nan_statistics(tmp_path):
+    rec = make_record("BaselineNet")
+    rec["grad_stats"]["first5"][0] = [0.0, 0.0, 0.0]  # e.g. a dead layer
+    rec["grad_stats"]["last5"][1] = [float("nan")] * 3  # e.g. a diverged run
+    rec["grad_stats"]["last5"][2][1] = 10.0  # std far above the mean: whisker clipped at the axis
+    assert_png(gp.layer_gradients(rec, tmp_path / "g.png", "BaselineNet"))
+
+
+def test_comparison_norms_and_table(tmp_path, records):
+    assert_png(gp.gradient_comparison(records, tmp_path / "cmp.png", "comparison"))
+    assert_png(gp.gradient_norms(records, tmp_path / "norms.png", "norms"))
+    text = gp.stats_markdown(records, "Gradient flow")
+    for label, rec in records.items():
+        assert f"## {label} (run {rec['run_id']}" in text
+    assert text.count("| conv1/bias |") == 2 and "| bn_fc1/scale |" in text
+    with pytest.raises(ResultsError):
+        gp.gradient_norms({}, tmp_path / "none.png", "x")
