@@ -376,3 +376,40 @@ def lr_curves(records: list[dict], path: Path | str, title: str = "Learning rate
     ax.set_ylabel("learning rate")
     ax.set_title(title)
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- dropout
+
+def _gap_panel(ax: Axes, rows: list[dict], key: str, scale: float, color: tuple) -> None:
+    """One gap against the dropout rate: mean ± std across seeds as error bars, each seed a faint dot."""
+    kept = [r for r in rows if r[key]["mean"] is not None]
+    if not kept:
+        _no_data(ax, "no finished runs")
+        return
+    for r in kept:
+        seeds = scale * np.asarray(r[key]["values"], dtype=np.float64)
+        ax.scatter(np.full(seeds.size, r["rate"]), seeds, s=14, color=color, alpha=0.35, label="seed")
+    rates = np.array([r["rate"] for r in kept])
+    ax.errorbar(rates, [scale * r[key]["mean"] for r in kept], yerr=[scale * r[key]["std"] for r in kept],
+                fmt="-o", color=color, lw=2, ms=5, capsize=4, label="mean ± std across seeds")
+    ax.axhline(0.0, color="0.3", lw=1, ls=":")
+    ax.set_xticks(np.unique(rates))
+
+
+@_styled
+def generalisation_gap(rows: list[dict], path: Path | str, title: str) -> Path:
+    """Final train − val accuracy and loss gaps vs dropout rate (rows: rate, acc_gap and loss_gap statistics)."""
+    if not rows:
+        raise ResultsError("generalisation_gap: no rows")
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2, sharex=True)
+    _gap_panel(ax_acc, rows, "acc_gap", 100.0, PALETTE[0])
+    _gap_panel(ax_loss, rows, "loss_gap", 1.0, PALETTE[1])
+    for ax, name, unit in ((ax_acc, "Accuracy gap (train − val)", "percentage points"),
+                           (ax_loss, "Loss gap (train − val)", "cross-entropy difference")):
+        ax.set_xlabel("dropout rate")
+        ax.set_ylabel(unit)
+        ax.set_title(name)
+    fig.suptitle(title)
+    _figure_legend(fig, (ax_acc, ax_loss))
+    return _save(fig, path)

@@ -1,0 +1,108 @@
+"""seeds/000 §2.1: dropout-rate sweep of BaselineNet (dropout on fc1; 5 rates × 5 seeds, one
+group, 25,000/25,000 split), plus the generalisation gap (train − validation) per rate at the end
+of training and the rate with the best mean final validation accuracy.
+
+    python -m experiments.dropout_sweep --flagfile=experiments/flags/dropout_sweep.flags
+
+The train metrics of the gap are the last epoch's running averages (train mode, dropout on);
+with --eval_train every run also has an eval-mode pass over the training split, which is used
+instead. generalisation_gap.md/.json and figures/generalisation_gap.png say which one.
+"""
+from __future__ import annotations
+
+import math
+
+from cifar_jax import config, plots, results, study
+
+TRAIN_SOURCES = {
+    "final_train": "eval-mode pass over the training split after the last epoch (--eval_train)",
+    "epochs": "running averages over the last epoch's batches (train mode, dropout active)",
+}
+GAPS = (("acc_gap", "train_acc", "val_acc"), ("loss_gap", "train_loss", "val_loss"))
+FINAL = ("train_acc", "val_acc", "train_loss", "val_loss")
+
+
+def train_source(records: list[dict]) -> str:
+    """'final_train' when every run has eval-mode train metrics, else 'epochs' (one source for all runs)."""
+    return "final_train" if records and all(r.get("final_train") for r in records) else "epochs"
+
+
+def final_metrics(record: dict, source: str) -> dict[str, float | None]:
+    """Final train/val loss and accuracy of one run (None where not finite), train from `source`."""
+    last = results.metric_values(record)
+    values = {k: last[k] for k in FINAL}
+    if source == "final_train":
+        values["train_acc"], values["train_loss"] = record["final_train"]["acc"], record["final_train"]["loss"]
+    return {k: v if v is not None and math.isfinite(v) else None for k, v in values.items()}
+
+
+def gap_rows(records: list[dict], source: str) -> list[dict]:
+    """Per configuration (ascending rate): final metrics and train − val gaps, statistics across done seeds."""
+    rows = []
+    for name, group in results.group_by_config(records).items():
+        done = [final_metrics(r, source) for r in group if r["status"] == "done"]
+        row = {"rate": group[0]["config"]["dropout"], "config": name, "n_runs": len(group)}
+        for gap, train, val in GAPS:
+            row[gap] = results.statistics([m[train] - m[val] for m in done if None not in (m[train], m[val])])
+        for key in FINAL:
+            row[key] = results.statistics([m[key] for m in done if m[key] is not None])
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["rate"])
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    """The configuration with the highest mean final validation accuracy (None when none has one)."""
+    scored = [r for r in rows if r["val_acc"]["mean"] is not None]
+    return max(scored, key=lambda r: r["val_acc"]["mean"]) if scored else None
+
+
+def gap_markdown(rows: list[dict], best: dict | None, source: str) -> str:
+    """The gap table (best rate's validation accuracy in bold) with the train-metric source and best rate."""
+    lines = ["# Dropout sweep: generalisation gap at the end of training (mean ± std over seeds)", "",
+             f"Gap = train − validation at the final epoch. Train metrics: {TRAIN_SOURCES[source]}.", "",
+             "| dropout | config | train acc (%) | val acc (%) | acc gap (pp) | train loss | val loss | loss gap | n |",
+             "|---:|:---|---:|---:|---:|---:|---:|---:|:---|"]
+    for r in rows:
+        cells = [results.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "acc_gap", "train_loss",
+                                                         "val_loss", "loss_gap")]
+        if r is best:
+            cells[1] = f"**{cells[1]}**"
+        n = f"{r['acc_gap']['n']}/{r['n_runs']}"
+        lines.append(f"| {r['rate']:g} | {r['config']} | " + " | ".join(cells) + f" | {n} |")
+    verdict = ("no configuration has a validation accuracy" if best is None else
+               f"best rate: **{best['rate']:g}** (highest mean final validation accuracy, "
+               f"{results.format_stat('val_acc', best['val_acc'])}%)")
+    return "\n".join(lines + ["", verdict]) + "\n"
+
+
+def write_gap(st: results.Study, records: list[dict]) -> dict:
+    """Write generalisation_gap.md/.json and its figure, print the table; returns the JSON object."""
+    source = train_source([r for r in records if r["status"] == "done"])
+    rows = gap_rows(records, source)
+    best = best_row(rows)
+    out = {"gap": "train - validation, final epoch", "train_metrics": source,
+           "train_metrics_note": TRAIN_SOURCES[source], "best_rate": None if best is None else best["rate"],
+           "best_config": None if best is None else best["config"], "rows": rows}
+    st.write_json("generalisation_gap.json", out)
+    text = gap_markdown(rows, best, source)
+    st.write_text("generalisation_gap.md", text)
+    plots.generalisation_gap(rows, st.figures_dir / "generalisation_gap.png",
+                             "Dropout sweep: generalisation gap at the end of training (train side: "
+                             + ("eval-mode pass)" if source == "final_train" else "running averages)"))
+    study.log("\n" + text)
+    return out
+
+
+def main(cfg: config.Config) -> None:
+    prepared = study.prepare(cfg)
+    runs = config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes)
+    st = study.open_study(cfg, "dropout_sweep")
+    st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
+    study.write_preamble(st, cfg, runs, prepared)
+    study.execute(st, runs, prepared, cfg)
+    if study.finish(st, runs, "Dropout sweep") is not None:  # None: not the lead process
+        write_gap(st, [st.record(r.run_id) for r in runs])
+
+
+if __name__ == "__main__":
+    study.main(main)
