@@ -142,7 +142,7 @@ def load(name: str, data_dir: str | None = None, *, download: bool = True) -> Da
     return ds
 
 
-def synthetic(n_train: int = 2000, n_test: int = 500, *, num_classes: int = 10,
+def synthetic(n_train: int = 5000, n_test: int = 1000, *, num_classes: int = 10,
               image_shape: tuple[int, int, int] = (32, 32, 3), seed: int = 0) -> Dataset:
     """A small learnable image set for tests and offline demos, deterministic in seed.
 

@@ -332,10 +332,10 @@ def synth():
 
 
 def test_synthetic_shapes_and_determinism(synth):
-    assert synth.x_train.shape == (2000, 32, 32, 3) and synth.x_train.dtype == np.uint8
-    assert synth.x_test.shape == (500, 32, 32, 3) and synth.y_test.dtype == np.int32
+    assert synth.x_train.shape == (5000, 32, 32, 3) and synth.x_train.dtype == np.uint8
+    assert synth.x_test.shape == (1000, 32, 32, 3) and synth.y_test.dtype == np.int32
     assert synth.classes == tuple(f"class{i}" for i in range(10))
-    assert np.bincount(synth.y_train).tolist() == [200] * 10
+    assert np.bincount(synth.y_train).tolist() == [500] * 10
     small = data.synthetic(40, 20, num_classes=4, image_shape=(28, 28, 1), seed=3)
     again = data.synthetic(40, 20, num_classes=4, image_shape=(28, 28, 1), seed=3)
     other = data.synthetic(40, 20, num_classes=4, image_shape=(28, 28, 1), seed=4)
