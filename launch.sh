@@ -4,13 +4,20 @@
 #   ./launch.sh test [pytest args ...]            the test suite (-m "not slow" skips real-data tests)
 #   ./launch.sh setup                             only create/update the environment
 # Environment: CIFAR_JAX_VENV (default .venv), PYTHON (default python3), CIFAR_JAX_DATA_DIR.
+#
+# Multi-host (jax.distributed): start the same command on every machine, with a shared
+# --results_dir, the coordinator's address and each machine's index; each process trains its
+# share of every group's runs and process 0 writes the summary once all runs are done:
+#   machine 0: CIFAR_JAX_COORDINATOR=host0:12345 CIFAR_JAX_NUM_PROCESSES=2 CIFAR_JAX_PROCESS_ID=0 ./launch.sh lr_sweep ...
+#   machine 1: CIFAR_JAX_COORDINATOR=host0:12345 CIFAR_JAX_NUM_PROCESSES=2 CIFAR_JAX_PROCESS_ID=1 ./launch.sh lr_sweep ...
+# (or the flags --coordinator_address, --num_processes, --process_id).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 venv=${CIFAR_JAX_VENV:-.venv}
 python=${PYTHON:-python3}
 
 if [ $# -eq 0 ]; then
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 command=$1
