@@ -13,29 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import flags
-
 from cifar_jax import config, gradient_plots, results, study
+from experiments import model_family
 
-flags.DEFINE_float("compare_dropout", 0.6, "DropoutNet's dropout rate on fc1 (the best rate of §2.1), in (0, 1).")
-FLAGS = flags.FLAGS
 TITLE = "Gradient flow"
-
-
-def model_configs(cfg: config.Config, rate: float) -> dict[str, tuple[str, config.Config]]:
-    """Per model: its configuration label and the flags' Config with its architecture and dropout rate."""
-    plain = dataclasses.replace(cfg.model, norm="none", use_dropout=True)  # one model, so one group for both
-    batch = dataclasses.replace(cfg.model, norm="batch", use_dropout=False)
-    return {"BaselineNet": ("BaselineNet", dataclasses.replace(cfg, model=plain, dropouts=(0.0,))),
-            "DropoutNet": (f"DropoutNet p={rate:g}", dataclasses.replace(cfg, model=plain, dropouts=(rate,))),
-            "BatchNormNet": ("BatchNormNet", dataclasses.replace(cfg, model=batch, dropouts=(0.0,)))}
 
 
 def model_runs(cfg: config.Config, n_train: int, num_classes: int, rate: float) -> dict[str, list[config.Run]]:
     """Each model's runs (every seed), recording gradient statistics."""
     with_stats = lambda r: dataclasses.replace(r, spec=dataclasses.replace(r.spec, grad_stats=True))
-    return {model: [with_stats(r) for r in config.grid(c, n_train, num_classes, label=label)]
-            for model, (label, c) in model_configs(cfg, rate).items()}
+    return {model: [with_stats(r) for r in runs]
+            for model, runs in model_family.model_runs(cfg, n_train, num_classes, rate).items()}
 
 
 def write_gradients(st: results.Study, records: dict[str, dict]) -> None:
@@ -63,17 +51,13 @@ def write_gradients(st: results.Study, records: dict[str, dict]) -> None:
 
 
 def main(cfg: config.Config) -> None:
-    if FLAGS["norm"].present or FLAGS["dropout"].present:
-        raise config.ConfigError("--norm/--dropout: this study sets the architectures itself "
-                                 "(BaselineNet, DropoutNet at --compare_dropout, BatchNormNet)")
-    if not 0 < FLAGS.compare_dropout < 1:
-        raise config.ConfigError(f"--compare_dropout={FLAGS.compare_dropout}: must be in (0, 1)")
+    rate = model_family.validate()
     prepared = study.prepare(cfg)
-    by_model = model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, FLAGS.compare_dropout)
+    by_model = model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, rate)
     runs = [r for model in by_model.values() for r in model]
     st = study.open_study(cfg, "gradient_flow")
     st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
-    study.write_preamble(st, cfg, runs, prepared, {"compare_dropout": FLAGS.compare_dropout})
+    study.write_preamble(st, cfg, runs, prepared, {"compare_dropout": rate})
     study.execute(st, runs, prepared, cfg)
     if study.finish(st, runs, TITLE) is not None:  # None: not the lead process
         write_gradients(st, {model: st.record(rs[0].run_id) for model, rs in by_model.items()})

@@ -1,0 +1,33 @@
+"""The seeds/000 model family shared by the BatchNormNet and gradient-flow studies: BaselineNet,
+DropoutNet (dropout on fc1 at --compare_dropout) and BatchNormNet, built from the validated flags.
+BaselineNet (rate 0) and DropoutNet share one model, so one group; BatchNormNet is its own."""
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from cifar_jax import config
+
+flags.DEFINE_float("compare_dropout", 0.6, "DropoutNet's dropout rate on fc1 (the best rate of §2.1), in (0, 1).")
+FLAGS = flags.FLAGS
+
+
+def validate() -> float:
+    """The architectures are set here: refuse --norm/--dropout; return DropoutNet's rate."""
+    if FLAGS["norm"].present or FLAGS["dropout"].present:
+        raise config.ConfigError("--norm/--dropout: this study sets the architectures itself "
+                                 "(BaselineNet, DropoutNet at --compare_dropout, BatchNormNet)")
+    if not 0 < FLAGS.compare_dropout < 1:
+        raise config.ConfigError(f"--compare_dropout={FLAGS.compare_dropout}: must be in (0, 1)")
+    return FLAGS.compare_dropout
+
+
+def model_runs(cfg: config.Config, n_train: int, num_classes: int, rate: float) -> dict[str, list[config.Run]]:
+    """Per model (BaselineNet, DropoutNet, BatchNormNet): its runs, every seed."""
+    plain = dataclasses.replace(cfg.model, norm="none", use_dropout=True)
+    batch = dataclasses.replace(cfg.model, norm="batch", use_dropout=False)
+    configs = {"BaselineNet": ("BaselineNet", dataclasses.replace(cfg, model=plain, dropouts=(0.0,))),
+               "DropoutNet": (f"DropoutNet p={rate:g}", dataclasses.replace(cfg, model=plain, dropouts=(rate,))),
+               "BatchNormNet": ("BatchNormNet", dataclasses.replace(cfg, model=batch, dropouts=(0.0,)))}
+    return {model: config.grid(c, n_train, num_classes, label=label) for model, (label, c) in configs.items()}
