@@ -146,7 +146,11 @@ def write_preamble(study: results.Study, cfg: Config, runs: list[Run], prepared:
     """Flags, resolved config, environment and the class-distribution figure of the splits."""
     if not is_lead():
         return
-    study.write_text("flags.txt", flags.FLAGS.flags_into_string())
+    ours = [f for module, fl in flags.FLAGS.flags_by_module_dict().items()
+            if module.startswith(("cifar_jax", "experiments", "__main__")) for f in fl]
+    study.write_text("flags.txt", "".join(f"{f.serialize()}\n" for f in ours if f.serialize()))
+    study.write_text("protocol.flags", "".join(f"{f.serialize()}\n" for f in ours
+                                               if f.serialize() and f.value != f.default))
     study.write_json("config.json", {"flags": dataclasses.asdict(cfg), **(extra or {}),
                                      "runs": [{"run_id": r.run_id, **r.config} for r in runs]})
     study.write_json("env.json", results.environment())

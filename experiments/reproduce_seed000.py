@@ -61,20 +61,15 @@ def run_section(section: str, title: str, module: str, stem: str) -> float:
 
 
 def protocol(study: Path) -> str:
-    """The study's flags (from its flags.txt), as a compact block."""
-    path = study / "flags.txt"
-    if not path.exists():
-        return ""
-    keep = [line for line in path.read_text().splitlines()
-            if line.startswith("--") and not line.startswith(("--flagfile", "--helpfull", "--helpshort", "--help",
-                                                                "--helpxml", "--undefok", "--?"))]
-    keep = [line for line in keep if not line.split("=")[0] in ("--logtostderr", "--alsologtostderr")]
-    return "```\n" + "\n".join(keep[:60]) + "\n```\n"
+    """The study's protocol: the flags it set away from their defaults (its protocol.flags)."""
+    path = study / "protocol.flags"
+    return f"```\n{path.read_text().strip()}\n```\n" if path.exists() else ""
 
 
 def section_markdown(section: str, title: str, study: Path, report_dir: Path, seconds: float | None) -> str:
     """One report section: protocol, tables and figures (copied beside the report)."""
-    out = [f"## §{section} {title}\n", f"Study directory: `{study}`" + (f"; wall time {seconds:.0f} s" if seconds else "") + "\n"]
+    when = f"; this invocation took {seconds:.0f} s (finished runs are reused)" if seconds else ""
+    out = [f"## §{section} {title}\n", f"Study directory: `{study}`{when}\n"]
     if not study.exists():
         return "\n".join(out + ["*Not run.*\n"])
     out.append("### Protocol\n" + protocol(study))

@@ -15,13 +15,13 @@ def test_section_collects_protocol_tables_and_figures(tmp_path):
     study = tmp_path / "transfer"
     (study / "figures").mkdir(parents=True)
     (study / "pretrain" / "figures").mkdir(parents=True)
-    (study / "flags.txt").write_text("--lr=0.05\n--helpfull=false\n--epochs=50\n")
+    (study / "protocol.flags").write_text("--lr=0.05\n--epochs=50\n")
     (study / "transfer_comparison.md").write_text("# Transfer\n\n| config | acc |\n|---|---|\n| a | 1 |\n")
     (study / "figures" / "a.png").write_bytes(b"png")
     (study / "pretrain" / "figures" / "b.png").write_bytes(b"png")
     text = rep.section_markdown("2.2", "Transfer", study, tmp_path / "report", 12.0)
-    assert "## §2.2 Transfer" in text and "wall time 12 s" in text
-    assert "--lr=0.05" in text and "--epochs=50" in text and "--helpfull" not in text
+    assert "## §2.2 Transfer" in text and "this invocation took 12 s" in text
+    assert "```\n--lr=0.05\n--epochs=50\n```" in text
     assert "#### Transfer" in text and "| a | 1 |" in text
     assert "(figures/transfer__figures__a.png)" in text and "(figures/transfer__pretrain__figures__b.png)" in text
     assert (tmp_path / "report" / "figures" / "transfer__pretrain__figures__b.png").read_bytes() == b"png"
