@@ -23,7 +23,6 @@ from cifar_jax import data, engine, models, results, schedules, splits
 DEFAULT_DATA_DIR = "~/.cache/cifar10-shared"
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 LRS = (0.1, 0.075, 0.05, 0.025, 0.01)  # seeds/000 §1.1
-TEST_IMAGES = 100  # the engine evaluates the test set before and after training (untimed): keep it small
 MIB = 2 ** 20
 
 
@@ -107,8 +106,6 @@ class Images:
 
     x: np.ndarray
     y: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
     source: str
 
     @property
@@ -123,20 +120,17 @@ def load_images(data_dir: str, n_train: int) -> Images:
     root = pathlib.Path(data_dir).expanduser()
     if root.exists():
         ds = data.load("cifar10", str(root), download=False)
-        return Images(ds.x_train, ds.y_train, ds.x_test[:TEST_IMAGES], ds.y_test[:TEST_IMAGES],
-                      f"cifar10 ({root})")
+        return Images(ds.x_train, ds.y_train, f"cifar10 ({root})")
     print(f"note: no CIFAR-10 copy at {root}: random uint8 images instead (throughput does not "
           f"depend on pixel values; the loss check can then only compare, not see learning)")
     return random_images(n_train, (32, 32, 3))
 
 
 def random_images(n_train: int, image_shape: tuple[int, int, int]) -> Images:
-    """Random uint8 images and labels of 10 classes, plus a small test set."""
+    """Random uint8 images and labels of 10 classes."""
     rng = np.random.default_rng(0)
-    n = n_train + TEST_IMAGES
-    x = rng.integers(0, 256, (n, *image_shape), np.uint8)
-    y = rng.integers(0, 10, n).astype(np.int32)
-    return Images(x[:n_train], y[:n_train], x[n_train:], y[n_train:], "random")
+    x = rng.integers(0, 256, (n_train, *image_shape), np.uint8)
+    return Images(x, rng.integers(0, 10, n_train).astype(np.int32), "random")
 
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # train indices, mean, std
@@ -150,9 +144,10 @@ def training_split(images: Images, w: Workload) -> Split:
 
 
 def device_data(images: Images, split: Split) -> engine.Data:
-    """The images and split on the device, with no validation split so epochs time training only."""
+    """The images and split on the device, with empty validation and test sets: epochs then time
+    training only, and no evaluation program is compiled."""
     train_idx, mean, std = split
-    return engine.put_data(images.x, images.y, images.x_test, images.y_test, train_idx,
+    return engine.put_data(images.x, images.y, images.x[:0], images.y[:0], train_idx,
                            np.zeros(0, np.int32), mean, std)
 
 
@@ -168,10 +163,11 @@ class Measurement:
     batch_size: int
     compile_s: float
     step_s: float         # seconds of the timed epochs, all runs together
-    warmup_s: float       # seconds of the untimed first epochs
-    wall_s: float         # the whole call: compilation, warm-up and evaluation included
+    warmup_s: float | None  # seconds of the untimed first epochs (None: a single, timed epoch)
+    wall_s: float         # the whole call, compilation and warm-up included
     first_loss: float     # training loss of the first epoch, mean over runs
     final_loss: float     # training loss of the last epoch (its last `steps_per_epoch` steps)
+    other_cores: float | None = None  # cores other processes kept busy meanwhile (None: unknown)
 
     @property
     def images_per_s(self) -> float:
@@ -215,23 +211,56 @@ class Recorder:
     def on_end(self, runs: np.ndarray, final: dict[str, np.ndarray]) -> None:
         """Test metrics are not needed."""
 
-    def measurement(self, label: str, w: Workload, wall_s: float) -> Measurement:
+    def measurement(self, label: str, w: Workload, wall_s: float, other_cores: float | None) -> Measurement:
         """Time the epochs after the first (which carries one-off warm-up); all of them if only one."""
         epochs = sorted(self.epoch_s)
         timed = epochs[1:] or epochs
         warmup = [e for e in epochs if e not in timed]
         return Measurement(label, len(w.runs), len(timed) * w.steps_per_epoch, w.batch_size,
                            self.compile_s, sum(self.epoch_s[e] for e in timed),
-                           sum(self.epoch_s[e] for e in warmup), wall_s,
-                           float(np.mean(self.losses[epochs[0]])), float(np.mean(self.losses[epochs[-1]])))
+                           sum(self.epoch_s[e] for e in warmup) if warmup else None, wall_s,
+                           float(np.mean(self.losses[epochs[0]])), float(np.mean(self.losses[epochs[-1]])),
+                           other_cores)
 
 
 def measure_engine(w: Workload, dev: engine.Data, layout: str, label: str | None = None) -> Measurement:
     """Train the workload with cifar_jax in `layout` and measure it."""
     rec = Recorder()
-    start = time.perf_counter()
+    watch = CpuWatch()
     engine.train(w.spec, w.hparams(), dev, w.epochs, rec, layout=layout)
-    return rec.measurement(label or layout, w, time.perf_counter() - start)
+    return rec.measurement(label or layout, w, *watch.stop())
+
+
+class CpuWatch:
+    """Wall time since creation, and how many cores other processes kept busy meanwhile (from
+    /proc/stat minus this process's CPU time): the noise a shared machine adds to a timing."""
+
+    def __init__(self) -> None:
+        self.wall0, self.busy0, self.own0 = time.perf_counter(), _machine_busy_s(), _own_cpu_s()
+
+    def stop(self) -> tuple[float, float | None]:
+        """(wall seconds, cores used by other processes; None where /proc/stat is missing)."""
+        wall = time.perf_counter() - self.wall0
+        if self.busy0 is None:
+            return wall, None
+        others = (_machine_busy_s() - self.busy0) - (_own_cpu_s() - self.own0)
+        return wall, round(max(0.0, others / wall), 2)
+
+
+def _machine_busy_s() -> float | None:
+    """CPU seconds all cores have been busy since boot (Linux), None elsewhere."""
+    try:
+        fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds this process has used (all its threads)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def peak_memory(w: Workload, dev: engine.Data, layout: str) -> dict[str, Any]:
@@ -254,20 +283,32 @@ def peak_memory(w: Workload, dev: engine.Data, layout: str) -> dict[str, Any]:
 
 def _compiled(w: Workload, dev: engine.Data, layout: str) -> jax.stages.Compiled:
     """The layout's program built from the engine's public per-run step: one step (loop layouts)
-    or an epoch of steps in `lax.scan` (scan layouts), over all runs (vmap) or one (seq)."""
-    n = len(w.runs) if layout.startswith("vmap") else 1
+    or an epoch of steps in `lax.scan` (scan layouts), over all runs (vmap, or lax.map for map
+    layouts) or over one (seq); the data is an argument, as in the engine."""
+    n = 1 if layout.startswith("seq") else len(w.runs)
     hp = {k: v[:n] for k, v in w.hparams().items()}
     state = jax.eval_shape(jax.vmap(lambda h: engine.init_run(w.spec, h, tuple(dev.x.shape[1:]))), hp)
-    step = lambda s, idx: engine.train_step(w.spec, s, dev, idx)
+    step = functools.partial(engine.train_step, w.spec)
 
-    def epoch(s: engine.TrainState) -> tuple[engine.TrainState, jax.Array]:
-        idx = engine.epoch_indices(s.hp, jnp.int32(0), dev.train_idx, w.batch_size)
-        return jax.lax.scan(step, s, idx)
+    def epoch(s: engine.TrainState, d: engine.Data) -> tuple[engine.TrainState, jax.Array]:
+        idx = engine.epoch_indices(s.hp, jnp.int32(0), d.train_idx, w.batch_size)
+        return jax.lax.scan(lambda carry, i: step(carry, d, i), s, idx)
 
+    over_runs = _lax_map if layout.startswith("map") else _vmap
     if layout.endswith("scan"):
-        return jax.jit(jax.vmap(epoch), donate_argnums=0).lower(state).compile()
+        return jax.jit(over_runs(epoch), donate_argnums=0).lower(state, dev).compile()
     idx = jax.ShapeDtypeStruct((n, w.batch_size), jnp.int32)
-    return jax.jit(jax.vmap(step), donate_argnums=0).lower(state, idx).compile()
+    return jax.jit(over_runs(step), donate_argnums=0).lower(state, dev, idx).compile()
+
+
+def _vmap(f: Any) -> Any:
+    """f(state, data, *per_run) vmapped over the runs of state and per_run, data shared."""
+    return lambda s, d, *xs: jax.vmap(f, in_axes=(0, None, *[0] * len(xs)))(s, d, *xs)
+
+
+def _lax_map(f: Any) -> Any:
+    """f(state, data, *per_run) on one run after another inside the program (lax.map)."""
+    return lambda s, d, *xs: jax.lax.map(lambda a: f(a[0], d, *a[1:]), (s, *xs))
 
 
 # ----------------------------------------------------------------------------- records
@@ -296,12 +337,21 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def make_record(benchmark: str, args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
-    """One JSONL record: what ran, where, when, from which commit, and `body`'s numbers."""
+def make_record(benchmark: str, args: argparse.Namespace, body: dict[str, Any],
+                load_start: Sequence[float]) -> dict[str, Any]:
+    """One JSONL record: what ran, where, when, from which commit, how busy the machine was
+    (load averages at the start and the end), and `body`'s numbers."""
     env = environment()
     return {"benchmark": benchmark, "date_utc": env["timestamp_utc"],
             "git_commit": (env["git"] or {}).get("commit"), "args": vars(args),
-            "device": env["device"], "versions": env["versions"], "environment": env, **body}
+            "device": env["device"], "versions": env["versions"], "environment": env,
+            "loadavg": {"start": list(load_start), "end": list(os.getloadavg())}, **body}
+
+
+def load_line(load_start: Sequence[float]) -> str:
+    """The 1-minute load average at the start and now, against the cores: other work skews timings."""
+    return (f"1-min load average: {load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the "
+            f"end, on {os.cpu_count()} cores (this benchmark itself adds up to the core count)")
 
 
 def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
@@ -342,6 +392,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _cell(value: Any) -> str:
     """A table cell: floats with 3 significant digits (thousands grouped when large)."""
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
     return str(value)

@@ -1,0 +1,118 @@
+"""The benchmarks' measurement functions at toy size: complete records, positive throughputs,
+and a torch reference that matches cifar_jax's models and schedule."""
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from benchmarks import common
+from benchmarks import engine as engine_bench
+from cifar_jax import engine, models, schedules
+
+RECORD_KEYS = {"benchmark", "date_utc", "git_commit", "args", "device", "versions", "environment", "loadavg"}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NO_TORCH = "torch is not installed (optional: pip install -e .[bench]); the torch reference is not tested"
+
+
+def toy_mlp() -> common.Workload:
+    """The seeds/002 workload shrunk: 2 runs, 2 epochs of 3 steps, one hidden layer of 8."""
+    w = common.mlp_group(runs=2, steps_per_epoch=3, epochs=2)
+    return dataclasses.replace(w, model=models.ModelConfig("mlp", hidden=(8,), init="he"))
+
+
+@pytest.fixture(scope="module")
+def images() -> common.Images:
+    """The random images the benchmarks fall back to, so both tests share compiled programs."""
+    return common.random_images(toy_mlp().train_size, (32, 32, 3))
+
+
+def positive_rates(measurements: list[dict]) -> bool:
+    return all(m["images_per_s"] > 0 and m["images_per_s_per_run"] > 0 and m["steps"] > 0
+               for m in measurements)
+
+
+def test_engine_benchmark_measures_layouts_and_writes_a_record(images, tmp_path):
+    layouts = (engine.auto_layout(toy_mlp().model), "seq_loop")
+    result = engine_bench.bench_workload(toy_mlp(), images, quick=True, layouts=layouts)
+    assert [m["label"] for m in result["group"]] == list(layouts)
+    assert all(m["runs"] == 2 for m in result["group"])
+    assert positive_rates(result["group"] + result["one_run"])
+    assert result["grouping_gain"] > 0 and result["peak_memory"]["source"]
+    path = tmp_path / "engine.jsonl"
+    args = common.parse_args("test", ["--quick"])
+    for _ in range(2):
+        common.append_jsonl(path, common.make_record("engine", args, {"workloads": [result]}, (0.0, 0.0, 0.0)))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    record = json.loads(lines[-1])
+    assert RECORD_KEYS <= set(record) and record["args"]["quick"] is True
+    assert {"jax", "jaxlib", "flax", "optax", "numpy", "torch"} <= set(record["versions"])
+    assert {"platform", "device_kind", "cpu_model", "cores"} <= set(record["device"])
+    assert "img/s total" in engine_bench.report(toy_mlp(), result)
+
+
+def test_torch_reference_writes_its_record_and_exits_1_on_a_failed_check(monkeypatch, tmp_path):
+    pytest.importorskip("torch", reason=NO_TORCH)
+    from benchmarks import torch_reference
+
+    monkeypatch.setattr(torch_reference, "workloads", lambda quick: [toy_mlp()])
+    monkeypatch.setattr(torch_reference, "TOLERANCE", -1.0)  # no gap is small enough: FAIL
+    path = tmp_path / "torch_reference.jsonl"
+    with pytest.raises(SystemExit) as exit_:
+        torch_reference.main(["--quick", f"--data_dir={tmp_path / 'none'}", f"--results={path}"])
+    assert exit_.value.code == 1
+    record = json.loads(path.read_text())
+    assert RECORD_KEYS <= set(record) and record["data"] == "random" and record["passed"] is False
+    result = record["workloads"][0]
+    runs = [result[k] for k in ("cifar_jax", "torch_reports_way", "torch_best_effort")]
+    assert positive_rates(runs) and all(m["runs"] == 2 and m["steps"] == 3 for m in runs)
+    assert all(r > 0 for r in result["ratios"].values())
+    assert result["check"]["learned"] is None  # random images: only agreement is checked
+
+
+def test_loss_check_fails_a_program_that_does_not_learn():
+    pytest.importorskip("torch", reason=NO_TORCH)
+    from benchmarks import torch_reference
+
+    def m(label, first, final):
+        return common.Measurement(label, 1, 1, 1, 0.0, 1.0, None, 1.0, first, final)
+
+    torch_ref = [m("torch", 2.3, 1.6)]
+    assert torch_reference.loss_check(m("jax", 2.3, 1.65), torch_ref, learnable=True)["passed"]
+    assert not torch_reference.loss_check(m("jax", 2.3, 2.3), torch_ref, learnable=True)["passed"]
+    assert not torch_reference.loss_check(m("jax", 1.6, 1.7), [m("torch", 1.6, 1.65)], learnable=True)["passed"]
+    assert not torch_reference.loss_check(m("jax", 2.3, float("nan")), torch_ref, learnable=False)["passed"]
+
+
+def test_torch_models_have_cifar_jax_sizes():
+    pytest.importorskip("torch", reason=NO_TORCH)
+    from benchmarks import torch_reference
+
+    for cfg in (models.ModelConfig("baseline"), models.ModelConfig("mlp", hidden=(50, 50), init="he")):
+        variables = jax.eval_shape(lambda: models.build(cfg).init(
+            jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32), train=False))
+        net = torch_reference.build_model(cfg, (32, 32, 3))
+        assert sum(p.numel() for p in net.parameters()) == models.count_params(variables["params"])
+
+
+def test_reference_learning_rate_matches_cifar_jax_schedule():
+    w = common.mlp_group(runs=1, steps_per_epoch=10, epochs=3)
+    steps = np.arange(2 * w.half_cycle + 5)
+    ours = schedules.curve("cyclic", steps, lr=0.1, lr_min=w.lr_min, half_cycle=w.half_cycle)
+    np.testing.assert_allclose([w.learning_rate(0.1, int(s)) for s in steps], ours, rtol=1e-5, atol=1e-8)
+
+
+def test_torch_stays_optional(monkeypatch):
+    code = ("import sys, benchmarks.engine, cifar_jax.study; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    from benchmarks import torch_reference
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    with pytest.raises(SystemExit, match=r"pip install -e \.\[bench\]"):
+        torch_reference.require_torch()
