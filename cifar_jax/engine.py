@@ -240,11 +240,13 @@ def evaluate(spec: GroupSpec, state: TrainState, x: jax.Array, y: jax.Array, idx
 
 
 def auto_layout(model: models.ModelConfig, backend: str | None = None) -> str:
-    """The measured-fastest layout: on CPU conv models run one at a time with host-looped steps
-    (vmap → grouped convs, scan → slow weight-gradient convs); elsewhere vmap + scan."""
-    backend = backend or jax.default_backend()
-    has_conv = model.name != "mlp"
-    return "seq_loop" if backend == "cpu" and has_conv else "vmap_scan"
+    """The measured-fastest layout (benchmarks/README.md). On CPU runs go one at a time: vmapped
+    convs become slow grouped convs and even the vmapped MLP group lost to runs in sequence
+    (47k vs 77k images/s for 25 seeds/002 MLPs); conv steps are slow inside scan on XLA:CPU, so
+    conv models host-loop their steps. Elsewhere the whole group is vmapped with scanned steps."""
+    if (backend or jax.default_backend()) != "cpu":
+        return "vmap_scan"
+    return "seq_scan" if model.name == "mlp" else "seq_loop"
 
 
 class Callbacks(Protocol):
