@@ -257,3 +257,27 @@ def test_gradient_statistics_equal_hand_computed_ones(noise_data):
 def optax_ce(logits, y):
     import optax
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def test_each_run_draws_its_own_dropout_masks_fresh_every_step(noise_data):
+    """Two runs with identical parameters and batches but different seeds take different steps
+    under dropout (their own mask streams); the same run at another step draws new masks; at
+    rate 0 the seed makes no difference."""
+    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(32,), init="he", use_dropout=True), batch_size=16)
+    step = jax.jit(jax.vmap(functools.partial(engine.train_step, spec), in_axes=(0, None, 0)))
+    idx = jnp.stack([noise_data.train_idx[:16]] * 2)
+
+    def after_one_step(rate, seeds=(0, 1), start=0):
+        hp = jax.device_put(engine.stack_hparams([dict(seed=s, lr=0.1, dropout=rate) for s in seeds]))
+        state = jax.vmap(lambda h: engine.init_run(spec, h, (8, 8, 3)))(hp)
+        same = jax.tree_util.tree_map(lambda x: jnp.stack([x[0], x[0]]), state.params)  # run 1 gets run 0's params
+        state = state._replace(params=same, step=jnp.full(2, start, jnp.int32))
+        return np.asarray(step(state, noise_data, idx)[0].params["fc1"]["kernel"])
+
+    drop = after_one_step(0.5)
+    assert not np.allclose(drop[0], drop[1])
+    plain = after_one_step(0.0)
+    np.testing.assert_array_equal(plain[0], plain[1])
+    same_seed = after_one_step(0.5, seeds=(0, 0))
+    np.testing.assert_array_equal(same_seed[0], same_seed[1])
+    assert not np.allclose(after_one_step(0.5, seeds=(0, 0), start=1)[0], same_seed[0])
