@@ -296,8 +296,10 @@ def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axi
         return batched(functools.partial(evaluate, spec), 0, None, None, None, None, None)(
             state, x, y, idx, mean, std)
 
-    return dict(init=jax.jit(batched(lambda hp: init_run(spec, hp, image_shape), 0)),
-                epoch=jax.jit(epoch, donate_argnums=0), step=jax.jit(step, donate_argnums=(0, 1)),
+    by_run = NamedSharding(mesh, P("runs"))  # the state lives sharded by run, also where XLA would not infer it
+    return dict(init=jax.jit(batched(lambda hp: init_run(spec, hp, image_shape), 0), out_shardings=by_run),
+                epoch=jax.jit(epoch, donate_argnums=0, out_shardings=by_run),
+                step=jax.jit(step, donate_argnums=(0, 1), out_shardings=by_run),
                 indices=jax.jit(indices), evaluate=jax.jit(ev),
                 lr=jax.jit(batched(schedules.learning_rate, 0, 0)),
                 l2=jax.jit(batched(optim.l2_penalty, 0)))

@@ -61,23 +61,24 @@ class PatchConv(nn.Module):
     use_bias: bool
     kernel_init: Any
     bias_init: Any
-    dtype: Any = jnp.float32
+    dtype: Any = None  # None: the promoted dtype of inputs and parameters, as in flax layers
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, cin = self.kernel_size, x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features))
+        dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
         patches = jax.lax.conv_general_dilated_patches(
-            x.astype(self.dtype), (k, k), (1, 1), [(k // 2, k // 2)] * 2,
+            x.astype(dtype), (k, k), (1, 1), [(k // 2, k // 2)] * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"))  # features ordered (cin, kh, kw)
-        y = patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * k * k, self.features).astype(self.dtype)
+        y = patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * k * k, self.features).astype(dtype)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
+            y = y + self.param("bias", self.bias_init, (self.features,)).astype(dtype)
         return y
 
 
 CONV_IMPLS = ("xla", "im2col")
-PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}  # None: compute in the parameters' dtype
 
 
 class Net(nn.Module):
@@ -90,7 +91,7 @@ class Net(nn.Module):
     init_kind: str = "torch"
     use_dropout: bool = False
     conv_impl: str = "xla"
-    dtype: Any = jnp.float32
+    dtype: Any = None
     frozen: tuple[str, ...] = ()  # layers whose batch norm uses running statistics in train mode too
 
     @nn.compact
@@ -127,7 +128,7 @@ class Net(nn.Module):
         kinit, binit = _initializers(self.init_kind, x.shape[-1])
         logits = nn.Dense(self.num_classes, kernel_init=kinit, bias_init=binit, dtype=self.dtype,
                           name=f"fc{n_fc + 1}")(x)
-        return logits.astype(jnp.float32)
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bf16 → float32 loss
 
     def _normalize(self, x: jax.Array, name: str, train: bool) -> jax.Array:
         if self.norm == "batch":
