@@ -341,14 +341,19 @@ def lr_range(records: list[dict], path: Path | str, title: str = "Learning-rate 
     _range_panel(ax_acc, accs, 0.04, PALETTE[1])
     ax_acc.axhline(chance, ls=":", color="0.3", lw=1.5, label=f"chance ({chance:.3g}%)")
     ax_acc.set_ylim(bottom=0)  # separates the chance line from the diverged markers
-    for ax, name, unit in ((ax_loss, "Final train loss", "cross-entropy loss"),
-                           (ax_acc, "Final validation accuracy", "accuracy (%)")):
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
+    ax_loss.set_xscale("log")
+    return _finish_pair(fig, title, "learning rate", ((ax_loss, "Final train loss", "cross-entropy loss"),
+                                                       (ax_acc, "Final validation accuracy", "accuracy (%)")), path)
+
+
+def _finish_pair(fig: Figure, title: str, xlabel: str, panels: tuple, path: Path | str) -> Path:
+    """Label a two-panel figure ((axes, title, y unit) per panel), add the legend and save it."""
+    for ax, name, unit in panels:
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(unit)
         ax.set_title(name)
     fig.suptitle(title)
-    _figure_legend(fig, (ax_loss, ax_acc))
+    _figure_legend(fig, [p[0] for p in panels])
     return _save(fig, path)
 
 
@@ -405,11 +410,5 @@ def generalisation_gap(rows: list[dict], path: Path | str, title: str) -> Path:
     ax_acc, ax_loss = fig.subplots(1, 2, sharex=True)
     _gap_panel(ax_acc, rows, "acc_gap", 100.0, PALETTE[0])
     _gap_panel(ax_loss, rows, "loss_gap", 1.0, PALETTE[1])
-    for ax, name, unit in ((ax_acc, "Accuracy gap (train − val)", "percentage points"),
-                           (ax_loss, "Loss gap (train − val)", "cross-entropy difference")):
-        ax.set_xlabel("dropout rate")
-        ax.set_ylabel(unit)
-        ax.set_title(name)
-    fig.suptitle(title)
-    _figure_legend(fig, (ax_acc, ax_loss))
-    return _save(fig, path)
+    return _finish_pair(fig, title, "dropout rate", ((ax_acc, "Accuracy gap (train − val)", "percentage points"),
+                                                      (ax_loss, "Loss gap (train − val)", "cross-entropy difference")), path)
