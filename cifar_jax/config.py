@@ -70,8 +70,9 @@ def define_flags() -> None:
                     "for the backend and model; every layout gives the same numbers).")
     f.DEFINE_string("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master "
                     "weights, loss and BN statistics).")
-    f.DEFINE_string("conv_impl", "xla", f"Convolution implementation: {', '.join(models.CONV_IMPLS)} (im2col: "
-                    "patches @ kernel, a batched matmul under vmap); the same numbers either way.")
+    f.DEFINE_string("conv_impl", "auto", f"Convolution implementation: {', '.join(engine.CONV_IMPLS)} (auto: the "
+                    "measured-fastest for the backend; cifar_jax/layers.py describes each); the same numbers "
+                    "either way.")
     f.DEFINE_float("memory_limit_gb", 0.0, "Per-device memory a group may use before it is split into chunks "
                    "of runs (0: 90% of an accelerator's memory; no limit on CPU).")
     f.DEFINE_string("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory, so "
@@ -219,7 +220,7 @@ def from_flags(fl: Any = None) -> Config:
         noise_std=fl.noise_std, salt_pepper=fl.salt_pepper,
         layout=_choice("layout", fl.layout, engine.LAYOUTS),
         precision=_choice("precision", fl.precision, list(models.PRECISIONS)),
-        conv_impl=_choice("conv_impl", fl.conv_impl, models.CONV_IMPLS),
+        conv_impl=_choice("conv_impl", fl.conv_impl, engine.CONV_IMPLS),
         memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size,
         eval_train=fl.eval_train, download=fl.download, distributed=_distributed(fl))
 

@@ -22,8 +22,9 @@ import optax
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cifar_jax import models, optim, preprocess, schedules
+from cifar_jax import layers, models, optim, preprocess, schedules
 
+CONV_IMPLS = ("auto", *layers.CONVS)
 LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
 HP_INT = ("seed", "schedule")
 HP_FLOAT = ("lr", "lr_min", "decay_rate", "decay_every", "staircase", "total_steps", "half_cycle",
@@ -70,13 +71,14 @@ class GroupSpec:
     clip_norm: float | None = None
     eval_batch_size: int = 500
     precision: str = "fp32"
-    conv_impl: str = "xla"  # how convolutions execute; same numbers, so not part of a run's identity
+    conv_impl: str = "auto"  # how convolutions execute; same numbers, so not part of a run's identity
     frozen: tuple[str, ...] = ()  # layers (e.g. "conv1") whose parameters and BN statistics stay fixed
     grad_stats: bool = False  # record |gradient| statistics per parameter tensor
 
     @property
     def net(self) -> models.Net:
-        return models.build(self.model, self.conv_impl, self.precision, self.frozen)
+        return models.build(self.model, auto_conv_impl() if self.conv_impl == "auto" else self.conv_impl,
+                            self.precision, self.frozen)
 
 
 def put_data(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -247,6 +249,14 @@ def auto_layout(model: models.ModelConfig, backend: str | None = None) -> str:
     if (backend or jax.default_backend()) != "cpu":
         return "vmap_scan"
     return "seq_scan" if model.name == "mlp" else "seq_loop"
+
+
+AUTO_CONV = {"cpu": "vjp", "gpu": "vjp"}  # measured-fastest per backend (benchmarks/README.md)
+
+
+def auto_conv_impl(backend: str | None = None) -> str:
+    """The measured-fastest convolution implementation for the backend (`layers.CONVS`)."""
+    return AUTO_CONV.get(backend or jax.default_backend(), "xla")
 
 
 class Callbacks(Protocol):

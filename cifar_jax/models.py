@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cifar_jax.layers import Conv, max_pool
+
 Layer = tuple
 INITS = ("torch", "he", "xavier", "normal")
 NORMS = ("none", "batch", "layer")
@@ -52,32 +54,6 @@ def dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(mask, x / keep, 0.0)
 
 
-class PatchConv(nn.Module):
-    """A stride-1 'same' convolution as im2col patches @ kernel: under vmap over runs this is a
-    batched matmul instead of a grouped convolution. Parameters equal nn.Conv's."""
-
-    features: int
-    kernel_size: int
-    use_bias: bool
-    kernel_init: Any
-    bias_init: Any
-    dtype: Any = None  # None: the promoted dtype of inputs and parameters, as in flax layers
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        k, cin = self.kernel_size, x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features))
-        dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
-        patches = jax.lax.conv_general_dilated_patches(
-            x.astype(dtype), (k, k), (1, 1), [(k // 2, k // 2)] * 2,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))  # features ordered (cin, kh, kw)
-        y = patches @ kernel.transpose(2, 0, 1, 3).reshape(cin * k * k, self.features).astype(dtype)
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,)).astype(dtype)
-        return y
-
-
-CONV_IMPLS = ("xla", "im2col")
 PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}  # None: compute in the parameters' dtype
 
 
@@ -101,18 +77,14 @@ class Net(nn.Module):
         for layer in self.layers:
             kind = layer[0]
             if kind == "pool":
-                x = nn.max_pool(x, (layer[1], layer[1]), strides=(layer[1], layer[1]))
+                x = max_pool(x, layer[1])
                 continue
             if kind == "conv":
                 n_conv += 1
                 name = f"conv{n_conv}"
                 k = layer[2]
                 kinit, binit = _initializers(self.init_kind, k * k * x.shape[-1])
-                if self.conv_impl == "im2col":
-                    x = PatchConv(layer[1], k, bias, kinit, binit, self.dtype, name=name)(x)
-                else:
-                    x = nn.Conv(layer[1], (k, k), padding=k // 2, use_bias=bias, kernel_init=kinit,
-                                bias_init=binit, dtype=self.dtype, name=name)(x)
+                x = Conv(layer[1], k, bias, kinit, binit, self.conv_impl, self.dtype, name=name)(x)
             else:
                 n_fc += 1
                 name = f"fc{n_fc}"

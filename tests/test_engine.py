@@ -184,16 +184,6 @@ def test_group_too_big_for_memory_is_split_into_chunks(noise_data):
     assert [cb.final[i]["test_acc"] for i in range(6)] == pytest.approx([ref.final[i]["test_acc"] for i in range(6)], abs=1e-6)
 
 
-def test_im2col_convolution_gives_the_same_training(noise_data):
-    runs = RUNS[:2]
-    xla, ref = _train(engine.GroupSpec(models.ModelConfig("baseline", use_dropout=True), batch_size=32), runs,
-                      noise_data, 1, "vmap_loop")
-    patches, cb = _train(engine.GroupSpec(models.ModelConfig("baseline", use_dropout=True), batch_size=32,
-                                          conv_impl="im2col"), runs, noise_data, 1, "vmap_loop")
-    _assert_close(patches.params, xla.params, 1e-5)
-    assert [cb.final[i]["test_loss"] for i in range(2)] == pytest.approx([ref.final[i]["test_loss"] for i in range(2)], abs=1e-5)
-
-
 def test_bf16_compute_keeps_float32_master_weights(noise_data):
     spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(64,), norm="batch", init="he"), batch_size=32,
                             precision="bf16")

@@ -1,0 +1,158 @@
+"""Convolution and max-pooling written so that a group of runs trains fast under `vmap`.
+
+Vmapped over runs, XLA's convolution becomes a grouped convolution whose weight gradient (a
+`batch_group_count` convolution) is slow on GPU and CPU, and `reduce_window` max-pooling has a
+`select_and_scatter` gradient. Here every stride-1 'same' convolution has one of these forms, all
+computing the same function (tested against `lax.conv_general_dilated` in float64):
+
+- `xla`: `lax.conv_general_dilated`, autodiff gradients (the reference);
+- `vjp`: the XLA convolution forward and its own VJP: the input gradient is the transposed
+  convolution (a plain convolution, fast grouped like the forward), the weight gradient one
+  batched matmul per kernel tap (shifted input ⊗ output gradient, summed over batch and space);
+- `taps`: a sum of one matmul per kernel tap (shifted input @ tap kernel), autodiff gradients;
+- `im2col`: the k·k shifted inputs concatenated into patches, one matmul, autodiff gradients.
+
+`max_pool` is a reshape and max, its gradient routed to the first maximum of each window in
+row-major order, exactly as `flax.linen.max_pool`'s (ties included).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _check(x: jax.Array, w: jax.Array) -> int:
+    """The 'same' padding of a stride-1 convolution with an odd square kernel."""
+    k = w.shape[0]
+    if w.ndim != 4 or w.shape[1] != k or k % 2 == 0 or x.shape[-1] != w.shape[2]:
+        raise ValueError(f"need NHWC inputs and an odd square HWIO kernel; got {x.shape} and {w.shape}")
+    return k // 2
+
+
+def conv_xla(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Stride-1 'same' convolution of NHWC `x` with HWIO `w` (XLA's convolution)."""
+    p = _check(x, w)
+    return jax.lax.conv_general_dilated(x, w, (1, 1), [(p, p), (p, p)], dimension_numbers=_DIMS)
+
+
+def _shifted(x: jax.Array, k: int) -> list[jax.Array]:
+    """The k·k views of the zero-padded `x` that kernel tap (i, j) multiplies, row-major."""
+    p, (h, w) = k // 2, x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    return [padded[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)]
+
+
+def _weight_grad(x: jax.Array, dy: jax.Array, k: int) -> jax.Array:
+    """∂L/∂w [k, k, cin, cout]: per tap, shifted input ⊗ output gradient summed over n, h, w."""
+    taps = [jnp.einsum("nhwc,nhwd->cd", s, dy) for s in _shifted(x, k)]
+    return jnp.stack(taps).reshape(k, k, x.shape[-1], dy.shape[-1])
+
+
+@jax.custom_vjp
+def conv_vjp(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`conv_xla` with its own gradient: transposed convolution for x, tap matmuls for w."""
+    return conv_xla(x, w)
+
+
+def _conv_vjp_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return conv_xla(x, w), (x, w)
+
+
+def _conv_vjp_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    dx = conv_xla(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3))  # the transposed convolution
+    return dx, _weight_grad(x, dy, w.shape[0]).astype(w.dtype)
+
+
+conv_vjp.defvjp(_conv_vjp_fwd, _conv_vjp_bwd)
+
+
+def conv_taps(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The convolution as a sum over kernel taps of shifted input @ tap kernel."""
+    _check(x, w)
+    k = w.shape[0]
+    return sum(s @ w[i // k, i % k] for i, s in enumerate(_shifted(x, k)))
+
+
+def conv_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The convolution as one matmul of patches [n, h, w, k·k·cin] (tap-major) with the kernel."""
+    _check(x, w)
+    k = w.shape[0]
+    return jnp.concatenate(_shifted(x, k), -1) @ w.reshape(-1, w.shape[-1])
+
+
+CONVS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "xla": conv_xla, "vjp": conv_vjp, "taps": conv_taps, "im2col": conv_im2col}
+
+
+def get_conv(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The convolution implementation `name`; the error lists the allowed names."""
+    if name not in CONVS:
+        raise ValueError(f"--conv_impl={name!r} is unknown; allowed: {', '.join(CONVS)}")
+    return CONVS[name]
+
+
+class Conv(nn.Module):
+    """A stride-1 'same' convolution layer with `nn.Conv`'s parameters (names, shapes, init)
+    and a chosen implementation; `dtype` None computes in the promoted input/parameter dtype."""
+
+    features: int
+    kernel_size: int
+    use_bias: bool
+    kernel_init: Any
+    bias_init: Any
+    impl: str = "xla"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
+        y = get_conv(self.impl)(x.astype(dtype), kernel.astype(dtype))
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(dtype)
+        return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _pool(x: jax.Array, window: int) -> jax.Array:
+    n, h, w, c = x.shape
+    return x.reshape(n, h // window, window, w // window, window, c).max((2, 4))
+
+
+def _pool_fwd(x: jax.Array, window: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = _pool(x, window)
+    return y, (x, y)
+
+
+def _pool_bwd(window: int, res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
+    x, y = res
+    n, h, w, c = x.shape
+    xr = x.reshape(n, h // window, window, w // window, window, c)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(window):
+        cols = []
+        for j in range(window):
+            first = (xr[:, :, i, :, j, :] == y) & ~taken  # the first maximum in row-major order
+            taken = taken | first
+            cols.append(jnp.where(first, g, jnp.zeros_like(g)))
+        rows.append(jnp.stack(cols, 3))
+    return (jnp.stack(rows, 2).reshape(x.shape),)
+
+
+_pool.defvjp(_pool_fwd, _pool_bwd)
+
+
+def max_pool(x: jax.Array, window: int) -> jax.Array:
+    """window×window max-pooling with stride `window` (VALID: a ragged edge is dropped), NHWC;
+    equal to `nn.max_pool(x, (window, window), strides=(window, window))`, gradient included."""
+    h, w = x.shape[1] // window * window, x.shape[2] // window * window
+    return _pool(x[:, :h, :w, :], window)

@@ -1,0 +1,120 @@
+"""Every convolution implementation equals XLA's convolution, and max-pooling equals flax's, in
+value and in both gradients (float64; single and vmapped over runs; ties included)."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cifar_jax import engine, layers, models
+
+SHAPES = [(3, 3, 4), (5, 4, 6)]  # (kernel, cin, cout): BaselineNet's 3x3 pad 1, ConvNet's 5x5 pad 2
+
+
+def _reference(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _loss(conv):
+    """A scalar with a different weight per output element, so every gradient entry is tested."""
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w)) * jnp.arange(w.shape[-1]))
+
+
+@pytest.mark.parametrize("impl", list(layers.CONVS))
+@pytest.mark.parametrize("k,cin,cout", SHAPES)
+def test_convolution_and_its_gradients_equal_xla(impl, k, cin, cout):
+    rng = np.random.default_rng(k)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(3, 9, 7, cin)))  # odd sizes: padding at every edge
+        w = jnp.asarray(rng.normal(size=(k, k, cin, cout)))
+        conv = layers.get_conv(impl)
+        np.testing.assert_allclose(conv(x, w), _reference(x, w), rtol=1e-12, atol=1e-12)
+        got = jax.grad(_loss(conv), (0, 1))(x, w)
+        want = jax.grad(_loss(_reference), (0, 1))(x, w)
+        for g, r in zip(got, want):
+            assert g.dtype == jnp.float64
+            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+        # vmapped over three runs, each with its own inputs and kernel: a group's layout
+        xs, ws = jnp.stack([x, 2 * x, -x]), jnp.stack([w, -w, 0.5 * w])
+        np.testing.assert_allclose(jax.vmap(conv)(xs, ws), jax.vmap(_reference)(xs, ws), rtol=1e-12, atol=1e-12)
+        got = jax.vmap(jax.grad(_loss(conv), (0, 1)))(xs, ws)
+        want = jax.vmap(jax.grad(_loss(_reference), (0, 1)))(xs, ws)
+        for g, r in zip(got, want):
+            np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_unknown_or_unsupported_convolutions_are_refused():
+    with pytest.raises(ValueError, match="allowed: xla, vjp, taps, im2col"):
+        layers.get_conv("winograd")
+    with pytest.raises(ValueError, match="odd square HWIO kernel"):
+        layers.conv_taps(jnp.zeros((1, 4, 4, 3)), jnp.zeros((2, 2, 3, 4)))
+
+
+def _flax_pool(x):
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def _pool_loss(pool):
+    return lambda x: jnp.sum(pool(x) * jnp.arange(1, x.shape[-1] + 1))
+
+
+def test_max_pool_and_its_gradient_equal_flax_including_ties():
+    """Small integers make most windows hold tied maxima; flax routes the gradient to the
+    first maximum in row-major order, and so must we. Odd sizes drop the ragged edge."""
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.integers(0, 3, size=(4, 9, 7, 3)).astype(np.float64))
+        ours = lambda v: layers.max_pool(v, 2)
+        np.testing.assert_array_equal(ours(x), _flax_pool(x))
+        np.testing.assert_array_equal(jax.grad(_pool_loss(ours))(x), jax.grad(_pool_loss(_flax_pool))(x))
+        xs = jnp.stack([x, -x, jnp.zeros_like(x)])  # all-tied windows in the last run
+        np.testing.assert_array_equal(jax.vmap(jax.grad(_pool_loss(ours)))(xs),
+                                      jax.vmap(jax.grad(_pool_loss(_flax_pool)))(xs))
+        ties = jax.grad(_pool_loss(ours))(jnp.zeros((1, 2, 2, 1)))[0, :, :, 0]
+        np.testing.assert_array_equal(ties, [[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_conv_layer_has_nn_conv_parameters():
+    """Same names, shapes and initial values as flax's nn.Conv, whatever the implementation."""
+    x = jnp.ones((1, 8, 8, 3))
+    init = nn.initializers.lecun_normal()
+    ref = nn.Conv(5, (3, 3), padding=1, kernel_init=init).init(jax.random.PRNGKey(1), x)
+    for impl in layers.CONVS:
+        ours = layers.Conv(5, 3, True, init, nn.initializers.zeros, impl).init(jax.random.PRNGKey(1), x)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, ours, ref)
+
+
+def test_batchnorm_dropout_group_trains_the_same_with_every_convolution():
+    """Three vmapped steps of a batch-normed, dropout BaselineNet group (float64): parameters and
+    BN statistics equal those of the XLA-convolution model."""
+    rng = np.random.default_rng(1)
+    runs = [dict(seed=0, lr=0.05, dropout=0.3), dict(seed=1, lr=0.1, dropout=0.5)]
+    with jax.enable_x64(True):
+        x = rng.integers(0, 256, (64, 8, 8, 3), np.uint8)
+        data = engine.put_data(x, rng.integers(0, 10, 64), x[:8], np.zeros(8), np.arange(64),
+                               np.arange(0), np.full(3, 0.5), np.full(3, 0.25))
+        data = data._replace(mean=data.mean.astype(jnp.float64), std=data.std.astype(jnp.float64))
+        hp = jax.device_put(engine.stack_hparams(runs))
+        model = models.ModelConfig("baseline", norm="batch", use_dropout=True)
+
+        def three_steps(conv_impl):
+            spec = engine.GroupSpec(model, "momentum", 16, conv_impl=conv_impl)
+            state = jax.vmap(lambda h: engine.init_run(spec, h, (8, 8, 3)))(hp)
+            f64 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), t)
+            state = state._replace(params=f64(state.params), batch_stats=f64(state.batch_stats),
+                                   opt_state=f64(state.opt_state))
+            step = jax.jit(jax.vmap(functools.partial(engine.train_step, spec), in_axes=(0, None, 0)))
+            idx = jax.vmap(lambda h: engine.epoch_indices(h, 0, data.train_idx, 16))(hp)
+            for s in range(3):
+                state, _ = step(state, data, idx[:, s])
+            return state
+
+        ref = three_steps("xla")
+        assert ref.params["conv1"]["kernel"].dtype == jnp.float64
+        for impl in [i for i in layers.CONVS if i != "xla"]:
+            ours = three_steps(impl)
+            for a, b in zip(jax.tree_util.tree_leaves((ours.params, ours.batch_stats)),
+                            jax.tree_util.tree_leaves((ref.params, ref.batch_stats))):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10, err_msg=impl)
