@@ -1,0 +1,189 @@
+"""The learning-rate landscape of BaselineNet under the seeds/000 protocol: a log grid of LRs
+(default 40 from 1.0 down to 1e-4) × many seeds (25 in the preset), 30 epochs, all 1,000 runs in
+one group (the engine splits it into chunks that fit the device memory). Final validation and
+test accuracy per LR with a 95% band across seeds, the fraction of seeds that diverged, the best
+LR (by validation accuracy) and the divergence boundary.
+
+    python -m experiments.lr_landscape --flagfile=experiments/flags/lr_landscape.flags
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from absl import flags
+
+from cifar_jax import config, plots, results, study
+
+flags.DEFINE_float("landscape_max", 1.0, "Largest LR of the landscape grid (the grid replaces --lr).")
+flags.DEFINE_float("landscape_min", 1e-4, "Smallest LR of the landscape grid.")
+flags.DEFINE_integer("landscape_points", 40, "Number of LRs in the landscape grid (log-spaced).")
+FLAGS = flags.FLAGS
+
+TITLE = "LR landscape"
+OTHER_AXES = ("decay_rates", "dropouts", "l2s", "momentums", "init_scales")
+
+
+def landscape_lrs() -> tuple[float, ...]:
+    """The landscape's log grid, smallest first, each LR rounded to 3 significant digits."""
+    lo, hi, n = FLAGS.landscape_min, FLAGS.landscape_max, FLAGS.landscape_points
+    if not (0 < lo < hi and np.isfinite(hi)) or n < 2:
+        raise config.ConfigError(f"--landscape_min={lo:g} --landscape_max={hi:g} --landscape_points={n}: "
+                                 "need 0 < landscape_min < landscape_max (finite) and landscape_points >= 2")
+    lrs = tuple(float(f"{x:.3g}") for x in np.geomspace(lo, hi, n))
+    if len(set(lrs)) < n:
+        raise config.ConfigError(f"--landscape_points={n}: too many points between {lo:g} and {hi:g} "
+                                 "for distinct LRs at 3 significant digits")
+    return lrs
+
+
+def landscape_config(cfg: config.Config) -> config.Config:
+    """The flags' config with the landscape grid as its only grid axis."""
+    lrs = landscape_lrs()
+    varying = [name for name in OTHER_AXES if len(getattr(cfg, name)) > 1]
+    if varying:
+        names = {"decay_rates": "decay_rate", "dropouts": "dropout", "l2s": "l2", "momentums": "momentum",
+                 "init_scales": "init_scale"}
+        raise config.ConfigError(f"--{names[varying[0]]}: the landscape varies only the learning rate; "
+                                 "give one value")
+    return dataclasses.replace(cfg, lrs=lrs)
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def failed(rec: dict) -> bool:
+    """lr_sweep's test (not imported: that would add its range-test flags to this command line):
+    the run diverged, or its last epoch's train loss is non-finite or not below the untrained
+    loss (validation, else test when there is no validation split)."""
+    last = rec["epochs"][-1].get("train_loss", float("nan")) if rec["epochs"] else float("nan")
+    untrained = rec.get("untrained") or {}
+    reference = (untrained.get("val") or untrained.get("test") or {}).get("loss", float("nan"))
+    return rec["status"] == "diverged" or not np.isfinite(last) or not last < reference
+
+
+def landscape_rows(records: list[dict]) -> list[dict]:
+    """One row per LR, smallest first: run counts (diverged, failed as `failed` says) and the
+    final validation and test accuracy statistics of the seeds that did not diverge."""
+    summary = results.summarize(records)["configs"]
+    rows = []
+    for name, recs in results.group_by_config(records).items():
+        s = summary[name]
+        rows.append({"lr": float(recs[0]["config"]["lr"]), "config": name, "n_runs": s["n_runs"],
+                     "n_diverged": s["n_diverged"], "n_incomplete": s["n_incomplete"],
+                     "n_failed": sum(failed(r) for r in recs if r["status"] in results.FINISHED),
+                     "val_acc": s["metrics"]["val_acc"], "test_acc": s["metrics"]["test_acc"]})
+    return sorted(rows, key=lambda r: r["lr"])
+
+
+def _mostly_failed(row: dict) -> bool:
+    """At least half of the row's finished seeds failed."""
+    finished = row["n_runs"] - row["n_incomplete"]
+    return finished > 0 and 2 * row["n_failed"] >= finished
+
+
+def best_lr(rows: list[dict]) -> float | None:
+    """The LR of highest mean final validation accuracy among those where fewer than half of the
+    seeds failed (test accuracy is never used to choose); None without any."""
+    ok = [r for r in rows if not _mostly_failed(r) and r["val_acc"]["mean"] is not None]
+    return max(ok, key=lambda r: r["val_acc"]["mean"])["lr"] if ok else None
+
+
+def boundary(rows: list[dict]) -> float | None:
+    """The divergence boundary: the smallest LR above the best LR at which at least half of the
+    seeds diverged or ended at or above their untrained loss (so runs that did not learn at the
+    small-LR end do not count); without a best LR, the smallest such LR. None when no LR qualifies."""
+    best = best_lr(rows)
+    above = [r["lr"] for r in rows if _mostly_failed(r) and (best is None or r["lr"] > best)]
+    return min(above) if above else None
+
+
+def _acc(stat: dict) -> str:
+    return "–" if stat["mean"] is None else f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
+
+
+def landscape_table(rows: list[dict], best: float | None) -> str:
+    """Markdown table, one row per LR, the best LR's row in bold."""
+    lines = ["| lr | seeds | diverged | ended ≥ untrained loss | val acc (%) | test acc (%) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [f"{r['lr']:.3g}", str(r["n_runs"]), str(r["n_diverged"]), str(r["n_failed"] - r["n_diverged"]),
+                 _acc(r["val_acc"]), _acc(r["test_acc"])]
+        if r["n_incomplete"]:
+            cells[1] += f" ({r['n_incomplete']} incomplete)"
+        if r["lr"] == best:
+            cells = [f"**{c}**" for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def landscape_markdown(rows: list[dict], best: float | None, edge: float | None) -> str:
+    """landscape.md: the table with the best LR and the boundary below it."""
+    return (f"# {TITLE}: final accuracy per learning rate\n\n"
+            "Accuracy: mean ± std over the seeds that did not diverge (95% t-intervals in landscape.json). "
+            "\"ended ≥ untrained loss\": seeds that did not diverge but whose last-epoch train loss was not "
+            f"below the untrained loss.\n\n{landscape_table(rows, best)}\n{summary_line(rows, best, edge)}\n")
+
+
+def summary_line(rows: list[dict], best: float | None, edge: float | None) -> str:
+    """One line naming the best LR and the divergence boundary."""
+    by_lr = {r["lr"]: r for r in rows}
+    if best is None:
+        text = "best LR: none (no LR where fewer than half of the seeds failed has validation accuracy)"
+    else:
+        b = by_lr[best]
+        text = f"best LR (highest mean validation accuracy): **{best:.3g}** (val {_acc(b['val_acc'])}%, " \
+               f"test {_acc(b['test_acc'])}%)"
+    if edge is None:
+        return text + ("; divergence boundary: none in the grid (no LR above the best where at least half of "
+                       "the seeds failed)")
+    e = by_lr[edge]
+    return text + f"; divergence boundary: lr **{edge:.3g}** ({e['n_diverged']}/{e['n_runs']} diverged, " \
+                  f"{e['n_failed']}/{e['n_runs']} diverged or ended ≥ untrained loss)"
+
+
+def write_landscape(st: results.Study, runs: list[config.Run], cfg: config.Config, num_classes: int) -> None:
+    """summary.json and test_table.md (as study.finish writes them), the landscape figure, table
+    and JSON, and the four-panel curves of the best LR and of the boundary only (forty of them,
+    and a forty-line comparison, would say less than the landscape figure)."""
+    records = [r for r in (st.record(run.run_id) for run in runs) if r is not None]
+    summary = results.summarize(records)
+    st.write_json("summary.json", summary)
+    table = results.test_table_markdown(summary)
+    st.write_text("test_table.md", f"# {TITLE}: test set (mean ± std over seeds)\n\n{table}\n")
+    rows = landscape_rows(records)
+    best, edge = best_lr(rows), boundary(rows)
+    st.write_json("landscape.json", {"rows": rows, "best_lr": best, "boundary": edge})
+    st.write_text("landscape.md", landscape_markdown(rows, best, edge))
+    plots.lr_landscape(rows, st.figures_dir / "lr_landscape.png",
+                       f"{TITLE}: {cfg.model.name}, {len(rows)} LRs × {len(cfg.seeds)} seeds, {cfg.epochs} epochs",
+                       best_lr=best, boundary=edge, chance=100.0 / num_classes)
+    by_config = results.group_by_config(records)
+    for lr, what in ((best, "best LR"), (edge, "divergence boundary")):
+        name = next((r["config"] for r in rows if r["lr"] == lr), None)
+        if name is not None:
+            plots.four_panel(by_config[name], st.figures_dir / f"curves_{results.run_file_stem(name)}.png",
+                             f"{TITLE}: {name} ({what})")
+    study.log(f"\n{TITLE} (mean ± std over the seeds that did not diverge)\n{landscape_table(rows, best)}"
+              f"results and figures: {st.root}")
+    study.log(summary_line(rows, best, edge).replace("**", ""))
+
+
+def main(cfg: config.Config) -> None:
+    cfg = landscape_config(cfg)  # validate before any work
+    if FLAGS["lr"].present:
+        study.log(f"--lr is ignored: the landscape grid sets the LRs ({len(cfg.lrs)} from {cfg.lrs[0]:g} "
+                  f"to {cfg.lrs[-1]:g})")
+    prepared = study.prepare(cfg)
+    runs = config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes)
+    st = study.open_study(cfg, "lr_landscape")
+    st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
+    study.write_preamble(st, cfg, runs, prepared, extra={"landscape_lrs": list(cfg.lrs)})
+    study.execute(st, runs, prepared, cfg)
+    if study.is_lead():
+        write_landscape(st, runs, cfg, prepared.dataset.num_classes)
+    else:
+        study.log("my runs are finished; process 0 writes the landscape")
+
+
+if __name__ == "__main__":
+    study.main(main)
