@@ -41,6 +41,8 @@ class Workload:
     schedule: str = "constant"  # or "cyclic": lr_min → lr → lr_min, one cycle over all steps
     lr_min: float = 0.0
     l2: float = 0.0
+    conv_impl: str = "auto"  # cifar_jax's convolution implementation (engine.CONV_IMPLS)
+    precision: str = "fp32"  # cifar_jax's compute precision (models.PRECISIONS)
 
     @property
     def train_size(self) -> int:
@@ -55,12 +57,14 @@ class Workload:
     @property
     def spec(self) -> engine.GroupSpec:
         """The engine's static group description (plain SGD)."""
-        return engine.GroupSpec(self.model, "sgd", self.batch_size)
+        return engine.GroupSpec(self.model, "sgd", self.batch_size, precision=self.precision,
+                                conv_impl=self.conv_impl)
 
-    def resized(self, runs: int | None = None, epochs: int | None = None) -> Workload:
-        """The same workload with its first `runs` runs and/or another number of epochs."""
+    def resized(self, runs: int | None = None, epochs: int | None = None, **changes: Any) -> Workload:
+        """The same workload with its first `runs` runs and/or another number of epochs (and any
+        other field changed)."""
         return dataclasses.replace(self, runs=self.runs[:runs or len(self.runs)],
-                                   epochs=epochs or self.epochs)
+                                   epochs=epochs or self.epochs, **changes)
 
     def hparams(self) -> dict[str, np.ndarray]:
         """Per-run engine hyperparameters, stacked along the run axis."""
