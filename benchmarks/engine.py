@@ -82,8 +82,8 @@ def measure(w: common.Workload, dev: engine.Data, layout: str, runs: int, quick:
 
 def bench_convs(w: common.Workload, images: common.Images, run_counts: Sequence[int],
                 impls: Sequence[str], precisions: Sequence[str]) -> dict[str, Any]:
-    """Every (implementation, precision) of the conv workload: one run alone, then each run
-    count as one group, in the auto layout; the grouping gain of each group row is its img/s
+    """Every (implementation, precision) of the conv workload: one run alone (fp32), then each
+    run count as one group, in the auto layout; the grouping gain of each group row is its img/s
     over the fastest one-run img/s (any implementation, fp32)."""
     dev = common.device_data(images, common.training_split(images, w))
     layout = engine.auto_layout(w.model)
@@ -91,7 +91,7 @@ def bench_convs(w: common.Workload, images: common.Images, run_counts: Sequence[
     rows = []
     for precision in precisions:
         for impl in impls:
-            for runs in (1, *run_counts):
+            for runs in ((1,) if precision == "fp32" else ()) + tuple(run_counts):
                 sized = base.resized(runs, conv_impl=impl, precision=precision)
                 m = common.measure_engine(sized, dev, layout, f"{impl} {precision}")
                 rows.append({"conv_impl": impl, "precision": precision, **m.record()})

@@ -23,19 +23,19 @@ import time
 from typing import Any, Callable, Sequence
 
 from benchmarks import common
-from cifar_jax import results
+from cifar_jax import layers, results
 
-# Steps per benchmark epoch (two epochs, the first untimed; 150 gives a steady rate), the run
+# Steps per benchmark epoch (two epochs, the first untimed; 100 give a steady rate), the run
 # counts, and the §1.1 flagfile; --smoke: the same pipeline at toy size (a check on a CPU).
-SIZES = {"full": dict(steps=150, conv_runs="25,100", layout_runs="25", sweep="experiments/flags/lr_sweep.flags",
+SIZES = {"full": dict(steps=100, conv_runs="25,100", layout_runs="25", sweep="experiments/flags/lr_sweep.flags",
                       bench=[]),
-         "smoke": dict(steps=2, conv_runs="2,3", layout_runs="2", sweep="experiments/flags/lr_sweep_smoke.flags",
+         "smoke": dict(steps=4, conv_runs="2,3", layout_runs="2", sweep="experiments/flags/lr_sweep_smoke.flags",
                        bench=["--quick"])}
 
 
 def _engine_convs(o: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "benchmarks.engine", f"--data_dir={o.data_dir}", f"--steps={o.size['steps']}",
-            f"--conv_runs={o.size['conv_runs']}", "--precisions=fp32,bf16", "--tables=convs",
+            f"--conv_runs={o.size['conv_runs']}", "--precisions=fp32,bf16", "--tables=convs", f"--impls={o.impls}",
             f"--results={o.out / 'engine.jsonl'}", *o.size["bench"]]
 
 
@@ -65,12 +65,12 @@ def _tests(o: argparse.Namespace) -> list[str]:
 
 # name -> (command, time limit in seconds), in the order they run
 PARTS: dict[str, tuple[Callable[[argparse.Namespace], list[str]], int]] = {
-    "engine_convs": (_engine_convs, 300),
-    "sweep_fp32": (_sweep("fp32"), 240),
-    "torch": (_torch, 240),
-    "sweep_bf16": (_sweep("bf16", "--nolr_range"), 180),
-    "engine_layouts": (_engine_layouts, 240),
-    "tests": (_tests, 120),
+    "engine_convs": (_engine_convs, 180),
+    "sweep_fp32": (_sweep("fp32"), 150),
+    "sweep_bf16": (_sweep("bf16", "--nolr_range"), 110),
+    "tests": (_tests, 60),
+    "torch": (_torch, 180),
+    "engine_layouts": (_engine_layouts, 120),
 }
 
 
@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--results_dir", type=pathlib.Path, default=pathlib.Path("/tmp/cifar_jax_gpu_results"),
                         help="where the §1.1 sweeps write their study folders")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list from {', '.join(PARTS)}")
+    parser.add_argument("--impls", default=",".join(layers.CONVS), help="the convolution table's implementations")
     parser.add_argument("--smoke", action="store_true", help="the same pipeline at toy size (a check on a CPU)")
     parser.add_argument("--commit", default=None, help="the git commit to record (default: this checkout's)")
     parser.add_argument("--conv_impl", default=None, help="the sweeps' --conv_impl (default: the fastest "

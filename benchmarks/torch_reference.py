@@ -1,19 +1,24 @@
 """PyTorch reference: the same training as cifar_jax (models, batch sizes, optimiser, steps and
-runs) the reports' way and a best-effort way, against cifar_jax's auto layout in the same
-process, with a check that all reach a comparable training loss.
+runs) the reports' way, a best-effort way and all runs at once (torch.func.vmap + torch.compile,
+fp32/TF32 and bf16), against cifar_jax's auto layout in the same process, with a check that all
+reach a comparable training loss.
 
     python -m benchmarks.torch_reference [--quick] [--data_dir=...] [--results=...]
+        [--variants=reports,best,func_fp32,func_bf16] [--conv_runs=25,100] [--steps=N]
 
 Needs PyTorch (`pip install -e .[bench]`); cifar_jax itself never imports it.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import copy
 import math
 import os
 import pathlib
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -28,6 +33,9 @@ QUICK = {"conv": dict(runs=5, steps_per_epoch=20, epochs=2),
          "mlp": dict(runs=25, steps_per_epoch=50, epochs=3)}
 TOLERANCE = 0.10  # the final losses must agree within 10% (relative to torch's)
 PROBE_STEPS = 5   # timed steps per memory format when choosing channels_last or not
+# --variants name -> record key; ratios are `vs_<key without "torch_">` and `wall_vs_<same>`.
+VARIANTS = {"reports": "torch_reports_way", "best": "torch_best_effort",
+            "func_fp32": "torch_func_compile_fp32", "func_bf16": "torch_func_compile_bf16"}
 INSTALL = "PyTorch is needed for this benchmark: pip install -e .[bench]  (torch==2.13.0)"
 
 
@@ -40,10 +48,60 @@ def require_torch() -> Any:
     return torch
 
 
-def workloads(quick: bool) -> list[common.Workload]:
-    """The LR-sweep and MLP groups at full or --quick size."""
+def workloads(quick: bool, conv_runs: Sequence[int] | None = None,
+              steps: int | None = None) -> list[common.Workload]:
+    """The LR-sweep group (one per count in `conv_runs`, default the size's) and the MLP group at
+    full or --quick size, with `steps` per epoch if given."""
     sizes = QUICK if quick else FULL
-    return [common.lr_sweep(**sizes["conv"]), common.mlp_group(**sizes["mlp"])]
+    counts = conv_runs or [sizes["conv"]["runs"]]
+    per_epoch = {"steps_per_epoch": steps} if steps else {}
+    return [*(common.lr_sweep(**{**sizes["conv"], **per_epoch, "runs": n}) for n in counts),
+            common.mlp_group(**{**sizes["mlp"], **per_epoch})]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """common's flags plus --variants, --conv_runs and --steps (parsed first, the rest left to common)."""
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--variants", type=_variant_list, default=list(VARIANTS))
+    own.add_argument("--conv_runs", type=_int_list, default=None)
+    own.add_argument("--steps", type=_positive_int, default=None)
+    mine, rest = own.parse_known_args(argv)
+    args = common.parse_args(
+        "The same training as cifar_jax in PyTorch, several ways, timed against cifar_jax, with a "
+        f"loss check. Torch reference flags: --variants=NAME[,NAME..] chooses the torch "
+        f"variants from {', '.join(VARIANTS)} (default all); --conv_runs=N[,N..] makes one "
+        f"BaselineNet LR-sweep workload per run count (default {FULL['conv']['runs']}, "
+        f"--quick {QUICK['conv']['runs']}); --steps=N steps per epoch of every workload (default "
+        "the size's).", rest)
+    return argparse.Namespace(**vars(args), **vars(mine))
+
+
+def _variant_list(text: str) -> list[str]:
+    """A comma list of VARIANTS names, in the order given."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown or no variants {unknown}; choose from {', '.join(VARIANTS)}")
+    return names
+
+
+def _int_list(text: str) -> list[int]:
+    """A comma list of positive integers."""
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, not {text!r}")
+    return counts
+
+
+def _positive_int(text: str) -> int:
+    """One positive integer."""
+    values = _int_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, not {text!r}")
+    return values[0]
 
 
 # ----------------------------------------------------------------------------- models
@@ -105,12 +163,19 @@ def sgd_step(net: Any, opt: Any, weights: list, x: Any, y: Any, lr: float, l2: f
     return ce.detach()
 
 
+def init_model(w: common.Workload, seed: int, shape: tuple[int, int, int], device: str,
+               memory_format: Any = None) -> Any:
+    """The workload's model freshly initialised from `seed`, on the device."""
+    torch = require_torch()
+    torch.manual_seed(seed)
+    return build_model(w.model, shape).to(device, memory_format=memory_format or torch.contiguous_format)
+
+
 def _setup(w: common.Workload, seed: int, lr: float, shape: tuple[int, int, int], device: str,
            memory_format: Any) -> tuple[Any, Any, list]:
     """A freshly initialised model from `seed`, its SGD optimiser and its weight tensors."""
     torch = require_torch()
-    torch.manual_seed(seed)
-    net = build_model(w.model, shape).to(device, memory_format=memory_format)
+    net = init_model(w, seed, shape, device, memory_format)
     weights = [p for name, p in net.named_parameters() if name.endswith("weight")]
     return net, torch.optim.SGD(net.parameters(), lr=lr), weights
 
@@ -176,89 +241,302 @@ def fastest_memory_format(w: common.Workload, x: Any, y: Any, shape: tuple[int, 
     return min(seconds, key=seconds.get)
 
 
-def measure_torch(label: str, train: Callable[[common.Recorder], None], w: common.Workload) -> common.Measurement:
-    """Time one torch way of training the workload, like cifar_jax's (first epochs untimed)."""
+# ----------------------------------------------------------------------------- all runs at once
+
+def stacked_models(w: common.Workload, shape: tuple[int, int, int], device: str) -> tuple[Any, dict[str, Any]]:
+    """Every run's model initialised from its seed as `_setup` does, as one stateless module (on
+    the meta device) and the runs' parameters stacked along a leading run axis, outside autograd."""
+    torch = require_torch()
+    nets = [init_model(w, seed, shape, device) for seed, _ in w.runs]
+    params, buffers = torch.func.stack_module_state(nets)
+    if buffers:
+        raise ValueError(f"the functional step assumes models without buffers, not {list(buffers)}")
+    return copy.deepcopy(nets[0]).to("meta"), {k: v.detach() for k, v in params.items()}
+
+
+def functional_step(base: Any, weight_names: Sequence[str], l2: float, autocast: Any | None,
+                    device_type: str) -> Callable[..., tuple[dict[str, Any], Any]]:
+    """step(params, total, x, y, idx, lr) -> (params, total): one plain-SGD step of every run at
+    once. idx [runs, batch] gathers each run's batch from the data on the device, lr [runs] is each
+    run's LR for this step, total [runs] accumulates each run's cross-entropy. Each run's loss is
+    its mean CE + l2·ΣW² over weights (as `sgd_step`); with `autocast` (a dtype) the forward runs
+    under torch.autocast while the parameters, the CE and the update stay float32."""
+    torch = require_torch()
+    func = torch.func
+
+    def run_loss(params: dict[str, Any], x: Any, y: Any) -> tuple[Any, Any]:
+        cast = torch.autocast(device_type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+        with cast:
+            logits = func.functional_call(base, params, (x,))
+        ce = torch.nn.functional.cross_entropy(logits.float(), y)
+        if not l2:
+            return ce, ce
+        return ce + l2 * sum(params[name].square().sum() for name in weight_names), ce
+
+    grads_and_ce = func.vmap(func.grad(run_loss, has_aux=True))
+
+    def step(params: dict[str, Any], total: Any, x: Any, y: Any, idx: Any, lr: Any) -> tuple[dict[str, Any], Any]:
+        grads, ce = grads_and_ce(params, x[idx], y[idx])
+        new = {k: p - lr.view(-1, *[1] * (p.dim() - 1)) * grads[k] for k, p in params.items()}
+        return new, total + ce
+
+    return step
+
+
+def lr_table(w: common.Workload, device: str) -> list[Any]:
+    """Every run's LR (`w.learning_rate`) at every step of the workload: a [runs] tensor per step."""
+    torch = require_torch()
+    table = torch.tensor([[w.learning_rate(lr, step) for _, lr in w.runs]
+                          for step in range(w.steps_per_epoch * w.epochs)], dtype=torch.float32)
+    return list(table.to(device).unbind(0))
+
+
+def epoch_batches(gens: Sequence[Any], n: int, w: common.Workload, device: str) -> list[Any]:
+    """One epoch's batch indices, a [runs, batch] tensor per step: each run's own randperm from its
+    own generator, so each run sees the batches `best_effort` gives it."""
+    torch = require_torch()
+    order = torch.stack([torch.randperm(n, device=device, generator=g) for g in gens])
+    steps = order[:, :w.train_size].reshape(len(gens), w.steps_per_epoch, w.batch_size)
+    return list(steps.transpose(0, 1).contiguous().unbind(0))
+
+
+def compile_first(step: Callable, args: tuple, device: str) -> tuple[Callable, Any, dict[str, Any], float]:
+    """torch.compile(step) run on `args`: fullgraph=True, else torch.compile's default (graph
+    breaks allowed) when that fails. Returns the compiled step, its first result, how it was
+    compiled and the seconds of compilation and first call (a failed fullgraph try included)."""
+    torch = require_torch()
+    start, error = time.perf_counter(), None
+    for fullgraph in (True, False):
+        torch._dynamo.reset()  # a fresh cache per variant: no recompile limit, compile time apart
+        compiled = torch.compile(step, fullgraph=fullgraph)
+        try:
+            out = compiled(*args)
+            _sync(device)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: retry without fullgraph
+            if not fullgraph:
+                raise
+            error = _one_line(err)
+            print(f"  torch.compile(fullgraph=True) failed ({error}); retrying with the default", flush=True)
+            continue
+        return compiled, out, {"fullgraph": fullgraph, "fullgraph_error": error}, time.perf_counter() - start
+    raise AssertionError("unreachable")
+
+
+def func_vmap(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int], device: str,
+              rec: common.Recorder, precision: str, compile: bool = True) -> dict[str, Any]:
+    """All runs at once: their stacked parameters, vmap(grad) of functional_call, plain SGD with
+    each run's LR done functionally, the data on the device and each run's batches from its own
+    per-epoch randperm (the orders `best_effort` uses). The step is torch.compile'd on its first
+    call (in the untimed first epoch; its seconds go to compile_s); the losses are summed on the
+    device and read once per epoch. "fp32" allows TF32 on CUDA meanwhile, "bf16" autocasts the
+    forward to bfloat16. Returns how the step was compiled."""
+    torch = require_torch()
+    base, params = stacked_models(w, shape, device)
+    weights = [name for name in params if name.endswith("weight")]
+    device_type = torch.device(device).type
+    autocast = {"fp32": None, "bf16": torch.bfloat16}[precision]
+    step = functional_step(base, weights, w.l2, autocast, device_type)
+    x, y = x.to(device), y.to(device)
+    lrs = lr_table(w, device)
+    gens = [torch.Generator(device=device).manual_seed(seed) for seed, _ in w.runs]
+    tf32 = precision == "fp32" and device_type == "cuda"
+    run, info, i = (None if compile else step), {"compiled": compile}, 0
+    with allow_tf32(tf32):
+        for epoch in range(1, w.epochs + 1):
+            _sync(device)
+            start, compile_s = time.perf_counter(), 0.0
+            total = torch.zeros(len(w.runs), device=device)
+            for idx in epoch_batches(gens, len(y), w, device):
+                args = (params, total, x, y, idx, lrs[i])
+                if run is None:
+                    run, (params, total), how, compile_s = compile_first(step, args, device)
+                    info.update(how)
+                    rec.on_compiled(compile_s)
+                else:
+                    params, total = run(*args)
+                i += 1
+            losses = total.cpu().numpy() / w.steps_per_epoch
+            _sync(device)
+            rec.on_epoch(np.arange(len(w.runs)), epoch, {"train_loss": losses},
+                         time.perf_counter() - start - compile_s)
+    return {"precision": precision, "tf32": tf32, "torch_compile": info}
+
+
+@contextlib.contextmanager
+def allow_tf32(enabled: bool) -> Iterator[None]:
+    """TF32 matmuls and convolutions allowed meanwhile when `enabled`; the settings restored after."""
+    torch = require_torch()
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if enabled:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _sync(device: str) -> None:
+    """Wait for the device's queued work (CUDA); nothing elsewhere."""
+    torch = require_torch()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _one_line(err: BaseException, limit: int = 500) -> str:
+    """An exception as "Type: first line of its message", at most `limit` characters."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    text = f"{type(err).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def measure_torch(label: str, train: Callable[[common.Recorder], dict[str, Any] | None],
+                  w: common.Workload) -> tuple[common.Measurement, dict[str, Any]]:
+    """Time one torch way of training the workload, like cifar_jax's (first epochs untimed), and
+    keep what the trainer returns about itself (how torch.compile ran, say)."""
     rec = common.Recorder()
     watch = common.CpuWatch()
-    train(rec)
-    return rec.measurement(label, w, *watch.stop())
+    extra = train(rec) or {}
+    return rec.measurement(label, w, *watch.stop()), extra
+
+
+def torch_trainers(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int], device: str,
+                   memory_format: Any) -> dict[str, tuple[str, Callable[[common.Recorder], Any]]]:
+    """Every torch variant by its --variants name: its label and its training function."""
+    fp32 = "fp32/TF32" if device.startswith("cuda") else "fp32"
+    fmt = str(memory_format).split(".")[-1]
+    return {
+        "reports": ("torch, reports' way", lambda rec: reports_way(w, x, y, shape, device, rec)),
+        "best": (f"torch, best effort ({fmt})", lambda rec: best_effort(w, x, y, shape, device, rec, memory_format)),
+        "func_fp32": (f"torch, func.vmap + compile ({fp32})",
+                      lambda rec: func_vmap(w, x, y, shape, device, rec, "fp32")),
+        "func_bf16": ("torch, func.vmap + compile (bf16)", lambda rec: func_vmap(w, x, y, shape, device, rec, "bf16")),
+    }
+
+
+def run_variant(label: str, train: Callable[[common.Recorder], Any], w: common.Workload,
+                device: str) -> tuple[common.Measurement | None, dict[str, Any]]:
+    """The variant's measurement and record; a failure is printed in one line and recorded as
+    {"label", "error"} (no measurement), so that the other variants still run."""
+    torch = require_torch()
+    try:
+        m, extra = measure_torch(label, train, w)
+    except Exception as err:  # noqa: BLE001 - one variant's failure (compiler, memory) must not lose the rest
+        error = _one_line(err)
+        print(f"{label}: FAILED, left out of the ratios and the loss check ({error})", flush=True)
+        torch._dynamo.reset()
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+        return None, {"label": label, "error": error}
+    return m, {**m.record(), **extra}
 
 
 # ----------------------------------------------------------------------------- comparison
 
 def loss_check(ours: common.Measurement, refs: list[common.Measurement], learnable: bool) -> dict[str, Any]:
-    """Pass when every final loss is finite, cifar_jax's is within TOLERANCE of each torch one,
-    and (on real images) every implementation lowered its loss after the first epoch."""
+    """Pass when there is a torch measurement to compare with, every final loss is finite,
+    cifar_jax's is within TOLERANCE of each torch one, and (on real images) every implementation
+    lowered its loss after the first epoch."""
     everyone = [ours, *refs]
     finite = all(math.isfinite(m.final_loss) for m in everyone)
     gaps = {m.label: abs(ours.final_loss - m.final_loss) / m.final_loss for m in refs}
     learned = all(m.final_loss < m.first_loss for m in everyone) if learnable else None
-    passed = finite and all(g <= TOLERANCE for g in gaps.values()) and learned is not False
+    passed = bool(refs) and finite and all(g <= TOLERANCE for g in gaps.values()) and learned is not False
     return {"passed": passed, "tolerance": TOLERANCE, "relative_gaps": gaps, "finite": finite,
             "learned": learned, "final_losses": {m.label: m.final_loss for m in everyone},
             "first_losses": {m.label: m.first_loss for m in everyone}}
 
 
-def compare(w: common.Workload, images: common.Images, device: str) -> dict[str, Any]:
-    """cifar_jax (auto layout), torch the reports' way and torch best-effort on one workload."""
+def ratios(ours: common.Measurement, measured: dict[str, common.Measurement]) -> dict[str, float]:
+    """cifar_jax's img/s over each torch variant's (`vs_<key>`), then each variant's wall time over
+    cifar_jax's (`wall_vs_<key>`), the key being the record key without "torch_"."""
+    names = {key.removeprefix("torch_"): m for key, m in measured.items()}
+    return {**{f"vs_{name}": ours.images_per_s / m.images_per_s for name, m in names.items()},
+            **{f"wall_vs_{name}": m.wall_s / ours.wall_s for name, m in names.items()}}
+
+
+def compare(w: common.Workload, images: common.Images, device: str,
+            variants: Sequence[str] = tuple(VARIANTS)) -> dict[str, Any]:
+    """cifar_jax (auto layout) and the chosen torch variants (VARIANTS names) on one workload."""
     split = common.training_split(images, w)
     layout = engine.auto_layout(w.model)
     ours = common.measure_engine(w, common.device_data(images, split), "auto", f"cifar_jax ({layout})")
     x, y = torch_arrays(images, split, w.model)
     shape = tuple(images.x.shape[1:])
-    fmt = fastest_memory_format(w, x, y, shape, device)
-    reports = measure_torch("torch, reports' way", lambda rec: reports_way(w, x, y, shape, device, rec), w)
-    best = measure_torch(f"torch, best effort ({str(fmt).split('.')[-1]})",
-                         lambda rec: best_effort(w, x, y, shape, device, rec, fmt), w)
-    return {"workload": w.record(), "layout": layout, "cifar_jax": ours.record(),
-            "torch_reports_way": reports.record(), "torch_best_effort": best.record(),
-            "memory_format": str(fmt), "check": loss_check(ours, [reports, best], images.learnable),
-            "ratios": {"vs_reports_way": ours.images_per_s / reports.images_per_s,
-                       "vs_best_effort": ours.images_per_s / best.images_per_s,
-                       "wall_vs_reports_way": reports.wall_s / ours.wall_s,
-                       "wall_vs_best_effort": best.wall_s / ours.wall_s}}
+    result: dict[str, Any] = {"workload": w.record(), "layout": layout, "cifar_jax": ours.record()}
+    fmt = None
+    if "best" in variants:
+        fmt = fastest_memory_format(w, x, y, shape, device)
+        result["memory_format"] = str(fmt)
+    trainers = torch_trainers(w, x, y, shape, device, fmt)
+    measured = {}
+    for name in variants:
+        m, result[VARIANTS[name]] = run_variant(*trainers[name], w, device)
+        if m is not None:
+            measured[VARIANTS[name]] = m
+    result["check"] = loss_check(ours, list(measured.values()), images.learnable)
+    result["ratios"] = ratios(ours, measured)
+    return result
 
 
 def report(w: common.Workload, result: dict[str, Any]) -> str:
-    """The workload's table, the throughput ratios and the loss check's verdict."""
+    """The workload's table, failed variants, how torch.compile ran, the throughput ratios and
+    the loss check's verdict."""
     ours = result["cifar_jax"]
+    entries = {key.removeprefix("torch_"): result[key] for key in VARIANTS.values() if key in result}
+    measured = {name: m for name, m in entries.items() if "error" not in m}
     rows = [[m["label"], m["runs"], m["steps"], m["compile_s"], m["step_s"], m["images_per_s"],
              m["images_per_s_per_run"], m["wall_s"], m["other_cores"], m["first_loss"],
              m["final_loss"], ours["images_per_s"] / m["images_per_s"]]
-            for m in (ours, result["torch_reports_way"], result["torch_best_effort"])]
-    check = result["check"]
-    gaps = ", ".join(f"{k}: {v:.1%}" for k, v in check["relative_gaps"].items())
-    learned = {None: "not checked (random images)", True: "yes", False: "NO"}[check["learned"]]
-    return "\n".join([
+            for m in (ours, *measured.values())]
+    lines = [
         f"\n{w.title}: {len(w.runs)} runs x {w.steps_per_epoch * w.epochs} steps "
         f"({w.epochs} epochs of {w.steps_per_epoch}; the first epoch untimed)",
         common.table(["implementation", "runs", "timed steps", "compile s", "timed s", "img/s total",
                       "img/s/run", "wall s", "other load", "1st-epoch loss", "last-epoch loss",
                       "cifar_jax x"], rows),
-        "other load: cores kept busy by other processes meanwhile (above ~0.2 the timing is suspect)",
-        f"cifar_jax / torch img/s: {result['ratios']['vs_reports_way']:.2f}x the reports' way, "
-        f"{result['ratios']['vs_best_effort']:.2f}x best effort; end to end (wall, compile "
-        f"included): {result['ratios']['wall_vs_reports_way']:.2f}x, {result['ratios']['wall_vs_best_effort']:.2f}x",
-        f"loss check: last-epoch loss gaps {gaps} (tolerance {TOLERANCE:.0%}); loss fell after the "
-        f"first epoch: {learned} -> {'PASS' if check['passed'] else 'FAIL'}"])
+        "other load: cores kept busy by other processes meanwhile (above ~0.2 the timing is suspect)"]
+    lines += [f"{m['label']}: FAILED ({m['error']})" for m in entries.values() if "error" in m]
+    lines += [f"{m['label']}: {_compiled_how(m['torch_compile'])}" for m in measured.values() if "torch_compile" in m]
+    if measured:
+        r = result["ratios"]
+        each = lambda kind: ", ".join(f"{r[kind + name]:.2f}x {m['label'].removeprefix('torch, ')}"
+                                      for name, m in measured.items())
+        lines += [f"cifar_jax / torch img/s: {each('vs_')}",
+                  f"end to end (torch wall / cifar_jax wall, compile included): {each('wall_vs_')}"]
+    check = result["check"]
+    gaps = ", ".join(f"{k}: {v:.1%}" for k, v in check["relative_gaps"].items()) or "no torch variant to compare with"
+    learned = {None: "not checked (random images)", True: "yes", False: "NO"}[check["learned"]]
+    lines.append(f"loss check: last-epoch loss gaps {gaps} (tolerance {TOLERANCE:.0%}); loss fell after the "
+                 f"first epoch: {learned} -> {'PASS' if check['passed'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def _compiled_how(info: dict[str, Any]) -> str:
+    """How the functional step was compiled, in words."""
+    if not info.get("compiled"):
+        return "not compiled (eager)"
+    if info["fullgraph"]:
+        return "torch.compile(fullgraph=True)"
+    return f"torch.compile default (fullgraph=True failed: {info['fullgraph_error']})"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the comparison, print the tables, append the record; exit 1 when a check fails."""
-    args = common.parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(argv)
     load_start = os.getloadavg()
     torch = require_torch()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    loads = workloads(args.quick)
+    loads = workloads(args.quick, args.conv_runs, args.steps)
     images = common.load_images(args.data_dir, max(w.train_size for w in loads))
     print(f"data: {images.source}; cifar_jax on {jax.devices()[0].device_kind}, torch "
-          f"{torch.__version__} on {device} ({torch.get_num_threads()} threads)")
-    if args.quick:
+          f"{torch.__version__} on {device} ({torch.get_num_threads()} threads); torch variants: "
+          f"{', '.join(args.variants)}")
+    if args.quick and not args.conv_runs:
         print(f"--quick: {loads[0].title} uses {len(loads[0].runs)} runs (5 LRs x seed 0), "
               f"not the full 25; fewer steps than the full size")
     out = []
     for w in loads:
-        result = compare(w, images, device)
+        result = compare(w, images, device, args.variants)
         print(report(w, result), flush=True)
         out.append(result)
     passed = all(r["check"]["passed"] for r in out)

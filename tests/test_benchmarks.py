@@ -25,6 +25,11 @@ def toy_mlp() -> common.Workload:
     return dataclasses.replace(w, model=models.ModelConfig("mlp", hidden=(8,), init="he"))
 
 
+def toy_conv() -> common.Workload:
+    """The seeds/000 LR sweep shrunk: 2 runs (two LRs, seed 0), 2 epochs of 3 steps."""
+    return common.lr_sweep(runs=2, steps_per_epoch=3, epochs=2)
+
+
 @pytest.fixture(scope="module")
 def images() -> common.Images:
     """The random images the benchmarks fall back to, so both tests share compiled programs."""
@@ -60,7 +65,15 @@ def test_torch_reference_writes_its_record_and_exits_1_on_a_failed_check(monkeyp
     pytest.importorskip("torch", reason=NO_TORCH)
     from benchmarks import torch_reference
 
-    monkeypatch.setattr(torch_reference, "workloads", lambda quick: [toy_mlp()])
+    real_step = torch_reference.functional_step
+
+    def bf16_breaks(base, weight_names, l2, autocast, device_type):
+        if autocast is not None:
+            raise RuntimeError("planted bf16 failure")
+        return real_step(base, weight_names, l2, autocast, device_type)
+
+    monkeypatch.setattr(torch_reference, "workloads", lambda quick, conv_runs=None, steps=None: [toy_mlp()])
+    monkeypatch.setattr(torch_reference, "functional_step", bf16_breaks)
     monkeypatch.setattr(torch_reference, "TOLERANCE", -1.0)  # no gap is small enough: FAIL
     path = tmp_path / "torch_reference.jsonl"
     with pytest.raises(SystemExit) as exit_:
@@ -68,11 +81,72 @@ def test_torch_reference_writes_its_record_and_exits_1_on_a_failed_check(monkeyp
     assert exit_.value.code == 1
     record = json.loads(path.read_text())
     assert RECORD_KEYS <= set(record) and record["data"] == "random" and record["passed"] is False
+    assert record["args"]["variants"] == list(torch_reference.VARIANTS)
     result = record["workloads"][0]
-    runs = [result[k] for k in ("cifar_jax", "torch_reports_way", "torch_best_effort")]
+    keys = ("cifar_jax", "torch_reports_way", "torch_best_effort", "torch_func_compile_fp32")
+    runs = [result[k] for k in keys]
     assert positive_rates(runs) and all(m["runs"] == 2 and m["steps"] == 3 for m in runs)
+    # the failed variant is recorded, and left out of the ratios and the check
+    assert result["torch_func_compile_bf16"] == {"label": "torch, func.vmap + compile (bf16)",
+                                                 "error": "RuntimeError: planted bf16 failure"}
+    assert set(result["ratios"]) == {f"{kind}{name}" for kind in ("vs_", "wall_vs_")
+                                     for name in ("reports_way", "best_effort", "func_compile_fp32")}
     assert all(r > 0 for r in result["ratios"].values())
+    assert len(result["check"]["relative_gaps"]) == 3
     assert result["check"]["learned"] is None  # random images: only agreement is checked
+    # the compiled functional step trains every run as best effort does (same init and batches)
+    func, best = result["torch_func_compile_fp32"], result["torch_best_effort"]
+    assert func["torch_compile"]["compiled"] and func["compile_s"] > 0
+    for loss in ("first_loss", "final_loss"):
+        assert func[loss] == pytest.approx(best[loss], rel=1e-4)
+
+
+@pytest.mark.parametrize("workload", [toy_mlp, toy_conv], ids=["mlp", "conv"])
+def test_functional_step_trains_each_run_as_alone(images, workload):
+    pytest.importorskip("torch", reason=NO_TORCH)
+    import torch
+    from benchmarks import torch_reference
+
+    w = workload()
+    x, y = torch_reference.torch_arrays(images, common.training_split(images, w), w.model)
+    shape = tuple(images.x.shape[1:])
+    alone, fp32, bf16 = common.Recorder(), common.Recorder(), common.Recorder()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on a busy 2-core machine can take 20x longer
+    try:
+        torch_reference.best_effort(w, x, y, shape, "cpu", alone, torch.contiguous_format)
+        info = torch_reference.func_vmap(w, x, y, shape, "cpu", fp32, "fp32", compile=False)
+        torch_reference.func_vmap(w, x, y, shape, "cpu", bf16, "bf16", compile=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert info == {"precision": "fp32", "tf32": False, "torch_compile": {"compiled": False}}
+    for epoch in range(1, w.epochs + 1):  # per run, in run order
+        np.testing.assert_allclose(fp32.losses[epoch], alone.losses[epoch], rtol=1e-5)
+        np.testing.assert_allclose(bf16.losses[epoch], fp32.losses[epoch], rtol=2e-2)
+
+
+def test_torch_reference_flags_choose_variants_and_conv_run_counts():
+    pytest.importorskip("torch", reason=NO_TORCH)
+    import torch
+    from benchmarks import torch_reference
+
+    args = torch_reference.parse_args(["--quick", "--variants=func_bf16,best", "--conv_runs=25,100", "--steps=7"])
+    assert args.quick and args.variants == ["func_bf16", "best"] and args.conv_runs == [25, 100]
+    assert args.steps == 7
+    defaults = torch_reference.parse_args([])
+    assert defaults.variants == list(torch_reference.VARIANTS) and defaults.conv_runs is defaults.steps is None
+    for bad in ("--variants=best,fastest", "--conv_runs=0", "--conv_runs=a", "--steps=2,3"):
+        with pytest.raises(SystemExit):
+            torch_reference.parse_args([bad])
+    loads = torch_reference.workloads(quick=False, conv_runs=[25, 100], steps=7)
+    assert [(w.name, len(w.runs), w.steps_per_epoch) for w in loads] == [
+        ("baseline_lr_sweep", 25, 7), ("baseline_lr_sweep", 100, 7), ("mlp_seed002", 25, 7)]
+    assert sorted(set(loads[1].runs)) == sorted((s, lr) for s in range(20) for lr in common.LRS)
+    assert [len(w.runs) for w in torch_reference.workloads(quick=True)] == [5, 25]
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    with torch_reference.allow_tf32(True):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
 
 
 def test_loss_check_fails_a_program_that_does_not_learn():
@@ -87,6 +161,7 @@ def test_loss_check_fails_a_program_that_does_not_learn():
     assert not torch_reference.loss_check(m("jax", 2.3, 2.3), torch_ref, learnable=True)["passed"]
     assert not torch_reference.loss_check(m("jax", 1.6, 1.7), [m("torch", 1.6, 1.65)], learnable=True)["passed"]
     assert not torch_reference.loss_check(m("jax", 2.3, float("nan")), torch_ref, learnable=False)["passed"]
+    assert not torch_reference.loss_check(m("jax", 2.3, 1.6), [], learnable=True)["passed"]  # nothing to compare
 
 
 def test_torch_models_have_cifar_jax_sizes():
