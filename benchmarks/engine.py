@@ -69,7 +69,7 @@ def conv_name(w: common.Workload) -> str | None:
     """The convolution implementation the workload runs (auto resolved); None for an MLP."""
     if w.model.name == "mlp":
         return None
-    return engine.auto_conv_impl() if w.conv_impl == "auto" else w.conv_impl
+    return engine.auto_conv_impl(w.precision) if w.conv_impl == "auto" else w.conv_impl
 
 
 def measure(w: common.Workload, dev: engine.Data, layout: str, runs: int, quick: bool,
@@ -107,7 +107,8 @@ def bench_convs(w: common.Workload, images: common.Images, run_counts: Sequence[
             same = [r for r in rows if r["precision"] == precision and r["runs"] == runs]
             if same:
                 best[f"{precision},{runs}"] = max(same, key=lambda r: r["images_per_s"])["conv_impl"]
-    return {"workload": w.record(), "layout": layout, "auto_conv_impl": engine.auto_conv_impl(),
+    return {"workload": w.record(), "layout": layout,
+            "auto_conv_impl": {p: engine.auto_conv_impl(p) for p in precisions},
             "rows": rows, "fastest": best, "one_run_reference": one and one["conv_impl"]}
 
 
@@ -137,7 +138,7 @@ def report(w: common.Workload, result: dict[str, Any]) -> str:
 
 def report_convs(w: common.Workload, result: dict[str, Any]) -> str:
     """The convolution table: every implementation, precision and run count."""
-    rows = [[r["conv_impl"] + ("*" if r["conv_impl"] == result["auto_conv_impl"] else ""), r["precision"],
+    rows = [[r["conv_impl"] + ("*" if r["conv_impl"] == result["auto_conv_impl"][r["precision"]] else ""), r["precision"],
              r["runs"], r["compile_s"], r["s_per_step"] * 1e3, r["images_per_s"], r["grouping_gain"],
              r["final_loss"], r["other_cores"]] for r in result["rows"]]
     fastest = "; ".join(f"{k.replace(',', ', ')} runs: {v}" for k, v in result["fastest"].items())
@@ -145,7 +146,7 @@ def report_convs(w: common.Workload, result: dict[str, Any]) -> str:
         f"\n{w.title}: convolution implementations, layout {result['layout']}, {w.steps_per_epoch} steps/epoch",
         common.table(["conv_impl", "precision", "runs", "compile s", "ms/step", "img/s total",
                       "x 1 run", "last-epoch loss", "other load"], rows),
-        f"* auto on this backend; x 1 run: img/s over the fastest one-run fp32 row "
+        f"* auto on this backend and precision; x 1 run: img/s over the fastest one-run fp32 row "
         f"({result['one_run_reference']}); ms/step: the whole group advancing one step",
         f"fastest: {fastest}"])
 
@@ -198,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     precisions = args.precisions or (["fp32"] if jax.default_backend() == "cpu" else ["fp32", "bf16"])
     images = common.load_images(args.data_dir, max(conv.train_size, mlp.train_size))
     print(f"data: {images.source}; device: {jax.devices()[0].device_kind}; auto convolution "
-          f"{engine.auto_conv_impl()}, auto layout {engine.auto_layout(conv.model)}")
+          f"{engine.auto_conv_impl()} (fp32), {engine.auto_conv_impl('bf16')} (bf16); auto layout "
+          f"{engine.auto_layout(conv.model)}")
     if args.quick and jax.default_backend() == "cpu":
         print(f"--quick: {conv.title} uses {len(conv.runs)} runs (5 LRs x seed 0); the conv layouts "
               f"vmapped or mapped over runs run {SLOW['runs']} runs for {SLOW['epochs']} epoch")

@@ -77,8 +77,8 @@ class GroupSpec:
 
     @property
     def net(self) -> models.Net:
-        return models.build(self.model, auto_conv_impl() if self.conv_impl == "auto" else self.conv_impl,
-                            self.precision, self.frozen)
+        conv = auto_conv_impl(self.precision) if self.conv_impl == "auto" else self.conv_impl
+        return models.build(self.model, conv, self.precision, self.frozen)
 
 
 def put_data(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -251,12 +251,17 @@ def auto_layout(model: models.ModelConfig, backend: str | None = None) -> str:
     return "seq_scan" if model.name == "mlp" else "seq_loop"
 
 
-AUTO_CONV = {"cpu": "vjp", "gpu": "vjp"}  # measured-fastest per backend (benchmarks/README.md)
+# The measured-fastest convolution per (backend, precision) (benchmarks/README.md, "Measured"):
+# GPU (H200): im2col 1.95 ms per 25-run fp32 group step against 2.22 (vjp_taps) and 5.03 (xla);
+# bf16: vjp_taps 1.54 ms against 2.87 (xla) (im2col bf16 not yet measured). CPU (2 cores, one
+# run at a time in seq_loop): xla ~18-21 ms per step, the others 22-40 ms.
+AUTO_CONV = {("gpu", "fp32"): "im2col", ("gpu", "bf16"): "vjp_taps"}
 
 
-def auto_conv_impl(backend: str | None = None) -> str:
-    """The measured-fastest convolution implementation for the backend (`layers.CONVS`)."""
-    return AUTO_CONV.get(backend or jax.default_backend(), "xla")
+def auto_conv_impl(precision: str = "fp32", backend: str | None = None) -> str:
+    """The measured-fastest convolution implementation (`layers.CONVS`) for the backend and
+    precision; XLA's own where nothing else was measured faster (CPU)."""
+    return AUTO_CONV.get((backend or jax.default_backend(), precision), "xla")
 
 
 class Callbacks(Protocol):

@@ -6,12 +6,13 @@ Vmapped over runs, XLA's convolution becomes a grouped convolution whose weight 
 computing the same function (tested against `lax.conv_general_dilated` in float64):
 
 - `xla`: `lax.conv_general_dilated`, autodiff gradients (the reference);
-- `vjp`: the XLA convolution forward and its own VJP: the input gradient is the transposed
+- `vjp_taps`: the XLA convolution forward and its own VJP: the input gradient is the transposed
   convolution (a plain convolution, fast grouped like the forward), the weight gradient one
-  matmul of the k·k shifted inputs (patches) with the output gradient, summed over batch and space;
-- `vjp_taps`: the same, the weight gradient one matmul per kernel tap;
-- `taps`: a sum of one matmul per kernel tap (shifted input @ tap kernel), autodiff gradients;
-- `im2col`: the k·k shifted inputs concatenated into patches, one matmul, autodiff gradients.
+  batched matmul per kernel tap (shifted input ⊗ output gradient, summed over batch and space);
+- `im2col`: the k·k shifted inputs concatenated into patches [n, h, w, k·k·cin], one matmul with
+  the reshaped kernel; autodiff gradients (matmuls, and pads for the input gradient).
+Measured (benchmarks/README.md), two more forms lost everywhere and were removed: the own VJP
+with an im2col weight gradient, and a forward pass summing one matmul per tap.
 
 `max_pool` is a reshape and max, its gradient routed to the first maximum of each window in
 row-major order, exactly as `flax.linen.max_pool`'s (ties included).
@@ -49,45 +50,25 @@ def _shifted(x: jax.Array, k: int) -> list[jax.Array]:
     return [padded[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)]
 
 
-def _weight_grad_taps(x: jax.Array, dy: jax.Array, k: int) -> jax.Array:
-    """∂L/∂w [k, k, cin, cout]: per tap, shifted input ⊗ output gradient summed over n, h, w."""
-    taps = [jnp.einsum("nhwc,nhwd->cd", s, dy) for s in _shifted(x, k)]
-    return jnp.stack(taps).reshape(k, k, x.shape[-1], dy.shape[-1])
+@jax.custom_vjp
+def conv_vjp_taps(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`conv_xla` with its own gradient: the transposed convolution for x, tap matmuls for w."""
+    return conv_xla(x, w)
 
 
-def _weight_grad_im2col(x: jax.Array, dy: jax.Array, k: int) -> jax.Array:
-    """∂L/∂w [k, k, cin, cout] as one matmul: patches [n·h·w, k·k·cin]ᵀ @ output gradient."""
-    patches = jnp.concatenate(_shifted(x, k), -1)
-    return jnp.einsum("nhwp,nhwd->pd", patches, dy).reshape(k, k, x.shape[-1], dy.shape[-1])
+def _conv_vjp_fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return conv_xla(x, w), (x, w)
 
 
-def _with_own_vjp(weight_grad: Callable[[jax.Array, jax.Array, int], jax.Array]) -> Callable:
-    """`conv_xla` with its own gradient: the transposed convolution for x, `weight_grad` for w."""
-    @jax.custom_vjp
-    def conv(x: jax.Array, w: jax.Array) -> jax.Array:
-        return conv_xla(x, w)
-
-    def fwd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        return conv_xla(x, w), (x, w)
-
-    def bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x, w = res
-        dx = conv_xla(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3))  # the transposed convolution
-        return dx, weight_grad(x, dy, w.shape[0]).astype(w.dtype)
-
-    conv.defvjp(fwd, bwd)
-    return conv
-
-
-conv_vjp = _with_own_vjp(_weight_grad_im2col)
-conv_vjp_taps = _with_own_vjp(_weight_grad_taps)
-
-
-def conv_taps(x: jax.Array, w: jax.Array) -> jax.Array:
-    """The convolution as a sum over kernel taps of shifted input @ tap kernel."""
-    _check(x, w)
+def _conv_vjp_bwd(res: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
     k = w.shape[0]
-    return sum(s @ w[i // k, i % k] for i, s in enumerate(_shifted(x, k)))
+    dx = conv_xla(dy, jnp.flip(w, (0, 1)).swapaxes(2, 3))  # the transposed convolution
+    taps = [jnp.einsum("nhwc,nhwd->cd", s, dy) for s in _shifted(x, k)]  # Σ over n, h, w per tap
+    return dx, jnp.stack(taps).reshape(w.shape).astype(w.dtype)
+
+
+conv_vjp_taps.defvjp(_conv_vjp_fwd, _conv_vjp_bwd)
 
 
 def conv_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -98,7 +79,7 @@ def conv_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 CONVS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
-    "xla": conv_xla, "vjp": conv_vjp, "vjp_taps": conv_vjp_taps, "taps": conv_taps, "im2col": conv_im2col}
+    "xla": conv_xla, "vjp_taps": conv_vjp_taps, "im2col": conv_im2col}
 
 
 def get_conv(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:

@@ -46,10 +46,10 @@ def test_convolution_and_its_gradients_equal_xla(impl, k, cin, cout):
 
 
 def test_unknown_or_unsupported_convolutions_are_refused():
-    with pytest.raises(ValueError, match="allowed: xla, vjp, vjp_taps, taps, im2col"):
+    with pytest.raises(ValueError, match="allowed: xla, vjp_taps, im2col"):
         layers.get_conv("winograd")
     with pytest.raises(ValueError, match="odd square HWIO kernel"):
-        layers.conv_taps(jnp.zeros((1, 4, 4, 3)), jnp.zeros((2, 2, 3, 4)))
+        layers.conv_im2col(jnp.zeros((1, 4, 4, 3)), jnp.zeros((2, 2, 3, 4)))
 
 
 def _flax_pool(x):
