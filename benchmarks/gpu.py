@@ -1,7 +1,7 @@
 """Every GPU measurement in one command: the engine benchmark (every convolution implementation,
-fp32 and bf16, 25 and 100 runs; every layout), the PyTorch reference with all its variants, the
-layer equality tests on the device, and the seeds/000 §1.1 sweep end to end in fp32 and in bf16
-(its test accuracies side by side); one JSONL record and a Markdown table in OUT_DIR.
+fp32 and bf16, 25 and 100 runs; every layout), the PyTorch reference with all its variants, and
+the seeds/000 §1.1 sweep end to end in fp32 and in bf16 (its test accuracies side by side), and
+on request the layer equality tests on the device; one JSONL record and a Markdown table in OUT_DIR.
 
     PYTHONPATH=. python -m benchmarks.gpu OUT_DIR [--data_dir=DIR] [--shared=DIR] [--parts=a,b]
 
@@ -9,7 +9,7 @@ Runs from the repository root with jax (CUDA), flax, optax, orbax, absl, matplot
 torch installed, without network or tensorflow-datasets. When DIR holds no CIFAR-10 copy, it is
 built from `--shared`'s data/cifar10-jpeg.tar.gz. Each part runs in its own process under a time
 limit; the record is rewritten after every part, so a part that fails or is cut short loses only
-itself. Within 10 minutes on one H100 or H200 (the sizes below are chosen for that).
+itself. The part limits add up to about 10 minutes on one H100 or H200.
 """
 from __future__ import annotations
 
