@@ -71,7 +71,7 @@ def define_flags() -> None:
     f.DEFINE_string("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master "
                     "weights, loss and BN statistics).")
     f.DEFINE_string("conv_impl", "auto", f"Convolution implementation: {', '.join(engine.CONV_IMPLS)} (auto: the "
-                    "measured-fastest for the backend; cifar_jax/layers.py describes each); the same numbers "
+                    "measured-fastest for the backend and precision; cifar_jax/layers.py describes each); the same numbers "
                     "either way.")
     f.DEFINE_float("memory_limit_gb", 0.0, "Per-device memory a group may use before it is split into chunks "
                    "of runs (0: 90% of an accelerator's memory; no limit on CPU).")

@@ -251,10 +251,10 @@ def auto_layout(model: models.ModelConfig, backend: str | None = None) -> str:
     return "seq_scan" if model.name == "mlp" else "seq_loop"
 
 
-# The measured-fastest convolution per (backend, precision) (benchmarks/README.md, "Measured"):
-# GPU (H200): im2col 1.95 ms per 25-run fp32 group step against 2.22 (vjp_taps) and 5.03 (xla);
-# bf16: vjp_taps 1.54 ms against 2.87 (xla) (im2col bf16 not yet measured). CPU (2 cores, one
-# run at a time in seq_loop): xla ~18-21 ms per step, the others 22-40 ms.
+# The measured-fastest convolution per (backend, precision) (README.md, "Performance"): GPU
+# (H200): im2col 1.95 ms per 25-run fp32 group step against 2.22 (vjp_taps) and 5.03 (xla);
+# bf16: vjp_taps 1.54 ms against 2.87 (xla) (im2col in bf16 not yet measured). CPU (2 cores, one
+# run at a time): xla and vjp_taps within noise (20-22 ms per step), im2col 46 ms; xla stays.
 AUTO_CONV = {("gpu", "fp32"): "im2col", ("gpu", "bf16"): "vjp_taps"}
 
 
