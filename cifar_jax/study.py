@@ -1,7 +1,7 @@
 """Running a study: data → groups of runs → engine → run records → summary, tables and figures.
 
-An experiment module builds its runs (usually `config.grid`) and calls `prepare`, `execute` and
-`finish`. Runs already finished in the study directory are not recomputed; records are written
+An experiment module declares its runs (usually `config.grid`) and its own analysis, and hands
+both to `run`, which does the rest. Runs already finished in the study directory are not recomputed; records are written
 after every epoch, so an interrupted study keeps its progress and resumes the unfinished runs.
 """
 from __future__ import annotations
@@ -230,9 +230,9 @@ def _chunks(spec: engine.GroupSpec, n: int, layout: str) -> int:
     return 1 if layout.startswith("vmap") else -(-n // len(jax.local_devices()))
 
 
-def finish(study: results.Study, runs: list[Run], title: str) -> dict | None:
-    """Summary, test table and figures of `runs` (from their records only); written once, by
-    the lead process."""
+def finish(study: results.Study, runs: list[Run], title: str, curves: bool = True) -> dict | None:
+    """Summary, test table and figures of `runs` (from their records only; the curves of every
+    configuration and their comparison only with `curves`); written once, by the lead process."""
     if not is_lead():
         log(f"process {jax.process_index()}: my runs are finished; process 0 writes the summary")
         return None
@@ -244,13 +244,42 @@ def finish(study: results.Study, runs: list[Run], title: str) -> dict | None:
     study.write_text("test_table.md", f"# {title}: test set (mean ± std over seeds)\n\n{table}\n")
     by_config = results.group_by_config(records)
     fig = study.figures_dir
-    for name, recs in by_config.items():
-        plots.four_panel(recs, fig / f"curves_{results.run_file_stem(name)}.png", f"{title}: {name}")
-    plots.val_comparison(by_config, fig / "val_comparison.png", f"{title}: mean validation (smoothed)")
+    if curves:
+        for name, recs in by_config.items():
+            plots.four_panel(recs, fig / f"curves_{results.run_file_stem(name)}.png", f"{title}: {name}")
+        plots.val_comparison(by_config, fig / "val_comparison.png", f"{title}: mean validation (smoothed)")
     plots.test_table(summary, fig / "test_table.png", f"{title}: test set")
     plots.lr_curves(records, fig / "lr_curves.png")
     log(f"\n{title}: test set (mean ± std over seeds)\n{table}\nresults and figures: {study.root}")
     return summary
+
+
+def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]], *,
+        report: Callable[[results.Study, list[dict]], None] | None = None,
+        before: Callable[[results.Study, Prepared], None] | None = None,
+        extra: dict | None = None, curves: bool = True, part: str | None = None,
+        initial_for: Callable[[Run], dict] | None = None,
+        on_state: Callable[[Run, tuple], None] | None = None) -> results.Study:
+    """A declared study, start to end: prepare the data, build `runs(prepared)`, check finished
+    records against them (a changed configuration fails before anything is written), write the
+    preamble (`extra` joins config.json), call `before(study, prepared)` (e.g. a figure or a
+    sub-study), train every unfinished run (`initial_for`, `on_state`: see `execute`), and on the
+    lead process write the summary, test table and figures (per-configuration curves only with
+    `curves`) and call `report(study, records)`; other processes of a multi-host study return once
+    their own runs are done. The study directory is `--name` (default `name`), or its subfolder
+    `part` for a study in parts (e.g. pretraining and retraining)."""
+    prepared = prepare(cfg)
+    planned = runs(prepared)
+    st = open_study(cfg, name)
+    st = results.Study(st.root / part) if part else st
+    st.pending([(r.run_id, r.config) for r in planned])
+    write_preamble(st, cfg, planned, prepared, extra)
+    if before:
+        before(st, prepared)
+    execute(st, planned, prepared, cfg, initial_for=initial_for, on_state=on_state)
+    if finish(st, planned, title, curves=curves) is not None and report:
+        report(st, [st.record(r.run_id) for r in planned])
+    return st
 
 
 def main(experiment: Callable[[Config], Any]) -> None:

@@ -15,14 +15,12 @@ from experiments import model_family
 
 def main(cfg: config.Config) -> None:
     rate = model_family.validate()
-    prepared = study.prepare(cfg)
-    by_model = model_family.model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, rate)
-    runs = [r for model in ("BatchNormNet", "BaselineNet", "DropoutNet") for r in by_model[model]]
-    st = study.open_study(cfg, "batchnorm")
-    st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
-    study.write_preamble(st, cfg, runs, prepared, {"compare_dropout": rate})
-    study.execute(st, runs, prepared, cfg)
-    study.finish(st, runs, "BatchNormNet vs BaselineNet and DropoutNet")
+
+    def runs(prepared: study.Prepared) -> list[config.Run]:
+        by_model = model_family.model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, rate)
+        return [r for model in ("BatchNormNet", "BaselineNet", "DropoutNet") for r in by_model[model]]
+
+    study.run(cfg, "batchnorm", "BatchNormNet vs BaselineNet and DropoutNet", runs, extra={"compare_dropout": rate})
 
 
 if __name__ == "__main__":

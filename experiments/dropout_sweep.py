@@ -94,14 +94,8 @@ def write_gap(st: results.Study, records: list[dict]) -> dict:
 
 
 def main(cfg: config.Config) -> None:
-    prepared = study.prepare(cfg)
-    runs = config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes)
-    st = study.open_study(cfg, "dropout_sweep")
-    st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
-    study.write_preamble(st, cfg, runs, prepared)
-    study.execute(st, runs, prepared, cfg)
-    if study.finish(st, runs, "Dropout sweep") is not None:  # None: not the lead process
-        write_gap(st, [st.record(r.run_id) for r in runs])
+    study.run(cfg, "dropout_sweep", "Dropout sweep",
+              lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes), report=write_gap)
 
 
 if __name__ == "__main__":

@@ -52,15 +52,16 @@ def write_gradients(st: results.Study, records: dict[str, dict]) -> None:
 
 def main(cfg: config.Config) -> None:
     rate = model_family.validate()
-    prepared = study.prepare(cfg)
-    by_model = model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, rate)
-    runs = [r for model in by_model.values() for r in model]
-    st = study.open_study(cfg, "gradient_flow")
-    st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
-    study.write_preamble(st, cfg, runs, prepared, {"compare_dropout": rate})
-    study.execute(st, runs, prepared, cfg)
-    if study.finish(st, runs, TITLE) is not None:  # None: not the lead process
+    by_model: dict[str, list[config.Run]] = {}
+
+    def runs(prepared: study.Prepared) -> list[config.Run]:
+        by_model.update(model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, rate))
+        return [r for model in by_model.values() for r in model]
+
+    def report(st: results.Study, records: list[dict]) -> None:
         write_gradients(st, {model: st.record(rs[0].run_id) for model, rs in by_model.items()})
+
+    study.run(cfg, "gradient_flow", TITLE, runs, report=report, extra={"compare_dropout": rate})
 
 
 if __name__ == "__main__":

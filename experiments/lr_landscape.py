@@ -141,15 +141,12 @@ def summary_line(rows: list[dict], best: float | None, edge: float | None) -> st
                   f"{e['n_failed']}/{e['n_runs']} diverged or ended ≥ untrained loss)"
 
 
-def write_landscape(st: results.Study, runs: list[config.Run], cfg: config.Config, num_classes: int) -> None:
-    """summary.json and test_table.md (as study.finish writes them), the landscape figure, table
-    and JSON, and the four-panel curves of the best LR and of the boundary only (forty of them,
-    and a forty-line comparison, would say less than the landscape figure)."""
-    records = [r for r in (st.record(run.run_id) for run in runs) if r is not None]
-    summary = results.summarize(records)
-    st.write_json("summary.json", summary)
-    table = results.test_table_markdown(summary)
-    st.write_text("test_table.md", f"# {TITLE}: test set (mean ± std over seeds)\n\n{table}\n")
+def write_landscape(st: results.Study, records: list[dict], cfg: config.Config) -> None:
+    """The landscape figure, table and JSON, and the four-panel curves of the best LR and of the
+    boundary only (forty of them, and a forty-line comparison, would say less than the landscape
+    figure; `study.run` writes the summary and test table)."""
+    records = [r for r in records if r is not None]
+    num_classes = records[0]["config"]["model"]["num_classes"]
     rows = landscape_rows(records)
     best, edge = best_lr(rows), boundary(rows)
     st.write_json("landscape.json", {"rows": rows, "best_lr": best, "boundary": edge})
@@ -173,16 +170,9 @@ def main(cfg: config.Config) -> None:
     if FLAGS["lr"].present:
         study.log(f"--lr is ignored: the landscape grid sets the LRs ({len(cfg.lrs)} from {cfg.lrs[0]:g} "
                   f"to {cfg.lrs[-1]:g})")
-    prepared = study.prepare(cfg)
-    runs = config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes)
-    st = study.open_study(cfg, "lr_landscape")
-    st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
-    study.write_preamble(st, cfg, runs, prepared, extra={"landscape_lrs": list(cfg.lrs)})
-    study.execute(st, runs, prepared, cfg)
-    if study.is_lead():
-        write_landscape(st, runs, cfg, prepared.dataset.num_classes)
-    else:
-        study.log("my runs are finished; process 0 writes the landscape")
+    study.run(cfg, "lr_landscape", TITLE, lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
+              curves=False, extra={"landscape_lrs": list(cfg.lrs)},
+              report=lambda st, records: write_landscape(st, records, cfg))
 
 
 if __name__ == "__main__":

@@ -31,11 +31,8 @@ def shape_curves(lr: float, epochs: int) -> dict[str, np.ndarray]:
     }
 
 
-def main(cfg: config.Config) -> None:
-    if FLAGS.compare_lr < 0 or FLAGS.shape_epochs < 1:
-        raise config.ConfigError(f"--compare_lr={FLAGS.compare_lr} / --shape_epochs={FLAGS.shape_epochs}: "
-                                 "need compare_lr >= 0 and shape_epochs >= 1")
-    prepared = study.prepare(cfg)
+def schedule_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.Run]:
+    """The scheduled runs, after the static-LR runs they are compared with (--compare_lr)."""
     n_train, classes = len(prepared.train_idx), prepared.dataset.num_classes
     label = cfg.schedule + (f" lr0={cfg.lrs[0]:g}" if len(cfg.lrs) == 1 else "") + (
         f" k={cfg.decay_rates[0]:g}" if len(cfg.decay_rates) == 1 and cfg.schedule != "constant" else "")
@@ -43,13 +40,21 @@ def main(cfg: config.Config) -> None:
     if FLAGS.compare_lr:
         static = dataclasses.replace(cfg, schedule="constant", lrs=(FLAGS.compare_lr,), decay_rates=(0.0,))
         runs = config.grid(static, n_train, classes, label=f"constant lr={FLAGS.compare_lr:g}") + runs
-    st = study.open_study(cfg, "lr_schedule")
-    st.pending([(r.run_id, r.config) for r in runs])
-    study.write_preamble(st, cfg, runs, prepared, {"compare_lr": FLAGS.compare_lr})
-    plots.schedule_shapes(shape_curves(max(cfg.lrs), FLAGS.shape_epochs), st.figures_dir / "decay_shapes.png",
-                          f"LR decay shapes from α0 = {max(cfg.lrs):g} over {FLAGS.shape_epochs} epochs")
-    study.execute(st, runs, prepared, cfg)
-    study.finish(st, runs, "LR schedule")
+    return runs
+
+
+def main(cfg: config.Config) -> None:
+    if FLAGS.compare_lr < 0 or FLAGS.shape_epochs < 1:
+        raise config.ConfigError(f"--compare_lr={FLAGS.compare_lr} / --shape_epochs={FLAGS.shape_epochs}: "
+                                 "need compare_lr >= 0 and shape_epochs >= 1")
+
+    def shapes_figure(st, prepared) -> None:
+        if study.is_lead():
+            plots.schedule_shapes(shape_curves(max(cfg.lrs), FLAGS.shape_epochs), st.figures_dir / "decay_shapes.png",
+                                  f"LR decay shapes from α0 = {max(cfg.lrs):g} over {FLAGS.shape_epochs} epochs")
+
+    study.run(cfg, "lr_schedule", "LR schedule", lambda p: schedule_runs(cfg, p), before=shapes_figure,
+              extra={"compare_lr": FLAGS.compare_lr})
 
 
 if __name__ == "__main__":

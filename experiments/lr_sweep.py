@@ -79,15 +79,9 @@ def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results
 def main(cfg: config.Config) -> None:
     if FLAGS.lr_range:
         range_lrs()  # validate before any work
-    prepared = study.prepare(cfg)
-    runs = config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes)
-    st = study.open_study(cfg, "lr_sweep")
-    st.pending([(r.run_id, r.config) for r in runs])  # a changed config fails before anything is written
-    study.write_preamble(st, cfg, runs, prepared)
-    if FLAGS.lr_range:
-        run_range_test(cfg, prepared, st)
-    study.execute(st, runs, prepared, cfg)
-    study.finish(st, runs, "LR sweep")
+    study.run(cfg, "lr_sweep", "LR sweep",
+              lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
+              before=(lambda st, p: run_range_test(cfg, p, st)) if FLAGS.lr_range else None)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 from absl import flags
 
-from cifar_jax import config, study
+from cifar_jax import config, results, study
 
 flags.DEFINE_integer("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.")
 FLAGS = flags.FLAGS
@@ -48,28 +47,32 @@ def _last_val(rec: dict) -> dict | None:
     return {"loss": last["val_loss"], "acc": last["val_acc"]}
 
 
-def main(cfg: config.Config) -> None:
-    if FLAGS.cycles < 0:
-        raise config.ConfigError(f"--cycles={FLAGS.cycles}: must be >= 0")
-    prepared = study.prepare(cfg)
+def mlp_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.Run]:
+    """The grid's runs, trained for --cycles cyclic-LR cycles when given (else --epochs)."""
     steps_per_epoch = len(prepared.train_idx) // cfg.batch_size
     if FLAGS.cycles:
         n_s = cfg.half_cycle or 5 * steps_per_epoch
         cfg = dataclasses.replace(cfg, epochs=math.ceil(FLAGS.cycles * 2 * n_s / steps_per_epoch))
     label = "mlp_" + "-".join(map(str, cfg.model.hidden)) + ("_bn" if cfg.model.norm == "batch" else "")
-    runs = config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, label)
-    st = study.open_study(cfg, "mlp_baseline")
-    st.pending([(r.run_id, r.config) for r in runs])
-    study.write_preamble(st, cfg, runs, prepared, {"cycles": FLAGS.cycles})
-    study.execute(st, runs, prepared, cfg)
-    for r in runs:
-        study.log("\n" + report(st.record(r.run_id), FLAGS.cycles))
-    summary = study.finish(st, runs, "MLP (seeds/002)")
-    for name, s in summary["configs"].items():
+    return config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, label)
+
+
+def print_runs(st: results.Study, records: list[dict]) -> None:
+    """Every run in the report's format, then each configuration's mean test accuracy."""
+    for rec in records:
+        study.log("\n" + report(rec, FLAGS.cycles))
+    for name, s in results.summarize(records)["configs"].items():
         acc = s["metrics"]["test_acc"]
         if acc["mean"] is not None:
             study.log(f"{name}: mean test accuracy {100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f} "
                       f"(95% CI {100 * acc['ci95'][0]:.2f}–{100 * acc['ci95'][1]:.2f}%, n={acc['n']})")
+
+
+def main(cfg: config.Config) -> None:
+    if FLAGS.cycles < 0:
+        raise config.ConfigError(f"--cycles={FLAGS.cycles}: must be >= 0")
+    study.run(cfg, "mlp_baseline", "MLP (seeds/002)", lambda p: mlp_runs(cfg, p), report=print_runs,
+              extra={"cycles": FLAGS.cycles})
 
 
 if __name__ == "__main__":

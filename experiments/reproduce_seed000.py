@@ -61,9 +61,11 @@ def run_section(section: str, title: str, module: str, stem: str) -> float:
 
 
 def protocol(study: Path) -> str:
-    """The study's protocol: the flags it set away from their defaults (its protocol.flags)."""
-    path = study / "protocol.flags"
-    return f"```\n{path.read_text().strip()}\n```\n" if path.exists() else ""
+    """The study's protocol: the flags it set away from their defaults (its protocol.flags, or
+    its first part's for a study in parts, whose parts share the command line)."""
+    paths = [study / "protocol.flags", *sorted(study.glob("*/protocol.flags"))]
+    path = next((p for p in paths if p.exists()), None)
+    return f"```\n{path.read_text().strip()}\n```\n" if path else ""
 
 
 def section_markdown(section: str, title: str, study: Path, report_dir: Path, seconds: float | None) -> str:

@@ -63,48 +63,51 @@ def main(cfg: config.Config) -> None:
     if cfg.model.name == "mlp":
         raise config.ConfigError("--model=mlp: transfer freezes the conv layers; use baseline or convnet")
     rate = dropout_rate(cfg)
-    prepared = study.prepare(cfg)
     n_train, n_val, swap = cfg.split
     swapped = dataclasses.replace(cfg, split=(n_train, n_val, not swap))
     parent = study.open_study(cfg, "transfer")
-    pre_study, re_study = results.Study(parent.root / "pretrain"), results.Study(parent.root / "retrain")
     ckpt_root = Path(FLAGS.checkpoint_dir).expanduser() / parent.root.name
-    pre = pretrain_runs(cfg, rate, len(prepared.train_idx), prepared.dataset.num_classes)
-    shapes = engine.param_shapes(pre[0].spec, prepared.dataset.image_shape)
-    frozen = tuple(k for k in shapes if "conv" in k)
-    ckpts = {r.run_id: ckpt_root / results.run_file_stem(r.run_id) for r in pre}
-    retrain = [retrain_run(r, swapped, frozen, ckpts[r.run_id]) for r in pre]
-    pre_study.pending([(r.run_id, r.config) for r in pre])
-    re_study.pending([(r.run_id, r.config) for r in retrain])
-    study.write_preamble(parent, cfg, pre + retrain, prepared, {"dropout_rate": rate, "frozen": frozen})
+    plan: dict = {}  # the pretraining runs, their checkpoints and the frozen layers, once the data is known
 
-    for r in pre:  # a finished pretraining run without its checkpoint is trained again
-        if not (ckpts[r.run_id] / "metadata.json").exists() and pre_study.record(r.run_id):
-            (pre_study.runs_dir / f"{results.run_file_stem(r.run_id)}.json").unlink()
+    def pretraining(prepared: study.Prepared) -> list[config.Run]:
+        pre = pretrain_runs(cfg, rate, len(prepared.train_idx), prepared.dataset.num_classes)
+        shapes = engine.param_shapes(pre[0].spec, prepared.dataset.image_shape)
+        plan.update(pre=pre, frozen=tuple(k for k in shapes if "conv" in k),
+                    ckpts={r.run_id: ckpt_root / results.run_file_stem(r.run_id) for r in pre})
+        return pre
+
+    def drop_runs_without_checkpoint(pre_study: results.Study, prepared: study.Prepared) -> None:
+        for r in plan["pre"]:  # a finished pretraining run without its checkpoint is trained again
+            if not (plan["ckpts"][r.run_id] / "metadata.json").exists() and pre_study.record(r.run_id):
+                (pre_study.runs_dir / f"{results.run_file_stem(r.run_id)}.json").unlink()
 
     def save(run: config.Run, variables: tuple) -> None:
         rec = pre_study.record(run.run_id)
-        checkpoint.save(ckpts[run.run_id], *variables, overwrite=True, config=run.config,
+        checkpoint.save(plan["ckpts"][run.run_id], *variables, overwrite=True, config=run.config,
                         metrics={"test": rec["test"], "last_epoch": rec["epochs"][-1], "status": rec["status"]})
 
-    study.execute(pre_study, pre, prepared, cfg, on_state=save)
-    study.finish(pre_study, pre, "Transfer: pretraining")
+    pre_study = results.Study(parent.root / "pretrain")
+    study.run(cfg, "transfer", "Transfer: pretraining", pretraining, part="pretrain",
+              before=drop_runs_without_checkpoint, on_state=save, extra={"dropout_rate": rate})
 
-    spec = retrain[0].spec
-    target_params = engine.param_shapes(spec, prepared.dataset.image_shape)
-    target_stats = engine.batch_stats_shapes(spec, prepared.dataset.image_shape)
+    def retraining(prepared: study.Prepared) -> list[config.Run]:
+        retrain = [retrain_run(r, swapped, plan["frozen"], plan["ckpts"][r.run_id]) for r in plan["pre"]]
+        spec = retrain[0].spec
+        plan.update(params=engine.param_shapes(spec, prepared.dataset.image_shape),
+                    stats=engine.batch_stats_shapes(spec, prepared.dataset.image_shape))
+        return retrain
 
     def pretrained_layers(run: config.Run) -> dict:
-        params, stats = checkpoint.restore(run.data["checkpoint"], target_params, target_stats, strict=True)
+        frozen = plan["frozen"]
+        params, stats = checkpoint.restore(run.data["checkpoint"], plan["params"], plan["stats"], strict=True)
         study.log(f"{run.run_id}: restored {run.data['checkpoint']} (strict); frozen {', '.join(frozen)}; "
                   f"{', '.join(k for k in params if k not in frozen)} re-initialised from seed {run.seed}")
         return {"params": {k: params[k] for k in frozen},
                 "batch_stats": {k: stats[k] for k in frozen if k in stats}}
 
-    study.execute(re_study, retrain, study.prepare(swapped), swapped, initial_for=pretrained_layers)
-    if study.is_lead():
-        study.finish(re_study, retrain, "Transfer: retraining the dense layers (swapped split)")
-        compare(parent, re_study.records())
+    study.run(swapped, "transfer", "Transfer: retraining the dense layers (swapped split)", retraining,
+              part="retrain", initial_for=pretrained_layers, extra={"dropout_rate": rate, "frozen": plan.get("frozen")},
+              report=lambda st, records: compare(parent, records))
 
 
 def compare(parent: results.Study, retrained: list[dict]) -> None:

@@ -20,8 +20,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _command(results: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "experiments.lr_sweep", *ARGS, f"--results_dir={results}", *extra]
+def _command(module: str, results: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", f"experiments.{module}", *ARGS, f"--results_dir={results}", *extra]
 
 
 def _env() -> dict:
@@ -36,27 +36,40 @@ def _metrics(study: Path) -> dict:
     return out
 
 
-def test_two_processes_equal_one(tmp_path):
-    single = subprocess.run(_command(tmp_path / "one"), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+def _one_and_two(tmp_path: Path, module: str) -> tuple[dict, dict, list[tuple[str, str]]]:
+    """The study's run metrics from 1 process and from 2, and the 2 processes' (stdout, stderr)."""
+    single = subprocess.run(_command(module, tmp_path / "one"), env=_env(), cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
     assert single.returncode == 0, single.stderr
     port = _free_port()
-    procs = [subprocess.Popen(_command(tmp_path / "two", "--num_processes=2", f"--process_id={i}",
+    procs = [subprocess.Popen(_command(module, tmp_path / "two", "--num_processes=2", f"--process_id={i}",
                                        f"--coordinator_address=127.0.0.1:{port}"),
                               env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
-    one, two = _metrics(tmp_path / "one" / "lr_sweep"), _metrics(tmp_path / "two" / "lr_sweep")
+    one, two = _metrics(tmp_path / "one" / module), _metrics(tmp_path / "two" / module)
     assert one.keys() == two.keys() and len(one) == 4
     for k in one:
         np.testing.assert_allclose(np.asarray(two[k]), np.asarray(one[k]), rtol=1e-5, atol=1e-6)
+    assert "results and figures" in outs[0][0] and "results and figures" not in outs[1][0]
+    assert "process 0 writes the summary" in outs[1][0]
+    return one, two, outs
+
+
+def test_two_processes_equal_one(tmp_path):
+    _, _, outs = _one_and_two(tmp_path, "lr_sweep")
     # Each process trained (and wrote) only its own half of the group; process 0 wrote the summary.
     headers = [[line for line in out.splitlines() if "2 runs, model mlp" in line] for out, _ in outs]
     assert [len(h) for h in headers] == [1, 1]
     assert "lr=0.1,seed=0, lr=0.1,seed=1" in headers[0][0] and "lr=0.05" not in headers[0][0]
     assert "lr=0.05,seed=0, lr=0.05,seed=1" in headers[1][0] and "lr=0.1," not in headers[1][0]
-    assert "results and figures" in outs[0][0] and "results and figures" not in outs[1][0]
-    assert "process 0 writes the summary" in outs[1][0]
     summary = json.loads((tmp_path / "two" / "lr_sweep" / "summary.json").read_text())
     assert summary["configs"]["lr=0.1"]["n_done"] == 2
+
+
+def test_mlp_baseline_over_two_processes_reports_once(tmp_path):
+    """Its report (every run in the seeds/002 format) is printed by process 0 alone."""
+    one, _, outs = _one_and_two(tmp_path, "mlp_baseline")
+    assert outs[0][0].count("Model parameters:") == len(one) and "Model parameters:" not in outs[1][0]
