@@ -22,7 +22,6 @@ class ConfigError(ValueError):
 
 
 FLAGS = flags.FLAGS
-_GRID_FLAGS = ("lr", "decay_rate", "dropout", "l2", "momentum", "init_scale")
 
 
 def define_flags() -> None:
@@ -35,13 +34,16 @@ def define_flags() -> None:
     f.DEFINE_string("data_dir", None, "Where datasets live; default $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax.")
     f.DEFINE_string("results_dir", "./results", "Root of the study directories.")
     f.DEFINE_string("name", None, "Study directory name under --results_dir (default: the experiment's name).")
-    f.DEFINE_string("model", "baseline", f"Architecture: {', '.join(models.MODELS)}.")
-    f.DEFINE_list("hidden", ["50", "50"], "MLP hidden widths, comma separated (--model=mlp).")
-    f.DEFINE_string("norm", "none", f"Normalisation layer after every layer but the last: {', '.join(models.NORMS)}.")
+    f.DEFINE_list("model", ["baseline"], f"Architecture: {', '.join(models.MODELS)}; a comma list is a grid axis.")
+    f.DEFINE_list("hidden", ["50", "50"], "MLP hidden widths, comma separated (--model=mlp); several lists "
+                  "separated by ';' are a grid axis (--hidden='50,50;60,50,40').")
+    f.DEFINE_list("norm", ["none"], f"Normalisation layer after every layer but the last: {', '.join(models.NORMS)}; "
+                  "a comma list is a grid axis.")
     f.DEFINE_string("init", "torch", "Weight init: torch (PyTorch default uniform), he, xavier, or normal "
                     "(N(0, σ²) with σ from --init_scale).")
     f.DEFINE_list("init_scale", ["0.01"], "σ of --init=normal; a comma list is a grid axis.")
-    f.DEFINE_list("lr", ["0.05"], "Learning rate (α0; η_max for --schedule=cyclic); a comma list is a grid axis.")
+    f.DEFINE_list("lr", ["0.05"], "Learning rate (α0; η_max for --schedule=cyclic); a comma list is a grid axis; "
+                  "OPTIMIZER:LR entries give each optimiser its own (--optimizer=sgd,adam --lr=sgd:0.05,adam:0.001).")
     f.DEFINE_string("schedule", "constant", f"LR schedule: {', '.join(schedules.SCHEDULES)}.")
     f.DEFINE_float("lr_min", 0.0, "End LR of linear/cosine; η_min of cyclic.")
     f.DEFINE_list("decay_rate", ["0"], "k of inverse_time, γ of exponential/step; a comma list is a grid axis.")
@@ -49,13 +51,14 @@ def define_flags() -> None:
                     "epoch) or step (every step).")
     f.DEFINE_float("decay_every", 1.0, "t advances by one every this many decay units (step schedule: 10 = every 10 epochs).")
     f.DEFINE_integer("half_cycle", 0, "n_s of the cyclic schedule, in steps (0: 5 epochs' worth, as in seeds/002).")
-    f.DEFINE_string("optimizer", "sgd", f"Optimiser: {', '.join(optim.OPTIMIZERS)}.")
+    f.DEFINE_list("optimizer", ["sgd"], f"Optimiser: {', '.join(optim.OPTIMIZERS)}; a comma list is a grid axis.")
     f.DEFINE_list("momentum", ["0.9"], "Momentum of --optimizer=momentum/nesterov; a comma list is a grid axis.")
     f.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay of --optimizer=adamw.")
     f.DEFINE_list("l2", ["0"], "L2 penalty λ·ΣW² added to the loss (weights only); a comma list is a grid axis.")
-    f.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off).")
-    f.DEFINE_integer("batch_size", 64, "Training batch size (the last partial batch of an epoch is dropped).")
-    f.DEFINE_integer("epochs", 50, "Training epochs.")
+    f.DEFINE_list("clip_norm", ["0"], "Clip gradients to this global norm (0: off); a comma list is a grid axis.")
+    f.DEFINE_list("batch_size", ["64"], "Training batch size (the last partial batch of an epoch is dropped); "
+                  "a comma list is a grid axis.")
+    f.DEFINE_list("epochs", ["50"], "Training epochs; a comma list is a grid axis.")
     f.DEFINE_list("seeds", ["5"], "A count n (seeds 0..n-1) or a comma list of seeds.")
     f.DEFINE_list("dropout", ["0"], "Dropout rate on hidden dense activations, in [0, 1); a comma list is a grid axis.")
     f.DEFINE_string("split", "45000/5000", "train/validation sizes drawn from the official training set; "
@@ -63,7 +66,8 @@ def define_flags() -> None:
     f.DEFINE_integer("split_seed", 0, "Seed of the train/validation split (shared by every run).")
     f.DEFINE_string("normalization", "per_channel", f"Input standardisation: {', '.join(splits.NORMALIZATIONS)} "
                     "(statistics from the training split only).")
-    f.DEFINE_string("augment", "none", f"Training augmentation: {', '.join(preprocess.AUGMENTATIONS)}.")
+    f.DEFINE_list("augment", ["none"], f"Training augmentation: {', '.join(preprocess.AUGMENTATIONS)}; a comma "
+                  "list is a grid axis.")
     f.DEFINE_float("noise_std", 0.0, "Gaussian input noise σ on normalised training inputs.")
     f.DEFINE_float("salt_pepper", 0.0, "Fraction of training inputs set to salt-and-pepper noise.")
     f.DEFINE_string("layout", "auto", f"How a group runs: {', '.join(engine.LAYOUTS)} (auto: the measured-fastest "
@@ -127,6 +131,21 @@ class Config:
     eval_train: bool
     download: bool
     distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
+    # every combination of the group-level flags (GROUP_AXES, and the LRs that go with each
+    # optimiser) as (field, value) pairs; the scalar fields above hold the first
+    variants: tuple[tuple[tuple[str, Any], ...], ...] = ((),)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with `changes`; a group-level field given here stops varying (every variant
+        takes the new value)."""
+        kept = dict.fromkeys(tuple((k, v) for k, v in variant if k not in changes) for variant in self.variants)
+        return dataclasses.replace(self, variants=tuple(kept) or ((),), **changes)
+
+    def single_group(self, why: str) -> None:
+        """Refuse several values of a group-level flag where a study sets its own architectures."""
+        if len(self.variants) > 1:
+            raise ConfigError(f"--model/--hidden/--norm/--optimizer/--batch_size/--epochs/--augment/"
+                              f"--clip_norm: give one value each; {why}")
 
 
 def _floats(flag: str, values: Sequence[str], lo: float, hi: float, *, lo_open: bool = False,
@@ -172,57 +191,114 @@ def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
     return tuple(ints)
 
 
-def from_flags(fl: Any = None) -> Config:
-    """Validate the parsed core flags into a Config (raises ConfigError, one line)."""
-    fl = fl or FLAGS
-    model_name = _choice("model", fl.model, models.MODELS)
+def _ints(flag: str, values: Sequence[str]) -> tuple[int, ...]:
+    """Parse a list flag of integers > 0."""
     try:
-        hidden = tuple(int(h) for h in fl.hidden)
+        out = tuple(int(v) for v in values)
     except ValueError:
-        raise ConfigError(f"--hidden={','.join(fl.hidden)}: widths must be integers") from None
-    if model_name == "mlp" and (not hidden or min(hidden) < 1):
-        raise ConfigError(f"--hidden={','.join(fl.hidden)}: give one or more widths >= 1")
+        raise ConfigError(f"--{flag}={','.join(values)}: give integers") from None
+    if not out or min(out) < 1:
+        raise ConfigError(f"--{flag}={','.join(values)}: must be >= 1")
+    return out
+
+
+def _choices(flag: str, values: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    if not values:
+        raise ConfigError(f"--{flag} needs at least one value; allowed: {', '.join(allowed)}")
+    return tuple(_choice(flag, v, allowed) for v in values)
+
+
+def _hidden_lists(values: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """--hidden: widths separated by ',', several lists by ';'."""
+    text = ",".join(values)
+    try:
+        lists = tuple(tuple(int(w) for w in part.split(",")) for part in text.split(";"))
+    except ValueError:
+        raise ConfigError(f"--hidden={text}: widths must be integers (lists separated by ';')") from None
+    if any(not h or min(h) < 1 for h in lists):
+        raise ConfigError(f"--hidden={text}: give one or more widths >= 1 per list")
+    return lists
+
+
+def _learning_rates(values: Sequence[str], optimizers: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
+    """--lr per optimiser: plain values apply to every one; OPTIMIZER:LR entries to that one."""
+    what = "learning rates must be > 0"
+    if not any(":" in v for v in values):
+        lrs = _floats("lr", values, 0.0, math.inf, lo_open=True, what=what)
+        return {o: lrs for o in optimizers}
+    per: dict[str, list[str]] = {}
+    for v in values:
+        name, sep, lr = v.partition(":")
+        if not sep or name not in optimizers:
+            raise ConfigError(f"--lr={','.join(values)}: {v!r} is not OPTIMIZER:LR for one of --optimizer "
+                              f"({', '.join(optimizers)})")
+        per.setdefault(name, []).append(lr)
+    missing = [o for o in optimizers if o not in per]
+    if missing:
+        raise ConfigError(f"--lr={','.join(values)}: no learning rate for {', '.join(missing)}")
+    return {o: _floats("lr", per[o], 0.0, math.inf, lo_open=True, what=what) for o in optimizers}
+
+
+# The flags that change the compiled program: each value (combination) is a group of its own.
+GROUP_AXES = ("model", "optimizer", "batch_size", "epochs", "augment", "clip_norm")
+
+
+def _variants(fl: Any, dropouts: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Every combination of the group-level flags' values, as Config field overrides."""
+    names, norms = _choices("model", fl.model, models.MODELS), _choices("norm", fl.norm, models.NORMS)
+    init = _choice("init", fl.init, models.INITS)
+    hidden = _hidden_lists(fl.hidden) if "mlp" in names else ((),)
+    model_configs = list(dict.fromkeys(
+        models.ModelConfig(name, h if name == "mlp" else (), norm, init, any(d > 0 for d in dropouts))
+        for name in names for h in hidden for norm in norms))
+    optimizers = _choices("optimizer", fl.optimizer, optim.OPTIMIZERS)
+    lrs = _learning_rates(fl.lr, optimizers)
+    clips = _floats("clip_norm", fl.clip_norm, 0.0, math.inf, what="clip norms must be >= 0 (0: off)")
+    axes = {"model": model_configs, "optimizer": optimizers, "batch_size": _ints("batch_size", fl.batch_size),
+            "epochs": _ints("epochs", fl.epochs), "augment": _choices("augment", fl.augment, preprocess.AUGMENTATIONS),
+            "clip_norm": clips}
+    return [{**dict(zip(axes, values)), "lrs": lrs[values[1]]} for values in itertools.product(*axes.values())]
+
+
+def from_flags(fl: Any = None) -> Config:
+    """Validate the parsed core flags into a Config (raises ConfigError, one line). The scalar
+    fields hold the first combination of the group-level flags; `variants` holds them all."""
+    fl = fl or FLAGS
     dropouts = _floats("dropout", fl.dropout, 0.0, 1.0, hi_open=True, what="dropout rates must be in [0, 1)")
-    model = models.ModelConfig(
-        name=model_name, hidden=hidden if model_name == "mlp" else (),
-        norm=_choice("norm", fl.norm, models.NORMS), init=_choice("init", fl.init, models.INITS),
-        use_dropout=any(d > 0 for d in dropouts))
+    variants = _variants(fl, dropouts)
     try:
         split = splits.parse_split(fl.split)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    for flag in ("batch_size", "epochs", "eval_batch_size"):
-        _positive(flag, getattr(fl, flag))
-    for flag in ("weight_decay", "clip_norm", "lr_min", "noise_std", "half_cycle", "memory_limit_gb"):
+    _positive("eval_batch_size", fl.eval_batch_size)
+    for flag in ("weight_decay", "lr_min", "noise_std", "half_cycle", "memory_limit_gb"):
         _positive(flag, getattr(fl, flag), strict=False)
     _positive("decay_every", fl.decay_every)
     if not 0 <= fl.salt_pepper < 1:
         raise ConfigError(f"--salt_pepper={fl.salt_pepper}: must be in [0, 1)")
-    lrs = _floats("lr", fl.lr, 0.0, math.inf, lo_open=True, what="learning rates must be > 0")
     schedule = _choice("schedule", fl.schedule, list(schedules.SCHEDULES))
-    if schedule == "cyclic" and fl.lr_min >= min(lrs):
+    if schedule == "cyclic" and fl.lr_min >= min(min(v["lrs"]) for v in variants):
         raise ConfigError(f"--lr_min={fl.lr_min}: must be below every --lr (η_max) for the cyclic schedule")
     return Config(
-        dataset=fl.dataset, data_dir=fl.data_dir, results_dir=fl.results_dir, name=fl.name, model=model,
-        lrs=lrs, schedule=schedule, lr_min=fl.lr_min,
+        dataset=fl.dataset, data_dir=fl.data_dir, results_dir=fl.results_dir, name=fl.name,
+        schedule=schedule, lr_min=fl.lr_min,
         decay_rates=_floats("decay_rate", fl.decay_rate, 0.0, math.inf, what="decay rates must be >= 0"),
         decay_unit=_choice("decay_unit", fl.decay_unit, ("epoch", "step")), decay_every=fl.decay_every,
-        half_cycle=fl.half_cycle, optimizer=_choice("optimizer", fl.optimizer, optim.OPTIMIZERS),
+        half_cycle=fl.half_cycle,
         momentums=_floats("momentum", fl.momentum, 0.0, 1.0, hi_open=True, what="momentum must be in [0, 1)"),
         weight_decay=fl.weight_decay,
         l2s=_floats("l2", fl.l2, 0.0, math.inf, what="L2 λ must be >= 0"),
-        clip_norm=fl.clip_norm, batch_size=fl.batch_size, epochs=fl.epochs, seeds=parse_seeds(fl.seeds),
-        dropouts=dropouts,
+        seeds=parse_seeds(fl.seeds), dropouts=dropouts,
         init_scales=_floats("init_scale", fl.init_scale, 0.0, math.inf, lo_open=True, what="σ must be > 0"),
         split=split, split_seed=fl.split_seed,
         normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS),
-        augment=_choice("augment", fl.augment, preprocess.AUGMENTATIONS),
         noise_std=fl.noise_std, salt_pepper=fl.salt_pepper,
         layout=_choice("layout", fl.layout, engine.LAYOUTS),
         precision=_choice("precision", fl.precision, list(models.PRECISIONS)),
         conv_impl=_choice("conv_impl", fl.conv_impl, engine.CONV_IMPLS),
         memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size,
-        eval_train=fl.eval_train, download=fl.download, distributed=_distributed(fl))
+        eval_train=fl.eval_train, download=fl.download, distributed=_distributed(fl),
+        variants=tuple(tuple(v.items()) for v in variants), **variants[0])
 
 
 def _distributed(fl: Any) -> tuple[str | None, int, int]:
@@ -292,8 +368,36 @@ def data_config(cfg: Config) -> dict[str, Any]:
 
 
 def grid(cfg: Config, n_train: int, num_classes: int, label: str = "") -> list[Run]:
-    """Runs for every combination of the list-valued flags × every seed. A configuration is
-    named by the values that vary (or `label`, or "default" when nothing varies)."""
+    """Runs for every combination of the list-valued flags × every seed; each combination of the
+    group-level flags (`Config.variants`) is a group of its own. A configuration is named by the
+    values that vary (after `label`; "default" when nothing varies)."""
+    variants = [dict(v) for v in cfg.variants]
+    shown = [_shown(variant) for variant in variants]
+    varying = [k for k in shown[0] if len({s[k] for s in shown}) > 1]
+    runs = []
+    for variant, names in zip(variants, shown):
+        prefix = ([label] if label else []) + [f"{k}={names[k]}" for k in varying if k != "lr"]
+        if "lr" in varying and len(variant["lrs"]) == 1:  # a learning rate per optimiser
+            prefix.append(f"lr={variant['lrs'][0]:g}")
+        runs += _grid_one(dataclasses.replace(cfg, **variant), n_train, num_classes, prefix)
+    return runs
+
+
+def _shown(variant: dict[str, Any]) -> dict[str, str]:
+    """How a variant's group-level values appear in a configuration name, per flag."""
+    out = {}
+    for field, value in variant.items():
+        if field == "model":
+            out.update(model=value.name, hidden="-".join(map(str, value.hidden)) or "none", norm=value.norm)
+        elif field == "lrs":
+            out["lr"] = "/".join(f"{lr:g}" for lr in value)
+        else:
+            out[field] = f"{value:g}" if isinstance(value, float) else str(value)
+    return out
+
+
+def _grid_one(cfg: Config, n_train: int, num_classes: int, prefix: list[str]) -> list[Run]:
+    """The per-run grid of one group: every combination of the per-run flags × every seed."""
     spe = n_train // cfg.batch_size
     axes = {"lr": cfg.lrs, "decay_rate": cfg.decay_rates, "dropout": cfg.dropouts, "l2": cfg.l2s,
             "momentum": cfg.momentums, "init_scale": cfg.init_scales}
@@ -302,7 +406,7 @@ def grid(cfg: Config, n_train: int, num_classes: int, label: str = "") -> list[R
     runs = []
     for values in itertools.product(*axes.values()):
         v = dict(zip(axes, values))
-        name = ",".join([label] * bool(label) + [f"{k}={v[k]:g}" for k in varying]) or "default"
+        name = ",".join(prefix + [f"{k}={v[k]:g}" for k in varying]) or "default"
         hp = {**schedule_hparams(cfg, v["lr"], v["decay_rate"], spe), "dropout": v["dropout"],
               "l2": v["l2"], "momentum": v["momentum"], "weight_decay": cfg.weight_decay,
               "init_scale": v["init_scale"], "noise_std": cfg.noise_std, "salt_pepper": cfg.salt_pepper}

@@ -50,8 +50,9 @@ def prepare(cfg: Config) -> Prepared:
         train_idx, val_idx = splits.make_split(len(ds.y_train), n_train, n_val, seed=cfg.split_seed, swap=swap)
     except ValueError as err:
         raise ConfigError(f"--split={n_train}/{n_val}: {err}") from None
-    if cfg.batch_size > len(train_idx):
-        raise ConfigError(f"--batch_size={cfg.batch_size}: larger than the training split ({len(train_idx)} images)")
+    batch = max(dict(v).get("batch_size", cfg.batch_size) for v in cfg.variants)
+    if batch > len(train_idx):
+        raise ConfigError(f"--batch_size={batch}: larger than the training split ({len(train_idx)} images)")
     mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization)
     device = engine.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, train_idx, val_idx, mean, std)
     log(f"data: {ds.name} train {len(train_idx)} / val {len(val_idx)} / test {len(ds.y_test)}, "

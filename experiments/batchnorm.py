@@ -14,7 +14,7 @@ from experiments import model_family
 
 
 def main(cfg: config.Config) -> None:
-    rate = model_family.validate()
+    rate = model_family.validate(cfg)
 
     def runs(prepared: study.Prepared) -> list[config.Run]:
         by_model = model_family.model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, rate)

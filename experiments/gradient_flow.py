@@ -51,7 +51,7 @@ def write_gradients(st: results.Study, records: dict[str, dict]) -> None:
 
 
 def main(cfg: config.Config) -> None:
-    rate = model_family.validate()
+    rate = model_family.validate(cfg)
     by_model: dict[str, list[config.Run]] = {}
 
     def runs(prepared: study.Prepared) -> list[config.Run]:

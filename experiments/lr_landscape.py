@@ -8,7 +8,6 @@ LR (by validation accuracy) and the divergence boundary.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 from absl import flags
@@ -39,6 +38,7 @@ def landscape_lrs() -> tuple[float, ...]:
 
 def landscape_config(cfg: config.Config) -> config.Config:
     """The flags' config with the landscape grid as its only grid axis."""
+    cfg.single_group("the landscape varies only the learning rate")
     lrs = landscape_lrs()
     varying = [name for name in OTHER_AXES if len(getattr(cfg, name)) > 1]
     if varying:
@@ -46,7 +46,7 @@ def landscape_config(cfg: config.Config) -> config.Config:
                  "init_scales": "init_scale"}
         raise config.ConfigError(f"--{names[varying[0]]}: the landscape varies only the learning rate; "
                                  "give one value")
-    return dataclasses.replace(cfg, lrs=lrs)
+    return cfg.replace(lrs=lrs)
 
 
 # ----------------------------------------------------------------------------- analysis

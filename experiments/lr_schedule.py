@@ -6,7 +6,6 @@ shapes over the training length used to choose it.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 from absl import flags
@@ -38,7 +37,7 @@ def schedule_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.R
         f" k={cfg.decay_rates[0]:g}" if len(cfg.decay_rates) == 1 and cfg.schedule != "constant" else "")
     runs = config.grid(cfg, n_train, classes, label=label)
     if FLAGS.compare_lr:
-        static = dataclasses.replace(cfg, schedule="constant", lrs=(FLAGS.compare_lr,), decay_rates=(0.0,))
+        static = cfg.replace(schedule="constant", lrs=(FLAGS.compare_lr,), decay_rates=(0.0,))
         runs = config.grid(static, n_train, classes, label=f"constant lr={FLAGS.compare_lr:g}") + runs
     return runs
 

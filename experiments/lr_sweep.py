@@ -6,7 +6,6 @@ no-learning ends.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 from absl import flags
@@ -59,7 +58,7 @@ def _gain(rec: dict) -> float:
 
 def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results.Study) -> None:
     """The range test: one seed per LR, all in one group, in a sub-study `range_test`."""
-    rcfg = dataclasses.replace(cfg, lrs=range_lrs(), epochs=FLAGS.range_epochs, seeds=cfg.seeds[:1])
+    rcfg = cfg.replace(lrs=range_lrs(), epochs=FLAGS.range_epochs, seeds=cfg.seeds[:1])
     runs = config.grid(rcfg, len(prepared.train_idx), prepared.dataset.num_classes)
     sub = results.Study(parent.root / "range_test")
     study.execute(sub, runs, prepared, rcfg)

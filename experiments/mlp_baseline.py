@@ -5,7 +5,6 @@ run printed in the report's "Model parameters / accuracy untrained, trained / co
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from absl import flags
@@ -52,8 +51,9 @@ def mlp_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.Run]:
     steps_per_epoch = len(prepared.train_idx) // cfg.batch_size
     if FLAGS.cycles:
         n_s = cfg.half_cycle or 5 * steps_per_epoch
-        cfg = dataclasses.replace(cfg, epochs=math.ceil(FLAGS.cycles * 2 * n_s / steps_per_epoch))
-    label = "mlp_" + "-".join(map(str, cfg.model.hidden)) + ("_bn" if cfg.model.norm == "batch" else "")
+        cfg = cfg.replace(epochs=math.ceil(FLAGS.cycles * 2 * n_s / steps_per_epoch))
+    one = len(cfg.variants) == 1  # several groups are named by the values that vary
+    label = "mlp_" + "-".join(map(str, cfg.model.hidden)) + ("_bn" if cfg.model.norm == "batch" else "") if one else ""
     return config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, label)
 
 

@@ -13,8 +13,10 @@ flags.DEFINE_float("compare_dropout", 0.6, "DropoutNet's dropout rate on fc1 (th
 FLAGS = flags.FLAGS
 
 
-def validate() -> float:
-    """The architectures are set here: refuse --norm/--dropout; return DropoutNet's rate."""
+def validate(cfg: config.Config) -> float:
+    """The architectures are set here: refuse --norm/--dropout and several groups; return
+    DropoutNet's rate."""
+    cfg.single_group("this study sets its architectures itself")
     if FLAGS["norm"].present or FLAGS["dropout"].present:
         raise config.ConfigError("--norm/--dropout: this study sets the architectures itself "
                                  "(BaselineNet, DropoutNet at --compare_dropout, BatchNormNet)")
@@ -27,7 +29,7 @@ def model_runs(cfg: config.Config, n_train: int, num_classes: int, rate: float) 
     """Per model (BaselineNet, DropoutNet, BatchNormNet): its runs, every seed."""
     plain = dataclasses.replace(cfg.model, norm="none", use_dropout=True)
     batch = dataclasses.replace(cfg.model, norm="batch", use_dropout=False)
-    configs = {"BaselineNet": ("BaselineNet", dataclasses.replace(cfg, model=plain, dropouts=(0.0,))),
-               "DropoutNet": (f"DropoutNet p={rate:g}", dataclasses.replace(cfg, model=plain, dropouts=(rate,))),
-               "BatchNormNet": ("BatchNormNet", dataclasses.replace(cfg, model=batch, dropouts=(0.0,)))}
+    configs = {"BaselineNet": ("BaselineNet", cfg.replace(model=plain, dropouts=(0.0,))),
+               "DropoutNet": (f"DropoutNet p={rate:g}", cfg.replace(model=plain, dropouts=(rate,))),
+               "BatchNormNet": ("BatchNormNet", cfg.replace(model=batch, dropouts=(0.0,)))}
     return {model: config.grid(c, n_train, num_classes, label=label) for model, (label, c) in configs.items()}

@@ -45,8 +45,8 @@ def dropout_rate(cfg: config.Config) -> float:
 def pretrain_runs(cfg: config.Config, rate: float, n_train: int, classes: int) -> list[config.Run]:
     """BaselineNet and DropoutNet × seeds: one group (the dropout rate is a per-run value)."""
     model = dataclasses.replace(cfg.model, use_dropout=True)
-    base = config.grid(dataclasses.replace(cfg, model=model, dropouts=(0.0,)), n_train, classes, "BaselineNet")
-    drop = config.grid(dataclasses.replace(cfg, model=model, dropouts=(rate,)), n_train, classes,
+    base = config.grid(cfg.replace(model=model, dropouts=(0.0,)), n_train, classes, "BaselineNet")
+    drop = config.grid(cfg.replace(model=model, dropouts=(rate,)), n_train, classes,
                        f"DropoutNet p={rate:g}")
     return base + drop
 
@@ -62,9 +62,10 @@ def retrain_run(pre: config.Run, cfg: config.Config, frozen: tuple[str, ...], ck
 def main(cfg: config.Config) -> None:
     if cfg.model.name == "mlp":
         raise config.ConfigError("--model=mlp: transfer freezes the conv layers; use baseline or convnet")
+    cfg.single_group("transfer pretrains one architecture")
     rate = dropout_rate(cfg)
     n_train, n_val, swap = cfg.split
-    swapped = dataclasses.replace(cfg, split=(n_train, n_val, not swap))
+    swapped = cfg.replace(split=(n_train, n_val, not swap))
     parent = study.open_study(cfg, "transfer")
     ckpt_root = Path(FLAGS.checkpoint_dir).expanduser() / parent.root.name
     plan: dict = {}  # the pretraining runs, their checkpoints and the frozen layers, once the data is known

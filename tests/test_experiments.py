@@ -92,10 +92,41 @@ def test_lr_schedule_trains_both_schedules_in_one_group(tmp_path):
     assert [e["lr"] for e in static["epochs"]] == pytest.approx([0.05, 0.05])
 
 
+def test_flags_that_change_the_program_are_grid_axes_one_group_each(tmp_path):
+    """Hidden widths × norm: 4 groups (4 programs), one summary and one comparison figure,
+    configurations named by the values that vary."""
+    out = run("mlp_baseline", *SYNTH, "--model=mlp", "--hidden=16;8,8", "--norm=none,batch", "--init=he",
+              "--lr=0.05", f"--results_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("2 runs, model mlp") == 4 and "group 4/4]" in out.stdout
+    study = tmp_path / "mlp_baseline"
+    names = ["hidden=16,norm=none", "hidden=16,norm=batch", "hidden=8-8,norm=none", "hidden=8-8,norm=batch"]
+    assert list(json.loads((study / "summary.json").read_text())["configs"]) == names
+    assert (study / "figures" / "val_comparison.png").exists()
+    models = {r["config_name"]: r["config"]["model"] for r in records(study).values()}
+    assert models["hidden=8-8,norm=batch"]["hidden"] == [8, 8] and models["hidden=8-8,norm=batch"]["norm"] == "batch"
+
+
+def test_a_learning_rate_per_optimizer():
+    from cifar_jax import config
+
+    config.define_flags()
+    try:
+        config.FLAGS(["prog", "--optimizer=sgd,adam", "--lr=sgd:0.1,sgd:0.05,adam:0.001", "--seeds=2"])
+        cfg = config.from_flags()
+        runs = config.grid(cfg, 640, 10)
+    finally:
+        config.FLAGS.unparse_flags()
+    names = sorted({(r.config_name, r.spec.optimizer, r.hp["lr"]) for r in runs})
+    assert names == [("optimizer=adam,lr=0.001", "adam", 0.001), ("optimizer=sgd,lr=0.05", "sgd", 0.05),
+                     ("optimizer=sgd,lr=0.1", "sgd", 0.1)]
+    assert len(runs) == 6 and len({r.spec for r in runs}) == 2
+
+
 @pytest.mark.parametrize("flag,needle", [
     ("--lr=-1", "--lr"), ("--dropout=1.0", "--dropout"), ("--model=nope", "--model"),
     ("--batch_size=0", "--batch_size"), ("--split=60000/5000", "--split"),
-    ("--dataset=cifar10 --data_dir={tmp}/empty", "cifar-10-python.tar.gz"),
+    ("--dataset=cifar10 --data_dir={tmp}/empty", "cifar-10-python.tar.gz"), ("--lr=adam:0.1", "--lr"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, flag, needle):
     args = flag.format(tmp=tmp_path).split()
