@@ -107,20 +107,15 @@ def test_flags_that_change_the_program_are_grid_axes_one_group_each(tmp_path):
     assert models["hidden=8-8,norm=batch"]["hidden"] == [8, 8] and models["hidden=8-8,norm=batch"]["norm"] == "batch"
 
 
-def test_a_learning_rate_per_optimizer():
-    from cifar_jax import config
-
-    config.define_flags()
-    try:
-        config.FLAGS(["prog", "--optimizer=sgd,adam", "--lr=sgd:0.1,sgd:0.05,adam:0.001", "--seeds=2"])
-        cfg = config.from_flags()
-        runs = config.grid(cfg, 640, 10)
-    finally:
-        config.FLAGS.unparse_flags()
-    names = sorted({(r.config_name, r.spec.optimizer, r.hp["lr"]) for r in runs})
+def test_a_learning_rate_per_optimizer(tmp_path):
+    out = run("lr_sweep", *SYNTH, "--model=mlp", "--hidden=16", "--init=he", "--optimizer=sgd,adam",
+              "--lr=sgd:0.1,sgd:0.05,adam:0.001", f"--results_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    recs = records(tmp_path / "lr_sweep").values()
+    names = sorted({(r["config_name"], r["config"]["optimizer"], r["config"]["lr"]) for r in recs})
     assert names == [("optimizer=adam,lr=0.001", "adam", 0.001), ("optimizer=sgd,lr=0.05", "sgd", 0.05),
                      ("optimizer=sgd,lr=0.1", "sgd", 0.1)]
-    assert len(runs) == 6 and len({r.spec for r in runs}) == 2
+    assert len(recs) == 6 and out.stdout.count("runs, model mlp") == 2
 
 
 @pytest.mark.parametrize("flag,needle", [
