@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import functools
 import importlib.metadata
-import json
 import math
 import os
 import pathlib
@@ -362,16 +361,7 @@ def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
     """Append the record to `path` as one line of JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        f.write(json.dumps(record, default=_plain) + "\n")
-
-
-def _plain(obj: Any) -> Any:
-    """numpy scalars/arrays and paths as JSON values."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
+        f.write(results.to_json(record, indent=None))
 
 
 def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -20,6 +20,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cifar_jax import results
+
 ARRAYS = "arrays"
 METADATA = "metadata.json"
 Manifest = dict[str, dict[str, Any]]  # leaf path → {"shape": [...], "dtype": "float32"}
@@ -46,13 +48,6 @@ def _manifest(tree: Any) -> Manifest:
             for k, x in leaves}
 
 
-def _json_default(x: Any) -> Any:
-    """Let numpy scalars and arrays in metrics/configs serialise as plain JSON."""
-    if isinstance(x, (np.generic, np.ndarray, jax.Array)):
-        return np.asarray(x).tolist()
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
-
-
 def _replace_dir(new: Path, dest: Path) -> None:
     """Move a finished directory to `dest`, replacing any existing one (never leaving it half-written)."""
     if dest.exists():
@@ -77,7 +72,7 @@ def save(path: str | Path, params: Any, batch_stats: Any, *, metrics: dict, conf
     try:
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
             ckptr.save(tmp / ARRAYS, args=ocp.args.StandardSave(tree))
-        (tmp / METADATA).write_text(json.dumps(meta, indent=1, default=_json_default))
+        (tmp / METADATA).write_text(results.to_json(meta))
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

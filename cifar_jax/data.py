@@ -16,13 +16,14 @@ import os
 import pathlib
 import pickle
 import re
-import secrets
 import tarfile
 import urllib.request
 import zipfile
 import zlib
 
 import numpy as np
+
+from cifar_jax import results
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 
@@ -271,25 +272,19 @@ def _missing(name: str, spec: _Cifar, root: pathlib.Path, why: str) -> str:
 def _download(spec: _Cifar, root: pathlib.Path) -> pathlib.Path:
     """Fetches the official python-layout archive into root, checked against its pinned size and sha256."""
     dest = root / spec.python.tar
-    tmp = _temp_beside(dest)
     digest = hashlib.sha256()
     with urllib.request.urlopen(spec.url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
-        root.mkdir(parents=True, exist_ok=True)  # only once the server has answered
-        try:
-            with open(tmp, "xb") as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-            size = tmp.stat().st_size
+        with results.atomic_file(dest) as out:  # the folder is made once the server has answered
+            size = 0
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
             if size != spec.size or digest.hexdigest() != spec.sha256:
                 raise DataError(f"{spec.url}: downloaded {size} bytes with sha256 "
                                 f"{digest.hexdigest()}, expected {spec.size} bytes with sha256 "
                                 f"{spec.sha256}; the file was removed: try again, or download it "
                                 f"by hand and put it in {root}")
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     _log.info("downloaded %s to %s", spec.url, dest)
     return dest
 
@@ -423,16 +418,9 @@ def _read_npz(path: pathlib.Path, name: str) -> Dataset:
 def _write_npz(path: pathlib.Path, ds: Dataset) -> None:
     """Caches a dataset atomically (temp file, then rename); a failure only costs speed later."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temp_beside(path)
-        try:
-            with open(tmp, "xb") as f:
-                np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
-                         y_test=ds.y_test, classes=np.array(ds.classes, dtype=str))
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with results.atomic_file(path) as f:
+            np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
+                     y_test=ds.y_test, classes=np.array(ds.classes, dtype=str))
     except OSError as e:
         _log.warning("could not write the cache %s (%s); the next load reads the source again",
                      path, _one_line(e))
@@ -467,11 +455,6 @@ def _read_tfds(name: str, root: pathlib.Path) -> Dataset:
                  tuple(str(n) for n in label.names))
     _check(ds, f"tfds {name!r} in {root}", "check that it is an image classification set")
     return ds
-
-
-def _temp_beside(path: pathlib.Path) -> pathlib.Path:
-    """A fresh hidden name next to path, to write to and then rename (created with the umask)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def _one_line(error: BaseException) -> str:

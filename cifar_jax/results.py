@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import importlib.metadata
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import stats
@@ -49,22 +50,26 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def to_json(obj: Any) -> str:
-    """Serialise to indented JSON with NaN allowed and numpy values converted."""
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    """Serialise to JSON (one line with `indent` None) with NaN allowed and numpy values
+    converted; the one JSON encoder of the project."""
     try:
-        return json.dumps(obj, indent=2, default=_jsonable) + "\n"
+        return json.dumps(obj, indent=indent, default=_jsonable) + "\n"
     except (TypeError, ValueError) as err:
         raise ResultsError(f"cannot serialise to JSON: {err}") from None
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    """Write bytes via a synced temp file and rename, so readers never see a partial file."""
+@contextlib.contextmanager
+def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` only once the block has finished: written to a
+    temp file beside it, synced and renamed; on an error the temp file is removed. The one way
+    the project writes a file atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -73,7 +78,13 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """Write bytes atomically, so readers never see a partial file."""
+    with atomic_file(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def _fsync_dir(directory: Path) -> None:
