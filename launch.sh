@@ -24,8 +24,8 @@ command=$1
 shift
 case "$command" in
   setup|test) ;;
-  *) if [ ! -f "experiments/$command.py" ] || [ "$command" = __init__ ]; then
-       echo "launch.sh: no experiment '$command'; available: $(cd experiments && ls [a-z]*.py | sed 's/\.py$//' | tr '\n' ' ')" >&2
+  *) if ! grep -qs '^if __name__ == "__main__":' "experiments/$command.py"; then
+       echo "launch.sh: no experiment '$command'; available: $(cd experiments && grep -l '^if __name__ == "__main__":' [a-z]*.py | sed 's/\.py$//' | tr '\n' ' ')" >&2
        exit 2
      fi ;;
 esac

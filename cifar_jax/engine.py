@@ -27,8 +27,6 @@ from cifar_jax import layers, models, optim, preprocess, schedules
 CONV_IMPLS = ("auto", *layers.CONVS)
 LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
 HP_INT = ("seed", "schedule")
-HP_FLOAT = ("lr", "lr_min", "decay_rate", "decay_every", "staircase", "total_steps", "half_cycle",
-            "dropout", "l2", "momentum", "weight_decay", "init_scale", "noise_std", "salt_pepper")
 HP_DEFAULTS = dict(seed=0, schedule=0, **schedules.PARAM_DEFAULTS, dropout=0.0, l2=0.0,
                    momentum=0.9, weight_decay=0.0, init_scale=1.0, noise_std=0.0, salt_pepper=0.0)
 METRICS = ("loss", "acc", "top5")
