@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from cifar_jax import engine, models, optim, preprocess, schedules, splits
+from cifar_jax import engine, models, optim, options, preprocess, schedules, splits
 
 
 class ConfigError(ValueError):
@@ -41,26 +41,20 @@ def define_flags() -> None:
                   "a comma list is a grid axis.")
     f.DEFINE_string("init", "torch", "Weight init: torch (PyTorch default uniform), he, xavier, or normal "
                     "(N(0, σ²) with σ from --init_scale).")
-    f.DEFINE_list("init_scale", ["0.01"], "σ of --init=normal; a comma list is a grid axis.")
     f.DEFINE_list("lr", ["0.05"], "Learning rate (α0; η_max for --schedule=cyclic); a comma list is a grid axis; "
                   "OPTIMIZER:LR entries give each optimiser its own (--optimizer=sgd,adam --lr=sgd:0.05,adam:0.001).")
     f.DEFINE_string("schedule", "constant", f"LR schedule: {', '.join(schedules.SCHEDULES)}.")
     f.DEFINE_float("lr_min", 0.0, "End LR of linear/cosine; η_min of cyclic.")
-    f.DEFINE_list("decay_rate", ["0"], "k of inverse_time, γ of exponential/step; a comma list is a grid axis.")
     f.DEFINE_string("decay_unit", "epoch", "Unit of t in the decay schedules: epoch (LR changes once per "
                     "epoch) or step (every step).")
     f.DEFINE_float("decay_every", 1.0, "t advances by one every this many decay units (step schedule: 10 = every 10 epochs).")
     f.DEFINE_integer("half_cycle", 0, "n_s of the cyclic schedule, in steps (0: 5 epochs' worth, as in seeds/002).")
     f.DEFINE_list("optimizer", ["sgd"], f"Optimiser: {', '.join(optim.OPTIMIZERS)}; a comma list is a grid axis.")
-    f.DEFINE_list("momentum", ["0.9"], "Momentum of --optimizer=momentum/nesterov; a comma list is a grid axis.")
-    f.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay of --optimizer=adamw.")
-    f.DEFINE_list("l2", ["0"], "L2 penalty λ·ΣW² added to the loss (weights only); a comma list is a grid axis.")
     f.DEFINE_list("clip_norm", ["0"], "Clip gradients to this global norm (0: off); a comma list is a grid axis.")
     f.DEFINE_list("batch_size", ["64"], "Training batch size (the last partial batch of an epoch is dropped); "
                   "a comma list is a grid axis.")
     f.DEFINE_list("epochs", ["50"], "Training epochs; a comma list is a grid axis.")
     f.DEFINE_list("seeds", ["5"], "A count n (seeds 0..n-1) or a comma list of seeds.")
-    f.DEFINE_list("dropout", ["0"], "Dropout rate on hidden dense activations, in [0, 1); a comma list is a grid axis.")
     f.DEFINE_string("split", "45000/5000", "train/validation sizes drawn from the official training set; "
                     "append :swap to exchange them (transfer studies).")
     f.DEFINE_integer("split_seed", 0, "Seed of the train/validation split (shared by every run).")
@@ -68,8 +62,8 @@ def define_flags() -> None:
                     "(statistics from the training split only).")
     f.DEFINE_list("augment", ["none"], f"Training augmentation: {', '.join(preprocess.AUGMENTATIONS)}; a comma "
                   "list is a grid axis.")
-    f.DEFINE_float("noise_std", 0.0, "Gaussian input noise σ on normalised training inputs.")
-    f.DEFINE_float("salt_pepper", 0.0, "Fraction of training inputs set to salt-and-pepper noise.")
+    for o in options.RUN_OPTIONS.values():
+        f.DEFINE_list(o.name, [f"{o.default:g}"], f"{o.help} Allowed: {o.interval}; a comma list is a grid axis.")
     f.DEFINE_string("layout", "auto", f"How a group runs: {', '.join(engine.LAYOUTS)} (auto: the measured-fastest "
                     "for the backend and model; every layout gives the same numbers).")
     f.DEFINE_string("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master "
@@ -102,26 +96,18 @@ class Config:
     lrs: tuple[float, ...]
     schedule: str
     lr_min: float
-    decay_rates: tuple[float, ...]
     decay_unit: str
     decay_every: float
     half_cycle: int
     optimizer: str
-    momentums: tuple[float, ...]
-    weight_decay: float
-    l2s: tuple[float, ...]
     clip_norm: float
     batch_size: int
     epochs: int
     seeds: tuple[int, ...]
-    dropouts: tuple[float, ...]
-    init_scales: tuple[float, ...]
     split: tuple[int, int, bool]
     split_seed: int
     normalization: str
     augment: str
-    noise_std: float
-    salt_pepper: float
     layout: str
     precision: str
     conv_impl: str
@@ -131,15 +117,22 @@ class Config:
     eval_train: bool
     download: bool
     distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
+    per_run: tuple[tuple[str, tuple[float, ...]], ...]  # every options.RUN_OPTIONS name → its values
     # every combination of the group-level flags (GROUP_AXES, and the LRs that go with each
     # optimiser) as (field, value) pairs; the scalar fields above hold the first
     variants: tuple[tuple[tuple[str, Any], ...], ...] = ((),)
 
+    def values(self, option: str) -> tuple[float, ...]:
+        """The values of a per-run option (`options.RUN_OPTIONS`)."""
+        return dict(self.per_run)[option]
+
     def replace(self, **changes: Any) -> Config:
-        """A copy with `changes`; a group-level field given here stops varying (every variant
-        takes the new value)."""
-        kept = dict.fromkeys(tuple((k, v) for k, v in variant if k not in changes) for variant in self.variants)
-        return dataclasses.replace(self, variants=tuple(kept) or ((),), **changes)
+        """A copy with `changes` (fields, or per-run options by name with a tuple of values); a
+        group-level field given here stops varying (every variant takes the new value)."""
+        per_run = {**dict(self.per_run), **{k: v for k, v in changes.items() if k in options.RUN_OPTIONS}}
+        fields = {k: v for k, v in changes.items() if k not in options.RUN_OPTIONS}
+        kept = dict.fromkeys(tuple((k, v) for k, v in variant if k not in fields) for variant in self.variants)
+        return dataclasses.replace(self, variants=tuple(kept) or ((),), per_run=tuple(per_run.items()), **fields)
 
     def single_group(self, why: str) -> None:
         """Refuse several values of a group-level flag where a study sets its own architectures."""
@@ -260,39 +253,37 @@ def _variants(fl: Any, dropouts: tuple[float, ...]) -> list[dict[str, Any]]:
     return [{**dict(zip(axes, values)), "lrs": lrs[values[1]]} for values in itertools.product(*axes.values())]
 
 
+def _option_values(option: options.Option, values: Sequence[str]) -> tuple[float, ...]:
+    """Parse and check a per-run option's comma list."""
+    return _floats(option.name, values, option.low, option.high, lo_open=option.low_open,
+                   hi_open=option.high_open or option.high == math.inf, what=f"must be {option.interval}")
+
+
 def from_flags(fl: Any = None) -> Config:
     """Validate the parsed core flags into a Config (raises ConfigError, one line). The scalar
     fields hold the first combination of the group-level flags; `variants` holds them all."""
     fl = fl or FLAGS
-    dropouts = _floats("dropout", fl.dropout, 0.0, 1.0, hi_open=True, what="dropout rates must be in [0, 1)")
-    variants = _variants(fl, dropouts)
+    per_run = {o.name: _option_values(o, getattr(fl, o.name)) for o in options.RUN_OPTIONS.values()}
+    variants = _variants(fl, per_run["dropout"])
     try:
         split = splits.parse_split(fl.split)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     _positive("eval_batch_size", fl.eval_batch_size)
-    for flag in ("weight_decay", "lr_min", "noise_std", "half_cycle", "memory_limit_gb"):
+    for flag in ("lr_min", "half_cycle", "memory_limit_gb"):
         _positive(flag, getattr(fl, flag), strict=False)
     _positive("decay_every", fl.decay_every)
-    if not 0 <= fl.salt_pepper < 1:
-        raise ConfigError(f"--salt_pepper={fl.salt_pepper}: must be in [0, 1)")
     schedule = _choice("schedule", fl.schedule, list(schedules.SCHEDULES))
     if schedule == "cyclic" and fl.lr_min >= min(min(v["lrs"]) for v in variants):
         raise ConfigError(f"--lr_min={fl.lr_min}: must be below every --lr (η_max) for the cyclic schedule")
     return Config(
         dataset=fl.dataset, data_dir=fl.data_dir, results_dir=fl.results_dir, name=fl.name,
         schedule=schedule, lr_min=fl.lr_min,
-        decay_rates=_floats("decay_rate", fl.decay_rate, 0.0, math.inf, what="decay rates must be >= 0"),
         decay_unit=_choice("decay_unit", fl.decay_unit, ("epoch", "step")), decay_every=fl.decay_every,
         half_cycle=fl.half_cycle,
-        momentums=_floats("momentum", fl.momentum, 0.0, 1.0, hi_open=True, what="momentum must be in [0, 1)"),
-        weight_decay=fl.weight_decay,
-        l2s=_floats("l2", fl.l2, 0.0, math.inf, what="L2 λ must be >= 0"),
-        seeds=parse_seeds(fl.seeds), dropouts=dropouts,
-        init_scales=_floats("init_scale", fl.init_scale, 0.0, math.inf, lo_open=True, what="σ must be > 0"),
+        seeds=parse_seeds(fl.seeds), per_run=tuple(per_run.items()),
         split=split, split_seed=fl.split_seed,
         normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS),
-        noise_std=fl.noise_std, salt_pepper=fl.salt_pepper,
         layout=_choice("layout", fl.layout, engine.LAYOUTS),
         precision=_choice("precision", fl.precision, list(models.PRECISIONS)),
         conv_impl=_choice("conv_impl", fl.conv_impl, engine.CONV_IMPLS),
@@ -356,7 +347,8 @@ def group_spec(cfg: Config, num_classes: int) -> engine.GroupSpec:
     """The static part shared by every run of the flags' grid."""
     return engine.GroupSpec(
         model=dataclasses.replace(cfg.model, num_classes=num_classes), optimizer=cfg.optimizer,
-        batch_size=cfg.batch_size, augment=cfg.augment, noise=cfg.noise_std > 0 or cfg.salt_pepper > 0,
+        batch_size=cfg.batch_size, augment=cfg.augment,
+        noise=max(cfg.values("noise_std") + cfg.values("salt_pepper")) > 0,
         clip_norm=cfg.clip_norm or None, eval_batch_size=cfg.eval_batch_size, precision=cfg.precision,
         conv_impl=cfg.conv_impl)
 
@@ -399,16 +391,14 @@ def _shown(variant: dict[str, Any]) -> dict[str, str]:
 def _grid_one(cfg: Config, n_train: int, num_classes: int, prefix: list[str]) -> list[Run]:
     """The per-run grid of one group: every combination of the per-run flags × every seed."""
     spe = n_train // cfg.batch_size
-    axes = {"lr": cfg.lrs, "decay_rate": cfg.decay_rates, "dropout": cfg.dropouts, "l2": cfg.l2s,
-            "momentum": cfg.momentums, "init_scale": cfg.init_scales}
+    axes = {"lr": cfg.lrs, **dict(cfg.per_run)}
     varying = [k for k, v in axes.items() if len(v) > 1]
     spec = group_spec(cfg, num_classes)
     runs = []
     for values in itertools.product(*axes.values()):
         v = dict(zip(axes, values))
         name = ",".join(prefix + [f"{k}={v[k]:g}" for k in varying]) or "default"
-        hp = {**schedule_hparams(cfg, v["lr"], v["decay_rate"], spe), "dropout": v["dropout"],
-              "l2": v["l2"], "momentum": v["momentum"], "weight_decay": cfg.weight_decay,
-              "init_scale": v["init_scale"], "noise_std": cfg.noise_std, "salt_pepper": cfg.salt_pepper}
+        hp = {**schedule_hparams(cfg, v["lr"], v["decay_rate"], spe),
+              **{name: v[name] for name in options.RUN_OPTIONS}}
         runs += [Run(name, s, spec, {**hp, "seed": s}, cfg.epochs, data_config(cfg)) for s in cfg.seeds]
     return runs

@@ -22,13 +22,13 @@ import optax
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cifar_jax import layers, models, optim, preprocess, schedules
+from cifar_jax import layers, models, optim, options, preprocess, schedules
 
 CONV_IMPLS = ("auto", *layers.CONVS)
 LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
 HP_INT = ("seed", "schedule")
-HP_DEFAULTS = dict(seed=0, schedule=0, **schedules.PARAM_DEFAULTS, dropout=0.0, l2=0.0,
-                   momentum=0.9, weight_decay=0.0, init_scale=1.0, noise_std=0.0, salt_pepper=0.0)
+HP_DEFAULTS = dict(seed=0, schedule=0, **{**schedules.PARAM_DEFAULTS,
+                                           **{k: o.default for k, o in options.RUN_OPTIONS.items()}})
 METRICS = ("loss", "acc", "top5")
 
 

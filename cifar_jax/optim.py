@@ -24,11 +24,11 @@ def make(name: str, lr: jax.Array | float, hp: Mapping[str, jax.Array],
     elif name in ("momentum", "nesterov"):
         tx = optax.sgd(lr, momentum=hp["momentum"], nesterov=name == "nesterov")
     elif name == "rmsprop":
-        tx = optax.rmsprop(lr, decay=0.9, eps=1e-8)
+        tx = optax.rmsprop(lr, decay=hp["rmsprop_decay"], eps=hp["rmsprop_eps"])
     elif name == "adam":
-        tx = optax.adam(lr)
+        tx = optax.adam(lr, b1=hp["adam_b1"], b2=hp["adam_b2"], eps=hp["adam_eps"])
     elif name == "adamw":
-        tx = optax.adamw(lr, weight_decay=hp["weight_decay"])
+        tx = optax.adamw(lr, b1=hp["adam_b1"], b2=hp["adam_b2"], eps=hp["adam_eps"], weight_decay=hp["weight_decay"])
     else:
         raise ValueError(f"--optimizer={name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
     return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm else tx

@@ -20,7 +20,6 @@ flags.DEFINE_integer("landscape_points", 40, "Number of LRs in the landscape gri
 FLAGS = flags.FLAGS
 
 TITLE = "LR landscape"
-OTHER_AXES = ("decay_rates", "dropouts", "l2s", "momentums", "init_scales")
 
 
 def landscape_lrs() -> tuple[float, ...]:
@@ -40,12 +39,9 @@ def landscape_config(cfg: config.Config) -> config.Config:
     """The flags' config with the landscape grid as its only grid axis."""
     cfg.single_group("the landscape varies only the learning rate")
     lrs = landscape_lrs()
-    varying = [name for name in OTHER_AXES if len(getattr(cfg, name)) > 1]
+    varying = [name for name, values in cfg.per_run if len(values) > 1]
     if varying:
-        names = {"decay_rates": "decay_rate", "dropouts": "dropout", "l2s": "l2", "momentums": "momentum",
-                 "init_scales": "init_scale"}
-        raise config.ConfigError(f"--{names[varying[0]]}: the landscape varies only the learning rate; "
-                                 "give one value")
+        raise config.ConfigError(f"--{varying[0]}: the landscape varies only the learning rate; give one value")
     return cfg.replace(lrs=lrs)
 
 

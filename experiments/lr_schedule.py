@@ -34,10 +34,10 @@ def schedule_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.R
     """The scheduled runs, after the static-LR runs they are compared with (--compare_lr)."""
     n_train, classes = len(prepared.train_idx), prepared.dataset.num_classes
     label = cfg.schedule + (f" lr0={cfg.lrs[0]:g}" if len(cfg.lrs) == 1 else "") + (
-        f" k={cfg.decay_rates[0]:g}" if len(cfg.decay_rates) == 1 and cfg.schedule != "constant" else "")
+        f" k={cfg.values('decay_rate')[0]:g}" if len(cfg.values("decay_rate")) == 1 and cfg.schedule != "constant" else "")
     runs = config.grid(cfg, n_train, classes, label=label)
     if FLAGS.compare_lr:
-        static = cfg.replace(schedule="constant", lrs=(FLAGS.compare_lr,), decay_rates=(0.0,))
+        static = cfg.replace(schedule="constant", lrs=(FLAGS.compare_lr,), decay_rate=(0.0,))
         runs = config.grid(static, n_train, classes, label=f"constant lr={FLAGS.compare_lr:g}") + runs
     return runs
 

@@ -29,7 +29,7 @@ def model_runs(cfg: config.Config, n_train: int, num_classes: int, rate: float) 
     """Per model (BaselineNet, DropoutNet, BatchNormNet): its runs, every seed."""
     plain = dataclasses.replace(cfg.model, norm="none", use_dropout=True)
     batch = dataclasses.replace(cfg.model, norm="batch", use_dropout=False)
-    configs = {"BaselineNet": ("BaselineNet", cfg.replace(model=plain, dropouts=(0.0,))),
-               "DropoutNet": (f"DropoutNet p={rate:g}", cfg.replace(model=plain, dropouts=(rate,))),
-               "BatchNormNet": ("BatchNormNet", cfg.replace(model=batch, dropouts=(0.0,)))}
+    configs = {"BaselineNet": ("BaselineNet", cfg.replace(model=plain, dropout=(0.0,))),
+               "DropoutNet": (f"DropoutNet p={rate:g}", cfg.replace(model=plain, dropout=(rate,))),
+               "BatchNormNet": ("BatchNormNet", cfg.replace(model=batch, dropout=(0.0,)))}
     return {model: config.grid(c, n_train, num_classes, label=label) for model, (label, c) in configs.items()}

@@ -45,8 +45,8 @@ def dropout_rate(cfg: config.Config) -> float:
 def pretrain_runs(cfg: config.Config, rate: float, n_train: int, classes: int) -> list[config.Run]:
     """BaselineNet and DropoutNet × seeds: one group (the dropout rate is a per-run value)."""
     model = dataclasses.replace(cfg.model, use_dropout=True)
-    base = config.grid(cfg.replace(model=model, dropouts=(0.0,)), n_train, classes, "BaselineNet")
-    drop = config.grid(cfg.replace(model=model, dropouts=(rate,)), n_train, classes,
+    base = config.grid(cfg.replace(model=model, dropout=(0.0,)), n_train, classes, "BaselineNet")
+    drop = config.grid(cfg.replace(model=model, dropout=(rate,)), n_train, classes,
                        f"DropoutNet p={rate:g}")
     return base + drop
 

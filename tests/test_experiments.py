@@ -107,21 +107,30 @@ def test_flags_that_change_the_program_are_grid_axes_one_group_each(tmp_path):
     assert models["hidden=8-8,norm=batch"]["hidden"] == [8, 8] and models["hidden=8-8,norm=batch"]["norm"] == "batch"
 
 
-def test_a_learning_rate_per_optimizer(tmp_path):
+def test_a_learning_rate_per_optimizer_and_optimizer_options_as_axes(tmp_path):
+    """Two optimisers (two groups), each with its own LRs; Adam's β2 (an entry of the options
+    table) is a per-run axis like any other."""
     out = run("lr_sweep", *SYNTH, "--model=mlp", "--hidden=16", "--init=he", "--optimizer=sgd,adam",
-              "--lr=sgd:0.1,sgd:0.05,adam:0.001", f"--results_dir={tmp_path}")
+              "--lr=sgd:0.1,sgd:0.05,adam:0.001", "--adam_b2=0.99,0.999", "--seeds=1", f"--results_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     recs = records(tmp_path / "lr_sweep").values()
-    names = sorted({(r["config_name"], r["config"]["optimizer"], r["config"]["lr"]) for r in recs})
-    assert names == [("optimizer=adam,lr=0.001", "adam", 0.001), ("optimizer=sgd,lr=0.05", "sgd", 0.05),
-                     ("optimizer=sgd,lr=0.1", "sgd", 0.1)]
-    assert len(recs) == 6 and out.stdout.count("runs, model mlp") == 2
+    names = sorted((r["config_name"], r["config"]["optimizer"], r["config"]["lr"], r["config"]["adam_b2"]) for r in recs)
+    assert names == [("optimizer=adam,lr=0.001,adam_b2=0.99", "adam", 0.001, 0.99),
+                     ("optimizer=adam,lr=0.001,adam_b2=0.999", "adam", 0.001, 0.999),
+                     ("optimizer=sgd,lr=0.05,adam_b2=0.99", "sgd", 0.05, 0.99),
+                     ("optimizer=sgd,lr=0.05,adam_b2=0.999", "sgd", 0.05, 0.999),
+                     ("optimizer=sgd,lr=0.1,adam_b2=0.99", "sgd", 0.1, 0.99),
+                     ("optimizer=sgd,lr=0.1,adam_b2=0.999", "sgd", 0.1, 0.999)]
+    assert out.stdout.count("runs, model mlp") == 2
+    adam = {r["config"]["adam_b2"]: r["epochs"][-1]["train_loss"] for r in recs if r["config"]["optimizer"] == "adam"}
+    assert adam[0.99] != adam[0.999]  # β2 reached the optimiser
 
 
 @pytest.mark.parametrize("flag,needle", [
     ("--lr=-1", "--lr"), ("--dropout=1.0", "--dropout"), ("--model=nope", "--model"),
     ("--batch_size=0", "--batch_size"), ("--split=60000/5000", "--split"),
     ("--dataset=cifar10 --data_dir={tmp}/empty", "cifar-10-python.tar.gz"), ("--lr=adam:0.1", "--lr"),
+    ("--l2=inf", "--l2"), ("--adam_b2=1", "--adam_b2"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, flag, needle):
     args = flag.format(tmp=tmp_path).split()
