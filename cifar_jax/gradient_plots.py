@@ -8,19 +8,16 @@ Each figure function writes one 150 dpi PNG (matplotlib `Figure`, Agg canvas) an
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
 import re
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cifar_jax import plots, results
+from cifar_jax import plots
 from cifar_jax.results import ResultsError
 
 # Okabe–Ito: distinguishable under the common colour-vision deficiencies (yellow last: weak on white).
@@ -111,22 +108,6 @@ def _window(stats: dict, window: str, column: str) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- figure helpers
 
-def _styled(fn: Callable[..., Path]) -> Callable[..., Path]:
-    """Run a figure function under the project's publication style (cifar_jax.plots.STYLE)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs) -> Path:
-        with matplotlib.rc_context(plots.STYLE):
-            return fn(*args, **kwargs)
-    return wrapper
-
-
-def _save(fig: Figure, path: Path | str) -> Path:
-    """Render to PNG in memory and write it atomically."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=plots.DPI)
-    return results.atomic_write_bytes(path, buffer.getvalue())
-
-
 def _log_limits(means: np.ndarray, stds: np.ndarray) -> tuple[float, float]:
     """Log-axis y limits around bars `means` with whiskers ± `stds` (NaN and values <= 0 ignored)."""
     lows = np.concatenate([means.ravel(), (means - stds).ravel()])
@@ -160,17 +141,6 @@ def _tensor_axis(ax: Axes, tensors: Sequence[str]) -> None:
     ax.grid(axis="x", visible=False)
 
 
-def _figure_legend(fig: Figure, axes: Iterable[Axes]) -> None:
-    """One legend below the panels, each label once."""
-    handles: dict[str, object] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(6, len(handles)),
-                   frameon=False)
-
-
 def _select(values: dict[str, float], tensors: Sequence[str]) -> np.ndarray:
     """Values of `tensors` (NaN where absent)."""
     return np.array([values.get(t, np.nan) for t in tensors], dtype=np.float64)
@@ -188,7 +158,7 @@ def _tensors(gradient: Gradients, tensors: Sequence[str] | None) -> list[str]:
 
 # ----------------------------------------------------------------------------- figures
 
-@_styled
+@plots.styled
 def layer_gradients(record: dict, path: Path | str, title: str, tensors: Sequence[str] | None = None) -> Path:
     """Mean |g| ± std per parameter tensor of one run, first 5 vs last 5 training steps side by side (log y)."""
     grads = gradients(record)
@@ -210,10 +180,10 @@ def layer_gradients(record: dict, path: Path | str, title: str, tensors: Sequenc
     ax.set_xlabel("parameter tensor (input → output)")
     ax.legend(frameon=False, loc="upper left", ncol=3)
     ax.set_title(f"{title}\n{ERRORBAR_NOTE}", fontsize=10)
-    return _save(fig, path)
+    return plots.save(fig, path)
 
 
-@_styled
+@plots.styled
 def gradient_comparison(records: dict[str, dict], path: Path | str, title: str,
                         tensors: Sequence[str] | None = None) -> Path:
     """One panel per metric (mean |g| and std |g|, first and last 5 steps), bars per tensor, one colour
@@ -243,11 +213,11 @@ def gradient_comparison(records: dict[str, dict], path: Path | str, title: str,
         axes[r, 0].set_ylabel(f"{stat} of |∂L/∂θ| per element")
     axes[0, 0].set_ylim(floor, top)
     fig.suptitle(f"{title}\nno bar: the model has no such tensor (a layer feeding batch norm has no bias)", fontsize=12)
-    _figure_legend(fig, axes.flat)
-    return _save(fig, path)
+    plots.figure_legend(fig, axes.flat, ncol=6)
+    return plots.save(fig, path)
 
 
-@_styled
+@plots.styled
 def gradient_norms(records: dict[str, dict], path: Path | str, title: str) -> Path:
     """‖g‖ of every weight tensor per epoch (mean over the epoch's steps), one panel per model
     (label → record), log y: vanishing or exploding gradients show as falling or rising lines."""
@@ -271,8 +241,8 @@ def gradient_norms(records: dict[str, dict], path: Path | str, title: str) -> Pa
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("‖∂L/∂W‖₂ (mean over the epoch's steps)")
     fig.suptitle(title)
-    _figure_legend(fig, axes)
-    return _save(fig, path)
+    plots.figure_legend(fig, axes, ncol=6)
+    return plots.save(fig, path)
 
 
 # ----------------------------------------------------------------------------- table

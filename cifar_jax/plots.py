@@ -115,7 +115,7 @@ def _no_data(ax: Axes, text: str) -> None:
     ax.set_yticks([])
 
 
-def _figure_legend(fig: Figure, axes: Sequence[Axes], ncol: int = 5) -> None:
+def figure_legend(fig: Figure, axes: Sequence[Axes], ncol: int = 5) -> None:
     """One legend below the panels with each label once."""
     handles: dict[str, object] = {}
     for ax in axes:
@@ -126,14 +126,14 @@ def _figure_legend(fig: Figure, axes: Sequence[Axes], ncol: int = 5) -> None:
                    ncol=min(ncol, len(handles)), frameon=False)
 
 
-def _save(fig: Figure, path: Path | str, crop: bool = False) -> Path:
+def save(fig: Figure, path: Path | str, crop: bool = False) -> Path:
     """Render to PNG in memory (cropped to content when the figure has no layout engine), write atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if crop else None)
     return results.atomic_write_bytes(path, buffer.getvalue())
 
 
-def _styled(fn: Callable[..., Path]) -> Callable[..., Path]:
+def styled(fn: Callable[..., Path]) -> Callable[..., Path]:
     """Run a plot function under the module's publication style."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> Path:
@@ -173,7 +173,7 @@ def _seed_panel(ax: Axes, records: list[dict], key: str) -> None:
         _no_data(ax, "no data (no validation split?)" if key.startswith("val") else "no data")
 
 
-@_styled
+@styled
 def four_panel(records: list[dict], path: Path | str, title: str) -> Path:
     """Train/val loss and accuracy vs epoch for the seeds of ONE configuration."""
     fig = Figure(figsize=(10, 7.5), layout="constrained")
@@ -186,8 +186,8 @@ def four_panel(records: list[dict], path: Path | str, title: str) -> Path:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
-    _figure_legend(fig, axes.flat, ncol=4)
-    return _save(fig, path)
+    figure_legend(fig, axes.flat, ncol=4)
+    return save(fig, path)
 
 
 def _comparison_panel(ax: Axes, records_by_config: dict[str, list[dict]], key: str, smooth: int) -> None:
@@ -208,7 +208,7 @@ def _comparison_panel(ax: Axes, records_by_config: dict[str, list[dict]], key: s
         _no_data(ax, "no validation data")
 
 
-@_styled
+@styled
 def val_comparison(records_by_config: dict[str, list[dict]], path: Path | str, title: str,
                    smooth: int = 5) -> Path:
     """Mean validation accuracy and loss per configuration, moving-average smoothed, ±1 std band."""
@@ -223,13 +223,13 @@ def val_comparison(records_by_config: dict[str, list[dict]], path: Path | str, t
     note = f" (centred {smooth}-epoch moving average, band ±1 std across seeds)" if smooth > 1 else \
         " (band ±1 std across seeds)"
     fig.suptitle(title + note)
-    _figure_legend(fig, axes)
-    return _save(fig, path)
+    figure_legend(fig, axes)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- tables and data
 
-@_styled
+@styled
 def test_table(summary: dict, path: Path | str, title: str, metrics: Sequence[str] = TEST_METRICS) -> Path:
     """The mean ± std test table as a figure, best value per metric bold on a coloured cell."""
     header, rows, flags = results.table_rows(summary, metrics)
@@ -252,10 +252,10 @@ def test_table(summary: dict, path: Path | str, title: str, metrics: Sequence[st
                 table[r, col].set_facecolor(BEST_CELL)
                 table[r, col].get_text().set_fontweight("bold")
     ax.set_title(f"{title}\nmean ± std across seeds; best per metric highlighted", pad=12)
-    return _save(fig, path, crop=True)
+    return save(fig, path, crop=True)
 
 
-@_styled
+@styled
 def schedule_shapes(curves: dict[str, np.ndarray], path: Path | str, title: str, xlabel: str = "epoch") -> Path:
     """Learning rate vs epoch (x = 1..len) for several schedule shapes, one line each."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
@@ -269,10 +269,10 @@ def schedule_shapes(curves: dict[str, np.ndarray], path: Path | str, title: str,
     ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.legend(frameon=False)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-@_styled
+@styled
 def class_distribution(labels_by_split: dict[str, np.ndarray], classes: tuple[str, ...], path: Path | str,
                        title: str = "Images per class") -> Path:
     """Count of images per class, one bar-chart panel per split (train/val/test)."""
@@ -296,7 +296,7 @@ def class_distribution(labels_by_split: dict[str, np.ndarray], classes: tuple[st
         ax.margins(y=0.15)
         ax.grid(axis="x", visible=False)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- learning rate
@@ -325,7 +325,7 @@ def _range_panel(ax: Axes, points: list[tuple[float, float, bool]], diverged_at:
         _no_data(ax, "no validation data")
 
 
-@_styled
+@styled
 def lr_range(records: list[dict], path: Path | str, title: str = "Learning-rate range test") -> Path:
     """Final train loss and validation accuracy against learning rate (log axis), chance level dotted."""
     if not records:
@@ -353,11 +353,11 @@ def _finish_pair(fig: Figure, title: str, xlabel: str, panels: tuple, path: Path
         ax.set_ylabel(unit)
         ax.set_title(name)
     fig.suptitle(title)
-    _figure_legend(fig, [p[0] for p in panels])
-    return _save(fig, path)
+    figure_legend(fig, [p[0] for p in panels])
+    return save(fig, path)
 
 
-@_styled
+@styled
 def lr_curves(records: list[dict], path: Path | str, title: str = "Learning rate per epoch") -> Path:
     """The learning rate each configuration actually used per epoch (from its first seed with data)."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
@@ -380,7 +380,7 @@ def lr_curves(records: list[dict], path: Path | str, title: str = "Learning rate
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("learning rate")
     ax.set_title(title)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------- dropout
@@ -401,7 +401,7 @@ def _gap_panel(ax: Axes, rows: list[dict], key: str, scale: float, color: tuple)
     ax.set_xticks(np.unique(rates))
 
 
-@_styled
+@styled
 def generalisation_gap(rows: list[dict], path: Path | str, title: str) -> Path:
     """Final train − val accuracy and loss gaps vs dropout rate (rows: rate, acc_gap and loss_gap statistics)."""
     if not rows:
@@ -424,7 +424,7 @@ def _band(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return mean, lo, hi
 
 
-@_styled
+@styled
 def lr_landscape(rows: list[dict], path: Path | str, title: str, best_lr: float | None = None,
                  boundary: float | None = None, chance: float | None = None) -> Path:
     """Final validation and test accuracy against learning rate (log axis), mean across the seeds
@@ -481,5 +481,5 @@ def lr_landscape(rows: list[dict], path: Path | str, title: str, best_lr: float 
             ax.axvspan(boundary, lrs.max() * 1.2, color=PALETTE[3], alpha=0.06, lw=0)
     ax_div.set_xlim(lrs.min() / 1.2, lrs.max() * 1.2)
     fig.suptitle(title)
-    _figure_legend(fig, (ax_acc, ax_div), ncol=2)
-    return _save(fig, path)
+    figure_legend(fig, (ax_acc, ax_div), ncol=2)
+    return save(fig, path)
