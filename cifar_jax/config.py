@@ -118,8 +118,8 @@ class Config:
     download: bool
     distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
     per_run: tuple[tuple[str, tuple[float, ...]], ...]  # every options.RUN_OPTIONS name → its values
-    # every combination of the group-level flags (GROUP_AXES, and the LRs that go with each
-    # optimiser) as (field, value) pairs; the scalar fields above hold the first
+    # every combination of the program-changing flags (and the LRs of its optimiser) as
+    # (field, value) pairs (see _variants); the scalar fields above hold the first
     variants: tuple[tuple[tuple[str, Any], ...], ...] = ((),)
 
     def values(self, option: str) -> tuple[float, ...]:
@@ -232,12 +232,9 @@ def _learning_rates(values: Sequence[str], optimizers: tuple[str, ...]) -> dict[
     return {o: _floats("lr", per[o], 0.0, math.inf, lo_open=True, what=what) for o in optimizers}
 
 
-# The flags that change the compiled program: each value (combination) is a group of its own.
-GROUP_AXES = ("model", "optimizer", "batch_size", "epochs", "augment", "clip_norm")
-
-
 def _variants(fl: Any, dropouts: tuple[float, ...]) -> list[dict[str, Any]]:
-    """Every combination of the group-level flags' values, as Config field overrides."""
+    """Every combination of the flags that change the compiled program (each combination is a
+    group of its own), as Config field overrides, with the learning rates of its optimiser."""
     names, norms = _choices("model", fl.model, models.MODELS), _choices("norm", fl.norm, models.NORMS)
     init = _choice("init", fl.init, models.INITS)
     hidden = _hidden_lists(fl.hidden) if "mlp" in names else ((),)
@@ -250,7 +247,8 @@ def _variants(fl: Any, dropouts: tuple[float, ...]) -> list[dict[str, Any]]:
     axes = {"model": model_configs, "optimizer": optimizers, "batch_size": _ints("batch_size", fl.batch_size),
             "epochs": _ints("epochs", fl.epochs), "augment": _choices("augment", fl.augment, preprocess.AUGMENTATIONS),
             "clip_norm": clips}
-    return [{**dict(zip(axes, values)), "lrs": lrs[values[1]]} for values in itertools.product(*axes.values())]
+    combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    return [{**combo, "lrs": lrs[combo["optimizer"]]} for combo in combos]
 
 
 def _option_values(option: options.Option, values: Sequence[str]) -> tuple[float, ...]:
