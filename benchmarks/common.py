@@ -1,4 +1,4 @@
-"""What both benchmarks share: the workloads, their data, timing `engine.train` through its
+"""What both benchmarks share: the workloads, their data, timing `engine.train_group` through its
 callbacks, peak memory, the JSONL record and the text tables."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import data, engine, models, results, schedules, splits
+from cifar_jax import data, engine, models, results, run_record, schedules, splits, train
 
 DEFAULT_DATA_DIR = "~/.cache/cifar10-shared"
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -40,7 +40,7 @@ class Workload:
     schedule: str = "constant"  # or "cyclic": lr_min → lr → lr_min, one cycle over all steps
     lr_min: float = 0.0
     l2: float = 0.0
-    conv_impl: str = "auto"  # cifar_jax's convolution implementation (engine.CONV_IMPLS)
+    conv_impl: str = "auto"  # cifar_jax's convolution implementation (layers.CONV_IMPLS)
     precision: str = "fp32"  # cifar_jax's compute precision (models.PRECISIONS)
 
     @property
@@ -54,9 +54,9 @@ class Workload:
         return max(1, self.steps_per_epoch * self.epochs // 2)
 
     @property
-    def spec(self) -> engine.GroupSpec:
+    def spec(self) -> train.GroupSpec:
         """The engine's static group description (plain SGD)."""
-        return engine.GroupSpec(self.model, "sgd", self.batch_size, precision=self.precision,
+        return train.GroupSpec(self.model, "sgd", self.batch_size, precision=self.precision,
                                 conv_impl=self.conv_impl)
 
     def resized(self, runs: int | None = None, epochs: int | None = None, **changes: Any) -> Workload:
@@ -68,7 +68,7 @@ class Workload:
     def hparams(self) -> dict[str, np.ndarray]:
         """Per-run engine hyperparameters, stacked along the run axis."""
         cyclic = dict(lr_min=self.lr_min, half_cycle=float(self.half_cycle))
-        return engine.stack_hparams([
+        return train.stack_hparams([
             dict(seed=seed, lr=lr, l2=self.l2, schedule=schedules.SCHEDULE_IDS[self.schedule],
                  **(cyclic if self.schedule == "cyclic" else {})) for seed, lr in self.runs])
 
@@ -146,11 +146,11 @@ def training_split(images: Images, w: Workload) -> Split:
     return train_idx, mean, std
 
 
-def device_data(images: Images, split: Split) -> engine.Data:
+def device_data(images: Images, split: Split) -> train.Data:
     """The images and split on the device, with empty validation and test sets: epochs then time
     training only, and no evaluation program is compiled."""
     train_idx, mean, std = split
-    return engine.put_data(images.x, images.y, images.x[:0], images.y[:0], train_idx,
+    return train.put_data(images.x, images.y, images.x[:0], images.y[:0], train_idx,
                            np.zeros(0, np.int32), mean, std)
 
 
@@ -202,16 +202,19 @@ class Recorder:
         """Add a chunk's compile time."""
         self.compile_s += seconds
 
-    def on_start(self, runs: np.ndarray, untrained: dict[str, np.ndarray]) -> None:
+    def on_start(self, runs: np.ndarray, untrained: dict[str, run_record.Metrics]) -> None:
         """Untrained metrics are not needed."""
 
-    def on_epoch(self, runs: np.ndarray, epoch: int, metrics: dict[str, np.ndarray],
-                 seconds: float) -> None:
+    def on_epoch(self, runs: np.ndarray, epoch: int, metrics: run_record.Epoch, seconds: float) -> None:
         """Keep the epoch's seconds (compilation excluded by the engine) and training losses."""
-        self.epoch_s[epoch] = self.epoch_s.get(epoch, 0.0) + seconds
-        self.losses.setdefault(epoch, []).extend(np.asarray(metrics["train_loss"], float).tolist())
+        self.add_epoch(epoch, metrics.train.loss, seconds)
 
-    def on_end(self, runs: np.ndarray, final: dict[str, np.ndarray]) -> None:
+    def add_epoch(self, epoch: int, losses: Any, seconds: float) -> None:
+        """One epoch's seconds and its runs' training losses (the torch loops call this)."""
+        self.epoch_s[epoch] = self.epoch_s.get(epoch, 0.0) + seconds
+        self.losses.setdefault(epoch, []).extend(np.asarray(losses, float).ravel().tolist())
+
+    def on_end(self, runs: np.ndarray, final: run_record.Final) -> None:
         """Test metrics are not needed."""
 
     def measurement(self, label: str, w: Workload, wall_s: float, other_cores: float | None) -> Measurement:
@@ -226,11 +229,11 @@ class Recorder:
                            other_cores)
 
 
-def measure_engine(w: Workload, dev: engine.Data, layout: str, label: str | None = None) -> Measurement:
+def measure_engine(w: Workload, dev: train.Data, layout: str, label: str | None = None) -> Measurement:
     """Train the workload with cifar_jax in `layout` and measure it."""
     rec = Recorder()
     watch = CpuWatch()
-    engine.train(w.spec, w.hparams(), dev, w.epochs, rec, layout=layout)
+    engine.train_group(w.spec, w.hparams(), dev, w.epochs, rec, layout=layout)
     return rec.measurement(label or layout, w, *watch.stop())
 
 
@@ -266,7 +269,7 @@ def _own_cpu_s() -> float:
     return t.user + t.system
 
 
-def peak_memory(w: Workload, dev: engine.Data, layout: str) -> dict[str, Any]:
+def peak_memory(w: Workload, dev: train.Data, layout: str) -> dict[str, Any]:
     """Peak device memory of the group: the device's counter where it keeps one (process-wide peak
     so far), else XLA's memory analysis of the layout's compiled program, else n/a."""
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -284,17 +287,17 @@ def peak_memory(w: Workload, dev: engine.Data, layout: str) -> dict[str, Any]:
             "source": "memory_analysis (arguments + outputs + temporaries - aliased)", **parts}
 
 
-def _compiled(w: Workload, dev: engine.Data, layout: str) -> jax.stages.Compiled:
+def _compiled(w: Workload, dev: train.Data, layout: str) -> jax.stages.Compiled:
     """The layout's program built from the engine's public per-run step: one step (loop layouts)
     or an epoch of steps in `lax.scan` (scan layouts), over all runs (vmap, or lax.map for map
     layouts) or over one (seq); the data is an argument, as in the engine."""
     n = 1 if layout.startswith("seq") else len(w.runs)
     hp = {k: v[:n] for k, v in w.hparams().items()}
-    state = jax.eval_shape(jax.vmap(lambda h: engine.init_run(w.spec, h, tuple(dev.x.shape[1:]))), hp)
-    step = functools.partial(engine.train_step, w.spec)
+    state = jax.eval_shape(jax.vmap(lambda h: train.init_run(w.spec, h, tuple(dev.x.shape[1:]))), hp)
+    step = functools.partial(train.train_step, w.spec)
 
-    def epoch(s: engine.TrainState, d: engine.Data) -> tuple[engine.TrainState, jax.Array]:
-        idx = engine.epoch_indices(s.hp, jnp.int32(0), d.train_idx, w.batch_size)
+    def epoch(s: train.TrainState, d: train.Data) -> tuple[train.TrainState, jax.Array]:
+        idx = train.epoch_indices(s.hp, jnp.int32(0), d.train_idx, w.batch_size)
         return jax.lax.scan(lambda carry, i: step(carry, d, i), s, idx)
 
     over_runs = _lax_map if layout.startswith("map") else _vmap

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import jax
 
 from benchmarks import common
-from cifar_jax import engine, layers, models
+from cifar_jax import engine, layers, models, train
 
 # Full sizes suit a GPU: two epochs per run (the first one untimed).
 FULL = {"conv": dict(runs=25, steps_per_epoch=703, epochs=2),
@@ -69,10 +69,10 @@ def conv_name(w: common.Workload) -> str | None:
     """The convolution implementation the workload runs (auto resolved); None for an MLP."""
     if w.model.name == "mlp":
         return None
-    return engine.auto_conv_impl(w.precision) if w.conv_impl == "auto" else w.conv_impl
+    return layers.auto_conv_impl(w.precision) if w.conv_impl == "auto" else w.conv_impl
 
 
-def measure(w: common.Workload, dev: engine.Data, layout: str, runs: int, quick: bool,
+def measure(w: common.Workload, dev: train.Data, layout: str, runs: int, quick: bool,
             label: str | None = None) -> common.Measurement:
     """One layout with the first `runs` runs (fewer runs and one epoch for slow combos in --quick)."""
     if quick and is_slow(w, layout):
@@ -108,7 +108,7 @@ def bench_convs(w: common.Workload, images: common.Images, run_counts: Sequence[
             if same:
                 best[f"{precision},{runs}"] = max(same, key=lambda r: r["images_per_s"])["conv_impl"]
     return {"workload": w.record(), "layout": layout,
-            "auto_conv_impl": {p: engine.auto_conv_impl(p) for p in precisions},
+            "auto_conv_impl": {p: layers.auto_conv_impl(p) for p in precisions},
             "rows": rows, "fastest": best, "one_run_reference": one and one["conv_impl"]}
 
 
@@ -158,7 +158,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     own.add_argument("--steps", type=int, default=None)
     own.add_argument("--impls", type=_names(layers.CONVS), default=list(layers.CONVS))
     own.add_argument("--precisions", type=_names(models.PRECISIONS), default=None)
-    own.add_argument("--conv_impl", choices=engine.CONV_IMPLS, default="auto")
+    own.add_argument("--conv_impl", choices=layers.CONV_IMPLS, default="auto")
     own.add_argument("--tables", type=_names(TABLES), default=list(TABLES))
     mine, rest = own.parse_known_args(argv)
     args = common.parse_args(
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     precisions = args.precisions or (["fp32"] if jax.default_backend() == "cpu" else ["fp32", "bf16"])
     images = common.load_images(args.data_dir, max(conv.train_size, mlp.train_size))
     print(f"data: {images.source}; device: {jax.devices()[0].device_kind}; auto convolution "
-          f"{engine.auto_conv_impl()} (fp32), {engine.auto_conv_impl('bf16')} (bf16); auto layout "
+          f"{layers.auto_conv_impl()} (fp32), {layers.auto_conv_impl('bf16')} (bf16); auto layout "
           f"{engine.auto_layout(conv.model)}")
     if args.quick and jax.default_backend() == "cpu":
         print(f"--quick: {conv.title} uses {len(conv.runs)} runs (5 LRs x seed 0); the conv layouts "

@@ -197,8 +197,7 @@ def reports_way(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int],
                 xb, yb = xb.to(device), yb.to(device)
                 total += sgd_step(net, opt, weights, xb, yb, w.learning_rate(lr, step), w.l2).item()
                 step += 1
-            rec.on_epoch(np.array([run]), epoch, {"train_loss": np.array([total / w.steps_per_epoch])},
-                         time.perf_counter() - start)
+            rec.add_epoch(epoch, total / w.steps_per_epoch, time.perf_counter() - start)
 
 
 def best_effort(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int], device: str,
@@ -219,7 +218,7 @@ def best_effort(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int],
                 total += sgd_step(net, opt, weights, x[idx], y[idx], w.learning_rate(lr, step), w.l2)
                 step += 1
             mean = total.item() / w.steps_per_epoch
-            rec.on_epoch(np.array([run]), epoch, {"train_loss": np.array([mean])}, time.perf_counter() - start)
+            rec.add_epoch(epoch, mean, time.perf_counter() - start)
 
 
 def fastest_memory_format(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int],
@@ -357,8 +356,7 @@ def func_vmap(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int], d
                 i += 1
             losses = total.cpu().numpy() / w.steps_per_epoch
             _sync(device)
-            rec.on_epoch(np.arange(len(w.runs)), epoch, {"train_loss": losses},
-                         time.perf_counter() - start - compile_s)
+            rec.add_epoch(epoch, losses, time.perf_counter() - start - compile_s)
     return {"precision": precision, "tf32": tf32, "torch_compile": info}
 
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from cifar_jax import engine, models, optim, options, preprocess, schedules, splits
+from cifar_jax import engine, layers, models, optim, options, preprocess, schedules, splits, train
 
 
 class ConfigError(ValueError):
@@ -68,7 +68,7 @@ def define_flags() -> None:
                     "for the backend and model; every layout gives the same numbers).")
     f.DEFINE_string("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master "
                     "weights, loss and BN statistics).")
-    f.DEFINE_string("conv_impl", "auto", f"Convolution implementation: {', '.join(engine.CONV_IMPLS)} (auto: the "
+    f.DEFINE_string("conv_impl", "auto", f"Convolution implementation: {', '.join(layers.CONV_IMPLS)} (auto: the "
                     "measured-fastest for the backend and precision; cifar_jax/layers.py describes each); the same numbers "
                     "either way.")
     f.DEFINE_float("memory_limit_gb", 0.0, "Per-device memory a group may use before it is split into chunks "
@@ -76,7 +76,13 @@ def define_flags() -> None:
     f.DEFINE_string("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory, so "
                     "a repeated study does not recompile ('' disables).")
     f.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation passes.")
-    f.DEFINE_bool("eval_train", False, "Also evaluate the whole training split in eval mode before and after training.")
+    f.DEFINE_enum("eval_train", "none", train.EVAL_TRAIN, "Evaluate the whole training split in eval mode: none, "
+                  "final (before and after training) or epoch (also after every epoch: records' train_eval_*).")
+    f.DEFINE_bool("grad_stats", False, "Record |gradient| statistics per parameter tensor: ‖g‖ per epoch, and mean "
+                  "and std of |g| and mean ‖g‖ over the first and the last --grad_window steps.")
+    f.DEFINE_integer("grad_window", 5, "Steps in each window of --grad_stats.")
+    f.DEFINE_integer("loss_every", 0, "Record the mean training loss of every this many steps (records' loss_trace; "
+                     "0: off).")
     f.DEFINE_bool("download", True, "Download a missing CIFAR archive from its official address.")
     f.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 for jax.distributed "
                     "(default $CIFAR_JAX_COORDINATOR).")
@@ -114,7 +120,10 @@ class Config:
     memory_limit_gb: float
     compile_cache: str
     eval_batch_size: int
-    eval_train: bool
+    eval_train: str
+    grad_stats: bool
+    grad_window: int
+    loss_every: int
     download: bool
     distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
     per_run: tuple[tuple[str, tuple[float, ...]], ...]  # every options.RUN_OPTIONS name → its values
@@ -271,6 +280,8 @@ def from_flags(fl: Any = None) -> Config:
     for flag in ("lr_min", "half_cycle", "memory_limit_gb"):
         _positive(flag, getattr(fl, flag), strict=False)
     _positive("decay_every", fl.decay_every)
+    _positive("grad_window", fl.grad_window)
+    _positive("loss_every", fl.loss_every, strict=False)
     schedule = _choice("schedule", fl.schedule, list(schedules.SCHEDULES))
     if schedule == "cyclic" and fl.lr_min >= min(min(v["lrs"]) for v in variants):
         raise ConfigError(f"--lr_min={fl.lr_min}: must be below every --lr (η_max) for the cyclic schedule")
@@ -284,9 +295,10 @@ def from_flags(fl: Any = None) -> Config:
         normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS),
         layout=_choice("layout", fl.layout, engine.LAYOUTS),
         precision=_choice("precision", fl.precision, list(models.PRECISIONS)),
-        conv_impl=_choice("conv_impl", fl.conv_impl, engine.CONV_IMPLS),
+        conv_impl=_choice("conv_impl", fl.conv_impl, layers.CONV_IMPLS),
         memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size,
-        eval_train=fl.eval_train, download=fl.download, distributed=_distributed(fl),
+        eval_train=fl.eval_train, grad_stats=fl.grad_stats, grad_window=fl.grad_window, loss_every=fl.loss_every,
+        download=fl.download, distributed=_distributed(fl),
         variants=tuple(tuple(v.items()) for v in variants), **variants[0])
 
 
@@ -312,7 +324,7 @@ class Run:
 
     config_name: str
     seed: int
-    spec: engine.GroupSpec
+    spec: train.GroupSpec
     hp: dict[str, Any]
     epochs: int
     data: dict[str, Any]
@@ -341,14 +353,15 @@ def schedule_hparams(cfg: Config, lr: float, decay_rate: float, steps_per_epoch:
                 half_cycle=cfg.half_cycle or 5 * steps_per_epoch)
 
 
-def group_spec(cfg: Config, num_classes: int) -> engine.GroupSpec:
+def group_spec(cfg: Config, num_classes: int) -> train.GroupSpec:
     """The static part shared by every run of the flags' grid."""
-    return engine.GroupSpec(
+    return train.GroupSpec(
         model=dataclasses.replace(cfg.model, num_classes=num_classes), optimizer=cfg.optimizer,
         batch_size=cfg.batch_size, augment=cfg.augment,
         noise=max(cfg.values("noise_std") + cfg.values("salt_pepper")) > 0,
         clip_norm=cfg.clip_norm or None, eval_batch_size=cfg.eval_batch_size, precision=cfg.precision,
-        conv_impl=cfg.conv_impl)
+        conv_impl=cfg.conv_impl, grad_stats=cfg.grad_stats, grad_window=cfg.grad_window if cfg.grad_stats else 5,
+        loss_every=cfg.loss_every, eval_train=cfg.eval_train)
 
 
 def data_config(cfg: Config) -> dict[str, Any]:

@@ -234,120 +234,120 @@ class _Tar:
 
 def _read_cifar(name: str, root: pathlib.Path, download: bool) -> Dataset:
     """Reads a CIFAR variant from the first copy found under root, downloading one if allowed."""
-    spec = _CIFAR[name]
-    found = _find_copy(spec, root)
+    source = _CIFAR[name]
+    found = _find_copy(source, root)
     if found is None:
         if not download:
-            raise DataError(_missing(name, spec, root, "download=False"))
+            raise DataError(_missing(name, source, root, "download=False"))
         try:
-            path = _download(spec, root)
+            path = _download(source, root)
         except (OSError, http.client.HTTPException) as e:
-            raise DataError(_missing(name, spec, root, f"download failed: {_one_line(e)}")) from e
-        found = spec.python, _Tar(path, spec.fix)
+            raise DataError(_missing(name, source, root, f"download failed: {_one_line(e)}")) from e
+        found = source.python, _Tar(path, source.fix)
     layout, files = found
     _log.info("reading %s from %s", name, files.path)
-    return _read_copy(name, spec, layout, files)
+    return _read_copy(name, source, layout, files)
 
 
-def _find_copy(spec: _Cifar, root: pathlib.Path) -> tuple[_Layout, _Folder | _Tar] | None:
+def _find_copy(source: _Cifar, root: pathlib.Path) -> tuple[_Layout, _Folder | _Tar] | None:
     """The first copy under root: python layout (folder, root itself, .tar.gz), then binary."""
-    for layout in (spec.python, spec.binary):
+    for layout in (source.python, source.binary):
         if (root / layout.folder).is_dir():
-            return layout, _Folder(root / layout.folder, spec.fix)
+            return layout, _Folder(root / layout.folder, source.fix)
         if (root / layout.test).is_file():
-            return layout, _Folder(root, spec.fix)
+            return layout, _Folder(root, source.fix)
         if (root / layout.tar).is_file():
-            return layout, _Tar(root / layout.tar, spec.fix)
+            return layout, _Tar(root / layout.tar, source.fix)
     return None
 
 
-def _missing(name: str, spec: _Cifar, root: pathlib.Path, why: str) -> str:
+def _missing(name: str, source: _Cifar, root: pathlib.Path, why: str) -> str:
     """One-line message for a dataset found nowhere: where we looked and what to download."""
-    looked = ", ".join(f"{layout.folder}/ or {layout.tar}" for layout in (spec.python, spec.binary))
-    return (f"{name}: no copy in {root} (looked for {looked}) and {why}; download {spec.url} "
-            f"({spec.size} bytes, sha256 {spec.sha256}) and put it in {root}, "
+    looked = ", ".join(f"{layout.folder}/ or {layout.tar}" for layout in (source.python, source.binary))
+    return (f"{name}: no copy in {root} (looked for {looked}) and {why}; download {source.url} "
+            f"({source.size} bytes, sha256 {source.sha256}) and put it in {root}, "
             f"or point --data_dir (or ${_ENV_VAR}) at a folder holding a copy")
 
 
-def _download(spec: _Cifar, root: pathlib.Path) -> pathlib.Path:
+def _download(source: _Cifar, root: pathlib.Path) -> pathlib.Path:
     """Fetches the official python-layout archive into root, checked against its pinned size and sha256."""
-    dest = root / spec.python.tar
+    dest = root / source.python.tar
     digest = hashlib.sha256()
-    with urllib.request.urlopen(spec.url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+    with urllib.request.urlopen(source.url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
         with results.atomic_file(dest) as out:  # the folder is made once the server has answered
             size = 0
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
-            if size != spec.size or digest.hexdigest() != spec.sha256:
-                raise DataError(f"{spec.url}: downloaded {size} bytes with sha256 "
-                                f"{digest.hexdigest()}, expected {spec.size} bytes with sha256 "
-                                f"{spec.sha256}; the file was removed: try again, or download it "
+            if size != source.size or digest.hexdigest() != source.sha256:
+                raise DataError(f"{source.url}: downloaded {size} bytes with sha256 "
+                                f"{digest.hexdigest()}, expected {source.size} bytes with sha256 "
+                                f"{source.sha256}; the file was removed: try again, or download it "
                                 f"by hand and put it in {root}")
-    _log.info("downloaded %s to %s", spec.url, dest)
+    _log.info("downloaded %s to %s", source.url, dest)
     return dest
 
 
-def _read_copy(name: str, spec: _Cifar, layout: _Layout, files: _Folder | _Tar) -> Dataset:
+def _read_copy(name: str, source: _Cifar, layout: _Layout, files: _Folder | _Tar) -> Dataset:
     """Reads and checks one placed copy of a CIFAR variant."""
     read_batch = _python_batch if layout.kind == "python" else _binary_batch
-    train = [read_batch(files, member, spec) for member in layout.train]
-    x_test, y_test = read_batch(files, layout.test, spec)
+    train = [read_batch(files, member, source) for member in layout.train]
+    x_test, y_test = read_batch(files, layout.test, source)
     ds = Dataset(name, np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                 x_test, y_test, _class_names(files, layout, spec))
-    _check(ds, str(files.path), spec.fix, spec)
+                 x_test, y_test, _class_names(files, layout, source))
+    _check(ds, str(files.path), source.fix, source)
     return ds
 
 
-def _python_batch(files: _Folder | _Tar, member: str, spec: _Cifar) -> tuple[np.ndarray, np.ndarray]:
+def _python_batch(files: _Folder | _Tar, member: str, source: _Cifar) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one pickled batch (dict with data uint8 [N, 3072] and labels)."""
     where = files.where(member)
-    batch = _unpickle(files, member, spec)
-    for key in ("data", spec.label_key):
+    batch = _unpickle(files, member, source)
+    for key in ("data", source.label_key):
         if key not in batch:
-            raise DataError(f"{where}: no key {key!r}; {spec.fix}")
+            raise DataError(f"{where}: no key {key!r}; {source.fix}")
     data = np.asarray(batch["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_ROW:
         raise DataError(f"{where}: data is {data.dtype} {list(data.shape)}, expected uint8 "
-                        f"[N, {_CIFAR_ROW}]; {spec.fix}")
-    labels = np.asarray(batch[spec.label_key])
+                        f"[N, {_CIFAR_ROW}]; {source.fix}")
+    labels = np.asarray(batch[source.label_key])
     if labels.shape != (len(data),) or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
-        raise DataError(f"{where}: {spec.label_key} is {labels.dtype} {list(labels.shape)}, expected "
-                        f"{len(data)} integers; {spec.fix}")
-    _check_labels(labels, spec.num_classes, where, spec.fix)
+        raise DataError(f"{where}: {source.label_key} is {labels.dtype} {list(labels.shape)}, expected "
+                        f"{len(data)} integers; {source.fix}")
+    _check_labels(labels, source.num_classes, where, source.fix)
     return _to_nhwc(data), labels.astype(np.int32)
 
 
-def _binary_batch(files: _Folder | _Tar, member: str, spec: _Cifar) -> tuple[np.ndarray, np.ndarray]:
+def _binary_batch(files: _Folder | _Tar, member: str, source: _Cifar) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of one binary batch: records of label byte(s) then 3072 pixel bytes."""
     where = files.where(member)
     raw = np.frombuffer(files.read(member), np.uint8)
-    record = spec.label_bytes + _CIFAR_ROW
+    record = source.label_bytes + _CIFAR_ROW
     if raw.size == 0 or raw.size % record:
         raise DataError(f"{where}: {raw.size} bytes is not a whole number of {record}-byte "
-                        f"records; {spec.fix}")
+                        f"records; {source.fix}")
     rows = raw.reshape(-1, record)
-    labels = rows[:, spec.label_bytes - 1]
-    _check_labels(labels, spec.num_classes, where, spec.fix)
-    return _to_nhwc(rows[:, spec.label_bytes:]), labels.astype(np.int32)
+    labels = rows[:, source.label_bytes - 1]
+    _check_labels(labels, source.num_classes, where, source.fix)
+    return _to_nhwc(rows[:, source.label_bytes:]), labels.astype(np.int32)
 
 
-def _class_names(files: _Folder | _Tar, layout: _Layout, spec: _Cifar) -> tuple[str, ...]:
+def _class_names(files: _Folder | _Tar, layout: _Layout, source: _Cifar) -> tuple[str, ...]:
     """Class names from the meta member (pickled dict, or one name per line for binary)."""
     where = files.where(layout.names)
     if layout.kind == "python":
-        names = _unpickle(files, layout.names, spec).get(spec.names_key, [])
+        names = _unpickle(files, layout.names, source).get(source.names_key, [])
     else:
         names = files.read(layout.names).decode("utf-8", "replace").split()
     names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-    if len(names) != spec.num_classes:
-        raise DataError(f"{where}: holds {len(names)} class names, expected {spec.num_classes}; "
-                        f"{spec.fix}")
+    if len(names) != source.num_classes:
+        raise DataError(f"{where}: holds {len(names)} class names, expected {source.num_classes}; "
+                        f"{source.fix}")
     return names
 
 
-def _unpickle(files: _Folder | _Tar, member: str, spec: _Cifar) -> dict:
+def _unpickle(files: _Folder | _Tar, member: str, source: _Cifar) -> dict:
     """A pickled dict member (python 2 pickles included), with bytes keys decoded to str."""
     where = files.where(member)
     try:
@@ -355,9 +355,9 @@ def _unpickle(files: _Folder | _Tar, member: str, spec: _Cifar) -> dict:
     except DataError:
         raise
     except Exception as e:  # a corrupt pickle can raise almost anything
-        raise DataError(f"{where}: not a readable pickle ({_one_line(e)}); {spec.fix}") from e
+        raise DataError(f"{where}: not a readable pickle ({_one_line(e)}); {source.fix}") from e
     if not isinstance(obj, dict):
-        raise DataError(f"{where}: holds a {type(obj).__name__}, expected a dict; {spec.fix}")
+        raise DataError(f"{where}: holds a {type(obj).__name__}, expected a dict; {source.fix}")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
@@ -375,8 +375,8 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str, fix: str) ->
 
 # --- checks and the .npz cache --------------------------------------------------------------
 
-def _check(ds: Dataset, where: str, fix: str, spec: _Cifar | None = None) -> None:
-    """Checks a dataset's structure; with a CIFAR spec, also its counts, image shape and classes."""
+def _check(ds: Dataset, where: str, fix: str, source: _Cifar | None = None) -> None:
+    """Checks a dataset's structure; with a CIFAR source, also its counts, image shape and classes."""
     def fail(problem: str) -> DataError:
         return DataError(f"{where}: {problem}; {fix}")
 
@@ -389,14 +389,14 @@ def _check(ds: Dataset, where: str, fix: str, spec: _Cifar | None = None) -> Non
     if ds.x_test.shape[1:] != ds.x_train.shape[1:]:
         raise fail(f"test images are {list(ds.x_test.shape[1:])} but train images are "
                    f"{list(ds.x_train.shape[1:])}")
-    if spec is None:
+    if source is None:
         return
-    if (len(ds.x_train), len(ds.x_test)) != (spec.n_train, spec.n_test):
+    if (len(ds.x_train), len(ds.x_test)) != (source.n_train, source.n_test):
         raise fail(f"holds {len(ds.x_train)} train / {len(ds.x_test)} test images, expected "
-                   f"{spec.n_train} / {spec.n_test}")
-    if ds.image_shape != (32, 32, 3) or ds.num_classes != spec.num_classes:
+                   f"{source.n_train} / {source.n_test}")
+    if ds.image_shape != (32, 32, 3) or ds.num_classes != source.num_classes:
         raise fail(f"holds {list(ds.image_shape)} images of {ds.num_classes} classes, expected "
-                   f"[32, 32, 3] of {spec.num_classes}")
+                   f"[32, 32, 3] of {source.num_classes}")
 
 
 def _read_npz(path: pathlib.Path, name: str) -> Dataset:

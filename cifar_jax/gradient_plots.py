@@ -1,7 +1,8 @@
 """Figures and tables of the gradient statistics in run records (seeds/000 §3, seeds/003); never trains.
 
-A record trained with `GroupSpec.grad_stats` holds, per parameter tensor ("layer/param"), the mean
-and std of |g| and the mean ‖g‖ over the first and the last 5 training steps, and ‖g‖ per epoch.
+A record trained with `--grad_stats` holds, per parameter tensor ("layer/param"), the mean and std
+of |g| and the mean ‖g‖ over the first and the last `--grad_window` training steps (5 by default),
+and ‖g‖ per epoch (`records`).
 Tensors are shown in depth order (conv1 … fcN; weight, bias, then the layer's norm scale and shift).
 Each figure function writes one 150 dpi PNG (matplotlib `Figure`, Agg canvas) and returns its path.
 """
@@ -23,12 +24,12 @@ from cifar_jax.results import ResultsError
 # Okabe–Ito: distinguishable under the common colour-vision deficiencies (yellow last: weak on white).
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-WINDOWS = (("first5", "first 5 steps"), ("last5", "last 5 steps"))
+WINDOWS = ("first", "last")
 NORM_LAYERS = {"bn_": "BN", "ln_": "LN"}
 PARAM_NAMES = {"kernel": "weight", "bias": "bias"}
 NORM_PARAM_NAMES = {"scale": "γ (scale)", "bias": "β (shift)"}
 NORM_SHADE = "0.92"
-ERRORBAR_NOTE = ("error bars: ±1 std of |g| over the tensor's elements and the 5 steps;\n"
+ERRORBAR_NOTE = ("error bars: ±1 std of |g| over the tensor's elements and the {k} steps;\n"
                  "a whisker reaching the axis: mean − std ≤ 0")
 
 
@@ -78,9 +79,14 @@ def tensor_label(name: str) -> str:
 class Gradients:
     """One run's gradient statistics by tensor name: per window (mean |g|, std |g|) and ‖g‖ per epoch."""
 
-    mean: dict[str, dict[str, float]]   # window → tensor → mean |g|
+    mean: dict[str, dict[str, float]]   # window ("first", "last") → tensor → mean |g|
     std: dict[str, dict[str, float]]    # window → tensor → std |g|
     norms: dict[str, np.ndarray]        # tensor → ‖g‖ per epoch (mean over the epoch's steps)
+    window: int                         # steps in each window
+
+    def label(self, window: str) -> str:
+        """E.g. "first 5 steps"."""
+        return f"{window} {self.window} steps"
 
     @property
     def tensors(self) -> list[str]:
@@ -92,16 +98,16 @@ def gradients(record: dict) -> Gradients:
     """The gradient statistics of a run record (ResultsError when it was trained without them)."""
     stats = record.get("grad_stats")
     if not stats:
-        raise ResultsError(f"run {record.get('run_id')!r} has no grad_stats (train with GroupSpec.grad_stats=True)")
+        raise ResultsError(f"run {record.get('run_id')!r} has no grad_stats (train with --grad_stats)")
     names = stats["tensors"]
     per_epoch = np.array([e["grad_norm"] for e in record.get("epochs") or []], dtype=np.float64).reshape(-1, len(names))
-    return Gradients(mean={w: _window(stats, w, "mean_abs") for w, _ in WINDOWS},
-                     std={w: _window(stats, w, "std_abs") for w, _ in WINDOWS},
-                     norms={n: per_epoch[:, i] for i, n in enumerate(names)})
+    return Gradients(mean={w: _window(stats, w, "mean_abs") for w in WINDOWS},
+                     std={w: _window(stats, w, "std_abs") for w in WINDOWS},
+                     norms={n: per_epoch[:, i] for i, n in enumerate(names)}, window=int(stats["window"]))
 
 
 def _window(stats: dict, window: str, column: str) -> dict[str, float]:
-    """One statistic ("mean_abs", "std_abs") of one window ("first5", "last5") by tensor name."""
+    """One statistic ("mean_abs", "std_abs") of one window ("first", "last") by tensor name."""
     col = stats["columns"].index(column)
     return {n: float(row[col]) for n, row in zip(stats["tensors"], stats[window])}
 
@@ -160,33 +166,33 @@ def _tensors(gradient: Gradients, tensors: Sequence[str] | None) -> list[str]:
 
 @plots.styled
 def layer_gradients(record: dict, path: Path | str, title: str, tensors: Sequence[str] | None = None) -> Path:
-    """Mean |g| ± std per parameter tensor of one run, first 5 vs last 5 training steps side by side (log y)."""
+    """Mean |g| ± std per parameter tensor of one run, the first vs the last steps side by side (log y)."""
     grads = gradients(record)
     names = _tensors(grads, tensors)
-    means = np.array([_select(grads.mean[w], names) for w, _ in WINDOWS])
-    stds = np.array([_select(grads.std[w], names) for w, _ in WINDOWS])
+    means = np.array([_select(grads.mean[w], names) for w in WINDOWS])
+    stds = np.array([_select(grads.std[w], names) for w in WINDOWS])
     floor, top = _log_limits(means, stds)
     fig = Figure(figsize=(max(8.0, 0.75 * len(names) + 2.5), 5.5), layout="constrained")
     ax = fig.subplots()
     ax.set_yscale("log")
     _shade_norm(ax, names)
     x, width = np.arange(len(names)), 0.38
-    for k, (_, label) in enumerate(WINDOWS):
+    for k, window in enumerate(WINDOWS):
         _bars(ax, x + (k - 0.5) * width, means[k], stds[k], floor,
-              dict(width=width, color=OKABE_ITO[k], label=label, zorder=2))
+              dict(width=width, color=OKABE_ITO[k], label=grads.label(window), zorder=2))
     ax.set_ylim(floor, top)
     _tensor_axis(ax, names)
     ax.set_ylabel("mean |∂L/∂θ| per element")
     ax.set_xlabel("parameter tensor (input → output)")
     ax.legend(frameon=False, loc="upper left", ncol=3)
-    ax.set_title(f"{title}\n{ERRORBAR_NOTE}", fontsize=10)
+    ax.set_title(f"{title}\n{ERRORBAR_NOTE.format(k=grads.window)}", fontsize=10)
     return plots.save(fig, path)
 
 
 @plots.styled
 def gradient_comparison(records: dict[str, dict], path: Path | str, title: str,
                         tensors: Sequence[str] | None = None) -> Path:
-    """One panel per metric (mean |g| and std |g|, first and last 5 steps), bars per tensor, one colour
+    """One panel per metric (mean |g| and std |g|, first and last steps), bars per tensor, one colour
     per model (label → record); by default the conv/dense tensors of any model (no norm tensors)."""
     if not records:
         raise ResultsError("gradient_comparison: no records")
@@ -194,21 +200,21 @@ def gradient_comparison(records: dict[str, dict], path: Path | str, title: str,
     names = ordered(tensors if tensors is not None else
                     (t for g in grads.values() for t in g.tensors if not is_norm(t)))
     values = {(stat, w): np.array([_select(getattr(g, stat)[w], names) for g in grads.values()])
-              for stat in ("mean", "std") for w, _ in WINDOWS}
+              for stat in ("mean", "std") for w in WINDOWS}
     stacked = np.concatenate(list(values.values()))
     floor, top = _log_limits(stacked, np.zeros_like(stacked))
     fig = Figure(figsize=(max(10.0, 1.1 * len(names) + 3), 8.5), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True, sharey=True)
     width = 0.8 / len(grads)
     for r, stat in enumerate(("mean", "std")):
-        for c, (window, when) in enumerate(WINDOWS):
+        for c, window in enumerate(WINDOWS):
             ax = axes[r, c]
             ax.set_yscale("log")
             for i, label in enumerate(grads):
                 x = np.arange(len(names)) + (i - (len(grads) - 1) / 2) * width
                 ax.bar(x, values[stat, window][i], width=width, color=OKABE_ITO[i % len(OKABE_ITO)],
                        label=label, zorder=2)
-            ax.set_title(f"{stat} |g|, {when}")
+            ax.set_title(f"{stat} |g|, {next(iter(grads.values())).label(window)}")
             _tensor_axis(ax, names)
         axes[r, 0].set_ylabel(f"{stat} of |∂L/∂θ| per element")
     axes[0, 0].set_ylim(floor, top)
@@ -248,16 +254,17 @@ def gradient_norms(records: dict[str, dict], path: Path | str, title: str) -> Pa
 # ----------------------------------------------------------------------------- table
 
 def stats_markdown(records: dict[str, dict], title: str) -> str:
-    """A Markdown table per model (label → record): tensor, mean and std of |g| over the first and last 5 steps."""
+    """A Markdown table per model (label → record): tensor, mean and std of |g| over the first and last steps."""
     lines = [f"# {title}", "",
-             "Mean and std of |∂L/∂θ| over every element of the tensor and the 5 training steps of each window.", ""]
+             "Mean and std of |∂L/∂θ| over every element of the tensor and the training steps of each window.", ""]
     for label, rec in records.items():
         g = gradients(rec)
+        k = g.window
         lines += [f"## {label} (run {rec['run_id']}, status {rec['status']})", "",
-                  "| tensor | mean \\|g\\| first 5 | std first 5 | mean \\|g\\| last 5 | std last 5 |",
+                  f"| tensor | mean \\|g\\| first {k} | std first {k} | mean \\|g\\| last {k} | std last {k} |",
                   "|:---|---:|---:|---:|---:|"]
         for t in g.tensors:
-            cells = [g.mean["first5"][t], g.std["first5"][t], g.mean["last5"][t], g.std["last5"][t]]
+            cells = [g.mean["first"][t], g.std["first"][t], g.mean["last"][t], g.std["last"][t]]
             lines.append(f"| {t} | " + " | ".join(f"{v:.3e}" for v in cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
-"""Models as layer specs: one flax module builds any spec, and the same spec gives the layer table.
+"""Models as layer stacks: one flax module builds any stack, and the same stack gives the layer table.
 
-A spec is a tuple of layers: ("conv", features, kernel), ("pool", window) or ("dense", features);
+A stack is a tuple of layers: ("conv", features, kernel), ("pool", window) or ("dense", features);
 the classifier layer (dense, num_classes) is appended by the module. Batch or layer norm follows
 every layer but the last; a layer feeding batch norm has no bias. Dropout, with a rate given per
 call (so it can be a per-run array), follows the activation of every hidden dense layer.
@@ -58,7 +58,7 @@ PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}  # None: compute in the parame
 
 
 class Net(nn.Module):
-    """A conv/pool/dense stack from a spec, then a dense classifier. Parameters are float32;
+    """A conv/pool/dense stack, then a dense classifier. Parameters are float32;
     `dtype` is the compute precision (bf16: mixed precision, BN statistics still float32)."""
 
     layers: tuple[Layer, ...]
@@ -124,8 +124,8 @@ class ModelConfig:
     num_classes: int = 10
 
 
-def spec(cfg: ModelConfig) -> tuple[Layer, ...]:
-    """The layer spec of a model config."""
+def layer_stack(cfg: ModelConfig) -> tuple[Layer, ...]:
+    """The layers of a model config (the classifier not included)."""
     if cfg.name == "mlp":
         return tuple(("dense", w) for w in cfg.hidden)
     return ARCHITECTURES[cfg.name]
@@ -137,7 +137,7 @@ def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32",
     the layers whose BN statistics are frozen."""
     if cfg.name not in MODELS:
         raise ValueError(f"--model={cfg.name!r} is unknown; allowed: {', '.join(MODELS)}")
-    return Net(spec(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout, conv_impl,
+    return Net(layer_stack(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout, conv_impl,
                PRECISIONS[precision], frozen)
 
 
@@ -160,7 +160,7 @@ def layer_table(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> list[dic
     params = variables["params"]
     rows, shape = [], tuple(image_shape)
     rf, jump, n_conv, n_fc, n_pool = 1, 1, 0, 0, 0
-    for layer in spec(cfg) + (("dense", cfg.num_classes),):
+    for layer in layer_stack(cfg) + (("dense", cfg.num_classes),):
         if layer[0] == "pool":
             n_pool += 1
             w = layer[1]

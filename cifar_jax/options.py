@@ -1,6 +1,6 @@
 """The per-run options, declared once: each entry makes a flag (a comma list is a grid axis inside
 one group), its validation, its place in a configuration's name and a per-run array of the
-engine (`engine.HP_DEFAULTS`). Adding a per-run knob is one entry here plus the code that reads
+engine (`train.HP_DEFAULTS`). Adding a per-run knob is one entry here plus the code that reads
 `hp[name]` (the learning rate and the schedule's own parameters live in `config`/`schedules`).
 """
 from __future__ import annotations

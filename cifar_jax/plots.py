@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cifar_jax import results
+from cifar_jax import results, run_record
 from cifar_jax.results import TEST_METRICS, ResultsError
 
 DPI = 150
@@ -35,14 +35,6 @@ PANELS = (("train_loss", "Train loss"), ("val_loss", "Validation loss"),
 
 
 # ----------------------------------------------------------------------------- shared helpers
-
-def curve(record: dict, key: str) -> np.ndarray:
-    """Per-epoch values of `key` as float64, NaN where absent or non-finite."""
-    values = [(e.get(key) if isinstance(e, dict) else None) for e in record.get("epochs") or []]
-    arr = np.array([np.nan if v is None or isinstance(v, bool) else v for v in values], dtype=np.float64)
-    arr[~np.isfinite(arr)] = np.nan
-    return arr
-
 
 def mean_std(curves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """NaN-aware mean and sample std (ddof=1; 0 for one value) per epoch across curves of any lengths."""
@@ -96,7 +88,7 @@ def _until_divergence(record: dict, values: np.ndarray) -> np.ndarray:
 
 def _plotted(record: dict, key: str) -> np.ndarray:
     """Curve as drawn: scaled to display units and cut at divergence."""
-    return _until_divergence(record, curve(record, key) * _scale(key))
+    return _until_divergence(record, run_record.curve(record, key) * _scale(key))
 
 
 def _epochs(values: np.ndarray) -> np.ndarray:
@@ -144,7 +136,7 @@ def styled(fn: Callable[..., Path]) -> Callable[..., Path]:
 
 def _final(record: dict, key: str) -> float:
     """Last-epoch value of `key` (NaN when absent)."""
-    values = curve(record, key)
+    values = run_record.curve(record, key)
     return float(values[-1]) if values.size else np.nan
 
 
@@ -363,8 +355,8 @@ def lr_curves(records: list[dict], path: Path | str, title: str = "Learning rate
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.subplots()
     drawn = []
-    for name, group in results.group_by_config(records).items():
-        values = next((c for c in (curve(r, "lr") for r in group) if np.isfinite(c).any()), None)
+    for name, group in run_record.group_by_config(records).items():
+        values = next((c for c in (run_record.curve(r, "lr") for r in group) if np.isfinite(c).any()), None)
         if values is not None:
             ax.plot(_epochs(values), values, lw=2, label=name, **_style(len(drawn)))
             drawn.append(values)

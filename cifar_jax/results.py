@@ -1,4 +1,5 @@
-"""Study results on disk: atomic run records, resume bookkeeping, environment and seed statistics."""
+"""Study results on disk: atomic files, the study directory (run records, resume bookkeeping),
+environment and seed statistics. The run record itself is `records`."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
 import numpy as np
 from scipy import stats
 
-STATUSES = ("done", "diverged", "incomplete")
-FINISHED = ("done", "diverged")
+from cifar_jax import run_record
+from cifar_jax.run_record import ResultsError  # noqa: F401 (raised here; imported from here by callers)
+
 SUMMARY_METRICS = (
     "test_loss", "test_acc", "test_top5",
     "train_loss", "train_acc", "val_loss", "val_acc",
@@ -31,10 +33,6 @@ TEST_METRICS = ("test_loss", "test_acc", "test_top5")
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 _MAX_STEM = 120
-
-
-class ResultsError(Exception):
-    """A results directory or record that cannot be used as asked (one-line message)."""
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -130,26 +128,6 @@ def run_file_stem(run_id: str) -> str:
     return stem
 
 
-def _check_record(record: Any, where: str) -> dict:
-    """Validate the keys resume and statistics depend on."""
-    if not isinstance(record, dict):
-        raise ResultsError(f"{where}: a run record must be a JSON object")
-    for key, kind in (("run_id", str), ("config_name", str), ("seed", int), ("config", dict)):
-        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
-            raise ResultsError(f"{where}: run record needs {key!r} of type {kind.__name__}")
-    if record.get("status") not in STATUSES:
-        raise ResultsError(f"{where}: status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
-    return record
-
-
-def group_by_config(records: Iterable[dict]) -> dict[str, list[dict]]:
-    """Group records by config_name in order of first appearance (the seeds of one config)."""
-    groups: dict[str, list[dict]] = {}
-    for rec in records:
-        groups.setdefault(rec["config_name"], []).append(rec)
-    return groups
-
-
 def _plain(obj: Any) -> Any:
     """The value as it reads back from JSON (tuples → lists, numpy → Python)."""
     return json.loads(to_json(obj))
@@ -195,7 +173,7 @@ def _lookup(config: dict, dotted: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class Study:
+class StudyDir:
     """One directory per study: run records under runs/, figures under figures/, summaries at the root."""
 
     def __init__(self, root: Path | str):
@@ -213,7 +191,7 @@ class Study:
         path = self._record_path(run_id)
         if not path.is_file():
             return None
-        rec = _check_record(read_json(path), str(path))
+        rec = run_record.check(read_json(path), str(path))
         if rec["run_id"] != run_id:
             raise ResultsError(f"{path}: holds run {rec['run_id']!r}, expected {run_id!r}")
         return rec
@@ -223,8 +201,8 @@ class Study:
         if not self.runs_dir.is_dir():
             return []
         paths = sorted(p for p in self.runs_dir.glob("*.json") if not p.name.startswith("."))
-        loaded = [_check_record(read_json(p), str(p)) for p in paths]
-        groups = group_by_config(loaded)
+        loaded = [run_record.check(read_json(p), str(p)) for p in paths]
+        groups = run_record.group_by_config(loaded)
         return [rec for group in groups.values() for rec in sorted(group, key=lambda r: r["seed"])]
 
     def pending(self, run_ids_and_configs: list[tuple[str, dict]]) -> list[str]:
@@ -236,7 +214,7 @@ class Study:
         todo = []
         for run_id, config in run_ids_and_configs:
             rec = self.record(run_id)
-            if rec is None or rec["status"] not in FINISHED:
+            if rec is None or rec["status"] not in run_record.FINISHED:
                 todo.append(run_id)
                 continue
             requested = _plain(config)
@@ -250,7 +228,7 @@ class Study:
 
     def write_record(self, record: dict) -> Path:
         """Store a run record atomically (replacing an older one of the same run)."""
-        _check_record(record, "write_record")
+        run_record.check(record, "write_record")
         return atomic_write_json(self._record_path(record["run_id"]), record)
 
     def _root_file(self, name: str) -> Path:
@@ -338,15 +316,13 @@ def _finite(value: Any) -> float | None:
 
 
 def metric_values(record: dict) -> dict[str, float | None]:
-    """The summary metrics of one run (None where the record has no finite value)."""
-    test = record.get("test") or {}
-    epochs = record.get("epochs") or [{}]
-    last = epochs[-1]
-    untrained_val = (record.get("untrained") or {}).get("val") or {}
+    """The summary metrics of one run (None where the record has no finite value): test from the
+    final eval-mode pass, train and val from the last epoch, untrained val from before training."""
+    test = run_record.final(record, "test") or {}
+    untrained_val = run_record.untrained(record, "val") or {}
     raw = {
         "test_loss": test.get("loss"), "test_acc": test.get("acc"), "test_top5": test.get("top5"),
-        "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
-        "val_loss": last.get("val_loss"), "val_acc": last.get("val_acc"),
+        **{key: run_record.last(record, key) for key in ("train_loss", "train_acc", "val_loss", "val_acc")},
         "untrained_val_acc": untrained_val.get("acc"), "untrained_val_loss": untrained_val.get("loss"),
     }
     return {name: _finite(value) for name, value in raw.items()}
@@ -380,8 +356,8 @@ def _config_summary(group: list[dict]) -> dict:
 def summarize(records: list[dict]) -> dict:
     """Per-configuration statistics across seeds, configs in order of first appearance."""
     for rec in records:
-        _check_record(rec, f"run {rec.get('run_id')!r}" if isinstance(rec, dict) else "summarize")
-    return {"configs": {name: _config_summary(group) for name, group in group_by_config(records).items()}}
+        run_record.check(rec, f"run {rec.get('run_id')!r}" if isinstance(rec, dict) else "summarize")
+    return {"configs": {name: _config_summary(group) for name, group in run_record.group_by_config(records).items()}}
 
 
 # ----------------------------------------------------------------------------- tables

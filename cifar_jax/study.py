@@ -17,11 +17,8 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from cifar_jax import config, data, engine, models, plots, results, splits
+from cifar_jax import config, data, engine, models, plots, results, run_record, splits, train
 from cifar_jax.config import Config, ConfigError, Run
-
-SPLITS = ("train", "val", "test")
-
 
 def log(message: str) -> None:
     """Progress output (stdout, flushed so it shows up in logs of long runs)."""
@@ -35,7 +32,7 @@ class Prepared:
     dataset: data.Dataset
     train_idx: np.ndarray
     val_idx: np.ndarray
-    device: engine.Data
+    device: train.Data
 
     @property
     def labels_by_split(self) -> dict[str, np.ndarray]:
@@ -55,15 +52,15 @@ def prepare(cfg: Config) -> Prepared:
     if batch > len(train_idx):
         raise ConfigError(f"--batch_size={batch}: larger than the training split ({len(train_idx)} images)")
     mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization)
-    device = engine.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, train_idx, val_idx, mean, std)
+    device = train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, train_idx, val_idx, mean, std)
     log(f"data: {ds.name} train {len(train_idx)} / val {len(val_idx)} / test {len(ds.y_test)}, "
         f"images {ds.image_shape}, {ds.num_classes} classes, normalization {cfg.normalization}")
     return Prepared(ds, train_idx, val_idx, device)
 
 
-def open_study(cfg: Config, default_name: str) -> results.Study:
+def study_dir(cfg: Config, default_name: str) -> results.StudyDir:
     """The study directory for these flags (created on its first write)."""
-    return results.Study(Path(cfg.results_dir).expanduser() / (cfg.name or default_name))
+    return results.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or default_name))
 
 
 def _fmt_time(seconds: float) -> str:
@@ -79,7 +76,7 @@ def _pct(x: Any) -> str:
 class Recorder:
     """Engine callbacks: builds each run's record, writes it every epoch, prints progress."""
 
-    def __init__(self, study: results.Study, runs: list[Run], total_epochs: int, label: str,
+    def __init__(self, study: results.StudyDir, runs: list[Run], total_epochs: int, label: str,
                  progress: dict, tensor_names: list[str]):
         self.study, self.runs, self.label, self.tensor_names = study, runs, label, tensor_names
         self.records: dict[int, dict] = {}
@@ -92,50 +89,30 @@ class Recorder:
     def on_log(self, message: str) -> None:
         log(f"{self.label}: {message}")
 
-    def on_start(self, runs: np.ndarray, untrained: dict[str, np.ndarray]) -> None:
+    def on_start(self, runs: np.ndarray, untrained: dict[str, run_record.Metrics]) -> None:
         for j, i in enumerate(runs):
             run = self.runs[i]
-            self.records[i] = dict(
-                run_id=run.run_id, config_name=run.config_name, seed=run.seed, config=run.config,
-                status="incomplete", diverged_epoch=None, epochs=[], test=None, final_train=None,
-                untrained={s: _split_metrics(untrained, s, j) for s in SPLITS if f"{s}_loss" in untrained})
+            self.records[i] = run_record.new(run.run_id, run.config_name, run.seed, run.config, untrained, j)
 
-    def on_epoch(self, runs: np.ndarray, epoch: int, metrics: dict[str, np.ndarray], seconds: float) -> None:
+    def on_epoch(self, runs: np.ndarray, epoch: int, metrics: run_record.Epoch, seconds: float) -> None:
         for j, i in enumerate(runs):
-            rec = self.records[i]
-            entry = {"epoch": epoch, **{k: v[j].tolist() for k, v in metrics.items() if k != "alive"},
-                     "seconds": seconds}
-            rec["epochs"].append(entry)
-            if not metrics["alive"][j] and rec["diverged_epoch"] is None:
-                rec["diverged_epoch"] = epoch
-            self.study.write_record(rec)
+            run_record.add_epoch(self.records[i], epoch, metrics, j, seconds)
+            self.study.write_record(self.records[i])
         self.progress["done"] += 1
         self.progress["seconds"] += seconds
         left = (self.total - self.progress["done"]) * self.progress["seconds"] / self.progress["done"]
         first = self.runs[runs[0]].run_id if len(runs) == 1 else f"{len(runs)} runs"
-        n_div = int((~metrics["alive"]).sum())
+        n_div = int((~metrics.alive).sum())
+        val = metrics.val or run_record.Metrics(np.nan, np.nan, np.nan)
         log(f"{self.label} [{first}] epoch {epoch}/{self.runs[runs[0]].epochs}  "
-            f"train loss {np.nanmean(metrics['train_loss']):.3f} acc {_pct(metrics['train_acc'])}  "
-            f"val loss {np.nanmean(metrics.get('val_loss', np.nan)):.3f} acc {_pct(metrics.get('val_acc', np.nan))}  "
+            f"train loss {np.nanmean(metrics.train.loss):.3f} acc {_pct(metrics.train.acc)}  "
+            f"val loss {np.nanmean(val.loss):.3f} acc {_pct(val.acc)}  "
             f"{seconds:.1f} s/epoch  ETA {_fmt_time(left)}" + (f"  ({n_div} diverged)" if n_div else ""))
 
-    def on_end(self, runs: np.ndarray, final: dict[str, np.ndarray]) -> None:
+    def on_end(self, runs: np.ndarray, final: run_record.Final) -> None:
         for j, i in enumerate(runs):
-            rec = self.records[i]
-            rec["test"] = _split_metrics(final, "test", j)
-            if "train_loss" in final:
-                rec["final_train"] = _split_metrics(final, "train", j)
-            rec["l2_penalty"] = float(final["l2_penalty"][j])
-            if "grad_first5" in final:
-                rec["grad_stats"] = {"tensors": self.tensor_names, "columns": ["mean_abs", "std_abs", "norm"],
-                                     "first5": final["grad_first5"][j].tolist(),
-                                     "last5": final["grad_last5"][j].tolist()}
-            rec["status"] = "done" if final["alive"][j] else "diverged"
-            self.study.write_record(rec)
-
-
-def _split_metrics(metrics: dict[str, np.ndarray], split: str, j: int) -> dict[str, float]:
-    return {m: float(metrics[f"{split}_{m}"][j]) for m in engine.METRICS}
+            run_record.finish(self.records[i], final, j, self.tensor_names)
+            self.study.write_record(self.records[i])
 
 
 def is_lead() -> bool:
@@ -143,7 +120,7 @@ def is_lead() -> bool:
     return jax.process_index() == 0
 
 
-def write_preamble(study: results.Study, cfg: Config, runs: list[Run], prepared: Prepared,
+def write_preamble(study: results.StudyDir, cfg: Config, runs: list[Run], prepared: Prepared,
                    extra: dict | None = None) -> None:
     """Flags, resolved config, environment and the class-distribution figure of the splits."""
     if not is_lead():
@@ -160,7 +137,7 @@ def write_preamble(study: results.Study, cfg: Config, runs: list[Run], prepared:
                              study.figures_dir / "class_distribution.png")
 
 
-def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Config, *,
+def execute(study: results.StudyDir, runs: list[Run], prepared: Prepared, cfg: Config, *,
             initial_for: Callable[[Run], dict] | None = None,
             on_state: Callable[[Run, tuple], None] | None = None) -> None:
     """Train every run of `runs` that the study has not finished, group by group. In a
@@ -183,7 +160,7 @@ def execute(study: results.Study, runs: list[Run], prepared: Prepared, cfg: Conf
         _wait_for_runs(study, wanted)
 
 
-def _wait_for_runs(study: results.Study, wanted: list[tuple[str, dict]], timeout_s: float = 7 * 24 * 3600) -> None:
+def _wait_for_runs(study: results.StudyDir, wanted: list[tuple[str, dict]], timeout_s: float = 7 * 24 * 3600) -> None:
     """Block until every run has a finished record (written by the other processes)."""
     t0, left = time.monotonic(), study.pending(wanted)
     if left:
@@ -200,7 +177,7 @@ def _stack_initial(trees: list[dict]) -> dict:
     return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *trees)
 
 
-def _train_groups(study: results.Study, runs: list[Run], groups: dict, prepared: Prepared, cfg: Config,
+def _train_groups(study: results.StudyDir, runs: list[Run], groups: dict, prepared: Prepared, cfg: Config,
                   initial_for: Callable | None, on_state: Callable | None) -> None:
     """Train the given groups (run indices per (spec, epochs)) with progress output."""
     total = sum(r.epochs * _chunks(r.spec, len(ids), cfg.layout) for (_, _), ids in groups.items()
@@ -214,25 +191,25 @@ def _train_groups(study: results.Study, runs: list[Run], groups: dict, prepared:
         log(f"{label} {len(ids)} runs, model {spec.model.name}, batch {spec.batch_size}, "
             f"{epochs} epochs, layout {layout}: {names}")
         log(models.format_layer_table(models.layer_table(spec.model, prepared.dataset.image_shape)))
-        hp = engine.stack_hparams([r.hp for r in group_runs])
+        hp = train.stack_hparams([r.hp for r in group_runs])
         t0 = time.perf_counter()
-        names = engine.param_names(engine.param_shapes(spec, prepared.dataset.image_shape))
+        names = train.param_names(train.param_shapes(spec, prepared.dataset.image_shape))
         recorder = Recorder(study, group_runs, total, label, progress, names)
         initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
-        states = engine.train(spec, hp, prepared.device, epochs, recorder, layout=layout, eval_train=cfg.eval_train,
-                              memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial)
+        states = engine.train_group(spec, hp, prepared.device, epochs, recorder, layout=layout,
+                                    memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial)
         if on_state:
             for i, r in enumerate(group_runs):
                 on_state(r, jax.tree_util.tree_map(lambda x: x[i], (states.params, states.batch_stats)))
         log(f"{label} finished in {_fmt_time(time.perf_counter() - t0)}")
 
 
-def _chunks(spec: engine.GroupSpec, n: int, layout: str) -> int:
+def _chunks(spec: train.GroupSpec, n: int, layout: str) -> int:
     layout = engine.auto_layout(spec.model) if layout == "auto" else layout
     return 1 if layout.startswith("vmap") else -(-n // len(jax.local_devices()))
 
 
-def finish(study: results.Study, runs: list[Run], title: str, curves: bool = True) -> dict | None:
+def finish(study: results.StudyDir, runs: list[Run], title: str, curves: bool = True) -> dict | None:
     """Summary, test table and figures of `runs` (from their records only; the curves of every
     configuration and their comparison only with `curves`); written once, by the lead process."""
     if not is_lead():
@@ -244,7 +221,7 @@ def finish(study: results.Study, runs: list[Run], title: str, curves: bool = Tru
     study.write_json("summary.json", summary)
     table = results.test_table_markdown(summary)
     study.write_text("test_table.md", f"# {title}: test set (mean ± std over seeds)\n\n{table}\n")
-    by_config = results.group_by_config(records)
+    by_config = run_record.group_by_config(records)
     fig = study.figures_dir
     if curves:
         for name, recs in by_config.items():
@@ -257,11 +234,11 @@ def finish(study: results.Study, runs: list[Run], title: str, curves: bool = Tru
 
 
 def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]], *,
-        report: Callable[[results.Study, list[dict]], None] | None = None,
-        before: Callable[[results.Study, Prepared], None] | None = None,
+        report: Callable[[results.StudyDir, list[dict]], None] | None = None,
+        before: Callable[[results.StudyDir, Prepared], None] | None = None,
         extra: dict | None = None, curves: bool = True, part: str | None = None,
         initial_for: Callable[[Run], dict] | None = None,
-        on_state: Callable[[Run, tuple], None] | None = None) -> results.Study:
+        on_state: Callable[[Run, tuple], None] | None = None) -> results.StudyDir:
     """A declared study, start to end: prepare the data, build `runs(prepared)`, check finished
     records against them (a changed configuration fails before anything is written), write the
     preamble (`extra` joins config.json), call `before(study, prepared)` (e.g. a figure or a
@@ -272,8 +249,8 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
     `part` for a study in parts (e.g. pretraining and retraining)."""
     prepared = prepare(cfg)
     planned = runs(prepared)
-    st = open_study(cfg, name)
-    st = results.Study(st.root / part) if part else st
+    st = study_dir(cfg, name)
+    st = results.StudyDir(st.root / part) if part else st
     st.pending([(r.run_id, r.config) for r in planned])
     write_preamble(st, cfg, planned, prepared, extra)
     if before:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from cifar_jax import config, plots, results, study
+from cifar_jax import config, plots, results, run_record, study
 
 TRAIN_SOURCES = {
     "final_train": "eval-mode pass over the training split after the last epoch (--eval_train)",
@@ -24,7 +24,7 @@ FINAL = ("train_acc", "val_acc", "train_loss", "val_loss")
 
 def train_source(records: list[dict]) -> str:
     """'final_train' when every run has eval-mode train metrics, else 'epochs' (one source for all runs)."""
-    return "final_train" if records and all(r.get("final_train") for r in records) else "epochs"
+    return "final_train" if records and all(run_record.final(r, "train") for r in records) else "epochs"
 
 
 def final_metrics(record: dict, source: str) -> dict[str, float | None]:
@@ -32,14 +32,15 @@ def final_metrics(record: dict, source: str) -> dict[str, float | None]:
     last = results.metric_values(record)
     values = {k: last[k] for k in FINAL}
     if source == "final_train":
-        values["train_acc"], values["train_loss"] = record["final_train"]["acc"], record["final_train"]["loss"]
+        train = run_record.final(record, "train")
+        values["train_acc"], values["train_loss"] = train["acc"], train["loss"]
     return {k: v if v is not None and math.isfinite(v) else None for k, v in values.items()}
 
 
 def gap_rows(records: list[dict], source: str) -> list[dict]:
     """Per configuration (ascending rate): final metrics and train − val gaps, statistics across done seeds."""
     rows = []
-    for name, group in results.group_by_config(records).items():
+    for name, group in run_record.group_by_config(records).items():
         done = [final_metrics(r, source) for r in group if r["status"] == "done"]
         row = {"rate": group[0]["config"]["dropout"], "config": name, "n_runs": len(group)}
         for gap, train, val in GAPS:
@@ -75,7 +76,7 @@ def gap_markdown(rows: list[dict], best: dict | None, source: str) -> str:
     return "\n".join(lines + ["", verdict]) + "\n"
 
 
-def write_gap(st: results.Study, records: list[dict]) -> dict:
+def write_gap(st: results.StudyDir, records: list[dict]) -> dict:
     """Write generalisation_gap.md/.json and its figure, print the table; returns the JSON object."""
     source = train_source([r for r in records if r["status"] == "done"])
     rows = gap_rows(records, source)

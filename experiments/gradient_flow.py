@@ -1,7 +1,7 @@
 """seeds/000 §3.1–3.3 and seeds/003's per-layer gradient magnitudes: gradient flow in BaselineNet,
 DropoutNet and BatchNormNet. Every run records the mean and std of |gradient| of each parameter
-tensor over its first and last 5 training steps, and ‖gradient‖ per tensor per epoch; the figures
-and gradient_stats.md are drawn from those records.
+tensor over its first and last --grad_window (5) training steps, and ‖gradient‖ per tensor per
+epoch (--grad_stats, always on here); the figures and gradient_stats.md are drawn from those records.
 
     python -m experiments.gradient_flow --flagfile=experiments/flags/gradient_flow.flags
 
@@ -11,28 +11,19 @@ value); BatchNormNet is its own. With several seeds the gradient figures show ea
 """
 from __future__ import annotations
 
-import dataclasses
-
 from cifar_jax import config, gradient_plots, results, study
 from experiments import model_family
 
 TITLE = "Gradient flow"
 
 
-def model_runs(cfg: config.Config, n_train: int, num_classes: int, rate: float) -> dict[str, list[config.Run]]:
-    """Each model's runs (every seed), recording gradient statistics."""
-    with_stats = lambda r: dataclasses.replace(r, spec=dataclasses.replace(r.spec, grad_stats=True))
-    return {model: [with_stats(r) for r in runs]
-            for model, runs in model_family.model_runs(cfg, n_train, num_classes, rate).items()}
-
-
-def write_gradients(st: results.Study, records: dict[str, dict]) -> None:
+def write_gradients(st: results.StudyDir, records: dict[str, dict]) -> None:
     """The gradient figures and gradient_stats.md from one record per model (model name → record)."""
     fig = st.figures_dir
     title = lambda rec, what: f"{rec['config_name']} (seed {rec['seed']}): {what}"
     for model in ("BaselineNet", "DropoutNet"):
         gradient_plots.layer_gradients(records[model], fig / f"gradients_{model}.png",
-                                       title(records[model], "|gradient| per tensor, first vs last 5 steps"))
+                                       title(records[model], "|gradient| per tensor, first vs last steps"))
     bn = records["BatchNormNet"]
     plain = [t for m in ("BaselineNet", "DropoutNet") for t in records[m]["grad_stats"]["tensors"]]
     shared = gradient_plots.shared_tensors(bn["grad_stats"]["tensors"], plain)
@@ -55,10 +46,11 @@ def main(cfg: config.Config) -> None:
     by_model: dict[str, list[config.Run]] = {}
 
     def runs(prepared: study.Prepared) -> list[config.Run]:
-        by_model.update(model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, rate))
+        by_model.update(model_family.model_runs(cfg.replace(grad_stats=True), len(prepared.train_idx),
+                                                prepared.dataset.num_classes, rate))
         return [r for model in by_model.values() for r in model]
 
-    def report(st: results.Study, records: list[dict]) -> None:
+    def report(st: results.StudyDir, records: list[dict]) -> None:
         write_gradients(st, {model: st.record(rs[0].run_id) for model, rs in by_model.items()})
 
     study.run(cfg, "gradient_flow", TITLE, runs, report=report, extra={"compare_dropout": rate})

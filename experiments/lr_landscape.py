@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from absl import flags
 
-from cifar_jax import config, plots, results, study
+from cifar_jax import config, plots, results, run_record, study
 
 flags.DEFINE_float("landscape_max", 1.0, "Largest LR of the landscape grid (the grid replaces --lr).")
 flags.DEFINE_float("landscape_min", 1e-4, "Smallest LR of the landscape grid.")
@@ -51,9 +51,8 @@ def failed(rec: dict) -> bool:
     """lr_sweep's test (not imported: that would add its range-test flags to this command line):
     the run diverged, or its last epoch's train loss is non-finite or not below the untrained
     loss (validation, else test when there is no validation split)."""
-    last = rec["epochs"][-1].get("train_loss", float("nan")) if rec["epochs"] else float("nan")
-    untrained = rec.get("untrained") or {}
-    reference = (untrained.get("val") or untrained.get("test") or {}).get("loss", float("nan"))
+    last = run_record.last(rec, "train_loss")
+    reference = (run_record.untrained(rec, "val") or run_record.untrained(rec, "test") or {}).get("loss", float("nan"))
     return rec["status"] == "diverged" or not np.isfinite(last) or not last < reference
 
 
@@ -62,11 +61,11 @@ def landscape_rows(records: list[dict]) -> list[dict]:
     final validation and test accuracy statistics of the seeds that did not diverge."""
     summary = results.summarize(records)["configs"]
     rows = []
-    for name, recs in results.group_by_config(records).items():
+    for name, recs in run_record.group_by_config(records).items():
         s = summary[name]
         rows.append({"lr": float(recs[0]["config"]["lr"]), "config": name, "n_runs": s["n_runs"],
                      "n_diverged": s["n_diverged"], "n_incomplete": s["n_incomplete"],
-                     "n_failed": sum(failed(r) for r in recs if r["status"] in results.FINISHED),
+                     "n_failed": sum(failed(r) for r in recs if r["status"] in run_record.FINISHED),
                      "val_acc": s["metrics"]["val_acc"], "test_acc": s["metrics"]["test_acc"]})
     return sorted(rows, key=lambda r: r["lr"])
 
@@ -137,7 +136,7 @@ def summary_line(rows: list[dict], best: float | None, edge: float | None) -> st
                   f"{e['n_failed']}/{e['n_runs']} diverged or ended ≥ untrained loss)"
 
 
-def write_landscape(st: results.Study, records: list[dict], cfg: config.Config) -> None:
+def write_landscape(st: results.StudyDir, records: list[dict], cfg: config.Config) -> None:
     """The landscape figure, table and JSON, and the four-panel curves of the best LR and of the
     boundary only (forty of them, and a forty-line comparison, would say less than the landscape
     figure; `study.run` writes the summary and test table)."""
@@ -150,7 +149,7 @@ def write_landscape(st: results.Study, records: list[dict], cfg: config.Config) 
     plots.lr_landscape(rows, st.figures_dir / "lr_landscape.png",
                        f"{TITLE}: {cfg.model.name}, {len(rows)} LRs × {len(cfg.seeds)} seeds, {cfg.epochs} epochs",
                        best_lr=best, boundary=edge, chance=100.0 / num_classes)
-    by_config = results.group_by_config(records)
+    by_config = run_record.group_by_config(records)
     for lr, what in ((best, "best LR"), (edge, "divergence boundary")):
         name = next((r["config"] for r in rows if r["lr"] == lr), None)
         if name is not None:

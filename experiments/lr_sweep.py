@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from absl import flags
 
-from cifar_jax import config, plots, results, study
+from cifar_jax import config, plots, results, run_record, study
 
 flags.DEFINE_bool("lr_range", False, "Also run the LR range test (log grid from --range_max down to --range_min).")
 flags.DEFINE_float("range_max", 0.5, "Largest LR of the range test.")
@@ -47,28 +47,28 @@ def range_ends(records: list[dict]) -> tuple[float | None, float | None]:
 
 
 def _failed(rec: dict) -> bool:
-    last = rec["epochs"][-1]["train_loss"] if rec["epochs"] else float("nan")
-    return rec["status"] == "diverged" or not np.isfinite(last) or last >= rec["untrained"]["val"]["loss"]
+    last = run_record.last(rec, "train_loss")
+    return rec["status"] == "diverged" or not np.isfinite(last) or last >= run_record.untrained(rec, "val")["loss"]
 
 
 def _gain(rec: dict) -> float:
-    val = rec["epochs"][-1].get("val_acc", float("nan")) if rec["epochs"] else float("nan")
-    return float(val - rec["untrained"]["val"]["acc"]) if np.isfinite(val) else 0.0
+    val = run_record.last(rec, "val_acc")
+    return float(val - run_record.untrained(rec, "val")["acc"]) if np.isfinite(val) else 0.0
 
 
-def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results.Study) -> None:
+def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results.StudyDir) -> None:
     """The range test: one seed per LR, all in one group, in a sub-study `range_test`."""
     rcfg = cfg.replace(lrs=range_lrs(), epochs=FLAGS.range_epochs, seeds=cfg.seeds[:1])
     runs = config.grid(rcfg, len(prepared.train_idx), prepared.dataset.num_classes)
-    sub = results.Study(parent.root / "range_test")
+    sub = results.StudyDir(parent.root / "range_test")
     study.execute(sub, runs, prepared, rcfg)
     if not study.is_lead():
         return
     records = [sub.record(r.run_id) for r in runs]
     plots.lr_range(records, parent.figures_dir / "lr_range_test.png")
     unstable, no_learning = range_ends(records)
-    lines = [f"| {r['config']['lr']:.3g} | {r['status']} | {r['epochs'][-1]['train_loss']:.3f} | "
-             f"{100 * r['epochs'][-1].get('val_acc', float('nan')):.1f}% |" for r in records]
+    lines = [f"| {r['config']['lr']:.3g} | {r['status']} | {run_record.last(r, 'train_loss'):.3f} | "
+             f"{100 * run_record.last(r, 'val_acc'):.1f}% |" for r in records]
     text = ("# LR range test\n\n| lr | status | final train loss | final val acc |\n|---|---|---|---|\n"
             + "\n".join(lines) + f"\n\nunstable from lr ≥ {unstable}; no learning at lr ≤ {no_learning}\n")
     parent.write_text("range_test.md", text)

@@ -9,7 +9,7 @@ import math
 
 from absl import flags
 
-from cifar_jax import config, results, study
+from cifar_jax import config, results, run_record, study
 
 flags.DEFINE_integer("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.")
 FLAGS = flags.FLAGS
@@ -26,10 +26,9 @@ def report(rec: dict, cycles: int) -> str:
               ("initialization", model["init"] if model["init"] != "normal" else c["init_scale"]),
               ("dropout", c["dropout"]), ("seed", rec["seed"])]
     lines = ["Model parameters:"] + [f"   {k + ':':<20} {v}" for k, v in params]
-    final = {"train": rec.get("final_train"), "val": _last_val(rec), "test": rec["test"]}
     penalty = c["l2"] * rec.get("l2_penalty", float("nan"))
     for split, title in SPLIT_NAMES.items():
-        untrained, trained = rec["untrained"].get(split), final[split]
+        untrained, trained = run_record.untrained(rec, split), run_record.final(rec, split)
         if untrained is None or trained is None:
             continue
         lines += ["", f"{title}:",
@@ -37,13 +36,6 @@ def report(rec: dict, cycles: int) -> str:
                   f"   {'accuracy (trained):':<28} {100 * trained['acc']:.2f}%",
                   f"   {'cost (final):':<28} {trained['loss'] + penalty:.2f}"]
     return "\n".join(lines)
-
-
-def _last_val(rec: dict) -> dict | None:
-    if not rec["epochs"] or "val_loss" not in rec["epochs"][-1]:
-        return None
-    last = rec["epochs"][-1]
-    return {"loss": last["val_loss"], "acc": last["val_acc"]}
 
 
 def mlp_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.Run]:
@@ -57,7 +49,7 @@ def mlp_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.Run]:
     return config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, label)
 
 
-def print_runs(st: results.Study, records: list[dict]) -> None:
+def print_runs(st: results.StudyDir, records: list[dict]) -> None:
     """Every run in the report's format, then each configuration's mean test accuracy."""
     for rec in records:
         study.log("\n" + report(rec, FLAGS.cycles))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import flags
 
-from cifar_jax import checkpoint, config, engine, plots, results, study
+from cifar_jax import checkpoint, config, plots, results, run_record, study, train
 
 flags.DEFINE_float("transfer_dropout", -1.0, "DropoutNet's rate; -1: the best rate of the dropout study "
                    "(--dropout_study), else 0.6 (the report's best).")
@@ -66,18 +66,18 @@ def main(cfg: config.Config) -> None:
     rate = dropout_rate(cfg)
     n_train, n_val, swap = cfg.split
     swapped = cfg.replace(split=(n_train, n_val, not swap))
-    parent = study.open_study(cfg, "transfer")
+    parent = study.study_dir(cfg, "transfer")
     ckpt_root = Path(FLAGS.checkpoint_dir).expanduser() / parent.root.name
     plan: dict = {}  # the pretraining runs, their checkpoints and the frozen layers, once the data is known
 
     def pretraining(prepared: study.Prepared) -> list[config.Run]:
         pre = pretrain_runs(cfg, rate, len(prepared.train_idx), prepared.dataset.num_classes)
-        shapes = engine.param_shapes(pre[0].spec, prepared.dataset.image_shape)
+        shapes = train.param_shapes(pre[0].spec, prepared.dataset.image_shape)
         plan.update(pre=pre, frozen=tuple(k for k in shapes if "conv" in k),
                     ckpts={r.run_id: ckpt_root / results.run_file_stem(r.run_id) for r in pre})
         return pre
 
-    def drop_runs_without_checkpoint(pre_study: results.Study, prepared: study.Prepared) -> None:
+    def drop_runs_without_checkpoint(pre_study: results.StudyDir, prepared: study.Prepared) -> None:
         for r in plan["pre"]:  # a finished pretraining run without its checkpoint is trained again
             if not (plan["ckpts"][r.run_id] / "metadata.json").exists() and pre_study.record(r.run_id):
                 (pre_study.runs_dir / f"{results.run_file_stem(r.run_id)}.json").unlink()
@@ -85,17 +85,18 @@ def main(cfg: config.Config) -> None:
     def save(run: config.Run, variables: tuple) -> None:
         rec = pre_study.record(run.run_id)
         checkpoint.save(plan["ckpts"][run.run_id], *variables, overwrite=True, config=run.config,
-                        metrics={"test": rec["test"], "last_epoch": rec["epochs"][-1], "status": rec["status"]})
+                        metrics={"test": run_record.final(rec, "test"), "last_epoch": rec["epochs"][-1],
+                                 "status": rec["status"]})
 
-    pre_study = results.Study(parent.root / "pretrain")
+    pre_study = results.StudyDir(parent.root / "pretrain")
     study.run(cfg, "transfer", "Transfer: pretraining", pretraining, part="pretrain",
               before=drop_runs_without_checkpoint, on_state=save, extra={"dropout_rate": rate})
 
     def retraining(prepared: study.Prepared) -> list[config.Run]:
         retrain = [retrain_run(r, swapped, plan["frozen"], plan["ckpts"][r.run_id]) for r in plan["pre"]]
         spec = retrain[0].spec
-        plan.update(params=engine.param_shapes(spec, prepared.dataset.image_shape),
-                    stats=engine.batch_stats_shapes(spec, prepared.dataset.image_shape))
+        plan.update(params=train.param_shapes(spec, prepared.dataset.image_shape),
+                    stats=train.batch_stats_shapes(spec, prepared.dataset.image_shape))
         return retrain
 
     def pretrained_layers(run: config.Run) -> dict:
@@ -111,10 +112,10 @@ def main(cfg: config.Config) -> None:
               report=lambda st, records: compare(parent, records))
 
 
-def compare(parent: results.Study, retrained: list[dict]) -> None:
+def compare(parent: results.StudyDir, retrained: list[dict]) -> None:
     """Retrained models against the best static-LR model of §1.1: validation curves and test table."""
     baseline_dir = Path(FLAGS.baseline_study or parent.root.parent / "lr_sweep")
-    base = [r for r in results.Study(baseline_dir).records()
+    base = [r for r in results.StudyDir(baseline_dir).records()
             if r["config_name"] == FLAGS.baseline_config and r["status"] == "done"] if baseline_dir.exists() else []
     note = "" if base else f"\n(no §1.1 baseline found at {baseline_dir}: run experiments.lr_sweep first)\n"
     base = [{**r, "config_name": f"§1.1 {FLAGS.baseline_config}"} for r in base]
@@ -123,7 +124,7 @@ def compare(parent: results.Study, retrained: list[dict]) -> None:
     parent.write_json("summary.json", summary)
     table = results.test_table_markdown(summary)
     parent.write_text("transfer_comparison.md", f"# Transfer: test set (mean ± std over seeds)\n\n{table}\n{note}")
-    plots.val_comparison(results.group_by_config(records), parent.figures_dir / "transfer_val_comparison.png",
+    plots.val_comparison(run_record.group_by_config(records), parent.figures_dir / "transfer_val_comparison.png",
                          "Retraining vs the §1.1 baseline: mean validation (smoothed)")
     plots.test_table(summary, parent.figures_dir / "transfer_test_table.png", "Transfer: test set")
     study.log(f"\nTransfer vs §1.1 baseline (test set)\n{table}{note}")

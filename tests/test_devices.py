@@ -12,14 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, sys
 import jax, numpy as np
-from cifar_jax import data, engine, models, splits
+from cifar_jax import data, engine, models, splits, train
 n_runs, layout = int(sys.argv[1]), sys.argv[2]
 ds = data.synthetic(n_train=600, n_test=100, image_shape=(8, 8, 3))
 tr, va = splits.make_split(600, 512, 88, seed=0)
 mean, std = splits.norm_stats(ds.x_train, tr, "per_channel")
-d = engine.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
+d = train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
 model = models.ModelConfig(sys.argv[3], hidden=(32,), norm="batch", init="he", use_dropout=True)
-spec = engine.GroupSpec(model, batch_size=32)
+spec = train.GroupSpec(model, batch_size=32)
 runs = [dict(seed=i, lr=0.02 * (1 + i % 3), dropout=0.1 * (i % 2)) for i in range(n_runs)]
 out = {}
 class CB:
@@ -27,11 +27,11 @@ class CB:
     def on_start(self, runs, u): pass
     def on_epoch(self, runs, e, m, s):
         for j, i in enumerate(runs):
-            out.setdefault(str(i), []).append([float(m["train_loss"][j]), float(m["val_acc"][j])])
+            out.setdefault(str(i), []).append([float(m.train.loss[j]), float(m.val.acc[j])])
     def on_end(self, runs, f):
         for j, i in enumerate(runs):
-            out[str(i)].append([float(f["test_loss"][j]), float(f["test_acc"][j])])
-engine.train(spec, engine.stack_hparams(runs), d, 2, CB(), layout=layout)
+            out[str(i)].append([float(f.test.loss[j]), float(f.test.acc[j])])
+engine.train_group(spec, train.stack_hparams(runs), d, 2, CB(), layout=layout)
 print(json.dumps({"devices": len(jax.devices()), "metrics": out}))
 """
 

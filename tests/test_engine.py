@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import data, engine, models, splits
+from cifar_jax import data, engine, models, run_record, splits, train
 
 
 class Collect:
@@ -24,15 +24,24 @@ class Collect:
 
     def on_start(self, runs, untrained):
         for j, i in enumerate(runs):
-            self.untrained[int(i)] = {k: v[j] for k, v in untrained.items()}
+            self.untrained[int(i)] = _flat(untrained, j)
 
     def on_epoch(self, runs, epoch, metrics, seconds):
         for j, i in enumerate(runs):
-            self.epochs.setdefault(int(i), []).append({k: v[j] for k, v in metrics.items()})
+            rec = run_record.new("run", "run", 0, {}, {}, j)
+            run_record.add_epoch(rec, epoch, metrics, j, seconds)
+            self.epochs.setdefault(int(i), []).append({**rec["epochs"][0], "alive": bool(metrics.alive[j])})
 
     def on_end(self, runs, final):
         for j, i in enumerate(runs):
-            self.final[int(i)] = {k: v[j] for k, v in final.items()}
+            grads = {} if final.grad_first is None else {"grad_first": final.grad_first[j], "grad_last": final.grad_last[j]}
+            self.final[int(i)] = {**_flat({"test": final.test, "train": final.train}, j),
+                                  "alive": bool(final.alive[j]), **grads}
+
+
+def _flat(by_split, j):
+    """{"test_loss": ..., "val_acc": ...} of run j from {split: run_record.Metrics}."""
+    return {f"{split}_{k}": v for split, m in by_split.items() if m is not None for k, v in m.of_run(j).items()}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +49,7 @@ def small_data():
     ds = data.synthetic(n_train=400, n_test=120, image_shape=(16, 16, 3))
     tr, va = splits.make_split(400, 320, 80, seed=0)
     mean, std = splits.norm_stats(ds.x_train, tr, "per_channel")
-    return engine.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
+    return train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +60,12 @@ def noise_data():
     x, y = rng.integers(0, 256, (400, 8, 8, 3), np.uint8), rng.integers(0, 10, 400)
     tr, va = splits.make_split(400, 320, 80, seed=0)
     mean, std = splits.norm_stats(x, tr, "per_channel")
-    return engine.put_data(x, y, x[:100], y[:100], tr, va, mean, std)
+    return train.put_data(x, y, x[:100], y[:100], tr, va, mean, std)
 
 
 def _train(spec, runs, data_, epochs, layout, **kw):
     cb = Collect()
-    state = engine.train(spec, engine.stack_hparams(runs), data_, epochs, cb, layout=layout, **kw)
+    state = engine.train_group(spec, train.stack_hparams(runs), data_, epochs, cb, layout=layout, **kw)
     return state, cb
 
 
@@ -72,7 +81,7 @@ def test_group_of_three_equals_three_runs_alone(noise_data):
     """20 steps (batch 16, 320 images → 20 steps in one epoch): grouped params within 1e-5 of
     each run trained alone; BN statistics and dropout streams stay per run."""
     model = models.ModelConfig("mlp", hidden=(32, 16), norm="batch", init="he", use_dropout=True)
-    spec = engine.GroupSpec(model, batch_size=16, optimizer="momentum")
+    spec = train.GroupSpec(model, batch_size=16, optimizer="momentum")
     grouped, _ = _train(spec, RUNS, noise_data, 1, "vmap_scan")
     assert int(grouped.step[0]) == 20
     for i, run in enumerate(RUNS):
@@ -90,16 +99,16 @@ def test_batchnorm_conv_group_equals_runs_alone_in_float64(noise_data):
     step 1, up to 1e-2 by step 20 at LR 0.1 with momentum), which would hide real mixing."""
     with jax.enable_x64(True):
         data64 = noise_data._replace(mean=noise_data.mean.astype(jnp.float64), std=noise_data.std.astype(jnp.float64))
-        spec = engine.GroupSpec(models.ModelConfig("baseline", norm="batch", use_dropout=True), batch_size=16,
+        spec = train.GroupSpec(models.ModelConfig("baseline", norm="batch", use_dropout=True), batch_size=16,
                                 optimizer="momentum")
-        hp = jax.device_put(engine.stack_hparams(RUNS))
-        state = jax.vmap(lambda h: engine.init_run(spec, h, (8, 8, 3)))(hp)
+        hp = jax.device_put(train.stack_hparams(RUNS))
+        state = jax.vmap(lambda h: train.init_run(spec, h, (8, 8, 3)))(hp)
         f64 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, t)
         state = state._replace(params=f64(state.params), batch_stats=f64(state.batch_stats),
                                opt_state=f64(state.opt_state))
-        idx = jax.vmap(lambda h: engine.epoch_indices(h, 0, data64.train_idx, 16))(hp)
-        group_step = jax.jit(jax.vmap(functools.partial(engine.train_step, spec), in_axes=(0, None, 0)))
-        one_step = jax.jit(functools.partial(engine.train_step, spec))
+        idx = jax.vmap(lambda h: train.epoch_indices(h, 0, data64.train_idx, 16))(hp)
+        group_step = jax.jit(jax.vmap(functools.partial(train.train_step, spec), in_axes=(0, None, 0)))
+        one_step = jax.jit(functools.partial(train.train_step, spec))
         alone = [jax.tree_util.tree_map(lambda x: x[i], state) for i in range(3)]
         for s in range(20):
             state, _ = group_step(state, data64, idx[:, s])
@@ -113,22 +122,24 @@ def test_batchnorm_conv_group_equals_runs_alone_in_float64(noise_data):
 @pytest.mark.parametrize("model", [models.ModelConfig("mlp", hidden=(24,), init="he", use_dropout=True),
                                    models.ModelConfig("baseline", use_dropout=True)])
 def test_every_layout_gives_the_same_metrics(noise_data, model):
-    spec = engine.GroupSpec(model, batch_size=32)
-    results = {layout: _train(spec, RUNS[:2], noise_data, 2, layout, eval_train=True)
+    spec = train.GroupSpec(model, batch_size=32, eval_train="epoch", loss_every=3, grad_stats=True)
+    results = {layout: _train(spec, RUNS[:2], noise_data, 2, layout)
                for layout in engine.LAYOUTS if layout != "auto"}
     ref_state, ref = results["seq_loop"]
     for layout, (state, cb) in results.items():
         _assert_close(state.params, ref_state.params, 1e-5)
         for i in range(2):
             for e in range(2):
-                for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+                for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "train_eval_acc", "loss_trace",
+                          "grad_norm"):
                     assert cb.epochs[i][e][k] == pytest.approx(ref.epochs[i][e][k], abs=1e-5), (layout, k)
+                assert len(cb.epochs[i][e]["loss_trace"]) == 3  # 10 steps, a point every 3
             for k in ("test_acc", "test_loss", "train_acc"):
                 assert cb.final[i][k] == pytest.approx(ref.final[i][k], abs=1e-5), (layout, k)
 
 
 def test_divergent_run_leaves_group_mates_bit_identical(small_data):
-    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(32,), init="he"), batch_size=16)
+    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(32,), init="he"), batch_size=16)
     sane = [dict(seed=0, lr=0.05), dict(seed=1, lr=0.05), dict(seed=2, lr=0.02)]
     wild = [dict(seed=0, lr=1e6)] + sane[1:]
     s_ok, cb_ok = _train(spec, sane, small_data, 2, "vmap_scan")
@@ -146,10 +157,10 @@ def test_divergent_run_leaves_group_mates_bit_identical(small_data):
 
 def test_evaluate_counts_every_example_once(small_data):
     """Padding to the eval batch is masked: accuracy equals a direct full-batch computation."""
-    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), eval_batch_size=7)
-    state = engine.init_run(spec, jax.tree_util.tree_map(lambda a: a[0], engine.stack_hparams([{}])), (16, 16, 3))
+    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), eval_batch_size=7)
+    state = train.init_run(spec, jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([{}])), (16, 16, 3))
     idx = small_data.val_idx
-    got = engine.evaluate(spec, state, small_data.x, small_data.y, idx, small_data.mean, small_data.std)
+    got = train.evaluate(spec, state, small_data.x, small_data.y, idx, small_data.mean, small_data.std)
     x = (small_data.x[idx].astype(jnp.float32) / 255 - small_data.mean) / small_data.std
     logits = spec.net.apply({"params": state.params}, x, train=False)
     acc = float((logits.argmax(-1) == small_data.y[idx]).mean())
@@ -158,22 +169,22 @@ def test_evaluate_counts_every_example_once(small_data):
 
 
 def test_training_learns_the_synthetic_set(small_data):
-    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(64,), init="he"), batch_size=32)
+    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(64,), init="he"), batch_size=32)
     _, cb = _train(spec, [dict(seed=0, lr=0.05)], small_data, 5, "vmap_scan")
     assert cb.final[0]["test_acc"] > 0.6 > cb.untrained[0]["test_acc"]
 
 
 def test_epoch_order_is_a_permutation_from_the_seed(small_data):
-    hp = jax.tree_util.tree_map(lambda a: a[0], engine.stack_hparams([dict(seed=3)]))
-    a = np.asarray(engine.epoch_indices(hp, 0, small_data.train_idx, 32))
-    b = np.asarray(engine.epoch_indices(hp, 1, small_data.train_idx, 32))
+    hp = jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([dict(seed=3)]))
+    a = np.asarray(train.epoch_indices(hp, 0, small_data.train_idx, 32))
+    b = np.asarray(train.epoch_indices(hp, 1, small_data.train_idx, 32))
     assert a.shape == (10, 32) and len(np.unique(a)) == 320
     assert set(a.ravel()) == set(np.asarray(small_data.train_idx).tolist())
     assert not np.array_equal(a, b)
 
 
 def test_group_too_big_for_memory_is_split_into_chunks(noise_data):
-    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(64,), init="he"), batch_size=32)
+    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(64,), init="he"), batch_size=32)
     runs = [dict(seed=i, lr=0.02 * (i + 1)) for i in range(6)]
     whole, ref = _train(spec, runs, noise_data, 1, "vmap_scan")
     assert not ref.logs
@@ -185,7 +196,7 @@ def test_group_too_big_for_memory_is_split_into_chunks(noise_data):
 
 
 def test_bf16_compute_keeps_float32_master_weights(noise_data):
-    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(64,), norm="batch", init="he"), batch_size=32,
+    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(64,), norm="batch", init="he"), batch_size=32,
                             precision="bf16")
     state, cb = _train(spec, [dict(seed=0, lr=0.05)], noise_data, 3, "vmap_scan")
     assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves((state.params, state.batch_stats)))
@@ -195,15 +206,15 @@ def test_bf16_compute_keeps_float32_master_weights(noise_data):
 
 def test_frozen_layers_stay_bit_identical_while_dense_layers_train(noise_data):
     model = models.ModelConfig("baseline", norm="batch")
-    pre = engine.GroupSpec(model, batch_size=32)
+    pre = train.GroupSpec(model, batch_size=32)
     pretrained, _ = _train(pre, RUNS[:2], noise_data, 1, "seq_loop")
     convs = ("conv1", "conv2", "conv3")
     frozen = convs + tuple(f"bn_{k}" for k in convs)
     initial = {"params": {k: pretrained.params[k] for k in frozen},
                "batch_stats": {f"bn_{k}": pretrained.batch_stats[f"bn_{k}"] for k in convs}}
-    spec = engine.GroupSpec(model, batch_size=32, frozen=frozen)
+    spec = train.GroupSpec(model, batch_size=32, frozen=frozen)
     retrain = [dict(seed=10, lr=0.05), dict(seed=11, lr=0.05)]
-    fresh, _ = _train(engine.GroupSpec(model, batch_size=32), retrain, noise_data, 0, "seq_loop")
+    fresh, _ = _train(train.GroupSpec(model, batch_size=32), retrain, noise_data, 0, "seq_loop")
     after, _ = _train(spec, retrain, noise_data, 2, "seq_loop", initial=initial)
     for name in frozen:
         for a, b in zip(jax.tree_util.tree_leaves(after.params[name]), jax.tree_util.tree_leaves(pretrained.params[name])):
@@ -216,15 +227,17 @@ def test_frozen_layers_stay_bit_identical_while_dense_layers_train(noise_data):
     assert not np.allclose(after.batch_stats["bn_fc1"]["mean"], fresh.batch_stats["bn_fc1"]["mean"])
 
 
-def test_gradient_statistics_equal_hand_computed_ones(noise_data):
-    """mean |g|, std |g| and ‖g‖ per tensor over the first 5 steps, and ‖g‖ averaged per epoch, of a
-    tiny MLP with LR 0 (so every step's gradient is at the initial parameters)."""
-    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(6,), init="he"), batch_size=32, grad_stats=True)
+def test_in_step_measurements_equal_hand_computed_ones(noise_data):
+    """mean |g|, std |g| and ‖g‖ per tensor over the first and last 3 steps, ‖g‖ averaged per
+    epoch and the loss trace (every 4 steps) of a tiny MLP with LR 0 (so every step's gradient is
+    at the initial parameters)."""
+    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(6,), init="he"), batch_size=32, grad_stats=True,
+                           grad_window=3, loss_every=4)
     run = dict(seed=4, lr=0.0, total_steps=10)
     state, cb = _train(spec, [run], noise_data, 1, "vmap_scan")
-    hp = jax.tree_util.tree_map(lambda a: a[0], engine.stack_hparams([run]))
+    hp = jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([run]))
     params = jax.tree_util.tree_map(lambda x: x[0], state.params)
-    idx = np.asarray(engine.epoch_indices(hp, 0, noise_data.train_idx, 32))
+    idx = np.asarray(train.epoch_indices(hp, 0, noise_data.train_idx, 32))
 
     def loss(p, i):
         x = (noise_data.x[i].astype(jnp.float32) / 255 - noise_data.mean) / noise_data.std
@@ -232,16 +245,19 @@ def test_gradient_statistics_equal_hand_computed_ones(noise_data):
         return optax_ce(logits, noise_data.y[i])
 
     grads = [jax.tree_util.tree_leaves(jax.grad(loss)(params, i)) for i in idx]
-    names = engine.param_names(params)
+    names = train.param_names(params)
     assert names == ["fc1/bias", "fc1/kernel", "fc2/bias", "fc2/kernel"]
     for t in range(len(names)):
-        first = np.concatenate([np.abs(np.asarray(g[t])).ravel() for g in grads[:5]])
-        last = np.concatenate([np.abs(np.asarray(g[t])).ravel() for g in grads[-5:]])
-        np.testing.assert_allclose(cb.final[0]["grad_first5"][t], [first.mean(), first.std(),
-                                   np.mean([np.linalg.norm(np.asarray(g[t])) for g in grads[:5]])], rtol=2e-4)
-        np.testing.assert_allclose(cb.final[0]["grad_last5"][t][:2], [last.mean(), last.std()], rtol=2e-4)
+        first = np.concatenate([np.abs(np.asarray(g[t])).ravel() for g in grads[:3]])
+        last = np.concatenate([np.abs(np.asarray(g[t])).ravel() for g in grads[-3:]])
+        np.testing.assert_allclose(cb.final[0]["grad_first"][t], [first.mean(), first.std(),
+                                   np.mean([np.linalg.norm(np.asarray(g[t])) for g in grads[:3]])], rtol=2e-4)
+        np.testing.assert_allclose(cb.final[0]["grad_last"][t][:2], [last.mean(), last.std()], rtol=2e-4)
         np.testing.assert_allclose(cb.epochs[0][0]["grad_norm"][t],
                                    np.mean([np.linalg.norm(np.asarray(g[t])) for g in grads]), rtol=2e-4)
+    step_losses = [float(loss(params, i)) for i in idx]  # 10 steps: points over steps 0-3 and 4-7
+    np.testing.assert_allclose(cb.epochs[0][0]["loss_trace"], [np.mean(step_losses[:4]), np.mean(step_losses[4:8])],
+                               rtol=1e-5)
 
 
 def optax_ce(logits, y):
@@ -253,13 +269,13 @@ def test_each_run_draws_its_own_dropout_masks_fresh_every_step(noise_data):
     """Two runs with identical parameters and batches but different seeds take different steps
     under dropout (their own mask streams); the same run at another step draws new masks; at
     rate 0 the seed makes no difference."""
-    spec = engine.GroupSpec(models.ModelConfig("mlp", hidden=(32,), init="he", use_dropout=True), batch_size=16)
-    step = jax.jit(jax.vmap(functools.partial(engine.train_step, spec), in_axes=(0, None, 0)))
+    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(32,), init="he", use_dropout=True), batch_size=16)
+    step = jax.jit(jax.vmap(functools.partial(train.train_step, spec), in_axes=(0, None, 0)))
     idx = jnp.stack([noise_data.train_idx[:16]] * 2)
 
     def after_one_step(rate, seeds=(0, 1), start=0):
-        hp = jax.device_put(engine.stack_hparams([dict(seed=s, lr=0.1, dropout=rate) for s in seeds]))
-        state = jax.vmap(lambda h: engine.init_run(spec, h, (8, 8, 3)))(hp)
+        hp = jax.device_put(train.stack_hparams([dict(seed=s, lr=0.1, dropout=rate) for s in seeds]))
+        state = jax.vmap(lambda h: train.init_run(spec, h, (8, 8, 3)))(hp)
         same = jax.tree_util.tree_map(lambda x: jnp.stack([x[0], x[0]]), state.params)  # run 1 gets run 0's params
         state = state._replace(params=same, step=jnp.full(2, start, jnp.int32))
         return np.asarray(step(state, noise_data, idx)[0].params["fc1"]["kernel"])

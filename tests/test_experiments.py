@@ -66,7 +66,7 @@ def test_incomplete_runs_are_retrained_and_changed_config_is_refused(tmp_path):
 def test_mlp_baseline_prints_the_report_format(tmp_path):
     out = run("mlp_baseline", "--dataset=synthetic", "--split=800/200", "--model=mlp", "--hidden=32,16",
               "--init=he", "--l2=0.005", "--schedule=cyclic", "--lr=0.1", "--lr_min=1e-5", "--half_cycle=8",
-              "--cycles=1", "--batch_size=100", "--seeds=2", "--normalization=per_dim", "--eval_train",
+              "--cycles=1", "--batch_size=100", "--seeds=2", "--normalization=per_dim", "--eval_train=final",
               f"--results_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     for text in ("Model parameters:", "hidden layers:       (32, 16)", "lambda:              0.005",

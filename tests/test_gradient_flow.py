@@ -10,7 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cifar_jax import engine, gradient_plots as gp, models
+from cifar_jax import gradient_plots as gp, models, train
 from cifar_jax.results import ResultsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +21,8 @@ BN_SHARED = ["conv1/kernel", "conv2/kernel", "conv3/kernel", "fc1/kernel", "fc2/
 
 def tensor_names(norm: str) -> list[str]:
     """The engine's tensor names (leaf order) of BaselineNet with `norm`."""
-    spec = engine.GroupSpec(models.ModelConfig(norm=norm))
-    return engine.param_names(engine.param_shapes(spec, (32, 32, 3)))
+    spec = train.GroupSpec(models.ModelConfig(norm=norm))
+    return train.param_names(train.param_shapes(spec, (32, 32, 3)))
 
 
 def assert_png(path: Path, min_bytes: int = 10_000) -> tuple[int, int]:
@@ -54,7 +54,7 @@ def test_experiment_writes_figures_records_and_table_then_resumes(tmp_path):
     for name, rec in recs.items():
         stats = rec["grad_stats"]
         assert stats["tensors"] == tensor_names("batch" if name == "BatchNormNet" else "none")
-        assert np.array(stats["first5"]).shape == np.array(stats["last5"]).shape == (len(stats["tensors"]), 3)
+        assert np.array(stats["first"]).shape == np.array(stats["last"]).shape == (len(stats["tensors"]), 3)
         assert [len(e["grad_norm"]) for e in rec["epochs"]] == [len(stats["tensors"])] * 2
     bn = recs["BatchNormNet"]["grad_stats"]["tensors"]
     assert "bn_conv1/scale" in bn and "bn_fc1/bias" in bn and not {"conv1/bias", "conv2/bias", "conv3/bias"} & set(bn)
@@ -81,7 +81,7 @@ def make_record(config_name: str, norm: str = "none", epochs: int = 6, seed: int
     window = lambda mean: np.stack([mean, 0.8 * mean, 50 * mean], -1).tolist()
     return {"run_id": f"{config_name},seed={seed}", "config_name": config_name, "seed": seed, "status": "done",
             "config": {}, "grad_stats": {"tensors": names, "columns": ["mean_abs", "std_abs", "norm"],
-                                         "first5": window(first), "last5": window(first * 3)},
+                                         "window": 5, "first": window(first), "last": window(first * 3)},
             "epochs": [{"epoch": e + 1, "grad_norm": (first * 50 * 1.2 ** e).tolist()} for e in range(epochs)]}
 
 
@@ -105,8 +105,8 @@ def test_gradients_reads_a_record_by_tensor_name(records):
     rec = records["BatchNormNet"]
     g = gp.gradients(rec)
     i = rec["grad_stats"]["tensors"].index("conv2/kernel")
-    assert g.mean["first5"]["conv2/kernel"] == rec["grad_stats"]["first5"][i][0]
-    assert g.std["last5"]["conv2/kernel"] == rec["grad_stats"]["last5"][i][1]
+    assert g.mean["first"]["conv2/kernel"] == rec["grad_stats"]["first"][i][0]
+    assert g.std["last"]["conv2/kernel"] == rec["grad_stats"]["last"][i][1]
     assert g.norms["conv2/kernel"].shape == (6,) and g.tensors == gp.ordered(rec["grad_stats"]["tensors"])
     with pytest.raises(ResultsError, match="no grad_stats"):
         gp.gradients({"run_id": "x", "epochs": []})
@@ -125,9 +125,9 @@ def test_layer_gradients_all_and_shared(tmp_path, records):
 
 def test_layer_gradients_with_zero_and_nan_statistics(tmp_path):
     rec = make_record("BaselineNet")
-    rec["grad_stats"]["first5"][0] = [0.0, 0.0, 0.0]  # e.g. a dead layer
-    rec["grad_stats"]["last5"][1] = [float("nan")] * 3  # e.g. a diverged run
-    rec["grad_stats"]["last5"][2][1] = 10.0  # std far above the mean: whisker clipped at the axis
+    rec["grad_stats"]["first"][0] = [0.0, 0.0, 0.0]  # e.g. a dead layer
+    rec["grad_stats"]["last"][1] = [float("nan")] * 3  # e.g. a diverged run
+    rec["grad_stats"]["last"][2][1] = 10.0  # std far above the mean: whisker clipped at the axis
     assert_png(gp.layer_gradients(rec, tmp_path / "g.png", "BaselineNet"))
 
 

@@ -6,7 +6,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cifar_jax import plots, results
+from cifar_jax import plots, results, run_record
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -54,7 +54,7 @@ def config_with_diverged():
 
 def test_curve_and_mean_std():
     rec = make_record(n_epochs=3, val=False)
-    assert plots.curve(rec, "val_acc").shape == (3,) and np.isnan(plots.curve(rec, "val_acc")).all()
+    assert run_record.curve(rec, "val_acc").shape == (3,) and np.isnan(run_record.curve(rec, "val_acc")).all()
     mean, std = plots.mean_std([np.array([1.0, 2.0, 3.0]), np.array([3.0, np.nan])])
     np.testing.assert_allclose(mean, [2.0, 2.0, 3.0])
     np.testing.assert_allclose(std, [np.std([1.0, 3.0], ddof=1), 0.0, 0.0])

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from cifar_jax import results
-from cifar_jax.results import ResultsError, Study
+from cifar_jax.results import ResultsError, StudyDir
 
 
 def make_record(config_name="lr=0.1", seed=0, status="done", test_acc=0.6, test_loss=1.0, n_epochs=3, **config):
@@ -49,7 +49,7 @@ def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
 
 
 def test_study_is_lazy_and_cleans_up(tmp_path):
-    study = Study(tmp_path / "study")
+    study = StudyDir(tmp_path / "study")
     assert study.runs_dir == study.root / "runs" and study.figures_dir == study.root / "figures"
     assert study.records() == [] and study.record("x") is None
     assert study.pending([("a", {"lr": 1})]) == ["a"]
@@ -66,7 +66,7 @@ def test_study_is_lazy_and_cleans_up(tmp_path):
 
 
 def test_records_order_and_round_trip(tmp_path):
-    study = Study(tmp_path)
+    study = StudyDir(tmp_path)
     for name, seed in (("b", 1), ("a", 2), ("b", 0), ("a", 0)):
         study.write_record(make_record(name, seed))
     order = [(r["config_name"], r["seed"]) for r in study.records()]
@@ -82,7 +82,7 @@ def test_run_file_names_are_safe_and_distinct():
 
 
 def test_pending_resume_rules(tmp_path):
-    study = Study(tmp_path)
+    study = StudyDir(tmp_path)
     for seed, status in ((0, "done"), (1, "diverged"), (2, "incomplete")):
         study.write_record(make_record(seed=seed, status=status, layers=[1, 2]))
     requested = [(f"lr=0.1,seed={s}", {"lr": 0.1, "layers": (1, 2), "seed": s}) for s in range(4)]
@@ -90,7 +90,7 @@ def test_pending_resume_rules(tmp_path):
 
 
 def test_pending_changed_config_names_the_key(tmp_path):
-    study = Study(tmp_path)
+    study = StudyDir(tmp_path)
     study.write_record(make_record(seed=0, opt={"momentum": 0.0}))
     with pytest.raises(ResultsError, match=r"'lr=0.1,seed=0'.*'opt.momentum'.*--name or --results_dir"):
         study.pending([("lr=0.1,seed=0", {"lr": 0.1, "opt": {"momentum": 0.9}, "seed": 0})])
@@ -101,7 +101,7 @@ def test_pending_changed_config_names_the_key(tmp_path):
 
 
 def test_corrupt_or_invalid_record_is_a_clear_error(tmp_path):
-    study = Study(tmp_path)
+    study = StudyDir(tmp_path)
     with pytest.raises(ResultsError, match="status"):
         study.write_record({**make_record(), "status": "weird"})
     study.runs_dir.mkdir()

@@ -1,0 +1,165 @@
+"""The run record: what one training run leaves on disk, built from the engine's typed metrics
+and read back (by summaries, tables, figures and experiments) through the readers below.
+
+A record is one JSON object per run (`results.StudyDir` stores it atomically after every epoch):
+
+    run_id, config_name, seed, config   identity; `config` is everything that defines the run
+    status                              "done", "diverged" or "incomplete"
+    diverged_epoch                      the first epoch whose loss was not finite, or null
+    untrained                           {split: {loss, acc, top5}} in eval mode before training
+    epochs                              per epoch: epoch, lr, train_* (running averages over the
+                                        epoch's batches, train mode), val_*, seconds, and with the
+                                        in-step measurements train_eval_* (--eval_train=epoch),
+                                        grad_norm (--grad_stats), loss_trace (--loss_every)
+    test, final_train                   {loss, acc, top5} in eval mode after training
+                                        (final_train with --eval_train)
+    l2_penalty                          ΣW² of the final weights
+    grad_stats                          (--grad_stats) {tensors, columns, window, first, last}: per
+                                        tensor mean |g|, std |g| and mean ‖g‖ over the first and
+                                        the last `window` steps
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, NamedTuple
+
+import numpy as np
+
+METRICS = ("loss", "acc", "top5")
+SPLITS = ("train", "val", "test")
+STATUSES = ("done", "diverged", "incomplete")
+FINISHED = ("done", "diverged")
+GRAD_COLUMNS = ("mean_abs", "std_abs", "norm")
+
+
+class ResultsError(Exception):
+    """A results directory or run record that cannot be used as asked (one-line message)."""
+
+
+class Metrics(NamedTuple):
+    """Loss, top-1 and top-5 accuracy of one split: [runs] arrays from the engine."""
+
+    loss: Any
+    acc: Any
+    top5: Any
+
+    def of_run(self, j: int) -> dict[str, float]:
+        """The values of run j of the group, as a record stores them."""
+        return {m: float(v[j]) for m, v in zip(METRICS, self)}
+
+
+class Epoch(NamedTuple):
+    """What the engine reports after each epoch: [runs] arrays (grad_norm [runs, tensors],
+    loss_trace [runs, points]); None where a measurement is off."""
+
+    lr: np.ndarray
+    alive: np.ndarray
+    train: Metrics                  # running averages over the epoch's batches (train mode)
+    val: Metrics | None             # eval mode; None with an empty validation split
+    train_eval: Metrics | None = None  # eval mode over the training split (--eval_train=epoch)
+    grad_norm: np.ndarray | None = None   # mean ‖g‖ per tensor over the epoch's steps
+    loss_trace: np.ndarray | None = None  # mean training loss of every --loss_every steps
+
+
+class Final(NamedTuple):
+    """What the engine reports after training, per run ([runs] arrays)."""
+
+    alive: np.ndarray
+    l2_penalty: np.ndarray
+    test: Metrics
+    train: Metrics | None = None     # eval mode over the training split (--eval_train)
+    grad_first: np.ndarray | None = None  # [runs, tensors, 3] over the first window of steps
+    grad_last: np.ndarray | None = None   # ... and the last
+    grad_window: int = 0
+
+
+# ----------------------------------------------------------------------------- writer
+
+def new(run_id: str, config_name: str, seed: int, config: dict, untrained: dict[str, Metrics], j: int) -> dict:
+    """The record of run j of a group before its first epoch."""
+    return dict(run_id=run_id, config_name=config_name, seed=seed, config=config, status="incomplete",
+                diverged_epoch=None, epochs=[], test=None, final_train=None,
+                untrained={split: m.of_run(j) for split, m in untrained.items()})
+
+
+def add_epoch(record: dict, epoch: int, m: Epoch, j: int, seconds: float) -> None:
+    """Append run j's metrics of one epoch (and note its first diverged epoch)."""
+    entry: dict[str, Any] = {"epoch": epoch, "lr": float(m.lr[j])}
+    for prefix, split in (("train", m.train), ("val", m.val), ("train_eval", m.train_eval)):
+        if split is not None:
+            entry.update({f"{prefix}_{k}": v for k, v in split.of_run(j).items()})
+    for name in ("grad_norm", "loss_trace"):
+        if getattr(m, name) is not None:
+            entry[name] = np.asarray(getattr(m, name)[j], np.float64).tolist()
+    entry["seconds"] = seconds
+    record["epochs"].append(entry)
+    if not m.alive[j] and record["diverged_epoch"] is None:
+        record["diverged_epoch"] = epoch
+
+
+def finish(record: dict, f: Final, j: int, tensor_names: list[str]) -> None:
+    """Run j's final metrics and status."""
+    record["test"] = f.test.of_run(j)
+    if f.train is not None:
+        record["final_train"] = f.train.of_run(j)
+    record["l2_penalty"] = float(f.l2_penalty[j])
+    if f.grad_first is not None:
+        record["grad_stats"] = {"tensors": tensor_names, "columns": list(GRAD_COLUMNS), "window": f.grad_window,
+                                "first": f.grad_first[j].tolist(), "last": f.grad_last[j].tolist()}
+    record["status"] = "done" if f.alive[j] else "diverged"
+
+
+def check(record: Any, where: str) -> dict:
+    """The record, if it has the keys resume and statistics depend on (else ResultsError)."""
+    if not isinstance(record, dict):
+        raise ResultsError(f"{where}: a run record must be a JSON object")
+    for key, kind in (("run_id", str), ("config_name", str), ("seed", int), ("config", dict)):
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+            raise ResultsError(f"{where}: run record needs {key!r} of type {kind.__name__}")
+    if record.get("status") not in STATUSES:
+        raise ResultsError(f"{where}: status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
+    return record
+
+
+# ----------------------------------------------------------------------------- readers
+
+def last(record: dict, key: str) -> float:
+    """The last epoch's value of `key` (e.g. "train_loss", "val_acc"); NaN when absent."""
+    epochs = record.get("epochs") or []
+    value = epochs[-1].get(key) if epochs and isinstance(epochs[-1], dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def curve(record: dict, key: str) -> np.ndarray:
+    """`key` per epoch as float64 (e.g. curve(rec, "val_acc")), NaN where an epoch lacks a finite number."""
+    values = [(e.get(key) if isinstance(e, dict) else None) for e in record.get("epochs") or []]
+    arr = np.array([v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in values],
+                   dtype=np.float64)
+    arr[~np.isfinite(arr)] = np.nan
+    return arr
+
+
+def final(record: dict, split: str) -> dict[str, float] | None:
+    """{loss, acc, top5} after training: test and train from the eval-mode passes (train only
+    with --eval_train), val from the last epoch; None where the record has none."""
+    if split == "test":
+        return record.get("test")
+    if split == "train":
+        return record.get("final_train")
+    if split == "val":
+        values = {m: last(record, f"val_{m}") for m in METRICS}
+        return None if math.isnan(values["loss"]) else values
+    raise ResultsError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+
+
+def untrained(record: dict, split: str) -> dict[str, float] | None:
+    """{loss, acc, top5} of the untrained network on `split`; None where not evaluated."""
+    return (record.get("untrained") or {}).get(split)
+
+
+def group_by_config(records: Iterable[dict]) -> dict[str, list[dict]]:
+    """Records grouped by config_name in order of first appearance (the seeds of one config)."""
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        groups.setdefault(rec["config_name"], []).append(rec)
+    return groups

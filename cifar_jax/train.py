@@ -1,0 +1,238 @@
+"""One run's math: its state, initialisation, training step, epoch batches and evaluation.
+
+Everything here is written for a single run; `engine` batches it over a group of runs (vmap or
+one after another) and drives the loop. What the compiled program depends on is the `GroupSpec`
+(shared by a group); everything else is a per-run array in `hp` (`HP_DEFAULTS`). The in-step
+measurements (`--grad_stats`, `--loss_every`) are computed here, inside the compiled step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cifar_jax import layers, models, optim, options, preprocess, schedules
+
+HP_INT = ("seed", "schedule")
+HP_DEFAULTS = dict(seed=0, schedule=0, **{**schedules.PARAM_DEFAULTS,
+                                           **{k: o.default for k, o in options.RUN_OPTIONS.items()}})
+EVAL_TRAIN = ("none", "final", "epoch")  # when the training split is evaluated in eval mode
+
+
+class Data(NamedTuple):
+    """A dataset on the device: uint8 images, split index arrays and normalisation statistics."""
+
+    x: jax.Array          # uint8 [N, H, W, C]: the official training set
+    y: jax.Array          # int32 [N]
+    x_test: jax.Array     # uint8 [M, H, W, C]
+    y_test: jax.Array     # int32 [M]
+    train_idx: jax.Array  # int32 [n_train], indices into x
+    val_idx: jax.Array    # int32 [n_val], indices into x
+    mean: jax.Array       # broadcastable to an image
+    std: jax.Array
+
+
+class TrainState(NamedTuple):
+    """One run's state; a group stacks every leaf along a leading run axis."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: jax.Array       # int32
+    alive: jax.Array      # bool: False once the run diverged; it then stops updating
+    hp: dict[str, jax.Array]
+    grad_acc: jax.Array   # [2, tensors, 3]: Σ over the first / last grad_window steps of (mean |g|,
+    #                       mean g², ‖g‖); [2, 0, 3] without --grad_stats
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+    """What the compiled program depends on: shared by all runs of a group."""
+
+    model: models.ModelConfig
+    optimizer: str = "sgd"
+    batch_size: int = 64
+    augment: str = "none"
+    noise: bool = False
+    clip_norm: float | None = None
+    eval_batch_size: int = 500
+    precision: str = "fp32"
+    conv_impl: str = "auto"  # how convolutions execute; same numbers, so not part of a run's identity
+    frozen: tuple[str, ...] = ()  # layers (e.g. "conv1") whose parameters and BN statistics stay fixed
+    # in-step measurements (run_record.Epoch / run_record.Final), off by default:
+    grad_stats: bool = False  # |gradient| statistics per parameter tensor: per epoch and in two windows
+    grad_window: int = 5      # steps in each window: the first and the last of training
+    loss_every: int = 0       # a training-loss trace point every this many steps (0: none)
+    eval_train: str = "none"  # eval-mode pass over the training split: none, final (and before
+    #                           training) or epoch (also after every epoch)
+
+    @property
+    def net(self) -> models.Net:
+        conv = layers.auto_conv_impl(self.precision) if self.conv_impl == "auto" else self.conv_impl
+        return models.build(self.model, conv, self.precision, self.frozen)
+
+
+def put_data(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+             train_idx: np.ndarray, val_idx: np.ndarray, mean: np.ndarray, std: np.ndarray) -> Data:
+    """Copy a dataset and its split to the device once."""
+    arrays = (x, y.astype(np.int32), x_test, y_test.astype(np.int32), train_idx.astype(np.int32),
+              val_idx.astype(np.int32), mean.astype(np.float32), std.astype(np.float32))
+    return Data(*jax.device_put(arrays))
+
+
+def stack_hparams(runs: list[dict]) -> dict[str, np.ndarray]:
+    """Per-run hyperparameter dicts → one dict of arrays with a leading run axis."""
+    unknown = set().union(*runs) - set(HP_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown per-run hyperparameters: {sorted(unknown)}")
+    return {k: np.asarray([r.get(k, HP_DEFAULTS[k]) for r in runs],
+                          np.int32 if k in HP_INT else np.float32) for k in HP_DEFAULTS}
+
+
+def _run_key(hp: dict[str, jax.Array], stream: int) -> jax.Array:
+    """Independent key streams of a run (0: init, 1: steps, 2: data order), all from its seed."""
+    return jax.random.fold_in(jax.random.PRNGKey(hp["seed"]), stream)
+
+
+def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, ...]) -> TrainState:
+    """Initialise one run from its seed (init scale applied for normal(σ) init)."""
+    variables = spec.net.init(_run_key(hp, 0), jnp.zeros((1, *image_shape)), train=False)
+    params = variables["params"]
+    if spec.model.init == "normal":
+        params = models.scale_kernels(params, hp["init_scale"])
+    opt_state = _optimizer(spec, 0.0, hp, params).init(params)
+    n_tensors = len(jax.tree_util.tree_leaves(params)) if spec.grad_stats else 0
+    return TrainState(params, variables.get("batch_stats", {}), opt_state, jnp.int32(0),
+                      jnp.bool_(True), hp, jnp.zeros((2, n_tensors, 3)))
+
+
+def _optimizer(spec: GroupSpec, lr: jax.Array | float, hp: dict[str, jax.Array], params: Any
+               ) -> optax.GradientTransformation:
+    """The run's optimiser; frozen layers get zero updates (optax.multi_transform)."""
+    tx = optim.make(spec.optimizer, lr, hp, spec.clip_norm)
+    if not spec.frozen:
+        return tx
+    labels = {k: jax.tree_util.tree_map(lambda _: "frozen" if k in spec.frozen else "train", v)
+              for k, v in params.items()}
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _variable_shapes(spec: GroupSpec, image_shape: tuple[int, ...]) -> dict:
+    x = jnp.zeros((1, *image_shape))
+    return jax.eval_shape(lambda: spec.net.init(jax.random.PRNGKey(0), x, train=False))
+
+
+def param_shapes(spec: GroupSpec, image_shape: tuple[int, ...]) -> Any:
+    """The parameter pytree of one run as shapes and dtypes (no computation)."""
+    return _variable_shapes(spec, image_shape)["params"]
+
+
+def batch_stats_shapes(spec: GroupSpec, image_shape: tuple[int, ...]) -> Any:
+    """The batch-norm statistics of one run as shapes and dtypes ({} without batch norm)."""
+    return _variable_shapes(spec, image_shape).get("batch_stats", {})
+
+
+def param_names(params: Any) -> list[str]:
+    """"layer/name" of every parameter tensor, in leaf order (the order of gradient statistics)."""
+    return ["/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+
+def _grad_stats(grads: Any) -> jax.Array:
+    """[tensors, 3]: mean |g|, mean g² and ‖g‖ of every parameter tensor."""
+    return jnp.stack([jnp.stack([jnp.mean(jnp.abs(g)), jnp.mean(g ** 2), jnp.sqrt(jnp.sum(g ** 2))])
+                      for g in jax.tree_util.tree_leaves(grads)])
+
+
+def _count_correct(logits: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(top-1 correct, top-5 correct) as float vectors."""
+    top1 = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    _, top = jax.lax.top_k(logits, min(5, logits.shape[-1]))
+    return top1, jnp.any(top == y[:, None], -1).astype(jnp.float32)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
+               ) -> tuple[TrainState, jax.Array]:
+    """One SGD step of one run on the examples `idx`; returns the new state and
+    [loss, top-1 correct, top-5 correct] summed over the batch (NaN once diverged)."""
+    hp = state.hp
+    k_drop, k_aug, k_noise = jax.random.split(jax.random.fold_in(_run_key(hp, 1), state.step), 3)
+    x = preprocess.normalize(data.x[idx], data.mean, data.std)
+    y = data.y[idx]
+    if spec.augment == "crop_flip":
+        x = preprocess.crop_flip(k_aug, x)
+    if spec.noise:
+        x = preprocess.add_noise(k_noise, x, hp["noise_std"], hp["salt_pepper"])
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        logits, updates = spec.net.apply(variables, x, train=True, dropout_rate=hp["dropout"],
+                                         rngs={"dropout": k_drop}, mutable=["batch_stats"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return ce.mean() + hp["l2"] * optim.l2_penalty(params), (ce, logits, updates)
+
+    grads, (ce, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    tx = _optimizer(spec, schedules.learning_rate(hp, state.step), hp, state.params)
+    deltas, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = (optax.apply_updates(state.params, deltas), updates.get("batch_stats", {}), opt_state)
+    ok = state.alive & jnp.all(jnp.isfinite(ce)) & _all_finite(new[0])
+    keep = lambda n, o: jnp.where(ok, n, o)
+    params, batch_stats, opt_state = jax.tree_util.tree_map(
+        keep, new, (state.params, state.batch_stats, state.opt_state))
+    top1, top5 = _count_correct(logits, y)
+    sums = jnp.stack([ce.sum(), top1.sum(), top5.sum()])
+    grad_acc = state.grad_acc
+    if spec.grad_stats:
+        g = _grad_stats(grads)
+        k = spec.grad_window
+        window = jnp.stack([state.step < k, state.step >= hp["total_steps"] - k]).astype(jnp.float32)
+        grad_acc = grad_acc + window[:, None, None] * g
+        sums = jnp.concatenate([sums, g[:, 2]])  # per-tensor ‖g‖, averaged per epoch
+    sums = jnp.where(ok, sums, jnp.nan)
+    return TrainState(params, batch_stats, opt_state, state.step + 1, ok, hp, grad_acc), sums
+
+
+def epoch_indices(hp: dict[str, jax.Array], epoch: jax.Array, train_idx: jax.Array,
+                  batch_size: int) -> jax.Array:
+    """This run's shuffled batches for `epoch`: [steps, batch] indices (the last partial batch
+    is dropped so every step has the same shape)."""
+    steps = train_idx.shape[0] // batch_size
+    perm = jax.random.permutation(jax.random.fold_in(_run_key(hp, 2), epoch), train_idx.shape[0])
+    return train_idx[perm[: steps * batch_size]].reshape(steps, batch_size)
+
+
+def train_epoch(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
+                ) -> tuple[TrainState, jax.Array]:
+    """One epoch of one run over its [steps, batch] indices with the steps inside `lax.scan`;
+    returns the summed step metrics and every step's summed loss [steps]."""
+    step = lambda s, i: train_step(spec, s, data, i)
+    state, sums = jax.lax.scan(step, state, idx)
+    return state, sums.sum(0), sums[:, 0]
+
+
+def evaluate(spec: GroupSpec, state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array,
+             mean: jax.Array, std: jax.Array) -> jax.Array:
+    """Eval-mode [loss, top-1 acc, top-5 acc] of one run over x[idx], in padded batches."""
+    n, bs = idx.shape[0], min(spec.eval_batch_size, idx.shape[0])
+    pad = -n % bs
+    batches = jnp.pad(idx, (0, pad)).reshape(-1, bs)
+    valid = (jnp.arange(n + pad) < n).reshape(-1, bs).astype(jnp.float32)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+    def body(total, b):
+        i, w = b
+        logits = spec.net.apply(variables, preprocess.normalize(x[i], mean, std), train=False)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y[i])
+        top1, top5 = _count_correct(logits, y[i])
+        return total + jnp.stack([(ce * w).sum(), (top1 * w).sum(), (top5 * w).sum()]), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros(3), (batches, valid))
+    return total / n
+
