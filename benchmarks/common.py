@@ -189,7 +189,7 @@ class Measurement:
                 "images_per_s_per_run": self.images_per_s / self.runs}
 
 
-class Recorder:
+class Timings:
     """Engine callbacks (the torch loops feed it too) keeping compile time, seconds per epoch
     summed over runs, and every run's training loss per epoch."""
 
@@ -231,7 +231,7 @@ class Recorder:
 
 def measure_engine(w: Workload, dev: train.Data, layout: str, label: str | None = None) -> Measurement:
     """Train the workload with cifar_jax in `layout` and measure it."""
-    rec = Recorder()
+    rec = Timings()
     watch = CpuWatch()
     engine.train_group(w.spec, w.hparams(), dev, w.epochs, rec, layout=layout)
     return rec.measurement(label or layout, w, *watch.stop())

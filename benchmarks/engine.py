@@ -41,7 +41,7 @@ def _steps(steps: int | None) -> dict[str, int]:
 
 def is_slow(w: common.Workload, layout: str) -> bool:
     """Conv models on XLA:CPU vmapped or lax.mapped over runs: grouped or looped convolutions
-    (DESIGN.md "Performance"); on CPU a group trains one run at a time."""
+    (README.md, "Performance"); on CPU a group trains one run at a time."""
     return jax.default_backend() == "cpu" and w.model.name != "mlp" and not layout.startswith("seq")
 
 

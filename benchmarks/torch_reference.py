@@ -181,7 +181,7 @@ def _setup(w: common.Workload, seed: int, lr: float, shape: tuple[int, int, int]
 
 
 def reports_way(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int], device: str,
-                rec: common.Recorder) -> None:
+                rec: common.Timings) -> None:
     """One run after another; a shuffling DataLoader over a TensorDataset, each batch copied to
     the device, the loss read back every step (as the reports' code did)."""
     torch = require_torch()
@@ -201,7 +201,7 @@ def reports_way(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int],
 
 
 def best_effort(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int], device: str,
-                rec: common.Recorder, memory_format: Any) -> None:
+                rec: common.Timings, memory_format: Any) -> None:
     """One run after another with the data on the device as one tensor, batches from a
     per-epoch randperm, the loss summed on the device and read once per epoch."""
     torch = require_torch()
@@ -322,7 +322,7 @@ def compile_first(step: Callable, args: tuple, device: str) -> tuple[Callable, A
 
 
 def func_vmap(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int], device: str,
-              rec: common.Recorder, precision: str, compile: bool = True) -> dict[str, Any]:
+              rec: common.Timings, precision: str, compile: bool = True) -> dict[str, Any]:
     """All runs at once: their stacked parameters, vmap(grad) of functional_call, plain SGD with
     each run's LR done functionally, the data on the device and each run's batches from its own
     per-epoch randperm (the orders `best_effort` uses). The step is torch.compile'd on its first
@@ -387,18 +387,18 @@ def _one_line(err: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def measure_torch(label: str, train: Callable[[common.Recorder], dict[str, Any] | None],
+def measure_torch(label: str, train: Callable[[common.Timings], dict[str, Any] | None],
                   w: common.Workload) -> tuple[common.Measurement, dict[str, Any]]:
     """Time one torch way of training the workload, like cifar_jax's (first epochs untimed), and
     keep what the trainer returns about itself (how torch.compile ran, say)."""
-    rec = common.Recorder()
+    rec = common.Timings()
     watch = common.CpuWatch()
     extra = train(rec) or {}
     return rec.measurement(label, w, *watch.stop()), extra
 
 
 def torch_trainers(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, int], device: str,
-                   memory_format: Any) -> dict[str, tuple[str, Callable[[common.Recorder], Any]]]:
+                   memory_format: Any) -> dict[str, tuple[str, Callable[[common.Timings], Any]]]:
     """Every torch variant by its --variants name: its label and its training function."""
     fp32 = "fp32/TF32" if device.startswith("cuda") else "fp32"
     fmt = str(memory_format).split(".")[-1]
@@ -411,7 +411,7 @@ def torch_trainers(w: common.Workload, x: Any, y: Any, shape: tuple[int, int, in
     }
 
 
-def run_variant(label: str, train: Callable[[common.Recorder], Any], w: common.Workload,
+def run_variant(label: str, train: Callable[[common.Timings], Any], w: common.Workload,
                 device: str) -> tuple[common.Measurement | None, dict[str, Any]]:
     """The variant's measurement and record; a failure is printed in one line and recorded as
     {"label", "error"} (no measurement), so that the other variants still run."""

@@ -143,14 +143,18 @@ def _fill(target: dict[str, Any], arrays: dict[str, jax.Array], loaded: list[str
     return tree["params"], tree["batch_stats"]
 
 
+def _open(path: str | Path, target_params: Any, target_batch_stats: Any) -> tuple[Any, dict, Any, dict]:
+    """The target variables and the checkpoint's tree, each with its manifest of leaves."""
+    target = _variables(target_params, target_batch_stats)
+    stored_tree = _stored_tree(path)
+    return target, _manifest(target), stored_tree, _manifest(stored_tree)
+
+
 def restore(path: str | Path, target_params: Any, target_batch_stats: Any, *,
             strict: bool = True) -> tuple[Any, Any]:
     """(params, batch_stats) of a checkpoint in the targets' structure; strict: same leaf paths, shapes
     and dtypes or a CheckpointError naming the first difference, else differing leaves keep target values."""
-    target = _variables(target_params, target_batch_stats)
-    model = _manifest(target)
-    stored_tree = _stored_tree(path)
-    stored = _manifest(stored_tree)
+    target, model, stored_tree, stored = _open(path, target_params, target_batch_stats)
     if strict:
         for leaf in sorted(stored.keys() | model.keys()):
             diff = _difference(leaf, stored, model)
@@ -169,10 +173,7 @@ def restore_partial(path: str | Path, target_params: Any, target_batch_stats: An
                     keep: Callable[[str], bool]) -> tuple[Any, Any, dict[str, list[str]]]:
     """Load only the leaves selected by `keep` (e.g. the convs, for transfer), which must match; the
     rest keep their fresh target values. Returns (params, batch_stats, report) and prints a summary."""
-    target = _variables(target_params, target_batch_stats)
-    model = _manifest(target)
-    stored_tree = _stored_tree(path)
-    stored = _manifest(stored_tree)
+    target, model, stored_tree, stored = _open(path, target_params, target_batch_stats)
     loaded = sorted(leaf for leaf in model if keep(leaf))
     for leaf in loaded:
         diff = _difference(leaf, stored, model)

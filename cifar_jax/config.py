@@ -14,11 +14,8 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from cifar_jax import engine, layers, models, optim, options, preprocess, schedules, splits, train
-
-
-class ConfigError(ValueError):
-    """A bad flag value; the message names the flag and what is allowed."""
+from cifar_jax import engine, layers, models, options, schedules, splits, train
+from cifar_jax.registry import ConfigError, lookup
 
 
 FLAGS = flags.FLAGS
@@ -34,13 +31,6 @@ def define_flags() -> None:
     f.DEFINE_string("data_dir", None, "Where datasets live; default $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax.")
     f.DEFINE_string("results_dir", "./results", "Root of the study directories.")
     f.DEFINE_string("name", None, "Study directory name under --results_dir (default: the experiment's name).")
-    f.DEFINE_list("model", ["baseline"], f"Architecture: {', '.join(models.MODELS)}; a comma list is a grid axis.")
-    f.DEFINE_list("hidden", ["50", "50"], "MLP hidden widths, comma separated (--model=mlp); several lists "
-                  "separated by ';' are a grid axis (--hidden='50,50;60,50,40').")
-    f.DEFINE_list("norm", ["none"], f"Normalisation layer after every layer but the last: {', '.join(models.NORMS)}; "
-                  "a comma list is a grid axis.")
-    f.DEFINE_string("init", "torch", "Weight init: torch (PyTorch default uniform), he, xavier, or normal "
-                    "(N(0, σ²) with σ from --init_scale).")
     f.DEFINE_list("lr", ["0.05"], "Learning rate (α0; η_max for --schedule=cyclic); a comma list is a grid axis; "
                   "OPTIMIZER:LR entries give each optimiser its own (--optimizer=sgd,adam --lr=sgd:0.05,adam:0.001).")
     f.DEFINE_string("schedule", "constant", f"LR schedule: {', '.join(schedules.SCHEDULES)}.")
@@ -49,19 +39,14 @@ def define_flags() -> None:
                     "epoch) or step (every step).")
     f.DEFINE_float("decay_every", 1.0, "t advances by one every this many decay units (step schedule: 10 = every 10 epochs).")
     f.DEFINE_integer("half_cycle", 0, "n_s of the cyclic schedule, in steps (0: 5 epochs' worth, as in seeds/002).")
-    f.DEFINE_list("optimizer", ["sgd"], f"Optimiser: {', '.join(optim.OPTIMIZERS)}; a comma list is a grid axis.")
-    f.DEFINE_list("clip_norm", ["0"], "Clip gradients to this global norm (0: off); a comma list is a grid axis.")
-    f.DEFINE_list("batch_size", ["64"], "Training batch size (the last partial batch of an epoch is dropped); "
-                  "a comma list is a grid axis.")
-    f.DEFINE_list("epochs", ["50"], "Training epochs; a comma list is a grid axis.")
     f.DEFINE_list("seeds", ["5"], "A count n (seeds 0..n-1) or a comma list of seeds.")
     f.DEFINE_string("split", "45000/5000", "train/validation sizes drawn from the official training set; "
                     "append :swap to exchange them (transfer studies).")
     f.DEFINE_integer("split_seed", 0, "Seed of the train/validation split (shared by every run).")
+    for g in options.GROUP_OPTIONS.values():
+        f.DEFINE_list(g.name, g.default.split(","), g.flag_help)
     f.DEFINE_string("normalization", "per_channel", f"Input standardisation: {', '.join(splits.NORMALIZATIONS)} "
                     "(statistics from the training split only).")
-    f.DEFINE_list("augment", ["none"], f"Training augmentation: {', '.join(preprocess.AUGMENTATIONS)}; a comma "
-                  "list is a grid axis.")
     for o in options.RUN_OPTIONS.values():
         f.DEFINE_list(o.name, [f"{o.default:g}"], f"{o.help} Allowed: {o.interval}; a comma list is a grid axis.")
     f.DEFINE_string("layout", "auto", f"How a group runs: {', '.join(engine.LAYOUTS)} (auto: the measured-fastest "
@@ -146,8 +131,7 @@ class Config:
     def single_group(self, why: str) -> None:
         """Refuse several values of a group-level flag where a study sets its own architectures."""
         if len(self.variants) > 1:
-            raise ConfigError(f"--model/--hidden/--norm/--optimizer/--batch_size/--epochs/--augment/"
-                              f"--clip_norm: give one value each; {why}")
+            raise ConfigError(f"{'/'.join('--' + name for name in options.GROUP_OPTIONS)}: give one value each; {why}")
 
 
 def _floats(flag: str, values: Sequence[str], lo: float, hi: float, *, lo_open: bool = False,
@@ -168,8 +152,8 @@ def _floats(flag: str, values: Sequence[str], lo: float, hi: float, *, lo_open: 
 
 
 def _choice(flag: str, value: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"--{flag}={value!r} is unknown; allowed: {', '.join(allowed)}")
+    """`value` if it is one of `allowed` (names, or a registry's keys), else a ConfigError."""
+    lookup(dict.fromkeys(allowed), value, flag)
     return value
 
 
@@ -193,35 +177,6 @@ def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
     return tuple(ints)
 
 
-def _ints(flag: str, values: Sequence[str]) -> tuple[int, ...]:
-    """Parse a list flag of integers > 0."""
-    try:
-        out = tuple(int(v) for v in values)
-    except ValueError:
-        raise ConfigError(f"--{flag}={','.join(values)}: give integers") from None
-    if not out or min(out) < 1:
-        raise ConfigError(f"--{flag}={','.join(values)}: must be >= 1")
-    return out
-
-
-def _choices(flag: str, values: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-    if not values:
-        raise ConfigError(f"--{flag} needs at least one value; allowed: {', '.join(allowed)}")
-    return tuple(_choice(flag, v, allowed) for v in values)
-
-
-def _hidden_lists(values: Sequence[str]) -> tuple[tuple[int, ...], ...]:
-    """--hidden: widths separated by ',', several lists by ';'."""
-    text = ",".join(values)
-    try:
-        lists = tuple(tuple(int(w) for w in part.split(",")) for part in text.split(";"))
-    except ValueError:
-        raise ConfigError(f"--hidden={text}: widths must be integers (lists separated by ';')") from None
-    if any(not h or min(h) < 1 for h in lists):
-        raise ConfigError(f"--hidden={text}: give one or more widths >= 1 per list")
-    return lists
-
-
 def _learning_rates(values: Sequence[str], optimizers: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
     """--lr per optimiser: plain values apply to every one; OPTIMIZER:LR entries to that one."""
     what = "learning rates must be > 0"
@@ -242,21 +197,16 @@ def _learning_rates(values: Sequence[str], optimizers: tuple[str, ...]) -> dict[
 
 
 def _variants(fl: Any, dropouts: tuple[float, ...]) -> list[dict[str, Any]]:
-    """Every combination of the flags that change the compiled program (each combination is a
-    group of its own), as Config field overrides, with the learning rates of its optimiser."""
-    names, norms = _choices("model", fl.model, models.MODELS), _choices("norm", fl.norm, models.NORMS)
-    init = _choice("init", fl.init, models.INITS)
-    hidden = _hidden_lists(fl.hidden) if "mlp" in names else ((),)
+    """Every combination of the program-changing flags (`options.GROUP_OPTIONS`; each combination
+    is a group of its own) as Config field overrides, with the learning rates of its optimiser."""
+    values = {name: o.parse(getattr(fl, name)) for name, o in options.GROUP_OPTIONS.items()}
     model_configs = list(dict.fromkeys(
-        models.ModelConfig(name, h if name == "mlp" else (), norm, init, any(d > 0 for d in dropouts))
-        for name in names for h in hidden for norm in norms))
-    optimizers = _choices("optimizer", fl.optimizer, optim.OPTIMIZERS)
-    lrs = _learning_rates(fl.lr, optimizers)
-    clips = _floats("clip_norm", fl.clip_norm, 0.0, math.inf, what="clip norms must be >= 0 (0: off)")
-    axes = {"model": model_configs, "optimizer": optimizers, "batch_size": _ints("batch_size", fl.batch_size),
-            "epochs": _ints("epochs", fl.epochs), "augment": _choices("augment", fl.augment, preprocess.AUGMENTATIONS),
-            "clip_norm": clips}
-    combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+        models.ModelConfig(name, hidden if name == "mlp" else (), norm, init, any(d > 0 for d in dropouts))
+        for name in values["model"] for hidden in values["hidden"] for norm in values["norm"]
+        for init in values["init"]))
+    axes = {"model": model_configs, **{k: v for k, v in values.items() if k not in options.MODEL_OPTIONS}}
+    lrs = _learning_rates(fl.lr, values["optimizer"])
+    combos = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
     return [{**combo, "lrs": lrs[combo["optimizer"]]} for combo in combos]
 
 
@@ -282,7 +232,7 @@ def from_flags(fl: Any = None) -> Config:
     _positive("decay_every", fl.decay_every)
     _positive("grad_window", fl.grad_window)
     _positive("loss_every", fl.loss_every, strict=False)
-    schedule = _choice("schedule", fl.schedule, list(schedules.SCHEDULES))
+    schedule = _choice("schedule", fl.schedule, schedules.SCHEDULES)
     if schedule == "cyclic" and fl.lr_min >= min(min(v["lrs"]) for v in variants):
         raise ConfigError(f"--lr_min={fl.lr_min}: must be below every --lr (η_max) for the cyclic schedule")
     return Config(
@@ -294,7 +244,7 @@ def from_flags(fl: Any = None) -> Config:
         split=split, split_seed=fl.split_seed,
         normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS),
         layout=_choice("layout", fl.layout, engine.LAYOUTS),
-        precision=_choice("precision", fl.precision, list(models.PRECISIONS)),
+        precision=_choice("precision", fl.precision, models.PRECISIONS),
         conv_impl=_choice("conv_impl", fl.conv_impl, layers.CONV_IMPLS),
         memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size,
         eval_train=fl.eval_train, grad_stats=fl.grad_stats, grad_window=fl.grad_window, loss_every=fl.loss_every,

@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cifar_jax.registry import lookup
+
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -97,13 +99,6 @@ def auto_conv_impl(precision: str = "fp32", backend: str | None = None) -> str:
     return AUTO_CONV.get((backend or jax.default_backend(), precision), "xla")
 
 
-def get_conv(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The convolution implementation `name`; the error lists the allowed names."""
-    if name not in CONVS:
-        raise ValueError(f"--conv_impl={name!r} is unknown; allowed: {', '.join(CONVS)}")
-    return CONVS[name]
-
-
 class Conv(nn.Module):
     """A stride-1 'same' convolution layer with `nn.Conv`'s parameters (names, shapes, init)
     and a chosen implementation; `dtype` None computes in the promoted input/parameter dtype."""
@@ -121,7 +116,7 @@ class Conv(nn.Module):
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
         dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
-        y = get_conv(self.impl)(x.astype(dtype), kernel.astype(dtype))
+        y = lookup(CONVS, self.impl, "conv_impl")(x.astype(dtype), kernel.astype(dtype))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(dtype)
         return y

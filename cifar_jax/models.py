@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from cifar_jax.layers import Conv, max_pool
+from cifar_jax.registry import lookup
 
 Layer = tuple
-INITS = ("torch", "he", "xavier", "normal")
-NORMS = ("none", "batch", "layer")
 
-# The architectures of STUDIES.md "Models" (the classifier layer is added by Net).
-ARCHITECTURES: dict[str, tuple[Layer, ...]] = {
-    "baseline": (("conv", 16, 3), ("pool", 2), ("conv", 32, 3), ("pool", 2),
-                 ("conv", 64, 3), ("pool", 2), ("dense", 64)),
-    "convnet": (("conv", 32, 5), ("pool", 2), ("conv", 64, 5), ("pool", 2),
-                ("conv", 64, 5), ("pool", 2), ("dense", 1000)),
+# The architectures of STUDIES.md "Models": name → (model config → its layers; the classifier
+# layer is added by Net).
+MODELS: dict[str, Callable[[Any], tuple[Layer, ...]]] = {
+    "baseline": lambda cfg: (("conv", 16, 3), ("pool", 2), ("conv", 32, 3), ("pool", 2),
+                             ("conv", 64, 3), ("pool", 2), ("dense", 64)),
+    "convnet": lambda cfg: (("conv", 32, 5), ("pool", 2), ("conv", 64, 5), ("pool", 2),
+                            ("conv", 64, 5), ("pool", 2), ("dense", 1000)),
+    "mlp": lambda cfg: tuple(("dense", w) for w in cfg.hidden),
 }
-MODELS = ("baseline", "convnet", "mlp")
 
 
 def _torch_uniform(key: jax.Array, shape: Sequence[int], dtype: Any, fan_in: int) -> jax.Array:
@@ -37,14 +37,27 @@ def _torch_uniform(key: jax.Array, shape: Sequence[int], dtype: Any, fan_in: int
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def _initializers(init: str, fan_in: int) -> tuple[Any, Any]:
-    """(kernel_init, bias_init) for an init scheme; "normal" is N(0, 1), scaled per run later."""
-    if init == "torch":
-        f = lambda key, shape, dtype=jnp.float32: _torch_uniform(key, shape, dtype, fan_in)
-        return f, f
-    kernel = {"he": nn.initializers.he_normal(), "xavier": nn.initializers.xavier_normal(),
-              "normal": nn.initializers.normal(1.0)}[init]
-    return kernel, nn.initializers.zeros
+def _torch_init(fan_in: int) -> tuple[Any, Any]:
+    f = lambda key, shape, dtype=jnp.float32: _torch_uniform(key, shape, dtype, fan_in)
+    return f, f
+
+
+# name → (fan_in → (kernel_init, bias_init)); "normal" is N(0, 1), scaled per run by init_scale.
+INITS: dict[str, Callable[[int], tuple[Any, Any]]] = {
+    "torch": _torch_init,
+    "he": lambda fan_in: (nn.initializers.he_normal(), nn.initializers.zeros),
+    "xavier": lambda fan_in: (nn.initializers.xavier_normal(), nn.initializers.zeros),
+    "normal": lambda fan_in: (nn.initializers.normal(1.0), nn.initializers.zeros),
+}
+
+# name → (train mode, compute dtype, layer name) → the normalisation after a layer (None: none).
+# Batch norm: momentum 0.9 = PyTorch's 0.1; statistics are per run because each run is its own apply.
+NORMS: dict[str, Callable[[bool, Any, str], nn.Module] | None] = {
+    "none": None,
+    "batch": lambda train, dtype, name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                                     dtype=dtype, name=f"bn_{name}"),
+    "layer": lambda train, dtype, name: nn.LayerNorm(epsilon=1e-5, dtype=dtype, name=f"ln_{name}"),
+}
 
 
 def dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
@@ -83,33 +96,25 @@ class Net(nn.Module):
                 n_conv += 1
                 name = f"conv{n_conv}"
                 k = layer[2]
-                kinit, binit = _initializers(self.init_kind, k * k * x.shape[-1])
+                kinit, binit = INITS[self.init_kind](k * k * x.shape[-1])
                 x = Conv(layer[1], k, bias, kinit, binit, self.conv_impl, self.dtype, name=name)(x)
             else:
                 n_fc += 1
                 name = f"fc{n_fc}"
                 x = x.reshape(x.shape[0], -1)
-                kinit, binit = _initializers(self.init_kind, x.shape[-1])
+                kinit, binit = INITS[self.init_kind](x.shape[-1])
                 x = nn.Dense(layer[1], use_bias=bias, kernel_init=kinit, bias_init=binit,
                              dtype=self.dtype, name=name)(x)
-            x = self._normalize(x, name, train and name not in self.frozen)
+            if NORMS[self.norm] is not None:
+                x = NORMS[self.norm](train and name not in self.frozen, self.dtype, name)(x)
             x = nn.relu(x)
             if kind == "dense" and self.use_dropout and train:
                 x = dropout(x, dropout_rate, self.make_rng("dropout"))
         x = x.reshape(x.shape[0], -1)
-        kinit, binit = _initializers(self.init_kind, x.shape[-1])
+        kinit, binit = INITS[self.init_kind](x.shape[-1])
         logits = nn.Dense(self.num_classes, kernel_init=kinit, bias_init=binit, dtype=self.dtype,
                           name=f"fc{n_fc + 1}")(x)
         return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bf16 → float32 loss
-
-    def _normalize(self, x: jax.Array, name: str, train: bool) -> jax.Array:
-        if self.norm == "batch":
-            # momentum 0.9 = PyTorch's 0.1; statistics are per run because each run is its own apply.
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                dtype=self.dtype, name=f"bn_{name}")(x)
-        if self.norm == "layer":
-            return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"ln_{name}")(x)
-        return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,19 +131,16 @@ class ModelConfig:
 
 def layer_stack(cfg: ModelConfig) -> tuple[Layer, ...]:
     """The layers of a model config (the classifier not included)."""
-    if cfg.name == "mlp":
-        return tuple(("dense", w) for w in cfg.hidden)
-    return ARCHITECTURES[cfg.name]
+    return lookup(MODELS, cfg.name, "model")(cfg)
 
 
 def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32",
           frozen: tuple[str, ...] = ()) -> Net:
     """The flax module for a model config, with a convolution implementation, precision and
     the layers whose BN statistics are frozen."""
-    if cfg.name not in MODELS:
-        raise ValueError(f"--model={cfg.name!r} is unknown; allowed: {', '.join(MODELS)}")
+    lookup(NORMS, cfg.norm, "norm"), lookup(INITS, cfg.init, "init")
     return Net(layer_stack(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout, conv_impl,
-               PRECISIONS[precision], frozen)
+               lookup(PRECISIONS, precision, "precision"), frozen)
 
 
 def scale_kernels(params: Any, scale: jax.Array) -> Any:

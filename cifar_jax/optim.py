@@ -7,30 +7,31 @@ the loss (`l2_penalty`), distinct from AdamW's decoupled weight decay.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
+from cifar_jax.registry import lookup
+
+Hparams = Mapping[str, jax.Array]
+
+# name → (learning rate, the run's hyperparameters) → optax transformation
+OPTIMIZERS: dict[str, Callable[[Any, Hparams], optax.GradientTransformation]] = {
+    "sgd": lambda lr, hp: optax.sgd(lr),
+    "momentum": lambda lr, hp: optax.sgd(lr, momentum=hp["momentum"]),
+    "nesterov": lambda lr, hp: optax.sgd(lr, momentum=hp["momentum"], nesterov=True),
+    "rmsprop": lambda lr, hp: optax.rmsprop(lr, decay=hp["rmsprop_decay"], eps=hp["rmsprop_eps"]),
+    "adam": lambda lr, hp: optax.adam(lr, b1=hp["adam_b1"], b2=hp["adam_b2"], eps=hp["adam_eps"]),
+    "adamw": lambda lr, hp: optax.adamw(lr, b1=hp["adam_b1"], b2=hp["adam_b2"], eps=hp["adam_eps"],
+                                        weight_decay=hp["weight_decay"]),
+}
 
 
-def make(name: str, lr: jax.Array | float, hp: Mapping[str, jax.Array],
-         clip_norm: float | None = None) -> optax.GradientTransformation:
+def make(name: str, lr: jax.Array | float, hp: Hparams, clip_norm: float | None = None) -> optax.GradientTransformation:
     """The optax transformation `name` at learning rate `lr` with the run's hyperparameters."""
-    if name == "sgd":
-        tx = optax.sgd(lr)
-    elif name in ("momentum", "nesterov"):
-        tx = optax.sgd(lr, momentum=hp["momentum"], nesterov=name == "nesterov")
-    elif name == "rmsprop":
-        tx = optax.rmsprop(lr, decay=hp["rmsprop_decay"], eps=hp["rmsprop_eps"])
-    elif name == "adam":
-        tx = optax.adam(lr, b1=hp["adam_b1"], b2=hp["adam_b2"], eps=hp["adam_eps"])
-    elif name == "adamw":
-        tx = optax.adamw(lr, b1=hp["adam_b1"], b2=hp["adam_b2"], eps=hp["adam_eps"], weight_decay=hp["weight_decay"])
-    else:
-        raise ValueError(f"--optimizer={name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+    tx = lookup(OPTIMIZERS, name, "optimizer")(lr, hp)
     return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm else tx
 
 

@@ -1,12 +1,23 @@
-"""The per-run options, declared once: each entry makes a flag (a comma list is a grid axis inside
-one group), its validation, its place in a configuration's name and a per-run array of the
-engine (`train.HP_DEFAULTS`). Adding a per-run knob is one entry here plus the code that reads
+"""The options that make the grid, declared once.
+
+`RUN_OPTIONS` vary inside one compiled program: each entry makes a flag (a comma list is a grid
+axis inside a group), its validation, its place in a configuration's name and a per-run array of
+the engine (`train.HP_DEFAULTS`). Adding a per-run knob is one entry here plus the code that reads
 `hp[name]` (the learning rate and the schedule's own parameters live in `config`/`schedules`).
+
+`GROUP_OPTIONS` change the compiled program: each value is a group of its own (a comma list, or
+for --hidden a ';' list, is a grid axis across groups). Each entry makes the flag, its help and
+its validation; `config` combines them into groups and `config.group_spec` hands them to the
+engine's `train.GroupSpec`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Sequence
+
+from cifar_jax import models, optim, preprocess
+from cifar_jax.registry import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,3 +57,66 @@ RUN_OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("salt_pepper", 0.0, 0.0, 1.0, high_open=True,
            help="Fraction of training inputs set to salt-and-pepper noise."),
 )}
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupOption:
+    """A program-changing option: a name from a registry (`choices`), an integer or a float
+    (>= `low`), or a list of widths; its values are separated by `sep`."""
+
+    name: str
+    default: str                       # as typed on the command line
+    kind: str                          # "choice", "int", "float" or "widths"
+    help: str
+    choices: Sequence[str] = ()
+    low: float = 0.0
+    sep: str = ","
+
+    def parse(self, values: Sequence[str]) -> tuple[Any, ...]:
+        """The option's values from its absl list (split at commas), checked; ConfigError
+        (one line) on a bad value."""
+        text = ",".join(values)
+        items = text.split(self.sep) if text else []
+        if not items:
+            raise ConfigError(f"--{self.name} needs at least one value")
+        try:
+            return tuple(self._one(item.strip()) for item in items)
+        except ValueError as err:
+            raise ConfigError(f"--{self.name}={text}: {err}") from None
+
+    def _one(self, item: str) -> Any:
+        if self.kind == "choice":
+            if item not in self.choices:
+                raise ValueError(f"{item!r} is unknown; allowed: {', '.join(self.choices)}")
+            return item
+        if self.kind == "widths":
+            widths = tuple(int(w) for w in item.split(","))
+            if not widths or min(widths) < 1:
+                raise ValueError("give one or more widths >= 1 per list")
+            return widths
+        value = int(item) if self.kind == "int" else float(item)
+        if not math.isfinite(value) or value < self.low:
+            raise ValueError(f"must be >= {self.low:g}")
+        return value
+
+    @property
+    def flag_help(self) -> str:
+        """The flag's help line, with the allowed names and how to make it a grid axis."""
+        allowed = f" ({', '.join(self.choices)})" if self.choices else ""
+        axis = "several lists separated by ';'" if self.sep == ";" else "a comma list"
+        return f"{self.help}{allowed}; {axis} is a grid axis (one group per value)."
+
+
+GROUP_OPTIONS: dict[str, GroupOption] = {o.name: o for o in (
+    GroupOption("model", "baseline", "choice", "Architecture", tuple(models.MODELS)),
+    GroupOption("hidden", "50,50", "widths", "MLP hidden widths, comma separated (--model=mlp)", sep=";"),
+    GroupOption("norm", "none", "choice", "Normalisation layer after every layer but the last", tuple(models.NORMS)),
+    GroupOption("init", "torch", "choice", "Weight init (torch: PyTorch's default uniform; normal: N(0, σ²) with σ "
+                "from --init_scale)", tuple(models.INITS)),
+    GroupOption("optimizer", "sgd", "choice", "Optimiser", tuple(optim.OPTIMIZERS)),
+    GroupOption("batch_size", "64", "int", "Training batch size (an epoch's last partial batch is dropped)", low=1),
+    GroupOption("epochs", "50", "int", "Training epochs", low=1),
+    GroupOption("augment", "none", "choice", "Training augmentation", tuple(preprocess.AUGMENTATIONS)),
+    GroupOption("clip_norm", "0", "float", "Clip gradients to this global norm (0: off)"),
+)}
+MODEL_OPTIONS = ("model", "hidden", "norm", "init")  # combined into one models.ModelConfig per group

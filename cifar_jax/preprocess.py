@@ -1,10 +1,10 @@
 """Inside-the-step preprocessing: normalisation, augmentation and input noise, all from keys."""
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
-
-AUGMENTATIONS = ("none", "crop_flip")
 
 
 def normalize(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
@@ -22,6 +22,11 @@ def crop_flip(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
     x = jax.vmap(crop)(padded, offsets)
     flip = jax.random.bernoulli(k_flip, 0.5, (n, 1, 1, 1))
     return jnp.where(flip, x[:, :, ::-1, :], x)
+
+
+# name → (key, normalised batch) → augmented batch
+AUGMENTATIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "none": lambda key, x: x, "crop_flip": crop_flip}
 
 
 def add_noise(key: jax.Array, x: jax.Array, gaussian_std: jax.Array, salt_pepper: jax.Array) -> jax.Array:

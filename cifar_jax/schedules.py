@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cifar_jax.registry import lookup
+
 Params = Mapping[str, jax.Array]
 
 
@@ -74,7 +76,8 @@ def learning_rate(p: Params, step: jax.Array) -> jax.Array:
     return jax.lax.switch(p["schedule"], list(SCHEDULES.values()), p, step)
 
 
-def curve(name: str, steps: np.ndarray, **params: float) -> np.ndarray:
+def lr_at(name: str, steps: np.ndarray, **params: float) -> np.ndarray:
     """The schedule `name` evaluated at `steps` (host-side, for figures and tests)."""
     p = {k: jnp.float32(params.get(k, v)) for k, v in PARAM_DEFAULTS.items()}
-    return np.asarray(jax.vmap(lambda s: SCHEDULES[name](p, s))(jnp.asarray(steps, jnp.float32)))
+    schedule = lookup(SCHEDULES, name, "schedule")
+    return np.asarray(jax.vmap(lambda s: schedule(p, s))(jnp.asarray(steps, jnp.float32)))

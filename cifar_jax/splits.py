@@ -3,10 +3,11 @@ statistics computed from the training split only."""
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import numpy as np
 
-NORMALIZATIONS = ("per_channel", "per_dim", "mean_image", "none")
+from cifar_jax.registry import lookup
 
 _SPLIT_FORM = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*(:swap)?\s*")
 _CHUNK = 2048  # images per chunk when summing statistics: ~50 MB of float64 for CIFAR
@@ -52,19 +53,18 @@ def norm_stats(x: np.ndarray, train_idx: np.ndarray, mode: str) -> tuple[np.ndar
     per_dim: (H, W, C), over N (each input dimension standardised, as in seeds/002); mean_image:
     mean (H, W, C) and std ones; none: zeros and ones of shape (C,). A std of 0 becomes 1.
     """
-    if mode not in NORMALIZATIONS:
-        raise ValueError(f"--normalization={mode!r} is not one of {', '.join(NORMALIZATIONS)}")
+    statistics = lookup(NORMALIZATIONS, mode, "normalization")
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"norm_stats: needs uint8 NHWC images, got {x.dtype} {list(x.shape)}")
     if len(train_idx) == 0:
         raise ValueError("norm_stats: the training split is empty")
-    channels = x.shape[-1]
-    if mode == "none":
-        return np.zeros(channels, np.float32), np.ones(channels, np.float32)
-    mean, std = _moments(x, train_idx, axes=(0, 1, 2) if mode == "per_channel" else (0,))
-    if mode == "mean_image":
-        std = np.ones_like(mean)
+    mean, std = statistics(x, train_idx)
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _mean_image(x: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, _ = _moments(x, idx, axes=(0,))
+    return mean, np.ones_like(mean)
 
 
 def _moments(x: np.ndarray, idx: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -83,3 +83,12 @@ def _moments(x: np.ndarray, idx: np.ndarray, axes: tuple[int, ...]) -> tuple[np.
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
     return mean / 255.0, np.where(std == 0.0, 255.0, std) / 255.0
+
+
+# name → (uint8 images, training indices) → (mean, std) of x/255
+NORMALIZATIONS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
+    "per_channel": lambda x, idx: _moments(x, idx, axes=(0, 1, 2)),
+    "per_dim": lambda x, idx: _moments(x, idx, axes=(0,)),
+    "mean_image": _mean_image,
+    "none": lambda x, idx: (np.zeros(x.shape[-1]), np.ones(x.shape[-1])),
+}

@@ -73,7 +73,7 @@ def _pct(x: Any) -> str:
     return f"{100 * float(np.nanmean(x)):.1f}%" if np.isfinite(np.nanmean(x)) else "nan"
 
 
-class Recorder:
+class RecordWriter:
     """Engine callbacks: builds each run's record, writes it every epoch, prints progress."""
 
     def __init__(self, study: results.StudyDir, runs: list[Run], total_epochs: int, label: str,
@@ -194,7 +194,7 @@ def _train_groups(study: results.StudyDir, runs: list[Run], groups: dict, prepar
         hp = train.stack_hparams([r.hp for r in group_runs])
         t0 = time.perf_counter()
         names = train.param_names(train.param_shapes(spec, prepared.dataset.image_shape))
-        recorder = Recorder(study, group_runs, total, label, progress, names)
+        recorder = RecordWriter(study, group_runs, total, label, progress, names)
         initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
         states = engine.train_group(spec, hp, prepared.device, epochs, recorder, layout=layout,
                                     memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial)
@@ -209,9 +209,9 @@ def _chunks(spec: train.GroupSpec, n: int, layout: str) -> int:
     return 1 if layout.startswith("vmap") else -(-n // len(jax.local_devices()))
 
 
-def finish(study: results.StudyDir, runs: list[Run], title: str, curves: bool = True) -> dict | None:
-    """Summary, test table and figures of `runs` (from their records only; the curves of every
-    configuration and their comparison only with `curves`); written once, by the lead process."""
+def finish(study: results.StudyDir, runs: list[Run], title: str, figures: bool = True) -> dict | None:
+    """Summary, test table and (with `figures`) the standard figures of `runs`, from their records
+    only; written once, by the lead process."""
     if not is_lead():
         log(f"process {jax.process_index()}: my runs are finished; process 0 writes the summary")
         return None
@@ -221,14 +221,13 @@ def finish(study: results.StudyDir, runs: list[Run], title: str, curves: bool = 
     study.write_json("summary.json", summary)
     table = results.test_table_markdown(summary)
     study.write_text("test_table.md", f"# {title}: test set (mean ± std over seeds)\n\n{table}\n")
-    by_config = run_record.group_by_config(records)
-    fig = study.figures_dir
-    if curves:
+    if figures:
+        fig, by_config = study.figures_dir, run_record.group_by_config(records)
         for name, recs in by_config.items():
             plots.four_panel(recs, fig / f"curves_{results.run_file_stem(name)}.png", f"{title}: {name}")
         plots.val_comparison(by_config, fig / "val_comparison.png", f"{title}: mean validation (smoothed)")
-    plots.test_table(summary, fig / "test_table.png", f"{title}: test set")
-    plots.lr_curves(records, fig / "lr_curves.png")
+        plots.test_table(summary, fig / "test_table.png", f"{title}: test set")
+        plots.lr_curves(records, fig / "lr_curves.png")
     log(f"\n{title}: test set (mean ± std over seeds)\n{table}\nresults and figures: {study.root}")
     return summary
 
@@ -236,15 +235,16 @@ def finish(study: results.StudyDir, runs: list[Run], title: str, curves: bool = 
 def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]], *,
         report: Callable[[results.StudyDir, list[dict]], None] | None = None,
         before: Callable[[results.StudyDir, Prepared], None] | None = None,
-        extra: dict | None = None, curves: bool = True, part: str | None = None,
+        extra: dict | None = None, figures: bool = True, part: str | None = None,
         initial_for: Callable[[Run], dict] | None = None,
         on_state: Callable[[Run, tuple], None] | None = None) -> results.StudyDir:
     """A declared study, start to end: prepare the data, build `runs(prepared)`, check finished
     records against them (a changed configuration fails before anything is written), write the
     preamble (`extra` joins config.json), call `before(study, prepared)` (e.g. a figure or a
     sub-study), train every unfinished run (`initial_for`, `on_state`: see `execute`), and on the
-    lead process write the summary, test table and figures (per-configuration curves only with
-    `curves`) and call `report(study, records)`; other processes of a multi-host study return once
+    lead process write the summary, test table and the standard figures (per-configuration curves,
+    their comparison, the test table and LR curves; only with `figures`) and call
+    `report(study, records)`; other processes of a multi-host study return once
     their own runs are done. The study directory is `--name` (default `name`), or its subfolder
     `part` for a study in parts (e.g. pretraining and retraining)."""
     prepared = prepare(cfg)
@@ -256,7 +256,7 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
     if before:
         before(st, prepared)
     execute(st, planned, prepared, cfg, initial_for=initial_for, on_state=on_state)
-    if finish(st, planned, title, curves=curves) is not None and report:
+    if finish(st, planned, title, figures=figures) is not None and report:
         report(st, [st.record(r.run_id) for r in planned])
     return st
 

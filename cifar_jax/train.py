@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from cifar_jax import layers, models, optim, options, preprocess, schedules
+from cifar_jax.registry import lookup
 
 HP_INT = ("seed", "schedule")
 HP_DEFAULTS = dict(seed=0, schedule=0, **{**schedules.PARAM_DEFAULTS,
@@ -166,8 +167,7 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
     k_drop, k_aug, k_noise = jax.random.split(jax.random.fold_in(_run_key(hp, 1), state.step), 3)
     x = preprocess.normalize(data.x[idx], data.mean, data.std)
     y = data.y[idx]
-    if spec.augment == "crop_flip":
-        x = preprocess.crop_flip(k_aug, x)
+    x = lookup(preprocess.AUGMENTATIONS, spec.augment, "augment")(k_aug, x)
     if spec.noise:
         x = preprocess.add_noise(k_noise, x, hp["noise_std"], hp["salt_pepper"])
 

@@ -166,7 +166,7 @@ def main(cfg: config.Config) -> None:
         study.log(f"--lr is ignored: the landscape grid sets the LRs ({len(cfg.lrs)} from {cfg.lrs[0]:g} "
                   f"to {cfg.lrs[-1]:g})")
     study.run(cfg, "lr_landscape", TITLE, lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
-              curves=False, extra={"landscape_lrs": list(cfg.lrs)},
+              figures=False, extra={"landscape_lrs": list(cfg.lrs)},
               report=lambda st, records: write_landscape(st, records, cfg))
 
 

@@ -21,12 +21,12 @@ def shape_curves(lr: float, epochs: int) -> dict[str, np.ndarray]:
     """Candidate decay shapes from α0 = lr over `epochs`, evaluated once per epoch."""
     t = np.arange(epochs)
     return {
-        "inverse time, k = 0.25": schedules.curve("inverse_time", t, lr=lr, decay_rate=0.25),
-        "inverse time, k = 1": schedules.curve("inverse_time", t, lr=lr, decay_rate=1.0),
-        "exponential, γ = 0.95": schedules.curve("exponential", t, lr=lr, decay_rate=0.95),
-        "step, ×0.5 every 10": schedules.curve("step", t, lr=lr, decay_rate=0.5, decay_every=10, staircase=1),
-        "linear to 0": schedules.curve("linear", t, lr=lr, total_steps=epochs),
-        "cosine to 0": schedules.curve("cosine", t, lr=lr, total_steps=epochs),
+        "inverse time, k = 0.25": schedules.lr_at("inverse_time", t, lr=lr, decay_rate=0.25),
+        "inverse time, k = 1": schedules.lr_at("inverse_time", t, lr=lr, decay_rate=1.0),
+        "exponential, γ = 0.95": schedules.lr_at("exponential", t, lr=lr, decay_rate=0.95),
+        "step, ×0.5 every 10": schedules.lr_at("step", t, lr=lr, decay_rate=0.5, decay_every=10, staircase=1),
+        "linear to 0": schedules.lr_at("linear", t, lr=lr, total_steps=epochs),
+        "cosine to 0": schedules.lr_at("cosine", t, lr=lr, total_steps=epochs),
     }
 
 

@@ -110,7 +110,7 @@ def test_functional_step_trains_each_run_as_alone(images, workload):
     w = workload()
     x, y = torch_reference.torch_arrays(images, common.training_split(images, w), w.model)
     shape = tuple(images.x.shape[1:])
-    alone, fp32, bf16 = common.Recorder(), common.Recorder(), common.Recorder()
+    alone, fp32, bf16 = common.Timings(), common.Timings(), common.Timings()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two threads on a busy 2-core machine can take 20x longer
     try:
@@ -178,7 +178,7 @@ def test_torch_models_have_cifar_jax_sizes():
 def test_reference_learning_rate_matches_cifar_jax_schedule():
     w = common.mlp_group(runs=1, steps_per_epoch=10, epochs=3)
     steps = np.arange(2 * w.half_cycle + 5)
-    ours = schedules.curve("cyclic", steps, lr=0.1, lr_min=w.lr_min, half_cycle=w.half_cycle)
+    ours = schedules.lr_at("cyclic", steps, lr=0.1, lr_min=w.lr_min, half_cycle=w.half_cycle)
     np.testing.assert_allclose([w.learning_rate(0.1, int(s)) for s in steps], ours, rtol=1e-5, atol=1e-8)
 
 

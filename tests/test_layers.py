@@ -29,7 +29,7 @@ def test_convolution_and_its_gradients_equal_xla(impl, k, cin, cout):
     with jax.enable_x64(True):
         x = jnp.asarray(rng.normal(size=(3, 9, 7, cin)))  # odd sizes: padding at every edge
         w = jnp.asarray(rng.normal(size=(k, k, cin, cout)))
-        conv = layers.get_conv(impl)
+        conv = layers.CONVS[impl]
         np.testing.assert_allclose(conv(x, w), _reference(x, w), rtol=1e-12, atol=1e-12)
         got = jax.grad(_loss(conv), (0, 1))(x, w)
         want = jax.grad(_loss(_reference), (0, 1))(x, w)
@@ -46,8 +46,9 @@ def test_convolution_and_its_gradients_equal_xla(impl, k, cin, cout):
 
 
 def test_unknown_or_unsupported_convolutions_are_refused():
-    with pytest.raises(ValueError, match="allowed: xla, vjp_taps, im2col"):
-        layers.get_conv("winograd")
+    conv = layers.Conv(4, 3, True, nn.initializers.lecun_normal(), nn.initializers.zeros, impl="winograd")
+    with pytest.raises(ValueError, match="--conv_impl='winograd' is unknown; allowed: xla, vjp_taps, im2col"):
+        conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)))
     with pytest.raises(ValueError, match="odd square HWIO kernel"):
         layers.conv_im2col(jnp.zeros((1, 4, 4, 3)), jnp.zeros((2, 2, 3, 4)))
 

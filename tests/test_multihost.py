@@ -36,13 +36,13 @@ def _metrics(study: Path) -> dict:
     return out
 
 
-def _one_and_two(tmp_path: Path, module: str) -> tuple[dict, dict, list[tuple[str, str]]]:
+def _one_and_two(tmp_path: Path, module: str, *extra: str) -> tuple[dict, dict, list[tuple[str, str]]]:
     """The study's run metrics from 1 process and from 2, and the 2 processes' (stdout, stderr)."""
-    single = subprocess.run(_command(module, tmp_path / "one"), env=_env(), cwd=ROOT, capture_output=True,
+    single = subprocess.run(_command(module, tmp_path / "one", *extra), env=_env(), cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
     assert single.returncode == 0, single.stderr
     port = _free_port()
-    procs = [subprocess.Popen(_command(module, tmp_path / "two", "--num_processes=2", f"--process_id={i}",
+    procs = [subprocess.Popen(_command(module, tmp_path / "two", *extra, "--num_processes=2", f"--process_id={i}",
                                        f"--coordinator_address=127.0.0.1:{port}"),
                               env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
@@ -73,3 +73,15 @@ def test_mlp_baseline_over_two_processes_reports_once(tmp_path):
     """Its report (every run in the seeds/002 format) is printed by process 0 alone."""
     one, _, outs = _one_and_two(tmp_path, "mlp_baseline")
     assert outs[0][0].count("Model parameters:") == len(one) and "Model parameters:" not in outs[1][0]
+
+
+def test_dropout_sweep_over_two_processes_writes_its_analysis_once(tmp_path):
+    """A study with its own analysis (the generalisation gap, from eval-mode train passes): the
+    same numbers from 2 processes as from 1, and the analysis written by process 0 alone."""
+    _, _, outs = _one_and_two(tmp_path, "dropout_sweep", "--dropout=0.3", "--eval_train=final")
+    gaps = [json.loads((tmp_path / n / "dropout_sweep" / "generalisation_gap.json").read_text()) for n in ("one", "two")]
+    assert gaps[0]["train_metrics"] == gaps[1]["train_metrics"] == "final_train"
+    for a, b in zip(gaps[0]["rows"], gaps[1]["rows"]):
+        assert a["config"] == b["config"] and a["acc_gap"]["n"] == b["acc_gap"]["n"] == 2
+        np.testing.assert_allclose(b["acc_gap"]["values"], a["acc_gap"]["values"], rtol=1e-5, atol=1e-6)
+    assert "generalisation gap" in outs[0][0] and "generalisation gap" not in outs[1][0]
