@@ -128,6 +128,15 @@ class Config:
         kept = dict.fromkeys(tuple((k, v) for k, v in variant if k not in fields) for variant in self.variants)
         return dataclasses.replace(self, variants=tuple(kept) or ((),), per_run=tuple(per_run.items()), **fields)
 
+    def vary(self, field: str, values: Sequence[Any]) -> Config:
+        """A copy whose group-level `field` takes each of `values` in turn (a grid axis: one
+        group per value, crossed with the variants there are)."""
+        variants = tuple(
+            tuple((k, value if k == field else v) for k, v in variant)
+            + (() if any(k == field for k, _ in variant) else ((field, value),))
+            for variant in self.variants for value in values)
+        return dataclasses.replace(self, variants=variants, **{field: values[0]})
+
     def single_group(self, why: str) -> None:
         """Refuse several values of a group-level flag where a study sets its own architectures."""
         if len(self.variants) > 1:

@@ -265,7 +265,8 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
         alive = np.asarray(state.alive)[:n]
         evals = _eval_splits(prog, state, data, every_epoch, n)
         metrics = run_record.Epoch(
-            lr=lr, alive=alive, train=Metrics(*(sums[:, :3] / (steps * spec.batch_size)).T),
+            lr=lr, alive=alive, l2_penalty=np.asarray(prog["l2"](state.params))[:n],
+            train=Metrics(*(sums[:, :3] / (steps * spec.batch_size)).T),
             val=_masked(evals.get("val"), alive), train_eval=_masked(evals.get("train"), alive),
             grad_norm=sums[:, 3:] / steps if spec.grad_stats else None,
             loss_trace=_loss_trace(np.asarray(losses)[:n], spec.loss_every, spec.batch_size) if spec.loss_every else None)
@@ -276,7 +277,7 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     if spec.grad_stats:
         grad_first, grad_last = _window_stats(np.asarray(state.grad_acc)[:n], spec.grad_window, epochs * steps)
     callbacks.on_end(runs, run_record.Final(
-        alive=alive, l2_penalty=np.asarray(prog["l2"](state.params))[:n], test=_masked(after["test"], alive),
+        alive=alive, l2_penalty=np.asarray(prog["l2"](state.params))[:n], test=_masked(after.get("test"), alive),
         train=_masked(after.get("train"), alive), grad_first=grad_first, grad_last=grad_last,
         grad_window=spec.grad_window if spec.grad_stats else 0))
     return jax.tree_util.tree_map(lambda x: jax.device_get(x)[:n], state)

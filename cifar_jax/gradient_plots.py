@@ -23,7 +23,6 @@ from cifar_jax.results import ResultsError
 
 # Okabe–Ito: distinguishable under the common colour-vision deficiencies (yellow last: weak on white).
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 WINDOWS = ("first", "last")
 NORM_LAYERS = {"bn_": "BN", "ln_": "LN"}
 PARAM_NAMES = {"kernel": "weight", "bias": "bias"}
@@ -240,7 +239,7 @@ def gradient_norms(records: dict[str, dict], path: Path | str, title: str) -> Pa
             if values is None or not np.isfinite(values).any():
                 continue
             epochs = np.arange(1, len(values) + 1)
-            ax.plot(epochs, values, color=OKABE_ITO[i % len(OKABE_ITO)], marker=MARKERS[i % len(MARKERS)],
+            ax.plot(epochs, values, color=OKABE_ITO[i % len(OKABE_ITO)], marker=plots.MARKERS[i % len(plots.MARKERS)],
                     markevery=max(1, len(values) // 10), ms=4, lw=1.8, label=name.split("/")[0] + " weight")
         ax.set_title(label)
         ax.set_xlabel("epoch")

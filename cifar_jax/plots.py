@@ -27,6 +27,7 @@ STYLE = {
     "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
 }
 PALETTE = matplotlib.colormaps["tab10"].colors
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", "-.", ":")
 BEST_CELL = "#c6dbef"  # light blue: visible to all common colour-vision types
 HEADER_CELL = "#e6e6e6"
@@ -179,6 +180,67 @@ def four_panel(records: list[dict], path: Path | str, title: str) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     figure_legend(fig, axes.flat, ncol=4)
+    return save(fig, path)
+
+
+@styled
+def cost_loss_accuracy(records: list[dict], path: Path | str, title: str) -> Path:
+    """seeds/002's figure for the seeds of ONE configuration: cost (loss + λ·ΣW²), loss and
+    accuracy per epoch, training (eval mode where recorded, else running averages) and
+    validation; each seed thin, the mean of the non-diverged seeds bold."""
+    train = "train_eval" if any(np.isfinite(run_record.curve(r, "train_eval_loss")).any() for r in records) else "train"
+    panels = (("cost", "cost (loss + λ·ΣW²)"), ("loss", "cross-entropy loss"), ("acc", "accuracy (%)"))
+    fig = Figure(figsize=(14, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3, sharex=True)
+    for ax, (metric, label) in zip(axes, panels):
+        for k, (prefix, name) in enumerate(((train, "training"), ("val", "validation"))):
+            kept = []
+            for rec in records:
+                values = run_record.cost_curve(rec, prefix) if metric == "cost" else _plotted(rec, f"{prefix}_{metric}")
+                values = _until_divergence(rec, values)
+                if np.isfinite(values).any():
+                    ax.plot(_epochs(values), values, color=PALETTE[k], lw=0.8, alpha=0.35)
+                    if rec.get("status") != "diverged":
+                        kept.append(values)
+            if kept:
+                mean, _ = mean_std(kept)
+                ax.plot(_epochs(mean), mean, color=PALETTE[k], lw=2.4, label=f"{name} (mean of {len(kept)})")
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title + ("" if train == "train_eval" else " (training: running averages, train mode)"))
+    figure_legend(fig, axes, ncol=2)
+    return save(fig, path)
+
+
+@styled
+def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str) -> Path:
+    """Final train, validation and test accuracy (mean ± std over seeds) against the per-run
+    option that varies (`row["values"][option]`), one line per configuration without it (e.g.
+    with and without BN); a log x axis when the values span a decade or more."""
+    lines: dict[str, list[dict]] = {}
+    for r in rows:
+        label = ",".join(p for p in r["config"].split(",") if not p.startswith(f"{option}=")) or "all"
+        lines.setdefault(label, []).append(r)
+    xs = [r["values"][option] for r in rows]
+    fig = Figure(figsize=(13, 4.4), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
+    for ax, split in zip(axes, ("train", "val", "test")):
+        for i, (label, group) in enumerate(lines.items()):
+            group = sorted(group, key=lambda r: r["values"][option])
+            stats = [r[f"{split}_acc"] for r in group]
+            x = np.array([r["values"][option] for r in group], float)
+            mean = np.array([np.nan if s["mean"] is None else 100 * s["mean"] for s in stats])
+            std = np.array([0.0 if s["std"] is None else 100 * s["std"] for s in stats])
+            ax.errorbar(x, mean, yerr=std, marker=MARKERS[i % len(MARKERS)], capsize=3, lw=1.8, label=label,
+                        **_style(i))
+        if min(xs) > 0 and max(xs) >= 10 * min(xs):
+            ax.set_xscale("log")
+        ax.set_title({"train": "training (final)", "val": "validation (final)", "test": "test"}[split])
+        ax.set_xlabel(option)
+    axes[0].set_ylabel("accuracy (%)")
+    fig.suptitle(title)
+    figure_legend(fig, axes, ncol=4)
     return save(fig, path)
 
 

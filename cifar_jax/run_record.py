@@ -8,7 +8,8 @@ A record is one JSON object per run (`results.StudyDir` stores it atomically aft
     diverged_epoch                      the first epoch whose loss was not finite, or null
     untrained                           {split: {loss, acc, top5}} in eval mode before training
     epochs                              per epoch: epoch, lr, train_* (running averages over the
-                                        epoch's batches, train mode), val_*, seconds, and with the
+                                        epoch's batches, train mode), val_*, l2_penalty (ΣW² at
+                                        the epoch's end: cost = loss + λ·l2_penalty), seconds, and with the
                                         in-step measurements train_eval_* (--eval_train=epoch),
                                         grad_norm (--grad_stats), loss_trace (--loss_every)
     test, final_train                   {loss, acc, top5} in eval mode after training
@@ -54,6 +55,7 @@ class Epoch(NamedTuple):
 
     lr: np.ndarray
     alive: np.ndarray
+    l2_penalty: np.ndarray          # ΣW² of the weights at the epoch's end
     train: Metrics                  # running averages over the epoch's batches (train mode)
     val: Metrics | None             # eval mode; None with an empty validation split
     train_eval: Metrics | None = None  # eval mode over the training split (--eval_train=epoch)
@@ -66,7 +68,7 @@ class Final(NamedTuple):
 
     alive: np.ndarray
     l2_penalty: np.ndarray
-    test: Metrics
+    test: Metrics | None             # None with an empty test set
     train: Metrics | None = None     # eval mode over the training split (--eval_train)
     grad_first: np.ndarray | None = None  # [runs, tensors, 3] over the first window of steps
     grad_last: np.ndarray | None = None   # ... and the last
@@ -84,7 +86,7 @@ def new(run_id: str, config_name: str, seed: int, config: dict, untrained: dict[
 
 def add_epoch(record: dict, epoch: int, m: Epoch, j: int, seconds: float) -> None:
     """Append run j's metrics of one epoch (and note its first diverged epoch)."""
-    entry: dict[str, Any] = {"epoch": epoch, "lr": float(m.lr[j])}
+    entry: dict[str, Any] = {"epoch": epoch, "lr": float(m.lr[j]), "l2_penalty": float(m.l2_penalty[j])}
     for prefix, split in (("train", m.train), ("val", m.val), ("train_eval", m.train_eval)):
         if split is not None:
             entry.update({f"{prefix}_{k}": v for k, v in split.of_run(j).items()})
@@ -99,7 +101,7 @@ def add_epoch(record: dict, epoch: int, m: Epoch, j: int, seconds: float) -> Non
 
 def finish(record: dict, f: Final, j: int, tensor_names: list[str]) -> None:
     """Run j's final metrics and status."""
-    record["test"] = f.test.of_run(j)
+    record["test"] = None if f.test is None else f.test.of_run(j)
     if f.train is not None:
         record["final_train"] = f.train.of_run(j)
     record["l2_penalty"] = float(f.l2_penalty[j])
@@ -137,6 +139,11 @@ def curve(record: dict, key: str) -> np.ndarray:
                    dtype=np.float64)
     arr[~np.isfinite(arr)] = np.nan
     return arr
+
+
+def cost_curve(record: dict, prefix: str) -> np.ndarray:
+    """The training cost per epoch, loss + λ·ΣW², of "train", "train_eval" or "val" (λ: the run's l2)."""
+    return curve(record, f"{prefix}_loss") + float(record["config"].get("l2", 0.0)) * curve(record, "l2_penalty")
 
 
 def final(record: dict, split: str) -> dict[str, float] | None:

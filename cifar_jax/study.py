@@ -141,8 +141,9 @@ def execute(study: results.StudyDir, runs: list[Run], prepared: Prepared, cfg: C
             initial_for: Callable[[Run], dict] | None = None,
             on_state: Callable[[Run, tuple], None] | None = None) -> None:
     """Train every run of `runs` that the study has not finished, group by group. In a
-    multi-host study each process trains its own share of every group's runs, and process 0
-    then waits until all runs are finished (so it can write the summary). `initial_for(run)`
+    multi-host study each process trains its own share of every group's runs, then waits until
+    all runs are finished (so process 0 can write the summary, and a study in parts can plan its
+    next part from every record). `initial_for(run)`
     gives layers that replace the run's fresh initialisation; `on_state(run, (params,
     batch_stats))` receives each run's final variables (e.g. to save a checkpoint)."""
     wanted = [(r.run_id, r.config) for r in runs]
@@ -156,7 +157,7 @@ def execute(study: results.StudyDir, runs: list[Run], prepared: Prepared, cfg: C
     groups = {k: list(np.array_split(ids, jax.process_count())[jax.process_index()]) for k, ids in groups.items()}
     groups = {k: ids for k, ids in groups.items() if ids}
     _train_groups(study, runs, groups, prepared, cfg, initial_for, on_state)
-    if jax.process_count() > 1 and is_lead():
+    if jax.process_count() > 1:  # every process sees every record before it goes on (e.g. to a next part)
         _wait_for_runs(study, wanted)
 
 

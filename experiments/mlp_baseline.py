@@ -1,5 +1,9 @@
-"""seeds/002: a k-layer MLP with cyclic learning rates and L2, many seeds in one group, each
-run printed in the report's "Model parameters / accuracy untrained, trained / cost" format.
+"""seeds/002: k-layer MLPs with cyclic learning rates and L2, every configuration of the flags'
+grid (--hidden, --norm, per-run options) × seeds. Its analysis: every run in the report's "Model
+parameters / accuracy untrained, trained / cost" format (printed and in runs.txt), the report's
+table per configuration (configs.md: eval-mode train, validation and test accuracy), per
+configuration the cost, loss and accuracy curves, and, when one numeric per-run option varies
+(e.g. --init_scale), accuracy against it with a line per other configuration.
 
     python -m experiments.mlp_baseline --flagfile=experiments/flags/seed002_mlp.flags
 """
@@ -9,7 +13,7 @@ import math
 
 from absl import flags
 
-from cifar_jax import config, results, run_record, study
+from cifar_jax import config, options, plots, results, run_record, study
 
 flags.DEFINE_integer("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.")
 FLAGS = flags.FLAGS
@@ -38,33 +42,89 @@ def report(rec: dict, cycles: int) -> str:
     return "\n".join(lines)
 
 
-def mlp_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.Run]:
-    """The grid's runs, trained for --cycles cyclic-LR cycles when given (else --epochs)."""
-    steps_per_epoch = len(prepared.train_idx) // cfg.batch_size
-    if FLAGS.cycles:
-        n_s = cfg.half_cycle or 5 * steps_per_epoch
-        cfg = cfg.replace(epochs=math.ceil(FLAGS.cycles * 2 * n_s / steps_per_epoch))
+def cycle_epochs(cfg: config.Config, cycles: int, n_train: int) -> int:
+    """Epochs that make `cycles` cyclic-LR cycles (2·n_s steps each; n_s 5 epochs' worth when unset)."""
+    steps_per_epoch = n_train // cfg.batch_size
+    n_s = cfg.half_cycle or 5 * steps_per_epoch
+    return math.ceil(cycles * 2 * n_s / steps_per_epoch)
+
+
+def mlp_runs(cfg: config.Config, prepared: study.Prepared, cycles: int) -> list[config.Run]:
+    """The grid's runs, trained for `cycles` cyclic-LR cycles when given (else --epochs)."""
+    if cycles:
+        cfg = cfg.replace(epochs=cycle_epochs(cfg, cycles, len(prepared.train_idx)))
     one = len(cfg.variants) == 1  # several groups are named by the values that vary
     label = "mlp_" + "-".join(map(str, cfg.model.hidden)) + ("_bn" if cfg.model.norm == "batch" else "") if one else ""
     return config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, label)
 
 
-def print_runs(st: results.StudyDir, records: list[dict]) -> None:
-    """Every run in the report's format, then each configuration's mean test accuracy."""
-    for rec in records:
-        study.log("\n" + report(rec, FLAGS.cycles))
-    for name, s in results.summarize(records)["configs"].items():
-        acc = s["metrics"]["test_acc"]
+def varying_option(records: list[dict]) -> str | None:
+    """The one numeric per-run option (or the learning rate) whose value differs between runs, if exactly one."""
+    names = [n for n in ("lr", *options.RUN_OPTIONS) if len({r["config"].get(n) for r in records}) > 1]
+    return names[0] if len(names) == 1 else None
+
+
+def config_rows(records: list[dict]) -> list[dict]:
+    """Per configuration: its architecture and settings, and accuracy statistics across its done seeds
+    (train: the eval-mode pass when recorded, else the last epoch's running average)."""
+    rows = []
+    for name, group in run_record.group_by_config(records).items():
+        c = group[0]["config"]
+        done = [r for r in group if r["status"] == "done"]
+        train = [(run_record.final(r, "train") or {}).get("acc", run_record.last(r, "train_acc")) for r in done]
+        rows.append({"config": name, "hidden": c["model"]["hidden"], "bn": c["model"]["norm"] == "batch",
+                     "l2": c["l2"], "init": c["init_scale"] if c["model"]["init"] == "normal" else c["model"]["init"],
+                     "dropout": c["dropout"], "noise_std": c["noise_std"], "salt_pepper": c["salt_pepper"],
+                     "lr": c["lr"], "values": {n: c.get(n) for n in ("lr", *options.RUN_OPTIONS)},
+                     "n_runs": len(group), "train_acc": results.statistics(train),
+                     **{f"{s}_acc": results.statistics([run_record.final(r, s)["acc"] for r in done
+                                                        if run_record.final(r, s)]) for s in ("val", "test")}})
+    return rows
+
+
+def configs_markdown(rows: list[dict], title: str) -> str:
+    """The report's table: one row per configuration, accuracies mean ± std over seeds."""
+    lines = [f"# {title}: accuracy per configuration (mean ± std over seeds)", "",
+             "| config | hidden layers | BN | λ | init | dropout | noise σ / s&p | train acc (%) | val acc (%) | "
+             "test acc (%) | n |", "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|:---|"]
+    for r in rows:
+        hidden = ", ".join(map(str, r["hidden"]))
+        cells = [results.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc")]
+        lines.append(f"| {r['config']} | ({hidden}) | {r['bn']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
+                     f"{r['noise_std']:g} / {r['salt_pepper']:g} | " + " | ".join(cells)
+                     + f" | {r['test_acc']['n']}/{r['n_runs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str) -> None:
+    """Every run in the report's format, the configuration table, the curves of every configuration
+    and, where one numeric option varies, accuracy against it."""
+    blocks = [report(rec, cycles) for rec in records]
+    st.write_text("runs.txt", "\n\n".join(f"run {r['run_id']}\n{b}" for r, b in zip(records, blocks)) + "\n")
+    for block in blocks:
+        study.log("\n" + block)
+    rows = config_rows(records)
+    st.write_json("configs.json", rows)
+    st.write_text("configs.md", configs_markdown(rows, title))
+    for name, group in run_record.group_by_config(records).items():
+        plots.cost_loss_accuracy(group, st.figures_dir / f"cost_{results.run_file_stem(name)}.png", f"{title}: {name}")
+    option = varying_option(records)
+    if option:
+        plots.accuracy_against(rows, option, st.figures_dir / f"accuracy_vs_{option}.png",
+                               f"{title}: final accuracy against {option}")
+    for r in rows:
+        acc = r["test_acc"]
         if acc["mean"] is not None:
-            study.log(f"{name}: mean test accuracy {100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f} "
+            study.log(f"{r['config']}: mean test accuracy {100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f} "
                       f"(95% CI {100 * acc['ci95'][0]:.2f}–{100 * acc['ci95'][1]:.2f}%, n={acc['n']})")
 
 
 def main(cfg: config.Config) -> None:
     if FLAGS.cycles < 0:
         raise config.ConfigError(f"--cycles={FLAGS.cycles}: must be >= 0")
-    study.run(cfg, "mlp_baseline", "MLP (seeds/002)", lambda p: mlp_runs(cfg, p), report=print_runs,
-              extra={"cycles": FLAGS.cycles})
+    title = "MLP (seeds/002)"
+    study.run(cfg, "mlp_baseline", title, lambda p: mlp_runs(cfg, p, FLAGS.cycles),
+              report=lambda st, records: analyse(st, records, FLAGS.cycles, title), extra={"cycles": FLAGS.cycles})
 
 
 if __name__ == "__main__":
