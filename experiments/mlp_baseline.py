@@ -53,8 +53,9 @@ def mlp_runs(cfg: config.Config, prepared: study.Prepared, cycles: int) -> list[
     """The grid's runs, trained for `cycles` cyclic-LR cycles when given (else --epochs)."""
     if cycles:
         cfg = cfg.replace(epochs=cycle_epochs(cfg, cycles, len(prepared.train_idx)))
-    one = len(cfg.variants) == 1  # several groups are named by the values that vary
-    label = "mlp_" + "-".join(map(str, cfg.model.hidden)) + ("_bn" if cfg.model.norm == "batch" else "") if one else ""
+    fixed = len(cfg.variants) == 1 and len(cfg.lrs) == 1 and all(len(v) == 1 for _, v in cfg.per_run)
+    # a configuration is named by the values that vary; with none varying, by its architecture
+    label = "mlp_" + "-".join(map(str, cfg.model.hidden)) + ("_bn" if cfg.model.norm == "batch" else "") if fixed else ""
     return config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, label)
 
 

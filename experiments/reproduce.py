@@ -158,8 +158,8 @@ def section_markdown(section: Section, study: Path, report_dir: Path, seconds: f
         out.append(published_table(section, study))
     for name in TABLES:
         if (study / name).exists():
-            text = (study / name).read_text().strip()
-            out.append(text.replace("# ", "#### ", 1) if text.startswith("# ") else text)
+            text = (study / name).read_text().strip()  # its headings go three levels down, under the section's
+            out.append("\n".join("###" + line if line.startswith("#") else line for line in text.splitlines()))
             out.append("")
     figures = sorted(study.glob("figures/*.png")) + sorted(study.glob("*/figures/*.png"))
     for fig in figures:
