@@ -44,6 +44,8 @@ RUN_OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("decay_rate", 0.0, 0.0, help="k of inverse_time, γ of exponential/step."),
     Option("dropout", 0.0, 0.0, 1.0, high_open=True, help="Dropout rate on hidden dense activations."),
     Option("l2", 0.0, 0.0, help="L2 penalty λ·ΣW² added to the loss (weights only)."),
+    Option("label_smoothing", 0.0, 0.0, 1.0, high_open=True,
+           help="Label smoothing α of the training loss: targets (1 − α)·one-hot + α/classes."),
     Option("momentum", 0.9, 0.0, 1.0, high_open=True, help="Momentum of --optimizer=momentum/nesterov."),
     Option("rmsprop_decay", 0.9, 0.0, 1.0, low_open=True, high_open=True,
            help="Decay of the squared-gradient average of --optimizer=rmsprop."),

@@ -176,7 +176,8 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
         logits, updates = spec.net.apply(variables, x, train=True, dropout_rate=hp["dropout"],
                                          rngs={"dropout": k_drop}, mutable=["batch_stats"])
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        return ce.mean() + hp["l2"] * optim.l2_penalty(params), (ce, logits, updates)
+        smoothing = hp["label_smoothing"] * (-jax.nn.log_softmax(logits).mean(-1) - ce).mean()  # 0 at α = 0
+        return ce.mean() + smoothing + hp["l2"] * optim.l2_penalty(params), (ce, logits, updates)
 
     grads, (ce, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     tx = _optimizer(spec, schedules.learning_rate(hp, state.step), hp, state.params)

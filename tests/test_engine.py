@@ -287,3 +287,29 @@ def test_each_run_draws_its_own_dropout_masks_fresh_every_step(noise_data):
     same_seed = after_one_step(0.5, seeds=(0, 0))
     np.testing.assert_array_equal(same_seed[0], same_seed[1])
     assert not np.allclose(after_one_step(0.5, seeds=(0, 0), start=1)[0], same_seed[0])
+
+
+def test_label_smoothing_trains_on_smoothed_targets(noise_data):
+    """One SGD step with α = 0.2 equals a hand-written step on optax's smoothed-label loss; α = 0
+    is the plain cross-entropy step exactly."""
+    import optax
+    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), batch_size=16)
+    idx = noise_data.train_idx[:16]
+    hp0 = jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([dict(seed=3, lr=0.5)]))
+    state = train.init_run(spec, hp0, (8, 8, 3))
+    x = (noise_data.x[idx].astype(jnp.float32) / 255 - noise_data.mean) / noise_data.std
+    y = noise_data.y[idx]
+
+    def manual(alpha):
+        def loss(p):
+            logits = spec.net.apply({"params": p}, x, train=True)
+            targets = optax.smooth_labels(jax.nn.one_hot(y, 10), alpha)
+            return optax.softmax_cross_entropy(logits, targets).mean()
+        return jax.tree_util.tree_map(lambda p, g: p - 0.5 * g, state.params, jax.grad(loss)(state.params))
+
+    for alpha in (0.2, 0.0):
+        hp = {**hp0, "label_smoothing": jnp.float32(alpha)}
+        new, _ = train.train_step(spec, state._replace(hp=hp), noise_data, idx)
+        _assert_close(new.params, manual(alpha), 1e-6)
+    plain, _ = train.train_step(spec, state, noise_data, idx)  # the default (0) is the plain loss
+    _assert_close(plain.params, new.params, 0.0)
