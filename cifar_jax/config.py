@@ -350,7 +350,8 @@ def _shown(variant: dict[str, Any]) -> dict[str, str]:
     out = {}
     for field, value in variant.items():
         if field == "model":
-            out.update(model=value.name, hidden="-".join(map(str, value.hidden)) or "none", norm=value.norm)
+            out.update(model=value.name, hidden="-".join(map(str, value.hidden)) or "none", norm=value.norm,
+                       init=value.init)
         elif field == "lrs":
             out["lr"] = "/".join(f"{lr:g}" for lr in value)
         else:
