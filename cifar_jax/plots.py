@@ -214,31 +214,81 @@ def cost_loss_accuracy(records: list[dict], path: Path | str, title: str) -> Pat
 
 
 @styled
-def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str) -> Path:
-    """Final train, validation and test accuracy (mean ± std over seeds) against the per-run
-    option that varies (`row["values"][option]`), one line per configuration without it (e.g.
-    with and without BN); a log x axis when the values span a decade or more."""
+def training_comparison(records_by_config: dict[str, list[dict]], path: Path | str, title: str,
+                        smooth: int = 1) -> Path:
+    """The optimiser-comparison figure: training loss per iteration (the --loss_every trace,
+    else per epoch), training accuracy (eval mode where recorded) and validation accuracy per
+    epoch; one line per configuration, the mean over its non-diverged seeds."""
+    fig = Figure(figsize=(14, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    traced = any(run_record.loss_trace(r).size for recs in records_by_config.values() for r in recs)
+    train = "train_eval_acc" if any(np.isfinite(run_record.curve(r, "train_eval_acc")).any()
+                                    for recs in records_by_config.values() for r in recs) else "train_acc"
+    for i, (name, records) in enumerate(records_by_config.items()):
+        kept = [r for r in records if r.get("status") != "diverged"]
+        style = _style(i)
+        if not kept:
+            continue
+        if traced:
+            every = kept[0]["config"].get("loss_every") or 1
+            mean, _ = mean_std([run_record.loss_trace(r) for r in kept])
+            mean = moving_average(mean, smooth)
+            axes[0].plot(every * np.arange(1, len(mean) + 1), mean, lw=1.2, label=name, **style)
+        else:
+            mean, _ = mean_std([run_record.curve(r, "train_loss") for r in kept])
+            axes[0].plot(_epochs(mean), mean, lw=2, label=name, **style)
+        for ax, key in ((axes[1], train), (axes[2], "val_acc")):
+            mean, _ = mean_std([100 * run_record.curve(r, key) for r in kept])
+            ax.plot(_epochs(mean), mean, lw=2, marker="o", ms=3, label=name, **style)
+    axes[0].set_xlabel("iteration" if traced else "epoch")
+    axes[0].set_ylabel("training loss")
+    axes[0].set_title("training loss" + (f" per iteration (moving average of {smooth})" if traced and smooth > 1
+                                         else " per iteration" if traced else " per epoch (running average)"))
+    for ax, what in ((axes[1], "training accuracy" + (" (eval mode)" if train == "train_eval_acc" else "")),
+                     (axes[2], "validation accuracy")):
+        ax.set_title(what)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    figure_legend(fig, axes, ncol=4)
+    return save(fig, path)
+
+
+FINAL_PANELS = (("train_acc", "training (final)"), ("val_acc", "validation (final)"), ("test_acc", "test"))
+BEST_PANELS = (("best_train_acc", "best training accuracy"), ("best_val_acc", "best validation accuracy"),
+               ("final_train_loss", "final training loss"))
+
+
+@styled
+def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str,
+                     panels: Sequence[tuple[str, str]] = FINAL_PANELS) -> Path:
+    """Statistics of each configuration (mean ± std over seeds; `panels`: row key and title,
+    accuracies in %) against the per-run option that varies (`row["values"][option]`), one line
+    per configuration without it (e.g. with and without BN); a log x axis when the values span a
+    decade or more."""
     lines: dict[str, list[dict]] = {}
     for r in rows:
         label = ",".join(p for p in r["config"].split(",") if not p.startswith(f"{option}=")) or "all"
         lines.setdefault(label, []).append(r)
     xs = [r["values"][option] for r in rows]
-    fig = Figure(figsize=(13, 4.4), layout="constrained")
-    axes = fig.subplots(1, 3, sharey=True)
-    for ax, split in zip(axes, ("train", "val", "test")):
+    fig = Figure(figsize=(4.4 * len(panels), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    for ax, (key, name) in zip(axes, panels):
+        scale = 100.0 if results.is_percent(key) else 1.0
         for i, (label, group) in enumerate(lines.items()):
             group = sorted(group, key=lambda r: r["values"][option])
-            stats = [r[f"{split}_acc"] for r in group]
+            stats = [r[key] for r in group]
             x = np.array([r["values"][option] for r in group], float)
-            mean = np.array([np.nan if s["mean"] is None else 100 * s["mean"] for s in stats])
-            std = np.array([0.0 if s["std"] is None else 100 * s["std"] for s in stats])
+            mean = np.array([np.nan if s["mean"] is None else scale * s["mean"] for s in stats])
+            std = np.array([0.0 if s["std"] is None else scale * s["std"] for s in stats])
             ax.errorbar(x, mean, yerr=std, marker=MARKERS[i % len(MARKERS)], capsize=3, lw=1.8, label=label,
                         **_style(i))
         if min(xs) > 0 and max(xs) >= 10 * min(xs):
             ax.set_xscale("log")
-        ax.set_title({"train": "training (final)", "val": "validation (final)", "test": "test"}[split])
+        ax.set_title(name)
         ax.set_xlabel(option)
-    axes[0].set_ylabel("accuracy (%)")
+        ax.set_ylabel("accuracy (%)" if scale == 100.0 else "cross-entropy loss")
     fig.suptitle(title)
     figure_legend(fig, axes, ncol=4)
     return save(fig, path)

@@ -146,6 +146,12 @@ def cost_curve(record: dict, prefix: str) -> np.ndarray:
     return curve(record, f"{prefix}_loss") + float(record["config"].get("l2", 0.0)) * curve(record, "l2_penalty")
 
 
+def loss_trace(record: dict) -> np.ndarray:
+    """The training-loss trace (--loss_every) of every epoch, concatenated; empty without one."""
+    points = [v for e in record.get("epochs") or [] if isinstance(e, dict) for v in e.get("loss_trace") or []]
+    return np.array(points, dtype=np.float64)
+
+
 def final(record: dict, split: str) -> dict[str, float] | None:
     """{loss, acc, top5} after training: test and train from the eval-mode passes (train only
     with --eval_train), val from the last epoch; None where the record has none."""

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from absl import flags
 
 from cifar_jax import config, options, plots, results, run_record, study
 
 flags.DEFINE_integer("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.")
+flags.DEFINE_string("title", "MLP (seeds/002)", "The study's title in its tables and figures.")
 FLAGS = flags.FLAGS
 SPLIT_NAMES = {"train": "Training data", "val": "Validation data", "test": "Test data"}
 
@@ -60,8 +63,15 @@ def mlp_runs(cfg: config.Config, prepared: study.Prepared, cycles: int) -> list[
 
 
 def varying_option(records: list[dict]) -> str | None:
-    """The one numeric per-run option (or the learning rate) whose value differs between runs, if exactly one."""
-    names = [n for n in ("lr", *options.RUN_OPTIONS) if len({r["config"].get(n) for r in records}) > 1]
+    """The one numeric per-run option (or the learning rate) that takes several values within a
+    configuration's line (the configurations that differ only in it), if exactly one does."""
+    def spans(name: str) -> bool:
+        lines: dict[str, set] = {}
+        for r in records:
+            line = ",".join(p for p in r["config_name"].split(",") if not p.startswith(f"{name}="))
+            lines.setdefault(line, set()).add(r["config"].get(name))
+        return any(len(values) > 1 for values in lines.values())
+    names = [n for n in ("lr", *options.RUN_OPTIONS) if spans(n)]
     return names[0] if len(names) == 1 else None
 
 
@@ -73,25 +83,46 @@ def config_rows(records: list[dict]) -> list[dict]:
         c = group[0]["config"]
         done = [r for r in group if r["status"] == "done"]
         train = [(run_record.final(r, "train") or {}).get("acc", run_record.last(r, "train_acc")) for r in done]
-        rows.append({"config": name, "hidden": c["model"]["hidden"], "bn": c["model"]["norm"] == "batch",
+        rows.append({"config": name, "hidden": c["model"]["hidden"], "norm": c["model"]["norm"],
                      "l2": c["l2"], "init": c["init_scale"] if c["model"]["init"] == "normal" else c["model"]["init"],
                      "dropout": c["dropout"], "noise_std": c["noise_std"], "salt_pepper": c["salt_pepper"],
                      "lr": c["lr"], "values": {n: c.get(n) for n in ("lr", *options.RUN_OPTIONS)},
                      "n_runs": len(group), "train_acc": results.statistics(train),
+                     "best_train_acc": _finite_stats([_best(r, "train_eval_acc", "train_acc") for r in done]),
+                     "best_val_acc": _finite_stats([_best(r, "val_acc") for r in done]),
+                     "final_train_loss": _finite_stats([run_record.last(r, "train_loss") for r in done]),
                      **{f"{s}_acc": results.statistics([run_record.final(r, s)["acc"] for r in done
                                                         if run_record.final(r, s)]) for s in ("val", "test")}})
     return rows
 
 
+def _finite_stats(values: list[float]) -> dict:
+    """results.statistics of the finite values."""
+    return results.statistics([v for v in values if np.isfinite(v)])
+
+
+def _best(record: dict, *keys: str) -> float:
+    """The highest per-epoch value of the first of `keys` the record has (NaN when none)."""
+    for key in keys:
+        values = run_record.curve(record, key)
+        if np.isfinite(values).any():
+            return float(np.nanmax(values))
+    return float("nan")
+
+
 def configs_markdown(rows: list[dict], title: str) -> str:
     """The report's table: one row per configuration, accuracies mean ± std over seeds."""
     lines = [f"# {title}: accuracy per configuration (mean ± std over seeds)", "",
-             "| config | hidden layers | BN | λ | init | dropout | noise σ / s&p | train acc (%) | val acc (%) | "
-             "test acc (%) | n |", "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|:---|"]
+             "Final accuracies (train: the eval-mode pass over the training split when recorded), and the best "
+             "training and validation accuracy of any epoch.", "",
+             "| config | hidden layers | norm | λ | init | dropout | noise σ / s&p | train acc (%) | val acc (%) | "
+             "test acc (%) | best train (%) | best val (%) | n |",
+             "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|:---|"]
     for r in rows:
         hidden = ", ".join(map(str, r["hidden"]))
-        cells = [results.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc")]
-        lines.append(f"| {r['config']} | ({hidden}) | {r['bn']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
+        cells = [results.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc", "best_train_acc",
+                                                         "best_val_acc")]
+        lines.append(f"| {r['config']} | ({hidden}) | {r['norm']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
                      f"{r['noise_std']:g} / {r['salt_pepper']:g} | " + " | ".join(cells)
                      + f" | {r['test_acc']['n']}/{r['n_runs']} |")
     return "\n".join(lines) + "\n"
@@ -109,10 +140,17 @@ def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str) 
     st.write_text("configs.md", configs_markdown(rows, title))
     for name, group in run_record.group_by_config(records).items():
         plots.cost_loss_accuracy(group, st.figures_dir / f"cost_{results.run_file_stem(name)}.png", f"{title}: {name}")
+    by_config = run_record.group_by_config(records)
+    if len(by_config) > 1:
+        plots.training_comparison(by_config, st.figures_dir / "training_comparison.png",
+                                  f"{title}: training loss, training and validation accuracy")
     option = varying_option(records)
     if option:
         plots.accuracy_against(rows, option, st.figures_dir / f"accuracy_vs_{option}.png",
                                f"{title}: final accuracy against {option}")
+        plots.accuracy_against(rows, option, st.figures_dir / f"best_vs_{option}.png",
+                               f"{title}: best accuracy over the epochs and final loss against {option}",
+                               panels=plots.BEST_PANELS)
     for r in rows:
         acc = r["test_acc"]
         if acc["mean"] is not None:
@@ -123,7 +161,7 @@ def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str) 
 def main(cfg: config.Config) -> None:
     if FLAGS.cycles < 0:
         raise config.ConfigError(f"--cycles={FLAGS.cycles}: must be >= 0")
-    title = "MLP (seeds/002)"
+    title = FLAGS.title
     study.run(cfg, "mlp_baseline", title, lambda p: mlp_runs(cfg, p, FLAGS.cycles),
               report=lambda st, records: analyse(st, records, FLAGS.cycles, title), extra={"cycles": FLAGS.cycles})
 

@@ -5,6 +5,7 @@ pipeline at toy size (the *_smoke flagfiles).
 
     python -m experiments.reproduce --report=seed000 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
     python -m experiments.reproduce --report=seed002 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
+    python -m experiments.reproduce --report=seed004 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
 """
 from __future__ import annotations
 
@@ -74,6 +75,15 @@ REPORTS = {
             "noise_std=0.01,salt_pepper=0": (55.81, 51.44, 50.86), "noise_std=0,salt_pepper=0.05": (55.51, 51.68, 50.67)}),
         Section("5.4", "The final model", "mlp_baseline", "seed002_final", {
             "mlp_80-70-60-50-40-30_bn": (65.87, 56.36, 55.13)}),
+    )),
+    "seed004": Report("Seed 004, fully connected part (CS231n-style nets on CIFAR-10 subsets: optimisers, "
+                      "normalisation, weight scale, dropout)", (
+        Section("1.1", "Overfitting 50 images: learning rate × weight scale", "mlp_baseline", "seed004_overfit"),
+        Section("1.2", "Optimisers", "mlp_baseline", "seed004_optimizers"),
+        Section("2.1", "Batch norm, layer norm, none", "mlp_baseline", "seed004_norms"),
+        Section("2.2", "Batch size with batch norm and layer norm", "mlp_baseline", "seed004_batch_size"),
+        Section("2.3", "Weight-scale sensitivity", "mlp_baseline", "seed004_weight_scale"),
+        Section("4", "Dropout: keep 1.0 against 0.25", "mlp_baseline", "seed004_dropout"),
     )),
 }
 
