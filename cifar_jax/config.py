@@ -63,6 +63,7 @@ def define_flags() -> None:
     f.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation passes.")
     f.DEFINE_enum("eval_train", "none", train.EVAL_TRAIN, "Evaluate the whole training split in eval mode: none, "
                   "final (before and after training) or epoch (also after every epoch: records' train_eval_*).")
+    f.DEFINE_bool("eval_test", False, "Also evaluate the test set after every epoch (records' test_* per epoch).")
     f.DEFINE_bool("grad_stats", False, "Record |gradient| statistics per parameter tensor: ‖g‖ per epoch, and mean "
                   "and std of |g| and mean ‖g‖ over the first and the last --grad_window steps.")
     f.DEFINE_integer("grad_window", 5, "Steps in each window of --grad_stats.")
@@ -106,6 +107,7 @@ class Config:
     compile_cache: str
     eval_batch_size: int
     eval_train: str
+    eval_test: bool
     grad_stats: bool
     grad_window: int
     loss_every: int
@@ -256,7 +258,7 @@ def from_flags(fl: Any = None) -> Config:
         precision=_choice("precision", fl.precision, models.PRECISIONS),
         conv_impl=_choice("conv_impl", fl.conv_impl, layers.CONV_IMPLS),
         memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size,
-        eval_train=fl.eval_train, grad_stats=fl.grad_stats, grad_window=fl.grad_window, loss_every=fl.loss_every,
+        eval_train=fl.eval_train, eval_test=fl.eval_test, grad_stats=fl.grad_stats, grad_window=fl.grad_window, loss_every=fl.loss_every,
         download=fl.download, distributed=_distributed(fl),
         variants=tuple(tuple(v.items()) for v in variants), **variants[0])
 
@@ -320,7 +322,7 @@ def group_spec(cfg: Config, num_classes: int) -> train.GroupSpec:
         noise=max(cfg.values("noise_std") + cfg.values("salt_pepper")) > 0,
         clip_norm=cfg.clip_norm or None, eval_batch_size=cfg.eval_batch_size, precision=cfg.precision,
         conv_impl=cfg.conv_impl, grad_stats=cfg.grad_stats, grad_window=cfg.grad_window if cfg.grad_stats else 5,
-        loss_every=cfg.loss_every, eval_train=cfg.eval_train)
+        loss_every=cfg.loss_every, eval_train=cfg.eval_train, eval_test=cfg.eval_test)
 
 
 def data_config(cfg: Config) -> dict[str, Any]:

@@ -202,6 +202,16 @@ def _window_stats(acc: np.ndarray, window: int, total_steps: int) -> tuple[np.nd
     return out[0], out[1]
 
 
+def _loss_noise(losses: np.ndarray, batch_size: int) -> np.ndarray:
+    """[R, steps] summed step losses → [R] the noise of the per-step loss: the root mean square of
+    its step-to-step changes over √2 (the per-step standard deviation for independent noise on a
+    slow trend); NaN with a single step."""
+    steps = losses / batch_size
+    if steps.shape[1] < 2:
+        return np.full(len(steps), np.nan)
+    return np.sqrt(np.mean(np.diff(steps, axis=1) ** 2, axis=1) / 2)
+
+
 def _loss_trace(losses: np.ndarray, every: int, batch_size: int) -> np.ndarray:
     """[R, steps] summed step losses → [R, steps // every] mean loss of every `every` steps."""
     points = losses.shape[1] // every
@@ -248,7 +258,7 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     _check_fits(run_epoch if scan else run_step, len(hp["seed"]) // mesh.shape["runs"],
                 sum(x.nbytes for x in jax.tree_util.tree_leaves(data)), limit, mesh.shape["runs"])
     callbacks.on_compiled(time.perf_counter() - t0)
-    every_epoch = ("val", "train") if spec.eval_train == "epoch" else ("val",)
+    every_epoch = ("val",) + ("train",) * (spec.eval_train == "epoch") + ("test",) * spec.eval_test
     before = ("train", "val", "test") if spec.eval_train != "none" else ("val", "test")
     callbacks.on_start(runs, _eval_splits(prog, state, data, before, n))
     for epoch in range(epochs):
@@ -261,16 +271,18 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
             sums, losses = zeros(width), zeros(steps)
             for s in range(steps):
                 state, sums, losses = run_step(state, sums, losses, data, idx, jnp.int32(s))
-        sums = np.asarray(sums)[:n]
+        sums, step_losses = np.asarray(sums)[:n], np.asarray(losses)[:n]  # waits for the epoch's steps
+        seconds = time.perf_counter() - t0  # training only: evaluation below is not counted
         alive = np.asarray(state.alive)[:n]
         evals = _eval_splits(prog, state, data, every_epoch, n)
         metrics = run_record.Epoch(
             lr=lr, alive=alive, l2_penalty=np.asarray(prog["l2"](state.params))[:n],
             train=Metrics(*(sums[:, :3] / (steps * spec.batch_size)).T),
             val=_masked(evals.get("val"), alive), train_eval=_masked(evals.get("train"), alive),
+            test=_masked(evals.get("test"), alive), loss_noise=_loss_noise(step_losses, spec.batch_size),
             grad_norm=sums[:, 3:] / steps if spec.grad_stats else None,
-            loss_trace=_loss_trace(np.asarray(losses)[:n], spec.loss_every, spec.batch_size) if spec.loss_every else None)
-        callbacks.on_epoch(runs, epoch + 1, metrics, time.perf_counter() - t0)
+            loss_trace=_loss_trace(step_losses, spec.loss_every, spec.batch_size) if spec.loss_every else None)
+        callbacks.on_epoch(runs, epoch + 1, metrics, seconds)
     alive = np.asarray(state.alive)[:n]
     after = _eval_splits(prog, state, data, ("train", "test") if spec.eval_train != "none" else ("test",), n)
     grad_first = grad_last = None

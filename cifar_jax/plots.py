@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import matplotlib
+import matplotlib.patches
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -255,16 +256,21 @@ def training_comparison(records_by_config: dict[str, list[dict]], path: Path | s
     return save(fig, path)
 
 
-FINAL_PANELS = (("train_acc", "training (final)"), ("val_acc", "validation (final)"), ("test_acc", "test"))
-BEST_PANELS = (("best_train_acc", "best training accuracy"), ("best_val_acc", "best validation accuracy"),
-               ("final_train_loss", "final training loss"))
+FINAL_PANELS = (("train_acc", "training (final)", "accuracy (%)"), ("val_acc", "validation (final)", "accuracy (%)"),
+                ("test_acc", "test", "accuracy (%)"))
+BEST_PANELS = (("best_train_acc", "best training accuracy", "accuracy (%)"),
+               ("best_val_acc", "best validation accuracy", "accuracy (%)"),
+               ("final_train_loss", "final training loss", "cross-entropy loss"))
+BATCH_PANELS = (("test_acc", "test accuracy", "accuracy (%)"),
+                ("run_seconds", "training time per epoch and run", "seconds"),
+                ("loss_noise", "noise of the per-step loss (last epoch)", "RMS step-to-step change / √2"))
 
 
 @styled
 def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str,
-                     panels: Sequence[tuple[str, str]] = FINAL_PANELS) -> Path:
-    """Statistics of each configuration (mean ± std over seeds; `panels`: row key and title,
-    accuracies in %) against the per-run option that varies (`row["values"][option]`), one line
+                     panels: Sequence[tuple[str, str, str]] = FINAL_PANELS) -> Path:
+    """Statistics of each configuration (mean ± std over seeds; `panels`: row key, title and y
+    label; accuracies in %) against the per-run option that varies (`row["values"][option]`), one line
     per configuration without it (e.g. with and without BN); a log x axis when the values span a
     decade or more."""
     lines: dict[str, list[dict]] = {}
@@ -274,7 +280,7 @@ def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str
     xs = [r["values"][option] for r in rows]
     fig = Figure(figsize=(4.4 * len(panels), 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels))
-    for ax, (key, name) in zip(axes, panels):
+    for ax, (key, name, ylabel) in zip(axes, panels):
         scale = 100.0 if results.is_percent(key) else 1.0
         for i, (label, group) in enumerate(lines.items()):
             group = sorted(group, key=lambda r: r["values"][option])
@@ -288,9 +294,37 @@ def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str
             ax.set_xscale("log")
         ax.set_title(name)
         ax.set_xlabel(option)
-        ax.set_ylabel("accuracy (%)" if scale == 100.0 else "cross-entropy loss")
+        ax.set_ylabel(ylabel)
     fig.suptitle(title)
     figure_legend(fig, axes, ncol=4)
+    return save(fig, path)
+
+
+@styled
+def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], path: Path | str, title: str,
+            row_label: str, column_label: str) -> Path:
+    """A grid of numbers (rows × columns) as colours with each value written in its cell; the
+    highest cell outlined (NaN cells are left blank)."""
+    fig = Figure(figsize=(1.3 * len(columns) + 2.5, 0.9 * len(rows) + 1.8), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax)
+    finite = np.isfinite(values)
+    top = np.unravel_index(np.nanargmax(values), values.shape) if finite.any() else None
+    spread = np.nanmax(values) - np.nanmin(values) if finite.any() else 0.0
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            light = spread == 0 or v < np.nanmin(values) + 0.6 * spread
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white" if light else "black", fontsize=10)
+    if top is not None:
+        ax.add_patch(matplotlib.patches.Rectangle((top[1] - 0.5, top[0] - 0.5), 1, 1, fill=False, lw=2.5,
+                                                  edgecolor="red"))
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(column_label)
+    ax.set_ylabel(row_label)
+    ax.grid(False)
+    ax.set_title(title)
     return save(fig, path)
 
 

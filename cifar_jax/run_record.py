@@ -9,8 +9,13 @@ A record is one JSON object per run (`results.StudyDir` stores it atomically aft
     untrained                           {split: {loss, acc, top5}} in eval mode before training
     epochs                              per epoch: epoch, lr, train_* (running averages over the
                                         epoch's batches, train mode), val_*, l2_penalty (ΣW² at
-                                        the epoch's end: cost = loss + λ·l2_penalty), seconds, and with the
+                                        the epoch's end: cost = loss + λ·l2_penalty), loss_noise
+                                        (RMS step-to-step change of the per-step loss / √2),
+                                        seconds (the group's training time, evaluation not
+                                        counted) and run_seconds (seconds / the
+                                        runs trained together), and with the
                                         in-step measurements train_eval_* (--eval_train=epoch),
+                                        test_* (--eval_test),
                                         grad_norm (--grad_stats), loss_trace (--loss_every)
     test, final_train                   {loss, acc, top5} in eval mode after training
                                         (final_train with --eval_train)
@@ -59,6 +64,8 @@ class Epoch(NamedTuple):
     train: Metrics                  # running averages over the epoch's batches (train mode)
     val: Metrics | None             # eval mode; None with an empty validation split
     train_eval: Metrics | None = None  # eval mode over the training split (--eval_train=epoch)
+    test: Metrics | None = None         # eval mode over the test set (--eval_test)
+    loss_noise: np.ndarray | None = None  # RMS of the per-step training loss's step-to-step changes / √2
     grad_norm: np.ndarray | None = None   # mean ‖g‖ per tensor over the epoch's steps
     loss_trace: np.ndarray | None = None  # mean training loss of every --loss_every steps
 
@@ -87,13 +94,16 @@ def new(run_id: str, config_name: str, seed: int, config: dict, untrained: dict[
 def add_epoch(record: dict, epoch: int, m: Epoch, j: int, seconds: float) -> None:
     """Append run j's metrics of one epoch (and note its first diverged epoch)."""
     entry: dict[str, Any] = {"epoch": epoch, "lr": float(m.lr[j]), "l2_penalty": float(m.l2_penalty[j])}
-    for prefix, split in (("train", m.train), ("val", m.val), ("train_eval", m.train_eval)):
+    for prefix, split in (("train", m.train), ("val", m.val), ("train_eval", m.train_eval), ("test", m.test)):
         if split is not None:
             entry.update({f"{prefix}_{k}": v for k, v in split.of_run(j).items()})
     for name in ("grad_norm", "loss_trace"):
         if getattr(m, name) is not None:
             entry[name] = np.asarray(getattr(m, name)[j], np.float64).tolist()
+    if m.loss_noise is not None:
+        entry["loss_noise"] = float(m.loss_noise[j])
     entry["seconds"] = seconds
+    entry["run_seconds"] = seconds / len(m.lr)  # the epoch's time per run trained together
     record["epochs"].append(entry)
     if not m.alive[j] and record["diverged_epoch"] is None:
         record["diverged_epoch"] = epoch

@@ -68,6 +68,7 @@ class GroupSpec:
     grad_stats: bool = False  # |gradient| statistics per parameter tensor: per epoch and in two windows
     grad_window: int = 5      # steps in each window: the first and the last of training
     loss_every: int = 0       # a training-loss trace point every this many steps (0: none)
+    eval_test: bool = False   # also evaluate the test set after every epoch (not only at the end)
     eval_train: str = "none"  # eval-mode pass over the training split: none, final (and before
     #                           training) or epoch (also after every epoch)
 

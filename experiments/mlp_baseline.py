@@ -15,10 +15,12 @@ import numpy as np
 
 from absl import flags
 
-from cifar_jax import config, options, plots, results, run_record, study
+from cifar_jax import config, gradient_plots, options, plots, results, run_record, study
 
 flags.DEFINE_integer("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.")
 flags.DEFINE_string("title", "MLP (seeds/002)", "The study's title in its tables and figures.")
+flags.DEFINE_list("at_epochs", [], "Also tabulate train, validation and test accuracy at these epochs (test per "
+                  "epoch needs --eval_test), e.g. 1,2,5,10,20,50,100.")
 FLAGS = flags.FLAGS
 SPLIT_NAMES = {"train": "Training data", "val": "Validation data", "test": "Test data"}
 
@@ -62,6 +64,9 @@ def mlp_runs(cfg: config.Config, prepared: study.Prepared, cycles: int) -> list[
     return config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, label)
 
 
+AXES = ("lr", *options.RUN_OPTIONS, "batch_size", "clip_norm")  # the numeric options a figure can put on x
+
+
 def varying_option(records: list[dict]) -> str | None:
     """The one numeric per-run option (or the learning rate) that takes several values within a
     configuration's line (the configurations that differ only in it), if exactly one does."""
@@ -71,7 +76,7 @@ def varying_option(records: list[dict]) -> str | None:
             line = ",".join(p for p in r["config_name"].split(",") if not p.startswith(f"{name}="))
             lines.setdefault(line, set()).add(r["config"].get(name))
         return any(len(values) > 1 for values in lines.values())
-    names = [n for n in ("lr", *options.RUN_OPTIONS) if spans(n)]
+    names = [n for n in AXES if spans(n)]
     return names[0] if len(names) == 1 else None
 
 
@@ -86,14 +91,22 @@ def config_rows(records: list[dict]) -> list[dict]:
         rows.append({"config": name, "hidden": c["model"]["hidden"], "norm": c["model"]["norm"],
                      "l2": c["l2"], "init": c["init_scale"] if c["model"]["init"] == "normal" else c["model"]["init"],
                      "dropout": c["dropout"], "noise_std": c["noise_std"], "salt_pepper": c["salt_pepper"],
-                     "lr": c["lr"], "values": {n: c.get(n) for n in ("lr", *options.RUN_OPTIONS)},
+                     "lr": c["lr"], "values": {n: c.get(n) or 0 for n in AXES},
                      "n_runs": len(group), "train_acc": results.statistics(train),
                      "best_train_acc": _finite_stats([_best(r, "train_eval_acc", "train_acc") for r in done]),
                      "best_val_acc": _finite_stats([_best(r, "val_acc") for r in done]),
                      "final_train_loss": _finite_stats([run_record.last(r, "train_loss") for r in done]),
+                     "run_seconds": _finite_stats([_later_mean(r, "run_seconds") for r in done]),
+                     "loss_noise": _finite_stats([run_record.last(r, "loss_noise") for r in done]),
                      **{f"{s}_acc": results.statistics([run_record.final(r, s)["acc"] for r in done
                                                         if run_record.final(r, s)]) for s in ("val", "test")}})
     return rows
+
+
+def _later_mean(record: dict, key: str) -> float:
+    """The mean of `key` over the epochs after the first (which carries one-off costs), else the first."""
+    values = run_record.curve(record, key)
+    return float(np.nanmean(values[1:] if len(values) > 1 else values)) if np.isfinite(values).any() else float("nan")
 
 
 def _finite_stats(values: list[float]) -> dict:
@@ -116,15 +129,39 @@ def configs_markdown(rows: list[dict], title: str) -> str:
              "Final accuracies (train: the eval-mode pass over the training split when recorded), and the best "
              "training and validation accuracy of any epoch.", "",
              "| config | hidden layers | norm | λ | init | dropout | noise σ / s&p | train acc (%) | val acc (%) | "
-             "test acc (%) | best train (%) | best val (%) | n |",
-             "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|:---|"]
+             "test acc (%) | best train (%) | best val (%) | s/epoch per run | loss noise | n |",
+             "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|---:|---:|:---|"]
     for r in rows:
         hidden = ", ".join(map(str, r["hidden"]))
         cells = [results.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc", "best_train_acc",
                                                          "best_val_acc")]
+        cells += [_plain(r["run_seconds"], 2), _plain(r["loss_noise"], 3)]
         lines.append(f"| {r['config']} | ({hidden}) | {r['norm']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
                      f"{r['noise_std']:g} / {r['salt_pepper']:g} | " + " | ".join(cells)
                      + f" | {r['test_acc']['n']}/{r['n_runs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plain(stat: dict, digits: int) -> str:
+    return "–" if stat["mean"] is None else f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def at_epochs_markdown(records: list[dict], epochs: list[int], title: str) -> str:
+    """Train (eval mode where recorded), validation and test accuracy at the chosen epochs, per
+    configuration (mean ± std over seeds; – where that epoch was not evaluated)."""
+    lines = [f"# {title}: accuracy (%) at chosen epochs (mean ± std over seeds)", "",
+             "| config | split | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+             "|:---|:---|" + "---:|" * len(epochs)]
+    for name, group in run_record.group_by_config(records).items():
+        for split, keys in (("train", ("train_eval_acc", "train_acc")), ("val", ("val_acc",)), ("test", ("test_acc",))):
+            key = next((k for k in keys if any(np.isfinite(run_record.curve(r, k)).any() for r in group)), None)
+            if key is None:
+                continue
+            cells = []
+            for e in epochs:
+                values = [run_record.curve(r, key)[e - 1] for r in group if len(run_record.curve(r, key)) >= e]
+                cells.append(results.format_stat("acc", results.statistics([v for v in values if np.isfinite(v)])))
+            lines.append(f"| {name} | {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,8 +181,18 @@ def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str) 
     if len(by_config) > 1:
         plots.training_comparison(by_config, st.figures_dir / "training_comparison.png",
                                   f"{title}: training loss, training and validation accuracy")
+    if any(r.get("grad_stats") for r in records):
+        first = {name: group[0] for name, group in by_config.items() if group[0].get("grad_stats")}
+        gradient_plots.gradient_norms(first, st.figures_dir / "gradient_norms.png",
+                                      f"{title}: gradient norm of each weight tensor per epoch (first seed)")
+    if FLAGS.at_epochs:
+        st.write_text("at_epochs.md", at_epochs_markdown(records, [int(e) for e in FLAGS.at_epochs], title))
     option = varying_option(records)
-    if option:
+    if option == "batch_size":
+        plots.accuracy_against(rows, option, st.figures_dir / "batch_size.png",
+                               f"{title}: accuracy, time and loss noise against the batch size",
+                               panels=plots.BATCH_PANELS)
+    elif option:
         plots.accuracy_against(rows, option, st.figures_dir / f"accuracy_vs_{option}.png",
                                f"{title}: final accuracy against {option}")
         plots.accuracy_against(rows, option, st.figures_dir / f"best_vs_{option}.png",

@@ -5,6 +5,7 @@ pipeline at toy size (the *_smoke flagfiles).
 
     python -m experiments.reproduce --report=seed000 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
     python -m experiments.reproduce --report=seed002 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
+    python -m experiments.reproduce --report=seed003 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
     python -m experiments.reproduce --report=seed004 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Report:
 
 
 # The tables a study writes, shown in this order where they exist.
-TABLES = ("gradient_check.md", "lambda_search.md", "configs.md", "range_test.md", "test_table.md",
+TABLES = ("gradient_check.md", "lambda_search.md", "grid.md", "at_epochs.md", "configs.md", "range_test.md", "test_table.md",
           "generalisation_gap.md", "transfer_comparison.md", "gradient_stats.md", "pretrain/test_table.md",
           "retrain/test_table.md")
 REPORTS = {
@@ -75,6 +76,15 @@ REPORTS = {
             "noise_std=0.01,salt_pepper=0": (55.81, 51.44, 50.86), "noise_std=0,salt_pepper=0.05": (55.51, 51.68, 50.67)}),
         Section("5.4", "The final model", "mlp_baseline", "seed002_final", {
             "mlp_80-70-60-50-40-30_bn": (65.87, 56.36, 55.13)}),
+    )),
+    "seed003": Report("Seed 003, MLP part (learning rate, epochs, batch norm, batch size, depth × width, "
+                      "gradient clipping)", (
+        Section("6.1.1", "Learning rate too high and too low", "mlp_baseline", "seed003_lr"),
+        Section("6.1.2", "The number of epochs", "mlp_baseline", "seed003_epochs"),
+        Section("6.1.3", "Batch normalisation", "mlp_baseline", "seed003_bn"),
+        Section("6.1.4", "Batch size: accuracy, time, stability", "mlp_baseline", "seed003_batch_size"),
+        Section("6.1.5", "Gradient magnitude per layer, without and with clipping", "mlp_baseline", "seed003_clip"),
+        Section("6.2", "Depth × width", "mlp_grid", "seed003_grid"),
     )),
     "seed004": Report("Seed 004, fully connected part (CS231n-style nets on CIFAR-10 subsets: optimisers, "
                       "normalisation, weight scale, dropout)", (

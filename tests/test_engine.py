@@ -122,7 +122,7 @@ def test_batchnorm_conv_group_equals_runs_alone_in_float64(noise_data):
 @pytest.mark.parametrize("model", [models.ModelConfig("mlp", hidden=(24,), init="he", use_dropout=True),
                                    models.ModelConfig("baseline", use_dropout=True)])
 def test_every_layout_gives_the_same_metrics(noise_data, model):
-    spec = train.GroupSpec(model, batch_size=32, eval_train="epoch", loss_every=3, grad_stats=True)
+    spec = train.GroupSpec(model, batch_size=32, eval_train="epoch", eval_test=True, loss_every=3, grad_stats=True)
     results = {layout: _train(spec, RUNS[:2], noise_data, 2, layout)
                for layout in engine.LAYOUTS if layout != "auto"}
     ref_state, ref = results["seq_loop"]
@@ -131,7 +131,7 @@ def test_every_layout_gives_the_same_metrics(noise_data, model):
         for i in range(2):
             for e in range(2):
                 for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "train_eval_acc", "loss_trace",
-                          "grad_norm"):
+                          "grad_norm", "test_acc", "loss_noise"):
                     assert cb.epochs[i][e][k] == pytest.approx(ref.epochs[i][e][k], abs=1e-5), (layout, k)
                 assert len(cb.epochs[i][e]["loss_trace"]) == 3  # 10 steps, a point every 3
             for k in ("test_acc", "test_loss", "train_acc"):
@@ -258,6 +258,7 @@ def test_in_step_measurements_equal_hand_computed_ones(noise_data):
     step_losses = [float(loss(params, i)) for i in idx]  # 10 steps: points over steps 0-3 and 4-7
     np.testing.assert_allclose(cb.epochs[0][0]["loss_trace"], [np.mean(step_losses[:4]), np.mean(step_losses[4:8])],
                                rtol=1e-5)
+    np.testing.assert_allclose(cb.epochs[0][0]["loss_noise"], np.sqrt(np.mean(np.diff(step_losses) ** 2) / 2), rtol=1e-4)
 
 
 def optax_ce(logits, y):

@@ -1,0 +1,99 @@
+"""seeds/003's depth × width grid of MLPs: every --depths × --widths net (that many hidden layers,
+each that wide; one group each) × seeds, the flags' protocol otherwise. Its analysis: the
+mlp_baseline tables and figures, a heatmap of validation accuracy (and of the train − validation
+gap), the net chosen by validation accuracy, and whether it over- or underfits:
+
+- overfits: its validation loss ended ≥ 5% above its minimum over the epochs, or its final
+  training accuracy (eval mode) is ≥ 10 points above its validation accuracy;
+- underfits: otherwise, when the gap is < 2 points and its training loss still fell by ≥ 1% in
+  the last epoch (more capacity or epochs would still pay);
+- neither, otherwise.
+
+    python -m experiments.mlp_grid --flagfile=experiments/flags/seed003_grid.flags
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from absl import flags
+
+from cifar_jax import config, plots, results, run_record, study
+from experiments import mlp_baseline
+
+flags.DEFINE_list("depths", ["1", "2", "3", "4", "6"], "Numbers of hidden layers.")
+flags.DEFINE_list("widths", ["32", "64", "128", "256", "512"], "Widths of every hidden layer.")
+FLAGS = flags.FLAGS
+TITLE = "MLP depth × width (seeds/003)"
+
+
+def _ints(flag: str, values: list[str]) -> list[int]:
+    try:
+        out = [int(v) for v in values]
+    except ValueError:
+        raise config.ConfigError(f"--{flag}={','.join(values)}: give integers") from None
+    if not out or min(out) < 1:
+        raise config.ConfigError(f"--{flag}={','.join(values)}: give one or more integers >= 1")
+    return out
+
+
+def verdict(records: list[dict]) -> tuple[str, dict]:
+    """Over-, underfit or neither for one configuration's seeds (the rules in the module docstring)."""
+    mean = lambda key: float(np.nanmean([run_record.curve(r, key)[-1] for r in records]))
+    val_loss = np.nanmean([run_record.curve(r, "val_loss") for r in records], axis=0)
+    train_loss = np.nanmean([run_record.curve(r, "train_loss") for r in records], axis=0)
+    train_key = "train_eval_acc" if np.isfinite(run_record.curve(records[0], "train_eval_acc")).any() else "train_acc"
+    facts = {"gap_points": 100 * (mean(train_key) - mean("val_acc")),
+             "val_loss_rise": float(val_loss[-1] / np.nanmin(val_loss) - 1),
+             "last_train_loss_drop": float(1 - train_loss[-1] / train_loss[-2]) if len(train_loss) > 1 else 0.0}
+    if facts["val_loss_rise"] >= 0.05 or facts["gap_points"] >= 10:
+        return "overfits", facts
+    if facts["gap_points"] < 2 and facts["last_train_loss_drop"] >= 0.01:
+        return "underfits", facts
+    return "neither over- nor underfits", facts
+
+
+def analyse(st: results.StudyDir, records: list[dict], depths: list[int], widths: list[int]) -> None:
+    """The mlp_baseline analysis, the heatmaps, the chosen net and its verdict (grid.md)."""
+    mlp_baseline.analyse(st, records, 0, TITLE)
+    rows = {tuple(r["hidden"]): r for r in mlp_baseline.config_rows(records)}
+    stat = lambda d, w, key: rows.get((w,) * d, {}).get(key, {}).get("mean")
+    val = np.array([[np.nan if stat(d, w, "val_acc") is None else 100 * stat(d, w, "val_acc") for w in widths]
+                    for d in depths])
+    gap = np.array([[np.nan if None in (stat(d, w, "train_acc"), stat(d, w, "val_acc"))
+                     else 100 * (stat(d, w, "train_acc") - stat(d, w, "val_acc")) for w in widths] for d in depths])
+    plots.heatmap(val, [str(d) for d in depths], [str(w) for w in widths], st.figures_dir / "grid_val_acc.png",
+                  f"{TITLE}: final validation accuracy (%)", "hidden layers", "width")
+    plots.heatmap(gap, [str(d) for d in depths], [str(w) for w in widths], st.figures_dir / "grid_gap.png",
+                  f"{TITLE}: train (eval mode) − validation accuracy (points)", "hidden layers", "width")
+    if not np.isfinite(val).any():
+        return
+    d, w = np.unravel_index(np.nanargmax(val), val.shape)
+    best = rows[(widths[w],) * depths[d]]
+    word, facts = verdict(run_record.group_by_config(records)[best["config"]])
+    text = (f"# {TITLE}: the net chosen by validation accuracy\n\n"
+            f"**{depths[d]} hidden layer(s) of {widths[w]}** ({best['config']}): validation "
+            f"{results.format_stat('val_acc', best['val_acc'])}%, test {results.format_stat('test_acc', best['test_acc'])}%, "
+            f"training (eval mode) {results.format_stat('train_acc', best['train_acc'])}%.\n\n"
+            f"Verdict: it **{word}** (train − validation gap {facts['gap_points']:.1f} points; final validation "
+            f"loss {100 * facts['val_loss_rise']:.1f}% above its minimum; training loss fell "
+            f"{100 * facts['last_train_loss_drop']:.1f}% in the last epoch). Rules: overfits when the validation "
+            "loss ended ≥ 5% above its minimum or the gap is ≥ 10 points; underfits when the gap is < 2 points and "
+            "the training loss still fell ≥ 1% in the last epoch.\n")
+    st.write_text("grid.md", text)
+    st.write_json("grid.json", {"depths": depths, "widths": widths, "val_acc": val.tolist(), "gap": gap.tolist(),
+                                "best": best["config"], "verdict": word, **facts})
+    study.log("\n" + text)
+
+
+def main(cfg: config.Config) -> None:
+    depths, widths = _ints("depths", FLAGS.depths), _ints("widths", FLAGS.widths)
+    cfg.single_group("the grid sets the architectures (--depths, --widths)")
+    nets = [dataclasses.replace(cfg.model, hidden=(w,) * d) for d in depths for w in widths]
+    grid_cfg = cfg.vary("model", nets)
+    study.run(grid_cfg, "mlp_grid", TITLE, lambda p: mlp_baseline.mlp_runs(grid_cfg, p, 0),
+              report=lambda st, records: analyse(st, records, depths, widths))
+
+
+if __name__ == "__main__":
+    study.main(main)
