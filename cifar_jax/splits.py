@@ -51,7 +51,8 @@ def norm_stats(x: np.ndarray, train_idx: np.ndarray, mode: str) -> tuple[np.ndar
 
     x is uint8 NHWC; only the train rows are read, in chunks. per_channel: shape (C,), over N,H,W;
     per_dim: (H, W, C), over N (each input dimension standardised, as in seeds/002); mean_image:
-    mean (H, W, C) and std ones; none: zeros and ones of shape (C,). A std of 0 becomes 1.
+    mean (H, W, C) and std ones; mean_image_raw: the same mean with std 1/255, i.e. inputs in pixel
+    units as CS231n (seeds/004) feeds them; none: zeros and ones of shape (C,). A std of 0 becomes 1.
     """
     statistics = lookup(NORMALIZATIONS, mode, "normalization")
     if x.dtype != np.uint8 or x.ndim != 4:
@@ -90,5 +91,7 @@ NORMALIZATIONS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, n
     "per_channel": lambda x, idx: _moments(x, idx, axes=(0, 1, 2)),
     "per_dim": lambda x, idx: _moments(x, idx, axes=(0,)),
     "mean_image": _mean_image,
+    # CS231n's preprocessing: the mean image subtracted, pixel values left in 0-255 units
+    "mean_image_raw": lambda x, idx: (_mean_image(x, idx)[0], np.full(x.shape[1:], 1 / 255.0)),
     "none": lambda x, idx: (np.zeros(x.shape[-1]), np.ones(x.shape[-1])),
 }

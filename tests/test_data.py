@@ -433,9 +433,12 @@ def test_norm_stats_other_modes(skewed):
     mean, std = splits.norm_stats(x, train, "mean_image")
     assert mean.shape == (8, 8, 3) and np.all(std == 1)
     np.testing.assert_allclose(mean, (x[train] / 255.0).mean(0), rtol=1e-6)
+    raw_mean, raw_std = splits.norm_stats(x, train, "mean_image_raw")
+    np.testing.assert_allclose(raw_mean, mean, rtol=1e-6)
+    np.testing.assert_allclose((x[train[:1]] / 255.0 - raw_mean) / raw_std, x[train[:1]] - 255 * mean, rtol=1e-4, atol=1e-3)
     mean, std = splits.norm_stats(x, train, "none")
     assert mean.shape == std.shape == (3,) and np.all(mean == 0) and np.all(std == 1)
-    with pytest.raises(ValueError, match="--normalization.*per_channel, per_dim, mean_image, none"):
+    with pytest.raises(ValueError, match="--normalization.*per_channel, per_dim, mean_image, mean_image_raw, none"):
         splits.norm_stats(x, train, "zca")
 
 
