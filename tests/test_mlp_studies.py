@@ -1,0 +1,78 @@
+"""The MLP studies' analysis (seeds/002, 003, 004): the option a figure puts on its x axis, accuracy
+at chosen epochs, the depth × width verdict and heatmap, and one smoke section of each report."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifar_jax import plots
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from experiments import mlp_baseline, mlp_grid  # noqa: E402
+
+
+def record(name, seed, config, epochs, status="done"):
+    return {"run_id": f"{name},seed={seed}", "config_name": name, "seed": seed, "status": status,
+            "config": {"lr": 0.1, "batch_size": 64, "clip_norm": None, **config}, "epochs": epochs}
+
+
+def test_the_varying_option_is_one_that_varies_within_a_line():
+    recs = [record(f"norm={n},init_scale={s}", 0, {"init_scale": s, "norm": n}, []) for n in ("a", "b")
+            for s in (0.1, 0.01)]
+    assert mlp_baseline.varying_option(recs) == "init_scale"
+    per_optimizer = [record(f"optimizer={o},lr={lr}", 0, {"lr": lr}, []) for o, lr in (("sgd", 0.1), ("adam", 0.001))]
+    assert mlp_baseline.varying_option(per_optimizer) is None  # one learning rate per line: nothing to plot against
+    sizes = [record(f"batch_size={b}", 0, {"batch_size": b}, []) for b in (1, 16, 256)]
+    assert mlp_baseline.varying_option(sizes) == "batch_size"
+
+
+def test_accuracy_at_chosen_epochs_averages_the_seeds():
+    epochs = lambda accs: [{"epoch": i + 1, "test_acc": a, "val_acc": a, "train_acc": a} for i, a in enumerate(accs)]
+    recs = [record("net", 0, {}, epochs([0.1, 0.2, 0.3])), record("net", 1, {}, epochs([0.3, 0.4, 0.5]))]
+    text = mlp_baseline.at_epochs_markdown(recs, [1, 3, 5], "T")
+    assert "| net | test | 20.00 ± 14.14 | 40.00 ± 14.14 | – |" in text
+
+
+def _curves(val_loss, train_loss, train_acc, val_acc):
+    return [{"epoch": i + 1, "val_loss": v, "train_loss": t, "train_eval_acc": train_acc, "val_acc": val_acc}
+            for i, (v, t) in enumerate(zip(val_loss, train_loss))]
+
+
+def test_the_grid_verdict_follows_its_rules():
+    over = [record("n", 0, {}, _curves([1.5, 1.2, 1.4], [1.5, 1.0, 0.6], 0.9, 0.5))]
+    assert mlp_grid.verdict(over)[0] == "overfits"
+    under = [record("n", 0, {}, _curves([2.0, 1.8, 1.7], [2.0, 1.8, 1.7], 0.40, 0.39))]
+    word, facts = mlp_grid.verdict(under)
+    assert word == "underfits" and facts["gap_points"] == pytest.approx(1.0)
+    fine = [record("n", 0, {}, _curves([2.0, 1.8, 1.79], [2.0, 1.8, 1.7], 0.45, 0.40))]
+    assert mlp_grid.verdict(fine)[0] == "neither over- nor underfits"
+
+
+def test_heatmap_writes_a_png_with_blank_cells(tmp_path):
+    values = np.array([[50.0, 52.5], [np.nan, 48.0]])
+    path = plots.heatmap(values, ["1", "2"], ["64", "128"], tmp_path / "h.png", "grid", "depth", "width")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_one_smoke_section_of_seed003_and_seed004_runs(tmp_path):
+    """The depth × width grid (seeds/003) and the 50-image overfit grid (seeds/004) end to end on
+    synthetic data, then their reports."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    for report, section in (("seed003", "6.2"), ("seed004", "1.1")):
+        cmd = [sys.executable, "-m", "experiments.reproduce", f"--report={report}", "--smoke", "--dataset=synthetic",
+               f"--only={section}", f"--results_dir={tmp_path}"]
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+    grid = json.loads((tmp_path / "seed003_grid_smoke" / "grid.json").read_text())
+    assert np.array(grid["val_acc"]).shape == (2, 2) and grid["verdict"]
+    assert "grid_val_acc.png" in (tmp_path / "seed003_report_smoke" / "report.md").read_text()
+    rows = json.loads((tmp_path / "seed004_overfit_smoke" / "configs.json").read_text())
+    assert len(rows) == 6 and {r["values"]["init_scale"] for r in rows} == {0.05, 0.01}
+    report = (tmp_path / "seed004_report_smoke" / "report.md").read_text()
+    assert "training_comparison.png" in report and "best_vs_" not in report  # two options vary: no x axis
