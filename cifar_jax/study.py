@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from cifar_jax import config, data, engine, models, plots, results, run_record, splits, train
 from cifar_jax.config import Config, ConfigError, Run
 
+
 def log(message: str) -> None:
     """Progress output (stdout, flushed so it shows up in logs of long runs)."""
     print(message, flush=True)

@@ -19,8 +19,9 @@ from cifar_jax import layers, models, optim, options, preprocess, schedules
 from cifar_jax.registry import lookup
 
 HP_INT = ("seed", "schedule")
-HP_DEFAULTS = dict(seed=0, schedule=0, **{**schedules.PARAM_DEFAULTS,
-                                           **{k: o.default for k, o in options.RUN_OPTIONS.items()}})
+# every per-run array of a group and its default (the options table overrides the schedule's decay_rate)
+HP_DEFAULTS = {"seed": 0, "schedule": 0, **schedules.PARAM_DEFAULTS,
+               **{k: o.default for k, o in options.RUN_OPTIONS.items()}}
 EVAL_TRAIN = ("none", "final", "epoch")  # when the training split is evaluated in eval mode
 
 
@@ -237,4 +238,3 @@ def evaluate(spec: GroupSpec, state: TrainState, x: jax.Array, y: jax.Array, idx
 
     total, _ = jax.lax.scan(body, jnp.zeros(3), (batches, valid))
     return total / n
-
