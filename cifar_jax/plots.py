@@ -272,7 +272,7 @@ def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str
     """Statistics of each configuration (mean ± std over seeds; `panels`: row key, title and y
     label; accuracies in %) against the per-run option that varies (`row["values"][option]`), one line
     per configuration without it (e.g. with and without BN); a log x axis when the values span a
-    decade or more."""
+    decade or more, a log y axis for a non-accuracy panel spanning two."""
     lines: dict[str, list[dict]] = {}
     for r in rows:
         label = ",".join(p for p in r["config"].split(",") if not p.startswith(f"{option}=")) or "all"
@@ -282,6 +282,7 @@ def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str
     axes = fig.subplots(1, len(panels))
     for ax, (key, name, ylabel) in zip(axes, panels):
         scale = 100.0 if results.is_percent(key) else 1.0
+        drawn = []
         for i, (label, group) in enumerate(lines.items()):
             group = sorted(group, key=lambda r: r["values"][option])
             stats = [r[key] for r in group]
@@ -290,8 +291,13 @@ def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str
             std = np.array([0.0 if s["std"] is None else scale * s["std"] for s in stats])
             ax.errorbar(x, mean, yerr=std, marker=MARKERS[i % len(MARKERS)], capsize=3, lw=1.8, label=label,
                         **_style(i))
+            drawn.append(mean)
         if min(xs) > 0 and max(xs) >= 10 * min(xs):
             ax.set_xscale("log")
+        values = np.concatenate(drawn) if drawn else np.array([])
+        values = values[np.isfinite(values)]
+        if scale == 1.0 and values.size and values.min() > 0 and values.max() >= 100 * values.min():
+            ax.set_yscale("log")  # e.g. losses that explode at large weight scales, times over batch sizes
         ax.set_title(name)
         ax.set_xlabel(option)
         ax.set_ylabel(ylabel)
