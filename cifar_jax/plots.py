@@ -269,8 +269,8 @@ BATCH_PANELS = (("test_acc", "test accuracy", "accuracy (%)"),
 @styled
 def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str,
                      panels: Sequence[tuple[str, str, str]] = FINAL_PANELS) -> Path:
-    """Statistics of each configuration (mean ± std over seeds; `panels`: row key, title and y
-    label; accuracies in %) against the per-run option that varies (`row["values"][option]`), one line
+    """Statistics of each configuration (mean ± std over seeds, each seed a faint dot; `panels`:
+    row key, title and y label; accuracies in %) against the per-run option that varies (`row["values"][option]`), one line
     per configuration without it (e.g. with and without BN); a log x axis when the values span a
     decade or more, a log y axis for a non-accuracy panel spanning two."""
     lines: dict[str, list[dict]] = {}
@@ -291,6 +291,9 @@ def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str
             std = np.array([0.0 if s["std"] is None else scale * s["std"] for s in stats])
             ax.errorbar(x, mean, yerr=std, marker=MARKERS[i % len(MARKERS)], capsize=3, lw=1.8, label=label,
                         **_style(i))
+            seeds = [(xv, scale * v) for xv, st in zip(x, stats) for v in st.get("values", [])]
+            if seeds:  # every seed as a faint dot: a bimodal outcome shows as two clusters, not one wide bar
+                ax.scatter(*zip(*seeds), s=20, alpha=0.5, color=_style(i)["color"], zorder=3, linewidths=0)
             drawn.append(mean)
         if min(xs) > 0 and max(xs) >= 10 * min(xs):
             ax.set_xscale("log")
