@@ -7,9 +7,11 @@ Flags are parsed by absl; `from_flags` turns them into a validated `Config` (one
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import os
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 from absl import flags
@@ -21,11 +23,13 @@ from cifar_jax.registry import ConfigError, lookup
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    """Define the core flags (once per process)."""
-    if "lr" in FLAGS:
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Define the core flags (once per process; on `flag_values`, absl's global FLAGS by default)."""
+    if "lr" in flag_values:
         return
-    f = flags
+    f = SimpleNamespace(**{name: functools.partial(getattr(flags, name), flag_values=flag_values)
+                           for name in ("DEFINE_string", "DEFINE_list", "DEFINE_float", "DEFINE_integer",
+                                        "DEFINE_bool", "DEFINE_enum")})
     f.DEFINE_string("dataset", "cifar10", "cifar10, cifar100, synthetic, or a tfds catalogue name "
                     "(mnist, fashion_mnist, svhn_cropped, ...; needs the [tfds] extra).")
     f.DEFINE_string("data_dir", None, "Where datasets live; default $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax.")

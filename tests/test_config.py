@@ -10,15 +10,16 @@ from cifar_jax import config, options
 
 @pytest.fixture
 def parse():
-    config.define_flags()
+    """Parse a command line on flags of its own (absl's global FLAGS may hold an experiment's)."""
+    fv = flags.FlagValues()
+    config.define_flags(fv)
 
     def parse(*args):
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["prog", "--seeds=1", *args])
-        return config.from_flags()
+        fv.unparse_flags()
+        fv(["prog", "--seeds=1", *args])
+        return config.from_flags(fv)
 
-    yield parse
-    flags.FLAGS.unparse_flags()
+    return parse
 
 
 def names(cfg):
