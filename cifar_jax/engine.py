@@ -41,7 +41,7 @@ class Callbacks(Protocol):
     """What the engine reports as it goes; `runs` are indices into the group."""
 
     def on_compiled(self, seconds: float) -> None: ...
-    def on_log(self, message: str) -> None: ...
+    def on_log(self, message: str) -> None: ...  # optional: the engine prints when it is missing
     def on_start(self, runs: np.ndarray, untrained: dict[str, Metrics]) -> None: ...
     def on_epoch(self, runs: np.ndarray, epoch: int, metrics: run_record.Epoch, seconds: float) -> None: ...
     def on_end(self, runs: np.ndarray, final: run_record.Final) -> None: ...
@@ -156,8 +156,9 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
                                        callbacks, layout, devices, limit, start_from))
         except _TooBig as big:
             chunk = big.fits
-            callbacks.on_log(f"group of {len(runs)} runs needs {big.need / 2**30:.2f} GiB per device, "
-                             f"more than the {limit / 2**30:.2f} GiB available: training {chunk} runs at a time")
+            log = getattr(callbacks, "on_log", print)  # on_log is optional for callers of the engine
+            log(f"group of {len(runs)} runs needs {big.need / 2**30:.2f} GiB per device, "
+                f"more than the {limit / 2**30:.2f} GiB available: training {chunk} runs at a time")
             continue
         start += len(runs)
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *states)
