@@ -1,6 +1,7 @@
 """A whole source report with one command: its studies in order (each reusing its finished runs,
 each its own process with its own flagfile), then one Markdown report with every protocol,
-table and figure, and the report's published numbers beside ours. `--smoke` runs the same
+table and figure, and the report's published numbers beside ours. The reports, their sections
+and the published numbers are declared in experiments/reports.toml. `--smoke` runs the same
 pipeline at toy size (the *_smoke flagfiles).
 
     python -m experiments.reproduce --report=seed000 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from absl import app, flags
@@ -35,67 +37,29 @@ class Section:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """A source report: its title and its studies in order (declared in reports.toml)."""
+
     title: str
     sections: tuple[Section, ...]
 
 
 # The tables a study writes, shown in this order where they exist.
-TABLES = ("gradient_check.md", "lambda_search.md", "grid.md", "at_epochs.md", "configs.md", "range_test.md", "test_table.md",
-          "generalisation_gap.md", "transfer_comparison.md", "gradient_stats.md", "pretrain/test_table.md",
-          "retrain/test_table.md")
-REPORTS = {
-    "seed000": Report("Seed 000 (CNNs on CIFAR-10: learning rates, dropout, transfer, gradient flow, batch norm)", (
-        Section("1.1", "Learning rates", "lr_sweep", "lr_sweep"),
-        Section("1.2", "Learning-rate schedule", "lr_schedule", "lr_schedule"),
-        Section("2.1", "Dropout rates", "dropout_sweep", "dropout_sweep"),
-        Section("2.2", "Dropout and transfer learning", "transfer", "transfer"),
-        Section("3.1-3.3", "Gradient flow", "gradient_flow", "gradient_flow"),
-        Section("3.4", "BatchNormNet performance", "batchnorm", "batchnorm"),
-    )),
-    "seed002": Report("Seed 002 (k-layer MLPs with batch norm and cyclic learning rates on CIFAR-10)", (
-        Section("1", "Gradient check", "gradient_check", "seed002_gradient_check"),
-        Section("2", "2-layer and 9-layer networks, without and with batch norm", "mlp_baseline", "seed002_nets", {
-            "hidden=50-50,norm=none": (58.72, 53.16, 53.36), "hidden=50-50,norm=batch": (61.63, 53.22, 53.37),
-            "hidden=50-30-20-20-10-10-10-10,norm=none": (44.14, 40.74, 40.37),
-            "hidden=50-30-20-20-10-10-10-10,norm=batch": (50.02, 43.74, 43.76)}),
-        Section("3", "Coarse-to-fine search for λ", "lambda_search", "seed002_lambda", {
-            "l2=0.1": (51.71, 49.50, 49.65), "l2=0.01": (58.00, 52.44, 52.05), "l2=0.001": (58.22, 51.16, 50.87),
-            "l2=0.0001": (57.81, 50.96, 50.39), "l2=1e-05": (57.61, 50.20, 49.55),
-            "norm=none": (58.80, 53.76, 53.58), "norm=batch": (62.24, 53.84, 52.87)}),
-        Section("4", "Sensitivity to initialisation", "mlp_baseline", "seed002_init", {
-            "norm=none,init_scale=0.1": (53.19, 50.72, 50.64), "norm=batch,init_scale=0.1": (57.70, 52.32, 51.99),
-            "norm=none,init_scale=0.001": (10.06, 9.50, 10.00), "norm=batch,init_scale=0.001": (52.16, 48.00, 48.13),
-            "norm=none,init_scale=0.0001": (10.06, 9.50, 10.00),
-            "norm=batch,init_scale=0.0001": (52.00, 48.60, 47.76)}),
-        Section("5.1", "Depth with batch norm", "mlp_baseline", "seed002_depth", {
-            "hidden=60-50-40": (64.33, 54.60, 53.72), "hidden=80-70-60-50-40-30": (66.19, 56.30, 54.83),
-            "hidden=120-110-100-90-80-70-60-50-40-30-20-10": (51.92, 46.36, 45.61)}),
-        Section("5.2", "Dropout", "mlp_baseline", "seed002_dropout", {
-            "norm=none": (32.18, 31.22, 31.74), "norm=batch": (48.70, 47.44, 47.07)}),
-        Section("5.3", "Noise on the training inputs", "mlp_baseline", "seed002_noise", {
-            "noise_std=0.01,salt_pepper=0": (55.81, 51.44, 50.86), "noise_std=0,salt_pepper=0.05": (55.51, 51.68, 50.67)}),
-        Section("5.4", "The final model", "mlp_baseline", "seed002_final", {
-            "mlp_80-70-60-50-40-30_bn": (65.87, 56.36, 55.13)}),
-    )),
-    "seed003": Report("Seed 003, MLP part (learning rate, epochs, batch norm, batch size, depth × width, "
-                      "gradient clipping)", (
-        Section("6.1.1", "Learning rate too high and too low", "mlp_baseline", "seed003_lr"),
-        Section("6.1.2", "The number of epochs", "mlp_baseline", "seed003_epochs"),
-        Section("6.1.3", "Batch normalisation", "mlp_baseline", "seed003_bn"),
-        Section("6.1.4", "Batch size: accuracy, time, stability", "mlp_baseline", "seed003_batch_size"),
-        Section("6.1.5", "Gradient magnitude per layer, without and with clipping", "mlp_baseline", "seed003_clip"),
-        Section("6.2", "Depth × width", "mlp_grid", "seed003_grid"),
-    )),
-    "seed004": Report("Seed 004, fully connected part (CS231n-style nets on CIFAR-10 subsets: optimisers, "
-                      "normalisation, weight scale, dropout)", (
-        Section("1.1", "Overfitting 50 images: learning rate × weight scale", "mlp_baseline", "seed004_overfit"),
-        Section("1.2", "Optimisers", "mlp_baseline", "seed004_optimizers"),
-        Section("2.1", "Batch norm, layer norm, none", "mlp_baseline", "seed004_norms"),
-        Section("2.2", "Batch size with batch norm and layer norm", "mlp_baseline", "seed004_batch_size"),
-        Section("2.3", "Weight-scale sensitivity", "mlp_baseline", "seed004_weight_scale"),
-        Section("4", "Dropout: keep 1.0 against 0.25", "mlp_baseline", "seed004_dropout"),
-    )),
-}
+TABLES = ("gradient_check.md", "lambda_search.md", "grid.md", "at_epochs.md", "configs.md", "range_test.md",
+          "test_table.md", "generalisation_gap.md", "transfer_comparison.md", "gradient_stats.md",
+          "pretrain/test_table.md", "retrain/test_table.md")
+
+
+def load_reports(path: Path = Path(__file__).with_name("reports.toml")) -> dict[str, Report]:
+    """The reports declared in reports.toml (a published accuracy below 0 means not given)."""
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    return {name: Report(report["title"], tuple(
+        Section(s["number"], s["title"], s["module"], s["stem"],
+                {k: tuple(None if x < 0 else x for x in v) for k, v in s.get("published", {}).items()})
+        for s in report["sections"])) for name, report in raw.items()}
+
+
+REPORTS = load_reports()
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("report", "seed000", list(REPORTS), "Which source report to reproduce.")
