@@ -207,7 +207,7 @@ def _loss_noise(losses: np.ndarray, batch_size: int) -> np.ndarray:
     """[R, steps] summed step losses → [R] the noise of the per-step loss: the root mean square of
     its step-to-step changes over √2 (the per-step standard deviation for independent noise on a
     slow trend); NaN with a single step."""
-    steps = losses / batch_size
+    steps = losses.astype(np.float64) / batch_size  # float64: an exploding loss's square stays finite
     if steps.shape[1] < 2:
         return np.full(len(steps), np.nan)
     return np.sqrt(np.mean(np.diff(steps, axis=1) ** 2, axis=1) / 2)

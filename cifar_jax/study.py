@@ -70,8 +70,14 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+def _mean(x: Any) -> float:
+    """Mean of the finite values (NaN, without a warning, when there are none: all runs diverged)."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(x[np.isfinite(x)].mean()) if np.isfinite(x).any() else float("nan")
+
+
 def _pct(x: Any) -> str:
-    return f"{100 * float(np.nanmean(x)):.1f}%" if np.isfinite(np.nanmean(x)) else "nan"
+    return f"{100 * _mean(x):.1f}%" if np.isfinite(_mean(x)) else "nan"
 
 
 class RecordWriter:
@@ -106,8 +112,8 @@ class RecordWriter:
         n_div = int((~metrics.alive).sum())
         val = metrics.val or run_record.Metrics(np.nan, np.nan, np.nan)
         log(f"{self.label} [{first}] epoch {epoch}/{self.runs[runs[0]].epochs}  "
-            f"train loss {np.nanmean(metrics.train.loss):.3f} acc {_pct(metrics.train.acc)}  "
-            f"val loss {np.nanmean(val.loss):.3f} acc {_pct(val.acc)}  "
+            f"train loss {_mean(metrics.train.loss):.3f} acc {_pct(metrics.train.acc)}  "
+            f"val loss {_mean(val.loss):.3f} acc {_pct(val.acc)}  "
             f"{seconds:.1f} s/epoch  ETA {_fmt_time(left)}" + (f"  ({n_div} diverged)" if n_div else ""))
 
     def on_end(self, runs: np.ndarray, final: run_record.Final) -> None:
