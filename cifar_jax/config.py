@@ -44,13 +44,20 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     f.DEFINE_float("decay_every", 1.0, "t advances by one every this many decay units (step schedule: 10 = every 10 epochs).")
     f.DEFINE_integer("half_cycle", 0, "n_s of the cyclic schedule, in steps (0: 5 epochs' worth, as in seeds/002).")
     f.DEFINE_list("seeds", ["5"], "A count n (seeds 0..n-1) or a comma list of seeds.")
+    f.DEFINE_string("classes", "", "Train on a class subset, relabelled: the new classes in order, comma "
+                    "separated, each a source class or several joined by '+' (names or indices), e.g. cat,dog or "
+                    "airplane+ship,cat+dog ('': every class as it is).")
+    f.DEFINE_integer("test_size", 0, "Evaluate on this many test images drawn with --split_seed (0: the whole "
+                     "test set).")
     f.DEFINE_string("split", "45000/5000", "train/validation sizes drawn from the official training set; "
                     "append :swap to exchange them (transfer studies).")
     f.DEFINE_integer("split_seed", 0, "Seed of the train/validation split (shared by every run).")
     for g in options.GROUP_OPTIONS.values():
         f.DEFINE_list(g.name, g.default.split(","), g.flag_help)
     f.DEFINE_string("normalization", "per_channel", f"Input standardisation: {', '.join(splits.NORMALIZATIONS)} "
-                    "(statistics from the training split only).")
+                    "(statistics from the training split only; zca: ZCA whitening, see --zca_epsilon).")
+    f.DEFINE_float("zca_epsilon", splits.ZCA_EPSILON, "ε added to the covariance eigenvalues by "
+                   "--normalization=zca, in x/255 units (CIFAR-10's mean eigenvalue is ≈ 0.06).")
     for o in options.RUN_OPTIONS.values():
         f.DEFINE_list(o.name, [f"{o.default:g}"], f"{o.help} Allowed: {o.interval}; a comma list is a grid axis.")
     f.DEFINE_string("layout", "auto", f"How a group runs: {', '.join(engine.LAYOUTS)} (auto: the measured-fastest "
@@ -102,7 +109,10 @@ class Config:
     seeds: tuple[int, ...]
     split: tuple[int, int, bool]
     split_seed: int
+    classes: str
+    test_size: int
     normalization: str
+    zca_epsilon: float
     augment: str
     layout: str
     precision: str
@@ -216,9 +226,9 @@ def _variants(fl: Any, dropouts: tuple[float, ...]) -> list[dict[str, Any]]:
     is a group of its own) as Config field overrides, with the learning rates of its optimiser."""
     values = {name: o.parse(getattr(fl, name)) for name, o in options.GROUP_OPTIONS.items()}
     model_configs = list(dict.fromkeys(
-        models.ModelConfig(name, hidden if name == "mlp" else (), norm, init, any(d > 0 for d in dropouts))
-        for name in values["model"] for hidden in values["hidden"] for norm in values["norm"]
-        for init in values["init"]))
+        models.ModelConfig(name, hidden, norm, init, any(d > 0 for d in dropouts), channels=channels, kernels=kernels)
+        for name in values["model"] for hidden in values["hidden"] for channels in values["channels"]
+        for kernels in values["kernels"] for norm in values["norm"] for init in values["init"]))
     axes = {"model": model_configs, **{k: v for k, v in values.items() if k not in options.MODEL_OPTIONS}}
     lrs = _learning_rates(fl.lr, values["optimizer"])
     combos = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
@@ -242,9 +252,11 @@ def from_flags(fl: Any = None) -> Config:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     _positive("eval_batch_size", fl.eval_batch_size)
+    _positive("test_size", fl.test_size, strict=False)
     for flag in ("lr_min", "half_cycle", "memory_limit_gb"):
         _positive(flag, getattr(fl, flag), strict=False)
     _positive("decay_every", fl.decay_every)
+    _positive("zca_epsilon", fl.zca_epsilon)
     _positive("grad_window", fl.grad_window)
     _positive("loss_every", fl.loss_every, strict=False)
     schedule = _choice("schedule", fl.schedule, schedules.SCHEDULES)
@@ -256,8 +268,8 @@ def from_flags(fl: Any = None) -> Config:
         decay_unit=_choice("decay_unit", fl.decay_unit, ("epoch", "step")), decay_every=fl.decay_every,
         half_cycle=fl.half_cycle,
         seeds=parse_seeds(fl.seeds), per_run=tuple(per_run.items()),
-        split=split, split_seed=fl.split_seed,
-        normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS),
+        split=split, split_seed=fl.split_seed, classes=fl.classes.strip(), test_size=fl.test_size,
+        normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS), zca_epsilon=fl.zca_epsilon,
         layout=_choice("layout", fl.layout, engine.LAYOUTS),
         precision=_choice("precision", fl.precision, models.PRECISIONS),
         conv_impl=_choice("conv_impl", fl.conv_impl, layers.CONV_IMPLS),
@@ -330,9 +342,12 @@ def group_spec(cfg: Config, num_classes: int) -> train.GroupSpec:
 
 
 def data_config(cfg: Config) -> dict[str, Any]:
-    """The data settings a run's numbers depend on."""
+    """The data settings a run's numbers depend on (zca_epsilon, classes and test_size only where
+    they are used, so other runs' records keep their form)."""
+    optional = dict(zca_epsilon=cfg.zca_epsilon) if cfg.normalization == "zca" else {}
+    optional.update((k, v) for k, v in (("classes", cfg.classes), ("test_size", cfg.test_size)) if v)
     return dict(dataset=cfg.dataset, split=list(cfg.split), split_seed=cfg.split_seed,
-                normalization=cfg.normalization)
+                normalization=cfg.normalization, **optional)
 
 
 def grid(cfg: Config, n_train: int, num_classes: int, label: str = "") -> list[Run]:
@@ -356,8 +371,9 @@ def _shown(variant: dict[str, Any]) -> dict[str, str]:
     out = {}
     for field, value in variant.items():
         if field == "model":
-            out.update(model=value.name, hidden="-".join(map(str, value.hidden)) or "none", norm=value.norm,
-                       init=value.init)
+            out.update(model=value.name, hidden="-".join(map(str, value.hidden)) or "none",
+                       channels="-".join(map(str, value.channels)) or "none",
+                       kernels="-".join(map(str, value.kernels)) or "none", norm=value.norm, init=value.init)
         elif field == "lrs":
             out["lr"] = "/".join(f"{lr:g}" for lr in value)
         else:

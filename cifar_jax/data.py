@@ -143,6 +143,38 @@ def load(name: str, data_dir: str | None = None, *, download: bool = True) -> Da
     return ds
 
 
+def select_classes(ds: Dataset, spec: str) -> Dataset:
+    """A class-subset, relabelled copy of `ds`: `spec` lists the new classes in order, comma separated,
+    each one source class or several joined by '+' (names or indices), e.g. "cat,dog" (cat → 0,
+    dog → 1) or "airplane+ship,cat+dog". Images of classes not listed are dropped."""
+    groups = [[c.strip() for c in item.split("+")] for item in spec.split(",")]
+    new_of = np.full(ds.num_classes, -1, np.int32)
+    for label, group in enumerate(groups):
+        for c in group:
+            index = int(c) if c.isdigit() else ds.classes.index(c) if c in ds.classes else -1
+            if not 0 <= index < ds.num_classes:
+                raise DataError(f"--classes={spec}: {c!r} is not a class of {ds.name} "
+                                f"({', '.join(ds.classes)}, or 0-{ds.num_classes - 1})")
+            if new_of[index] >= 0:
+                raise DataError(f"--classes={spec}: {c!r} is listed twice")
+            new_of[index] = label
+    if len(groups) < 2:
+        raise DataError(f"--classes={spec}: give at least two classes")
+    keep_train, keep_test = new_of[ds.y_train] >= 0, new_of[ds.y_test] >= 0
+    names = tuple("+".join(ds.classes[int(c) if c.isdigit() else ds.classes.index(c)] for c in g) for g in groups)
+    return Dataset(f"{ds.name}[{spec}]", ds.x_train[keep_train], new_of[ds.y_train[keep_train]],
+                   ds.x_test[keep_test], new_of[ds.y_test[keep_test]], names)
+
+
+def test_subset(ds: Dataset, size: int, seed: int) -> Dataset:
+    """`ds` with `size` test images drawn without replacement (seeded, order kept), e.g. the
+    400-image test set of seeds/003; the training set is unchanged."""
+    if not 0 < size <= len(ds.y_test):
+        raise DataError(f"--test_size={size}: must be in 1..{len(ds.y_test)} (the test set of {ds.name})")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(ds.y_test))[:size])
+    return dataclasses.replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
+
+
 def synthetic(n_train: int = 5000, n_test: int = 1000, *, num_classes: int = 10,
               image_shape: tuple[int, int, int] = (32, 32, 3), seed: int = 0) -> Dataset:
     """A small learnable image set for tests and offline demos, deterministic in seed.

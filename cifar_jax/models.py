@@ -1,9 +1,11 @@
 """Models as layer stacks: one flax module builds any stack, and the same stack gives the layer table.
 
-A stack is a tuple of layers: ("conv", features, kernel), ("pool", window) or ("dense", features);
-the classifier layer (dense, num_classes) is appended by the module. Batch or layer norm follows
-every layer but the last; a layer feeding batch norm has no bias. Dropout, with a rate given per
-call (so it can be a per-run array), follows the activation of every hidden dense layer.
+A stack is a tuple of layers: ("conv", features, kernel, norm), ("pool", window),
+("dense", features, norm) or ("dropout",); the classifier layer (dense, num_classes) is appended by
+the module. `norm` says whether the model's normalisation (batch or layer norm, or none) follows
+that layer; a layer feeding batch norm has no bias. Dropout, with a rate given per call (so it can
+be a per-run array), acts where the stack says, in train mode when the model uses dropout. Every
+model's widths and kernel sizes are options with the model's own defaults (`MODELS`).
 """
 from __future__ import annotations
 
@@ -16,18 +18,44 @@ import jax
 import jax.numpy as jnp
 
 from cifar_jax.layers import Conv, max_pool
-from cifar_jax.registry import lookup
+from cifar_jax.registry import ConfigError, lookup
 
 Layer = tuple
 
-# The architectures of STUDIES.md "Models": name → (model config → its layers; the classifier
-# layer is added by Net).
-MODELS: dict[str, Callable[[Any], tuple[Layer, ...]]] = {
-    "baseline": lambda cfg: (("conv", 16, 3), ("pool", 2), ("conv", 32, 3), ("pool", 2),
-                             ("conv", 64, 3), ("pool", 2), ("dense", 64)),
-    "convnet": lambda cfg: (("conv", 32, 5), ("pool", 2), ("conv", 64, 5), ("pool", 2),
-                            ("conv", 64, 5), ("pool", 2), ("dense", 1000)),
-    "mlp": lambda cfg: tuple(("dense", w) for w in cfg.hidden),
+
+def _conv_pool(channels: Sequence[int], kernels: Sequence[int], norm: bool = True) -> tuple[Layer, ...]:
+    """conv(k×k, 'same') → [norm] → ReLU → 2×2 max-pool, per (channels, kernel)."""
+    return tuple(layer for c, k in zip(channels, kernels) for layer in (("conv", c, k, norm), ("pool", 2)))
+
+
+def _hidden(widths: Sequence[int], norm: bool = True) -> tuple[Layer, ...]:
+    """dense → [norm] → ReLU → dropout, per width."""
+    return tuple(layer for w in widths for layer in (("dense", w, norm), ("dropout",)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """A model family: its stack from (channels, kernels, hidden widths), and their defaults."""
+
+    stack: Callable[[tuple[int, ...], tuple[int, ...], tuple[int, ...]], tuple[Layer, ...]]
+    channels: tuple[int, ...] = ()
+    kernels: tuple[int, ...] = ()
+    hidden: tuple[int, ...] = ()
+
+
+# The architectures of STUDIES.md "Models" (the classifier layer is added by Net).
+MODELS: dict[str, Architecture] = {
+    # seeds/000 BaselineNet (DropoutNet: dropout on fc1's activations; BatchNormNet: norm everywhere)
+    "baseline": Architecture(lambda c, k, h: _conv_pool(c, k) + _hidden(h), (16, 32, 64), (3, 3, 3), (64,)),
+    # seeds/001 ConvNet; dropout before every dense layer (on the flattened conv features and fc4)
+    "convnet": Architecture(lambda c, k, h: _conv_pool(c, k) + (("dropout",),) + _hidden(h),
+                            (32, 64, 64), (5, 5, 5), (1000,)),
+    # seeds/002-004 fully connected nets
+    "mlp": Architecture(lambda c, k, h: _hidden(h), hidden=(50, 50)),
+    # seeds/004 (CS231n) three-layer conv net: conv 7×7 → spatial norm → ReLU → pool → dense → ReLU → dense
+    "threelayer": Architecture(lambda c, k, h: _conv_pool(c, k) + _hidden(h, norm=False), (32,), (7,), (100,)),
+    # seeds/004 OpenNet: conv-BN-ReLU-pool ×2, then dense layers with ReLU and dropout between them
+    "opennet": Architecture(lambda c, k, h: _conv_pool(c, k) + _hidden(h, norm=False), (64, 32), (5, 3), (256, 128)),
 }
 
 
@@ -85,13 +113,19 @@ class Net(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
-        bias = self.norm != "batch"
+        normalise = NORMS[self.norm]
         n_conv = n_fc = 0
         for layer in self.layers:
             kind = layer[0]
             if kind == "pool":
                 x = max_pool(x, layer[1])
                 continue
+            if kind == "dropout":
+                if self.use_dropout and train:
+                    x = dropout(x, dropout_rate, self.make_rng("dropout"))
+                continue
+            norm = normalise if layer[-1] else None
+            bias = norm is None or self.norm != "batch"
             if kind == "conv":
                 n_conv += 1
                 name = f"conv{n_conv}"
@@ -105,11 +139,9 @@ class Net(nn.Module):
                 kinit, binit = INITS[self.init_kind](x.shape[-1])
                 x = nn.Dense(layer[1], use_bias=bias, kernel_init=kinit, bias_init=binit,
                              dtype=self.dtype, name=name)(x)
-            if NORMS[self.norm] is not None:
-                x = NORMS[self.norm](train and name not in self.frozen, self.dtype, name)(x)
+            if norm is not None:
+                x = norm(train and name not in self.frozen, self.dtype, name)(x)
             x = nn.relu(x)
-            if kind == "dense" and self.use_dropout and train:
-                x = dropout(x, dropout_rate, self.make_rng("dropout"))
         x = x.reshape(x.shape[0], -1)
         kinit, binit = INITS[self.init_kind](x.shape[-1])
         logits = nn.Dense(self.num_classes, kernel_init=kinit, bias_init=binit, dtype=self.dtype,
@@ -119,19 +151,35 @@ class Net(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """What defines a model: architecture name, hidden widths (MLP), norm, init, dropout layer."""
+    """What defines a model: architecture name, its conv channels and kernel sizes and its hidden
+    dense widths (empty: the architecture's own, filled in here), norm, init, whether it uses dropout."""
 
     name: str = "baseline"
-    hidden: tuple[int, ...] = (50, 50)
+    hidden: tuple[int, ...] = ()
     norm: str = "none"
     init: str = "torch"
     use_dropout: bool = False
     num_classes: int = 10
+    channels: tuple[int, ...] = ()
+    kernels: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        arch = lookup(MODELS, self.name, "model")
+        for field in ("hidden", "channels", "kernels"):
+            given = tuple(getattr(self, field))
+            if given and not getattr(arch, field):
+                raise ConfigError(f"--{field}={','.join(map(str, given))}: --model={self.name} has no such layers")
+            object.__setattr__(self, field, given or getattr(arch, field))
+        if len(self.kernels) != len(self.channels):
+            raise ConfigError(f"--kernels={','.join(map(str, self.kernels))} --channels={','.join(map(str, self.channels))}: "
+                              f"give one kernel size per conv layer")
+        if any(k % 2 == 0 for k in self.kernels):
+            raise ConfigError(f"--kernels={','.join(map(str, self.kernels))}: kernel sizes must be odd ('same' padding)")
 
 
 def layer_stack(cfg: ModelConfig) -> tuple[Layer, ...]:
     """The layers of a model config (the classifier not included)."""
-    return lookup(MODELS, cfg.name, "model")(cfg)
+    return MODELS[cfg.name].stack(cfg.channels, cfg.kernels, cfg.hidden)
 
 
 def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32",
@@ -162,7 +210,9 @@ def layer_table(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> list[dic
     params = variables["params"]
     rows, shape = [], tuple(image_shape)
     rf, jump, n_conv, n_fc, n_pool = 1, 1, 0, 0, 0
-    for layer in layer_stack(cfg) + (("dense", cfg.num_classes),):
+    for layer in layer_stack(cfg) + (("dense", cfg.num_classes, False),):
+        if layer[0] == "dropout":
+            continue
         if layer[0] == "pool":
             n_pool += 1
             w = layer[1]
@@ -200,5 +250,5 @@ def format_layer_table(rows: list[dict]) -> str:
         lines.append(f"{r['layer']:<7} {r['kind']:<16} {str(r['output']):<14} {r['weights']:>9,} "
                      f"{r['biases']:>7,} {r['norm']:>6,} {r['receptive_field']:>4}")
     total = sum(r["weights"] + r["biases"] + r["norm"] for r in rows)
-    lines.append(f"total parameters: {total:,}")
+    lines.append(f"total parameters: {total:,} ({sum(r['weights'] for r in rows):,} weights)")
     return "\n".join(lines)

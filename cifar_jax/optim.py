@@ -3,7 +3,7 @@
 The optimiser *kind* is static for a group; its numbers (learning rate from the schedule,
 momentum, weight decay) are per-run arrays. Rebuilding the transformation inside the traced step
 keeps them arrays while the optimiser state keeps one structure. The L2 penalty λ·ΣW² belongs to
-the loss (`l2_penalty`), distinct from AdamW's decoupled weight decay.
+the loss (`l2_penalty`, weights only), distinct from weight decay (every parameter, PyTorch's way).
 """
 from __future__ import annotations
 
@@ -30,8 +30,12 @@ OPTIMIZERS: dict[str, Callable[[Any, Hparams], optax.GradientTransformation]] = 
 
 
 def make(name: str, lr: jax.Array | float, hp: Hparams, clip_norm: float | None = None) -> optax.GradientTransformation:
-    """The optax transformation `name` at learning rate `lr` with the run's hyperparameters."""
+    """The optax transformation `name` at learning rate `lr` with the run's hyperparameters:
+    gradient clipping, then (all but adamw) PyTorch's coupled weight decay g + wd·θ, then the
+    optimiser (wd = 0 adds exactly nothing)."""
     tx = lookup(OPTIMIZERS, name, "optimizer")(lr, hp)
+    if name != "adamw":
+        tx = optax.chain(optax.add_decayed_weights(hp["weight_decay"]), tx)
     return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm else tx
 
 

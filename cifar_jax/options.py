@@ -6,7 +6,7 @@ the engine (`train.HP_DEFAULTS`). Adding a per-run knob is one entry here plus t
 `hp[name]` (the learning rate and the schedule's own parameters live in `config`/`schedules`).
 
 `GROUP_OPTIONS` change the compiled program: each value is a group of its own (a comma list, or
-for --hidden a ';' list, is a grid axis across groups). Each entry makes the flag, its help and
+for the width lists --hidden/--channels/--kernels a ';' list, is a grid axis across groups). Each entry makes the flag, its help and
 its validation; `config` combines them into groups and `config.group_spec` hands them to the
 engine's `train.GroupSpec`.
 """
@@ -42,7 +42,8 @@ class Option:
 
 RUN_OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("decay_rate", 0.0, 0.0, help="k of inverse_time, γ of exponential/step."),
-    Option("dropout", 0.0, 0.0, 1.0, high_open=True, help="Dropout rate on hidden dense activations."),
+    Option("dropout", 0.0, 0.0, 1.0, high_open=True, help="Dropout rate where the model has dropout (after hidden dense "
+           "layers; convnet: also on the flattened conv features)."),
     Option("l2", 0.0, 0.0, help="L2 penalty λ·ΣW² added to the loss (weights only)."),
     Option("label_smoothing", 0.0, 0.0, 1.0, high_open=True,
            help="Label smoothing α of the training loss: targets (1 − α)·one-hot + α/classes."),
@@ -53,7 +54,8 @@ RUN_OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("adam_b1", 0.9, 0.0, 1.0, high_open=True, help="β1 of --optimizer=adam/adamw."),
     Option("adam_b2", 0.999, 0.0, 1.0, high_open=True, help="β2 of --optimizer=adam/adamw."),
     Option("adam_eps", 1e-8, 0.0, low_open=True, help="ε of --optimizer=adam/adamw."),
-    Option("weight_decay", 0.0, 0.0, help="Decoupled weight decay of --optimizer=adamw."),
+    Option("weight_decay", 0.0, 0.0, help="Weight decay as PyTorch's optimisers apply it: decoupled for "
+           "--optimizer=adamw, else added to the gradient (wd·θ, every parameter)."),
     Option("init_scale", 0.01, 0.0, low_open=True, help="σ of --init=normal."),
     Option("noise_std", 0.0, 0.0, help="Gaussian input noise σ on normalised training inputs."),
     Option("salt_pepper", 0.0, 0.0, 1.0, high_open=True,
@@ -78,6 +80,8 @@ class GroupOption:
         """The option's values from its absl list (split at commas), checked; ConfigError
         (one line) on a bad value."""
         text = ",".join(values)
+        if not text and self.kind == "widths":
+            return ((),)  # the model's own (models.MODELS)
         items = text.split(self.sep) if text else []
         if not items:
             raise ConfigError(f"--{self.name} needs at least one value")
@@ -94,7 +98,7 @@ class GroupOption:
         if self.kind == "widths":
             widths = tuple(int(w) for w in item.split(","))
             if not widths or min(widths) < 1:
-                raise ValueError("give one or more widths >= 1 per list")
+                raise ValueError("give one or more integers >= 1 per list")
             return widths
         value = int(item) if self.kind == "int" else float(item)
         if not math.isfinite(value) or value < self.low:
@@ -111,7 +115,11 @@ class GroupOption:
 
 GROUP_OPTIONS: dict[str, GroupOption] = {o.name: o for o in (
     GroupOption("model", "baseline", "choice", "Architecture", tuple(models.MODELS)),
-    GroupOption("hidden", "50,50", "widths", "MLP hidden widths, comma separated (--model=mlp)", sep=";"),
+    GroupOption("hidden", "", "widths", "Hidden dense widths, comma separated (empty: the model's own, e.g. "
+                "50,50 for mlp, 1000 for convnet)", sep=";"),
+    GroupOption("channels", "", "widths", "Conv layer channels, comma separated (empty: the model's own)", sep=";"),
+    GroupOption("kernels", "", "widths", "Conv kernel sizes (odd), one per conv layer (empty: the model's own)",
+                sep=";"),
     GroupOption("norm", "none", "choice", "Normalisation layer after every layer but the last", tuple(models.NORMS)),
     GroupOption("init", "torch", "choice", "Weight init (torch: PyTorch's default uniform; normal: N(0, σ²) with σ "
                 "from --init_scale)", tuple(models.INITS)),
@@ -121,4 +129,4 @@ GROUP_OPTIONS: dict[str, GroupOption] = {o.name: o for o in (
     GroupOption("augment", "none", "choice", "Training augmentation", tuple(preprocess.AUGMENTATIONS)),
     GroupOption("clip_norm", "0", "float", "Clip gradients to this global norm (0: off)"),
 )}
-MODEL_OPTIONS = ("model", "hidden", "norm", "init")  # combined into one models.ModelConfig per group
+MODEL_OPTIONS = ("model", "hidden", "channels", "kernels", "norm", "init")  # combined into one models.ModelConfig per group

@@ -256,6 +256,33 @@ def training_comparison(records_by_config: dict[str, list[dict]], path: Path | s
     return save(fig, path)
 
 
+@styled
+def stage_comparison(records_by_config: dict[str, list[dict]], path: Path | str, title: str) -> Path:
+    """Two or more configurations (e.g. a ladder stage and the stage it builds on) side by side:
+    loss, top-1 and top-5 accuracy per epoch, training (running average, dashed) and validation
+    (solid), the mean over each configuration's non-diverged seeds with a ±1 std band."""
+    fig = Figure(figsize=(14, 4.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for i, (name, records) in enumerate(records_by_config.items()):
+        kept = [r for r in records if r.get("status") != "diverged"]
+        color = PALETTE[i % len(PALETTE)]
+        for ax, metric in zip(axes, ("loss", "acc", "top5")):
+            scale = 1.0 if metric == "loss" else 100.0
+            for split, ls in (("train", "--"), ("val", "-")):
+                mean, std = mean_std([scale * run_record.curve(r, f"{split}_{metric}") for r in kept])
+                if np.isfinite(mean).any():
+                    ax.plot(_epochs(mean), mean, color=color, ls=ls, lw=1.8, label=f"{name} ({split})")
+                    ax.fill_between(_epochs(mean), mean - std, mean + std, color=color, alpha=0.12, lw=0)
+    for ax, what in zip(axes, ("cross-entropy loss", "top-1 accuracy (%)", "top-5 accuracy (%)")):
+        ax.set_title(what)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    figure_legend(fig, axes, ncol=4)
+    return save(fig, path)
+
+
 FINAL_PANELS = (("train_acc", "training (final)", "accuracy (%)"), ("val_acc", "validation (final)", "accuracy (%)"),
                 ("test_acc", "test", "accuracy (%)"))
 BEST_PANELS = (("best_train_acc", "best training accuracy", "accuracy (%)"),
@@ -629,4 +656,24 @@ def lr_landscape(rows: list[dict], path: Path | str, title: str, best_lr: float 
     ax_div.set_xlim(lrs.min() / 1.2, lrs.max() * 1.2)
     fig.suptitle(title)
     figure_legend(fig, (ax_acc, ax_div), ncol=2)
+    return save(fig, path)
+
+
+@styled
+def image_examples(images: np.ndarray, captions: Sequence[str], path: Path | str, title: str,
+                   note: str = "no images") -> Path:
+    """Images (uint8 [n, H, W, C]) in one row, each titled by its caption (e.g. its true label and
+    two models' predictions); with no image, a panel saying `note`."""
+    images = np.asarray(images)
+    fig = Figure(figsize=(2.5 * max(len(images), 2), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(len(images), 1)))
+    for ax, image, caption in zip(axes, images, captions):
+        gray = image.shape[-1] == 1
+        ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, interpolation="nearest")
+        ax.set_title(caption, fontsize=10)
+    for ax in axes:
+        ax.axis("off")
+    if not len(images):
+        axes[0].text(0.5, 0.5, note, transform=axes[0].transAxes, ha="center", va="center", color="0.4")
+    fig.suptitle(title)
     return save(fig, path)

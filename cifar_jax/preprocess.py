@@ -8,8 +8,14 @@ import jax.numpy as jnp
 
 
 def normalize(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-    """uint8 images → float32 (x/255 - mean) / std, with statistics from the training split."""
-    return (x.astype(jnp.float32) / 255.0 - mean) / std
+    """uint8 images → float32 (x/255 - mean) / std, with statistics from the training split; a
+    [D, D] `std` is a ZCA matrix instead: (x/255 - mean), flattened per image, @ std."""
+    centred = x.astype(jnp.float32) / 255.0 - mean
+    if std.ndim != 2:
+        return centred / std
+    # full float32 (not TF32/bf16 passes on accelerators): the whitened inputs as computed on the host
+    flat = jnp.dot(centred.reshape(x.shape[0], -1), std, precision=jax.lax.Precision.HIGHEST)
+    return flat.reshape(x.shape)
 
 
 def crop_flip(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:

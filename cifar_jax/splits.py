@@ -1,7 +1,8 @@
 """Train/validation splits of the official training set as index arrays, and normalisation
-statistics computed from the training split only."""
+statistics computed from the training split only: per-element (mean, std), or (mean, ZCA matrix)."""
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable
 
@@ -11,6 +12,11 @@ from cifar_jax.registry import lookup
 
 _SPLIT_FORM = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*(:swap)?\s*")
 _CHUNK = 2048  # images per chunk when summing statistics: ~50 MB of float64 for CIFAR
+# ε of --normalization=zca, added to the covariance eigenvalues λ in x/255 units. CIFAR-10's mean
+# eigenvalue (its mean per-pixel variance) is ≈ 0.06, so 1e-2 is ≈ 0.16 of it, close to the known
+# choice ε = 0.1 × mean eigenvalue: directions with λ ≪ ε (fine detail and pixel noise, most of
+# the spectrum) keep a variance λ/(λ + ε) ≪ 1 instead of being blown up to unit variance.
+ZCA_EPSILON = 1e-2
 
 
 def make_split(n: int, train_size: int, val_size: int, *, seed: int = 0,
@@ -46,15 +52,21 @@ def parse_split(text: str) -> tuple[int, int, bool]:
     return int(match[1]), int(match[2]), match[3] is not None
 
 
-def norm_stats(x: np.ndarray, train_idx: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (mean, std) of x[train_idx]/255 such that the model input is (x/255 - mean) / std.
+def norm_stats(x: np.ndarray, train_idx: np.ndarray, mode: str,
+               zca_epsilon: float = ZCA_EPSILON) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (mean, std) of x[train_idx]/255 such that the model input is (x/255 - mean) / std,
+    or for zca (mean, W) such that it is (x/255 - mean) flattened @ W (preprocess.normalize).
 
     x is uint8 NHWC; only the train rows are read, in chunks. per_channel: shape (C,), over N,H,W;
     per_dim: (H, W, C), over N (each input dimension standardised, as in seeds/002); mean_image:
     mean (H, W, C) and std ones; mean_image_raw: the same mean with std 1/255, i.e. inputs in pixel
     units as CS231n (seeds/004) feeds them; none: zeros and ones of shape (C,). A std of 0 becomes 1.
+    zca: mean (H, W, C) and the [D, D] ZCA whitening matrix (D = H·W·C in NHWC order) with
+    `zca_epsilon` added to the covariance eigenvalues (seeds/001 bonus; see `zca`).
     """
     statistics = lookup(NORMALIZATIONS, mode, "normalization")
+    if mode == "zca":
+        statistics = functools.partial(statistics, epsilon=zca_epsilon)
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"norm_stats: needs uint8 NHWC images, got {x.dtype} {list(x.shape)}")
     if len(train_idx) == 0:
@@ -86,7 +98,27 @@ def _moments(x: np.ndarray, idx: np.ndarray, axes: tuple[int, ...]) -> tuple[np.
     return mean / 255.0, np.where(std == 0.0, 255.0, std) / 255.0
 
 
-# name → (uint8 images, training indices) → (mean, std) of x/255
+def zca(x: np.ndarray, idx: np.ndarray, epsilon: float = ZCA_EPSILON) -> tuple[np.ndarray, np.ndarray]:
+    """float64 mean (H, W, C) of x[idx]/255 and W = U diag(1/sqrt(λ + ε)) Uᵀ from the eigenvalues
+    λ and vectors U of its [D, D] covariance: (x/255 - mean) @ W has covariance U λ/(λ + ε) Uᵀ
+    over idx, the identity at ε = 0, with the image's spatial layout kept (W is symmetric).
+
+    The sums of products of raw uint8 values are exact integers in float64 (each below 2**53), so
+    the statistics are the same bit for bit however the rows are chunked.
+    """
+    dims = int(np.prod(x.shape[1:]))
+    total, products = np.zeros(dims), np.zeros((dims, dims))
+    for start in range(0, len(idx), _CHUNK):
+        chunk = x[idx[start:start + _CHUNK]].reshape(-1, dims).astype(np.float64)
+        total += chunk.sum(axis=0)
+        products += chunk.T @ chunk
+    mean = total / len(idx)
+    eigenvalues, vectors = np.linalg.eigh(products / len(idx) - np.outer(mean, mean))
+    scale = 255.0 / np.sqrt(np.maximum(eigenvalues, 0.0) + epsilon * 255.0 ** 2)  # in x/255 units
+    return (mean / 255.0).reshape(x.shape[1:]), (vectors * scale) @ vectors.T
+
+
+# name → (uint8 images, training indices) → (mean, std) of x/255, or (mean, ZCA matrix) for zca
 NORMALIZATIONS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
     "per_channel": lambda x, idx: _moments(x, idx, axes=(0, 1, 2)),
     "per_dim": lambda x, idx: _moments(x, idx, axes=(0,)),
@@ -94,4 +126,5 @@ NORMALIZATIONS: dict[str, Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, n
     # CS231n's preprocessing: the mean image subtracted, pixel values left in 0-255 units
     "mean_image_raw": lambda x, idx: (_mean_image(x, idx)[0], np.full(x.shape[1:], 1 / 255.0)),
     "none": lambda x, idx: (np.zeros(x.shape[-1]), np.ones(x.shape[-1])),
+    "zca": zca,
 }

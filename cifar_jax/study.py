@@ -44,6 +44,8 @@ class Prepared:
 def prepare(cfg: Config) -> Prepared:
     """Load the dataset and its split, check the batch size fits, and put it on the device."""
     ds = data.load(cfg.dataset, cfg.data_dir, download=cfg.download)
+    ds = data.select_classes(ds, cfg.classes) if cfg.classes else ds
+    ds = data.test_subset(ds, cfg.test_size, cfg.split_seed) if cfg.test_size else ds
     n_train, n_val, swap = cfg.split
     try:
         train_idx, val_idx = splits.make_split(len(ds.y_train), n_train, n_val, seed=cfg.split_seed, swap=swap)
@@ -52,7 +54,7 @@ def prepare(cfg: Config) -> Prepared:
     batch = max(dict(v).get("batch_size", cfg.batch_size) for v in cfg.variants)
     if batch > len(train_idx):
         raise ConfigError(f"--batch_size={batch}: larger than the training split ({len(train_idx)} images)")
-    mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization)
+    mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization, cfg.zca_epsilon)
     device = train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, train_idx, val_idx, mean, std)
     log(f"data: {ds.name} train {len(train_idx)} / val {len(val_idx)} / test {len(ds.y_test)}, "
         f"images {ds.image_shape}, {ds.num_classes} classes, normalization {cfg.normalization}")

@@ -35,7 +35,7 @@ class Data(NamedTuple):
     train_idx: jax.Array  # int32 [n_train], indices into x
     val_idx: jax.Array    # int32 [n_val], indices into x
     mean: jax.Array       # broadcastable to an image
-    std: jax.Array
+    std: jax.Array        # broadcastable to an image, or the [D, D] ZCA matrix (preprocess.normalize)
 
 
 class TrainState(NamedTuple):

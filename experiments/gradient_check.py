@@ -37,10 +37,11 @@ def batch(cfg: config.Config) -> tuple[np.ndarray, np.ndarray, int]:
         train_idx, _ = splits.make_split(len(ds.y_train), *cfg.split[:2], seed=cfg.split_seed)
     except ValueError as err:
         raise config.ConfigError(f"--split: {err}") from None
-    mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization)
+    mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization, cfg.zca_epsilon)
     idx = train_idx[:FLAGS.check_samples]
-    x = (ds.x_train[idx].astype(np.float64) / 255.0 - mean) / std
-    return x.reshape(len(idx), -1)[:, :FLAGS.check_dims], ds.y_train[idx], ds.num_classes
+    x = ds.x_train[idx].astype(np.float64) / 255.0 - mean
+    x = x.reshape(len(idx), -1) @ std if std.ndim == 2 else (x / std).reshape(len(idx), -1)  # a matrix: zca
+    return x[:, :FLAGS.check_dims], ds.y_train[idx], ds.num_classes
 
 
 def layer_errors(model: models.ModelConfig, x: np.ndarray, y: np.ndarray, l2: float, seed: int) -> dict[str, float]:

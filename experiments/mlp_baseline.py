@@ -139,6 +139,11 @@ def configs_markdown(rows: list[dict], title: str) -> str:
         lines.append(f"| {r['config']} | ({hidden}) | {r['norm']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
                      f"{r['noise_std']:g} / {r['salt_pepper']:g} | " + " | ".join(cells)
                      + f" | {r['test_acc']['n']}/{r['n_runs']} |")
+    scored = [r for r in rows if r["val_acc"]["mean"] is not None]
+    if len(scored) > 1:
+        best = max(scored, key=lambda r: r["val_acc"]["mean"])
+        lines += ["", f"Chosen by validation accuracy (final, mean over seeds): **{best['config']}**, validation "
+                      f"{results.format_stat('acc', best['val_acc'])}%, test {results.format_stat('acc', best['test_acc'])}%."]
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ and the published numbers are declared in experiments/reports.toml. `--smoke` ru
 pipeline at toy size (the *_smoke flagfiles).
 
     python -m experiments.reproduce --report=seed000 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
+    python -m experiments.reproduce --report=seed001 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
     python -m experiments.reproduce --report=seed002 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
     python -m experiments.reproduce --report=seed003 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
     python -m experiments.reproduce --report=seed004 --data_dir=$HOME/.cache/cifar10-shared [--smoke]
@@ -44,7 +45,7 @@ class Report:
 
 
 # The tables a study writes, shown in this order where they exist.
-TABLES = ("gradient_check.md", "lambda_search.md", "grid.md", "at_epochs.md", "configs.md", "range_test.md",
+TABLES = ("model.md", "ladder.md", "gradient_check.md", "lambda_search.md", "grid.md", "at_epochs.md", "configs.md", "range_test.md",
           "test_table.md", "generalisation_gap.md", "transfer_comparison.md", "gradient_stats.md",
           "pretrain/test_table.md", "retrain/test_table.md")
 

@@ -438,8 +438,8 @@ def test_norm_stats_other_modes(skewed):
     np.testing.assert_allclose((x[train[:1]] / 255.0 - raw_mean) / raw_std, x[train[:1]] - 255 * mean, rtol=1e-4, atol=1e-3)
     mean, std = splits.norm_stats(x, train, "none")
     assert mean.shape == std.shape == (3,) and np.all(mean == 0) and np.all(std == 1)
-    with pytest.raises(ValueError, match="--normalization.*per_channel, per_dim, mean_image, mean_image_raw, none"):
-        splits.norm_stats(x, train, "zca")
+    with pytest.raises(ValueError, match="--normalization.*per_channel, per_dim, mean_image, mean_image_raw, none, zca"):
+        splits.norm_stats(x, train, "pca")
 
 
 def test_norm_stats_guard_constant_dimensions():

@@ -94,3 +94,53 @@ def test_normal_init_scale_multiplies_only_weights():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match="--model='nope'.*allowed"):
         models.build(models.ModelConfig("nope"))
+
+
+def test_convnet_layer_table_reports_weights_and_receptive_fields():
+    rows = {r["layer"]: r for r in models.layer_table(models.ModelConfig("convnet"), (32, 32, 3))}
+    assert rows["conv1"]["receptive_field"] == 5 and rows["conv2"]["receptive_field"] == 14
+    assert sum(r["weights"] for r in rows.values()) == 1_190_000
+    table = models.format_layer_table(list(rows.values()))
+    assert "total parameters: 1,191,170 (1,190,000 weights)" in table
+
+
+@pytest.mark.parametrize("cfg,count", [
+    # OpenNet: conv5x5(64)-BN, conv3x3(32)-BN (no conv biases: BN absorbs them), dense 256, 128, 10
+    (models.ModelConfig("opennet", norm="batch"), 4800 + 128 + 18432 + 64 + 2048 * 256 + 256 + 256 * 128 + 128 + 1290),
+    # its tuning grid's kernels (3, 1) and widths 128 → 64
+    (models.ModelConfig("opennet", norm="batch", kernels=(3, 1), hidden=(128, 64)),
+     3 * 3 * 3 * 64 + 128 + 64 * 32 + 64 + 2048 * 128 + 128 + 128 * 64 + 64 + 650),
+    # CS231n three-layer conv net with spatial BN on the conv only; hidden 500
+    (models.ModelConfig("threelayer", norm="batch", hidden=(500,)), 7 * 7 * 3 * 32 + 64 + 8192 * 500 + 500 + 5010),
+])
+def test_model_options_set_kernels_widths_and_where_norm_goes(cfg, count):
+    _, variables = _init(cfg)
+    assert models.count_params(variables["params"]) == count
+    assert sum(r["weights"] + r["biases"] + r["norm"] for r in models.layer_table(cfg, (32, 32, 3))) == count
+    assert not any(k.startswith("bn_fc") for k in variables["params"])  # no norm on the dense layers
+
+
+def test_convnet_dropout_acts_on_the_flattened_conv_features_too():
+    """fc1's output depends on the dropout mask only if dropout acts on fc1's input."""
+    cfg = models.ModelConfig("convnet", use_dropout=True)
+    net, variables = _init(cfg)
+    assert [layer[0] for layer in models.layer_stack(cfg)][-4:] == ["pool", "dropout", "dense", "dropout"]
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+
+    def fc1(rate, key):
+        _, inter = net.apply(variables, x, train=True, dropout_rate=rate, rngs={"dropout": jax.random.PRNGKey(key)},
+                             capture_intermediates=lambda mdl, name: mdl.name == "fc1")
+        return inter["intermediates"]["fc1"]["__call__"][0]
+
+    assert not np.allclose(fc1(0.5, 2), fc1(0.5, 3))
+    np.testing.assert_array_equal(fc1(0.0, 2), fc1(0.0, 3))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(name="mlp", kernels=(3,)), "--kernels=3: --model=mlp has no such layers"),
+    (dict(name="opennet", kernels=(5,)), "give one kernel size per conv layer"),
+    (dict(name="opennet", kernels=(4, 3)), "kernel sizes must be odd"),
+])
+def test_model_options_refuse_what_the_model_cannot_take(kwargs, message):
+    with pytest.raises(models.ConfigError, match=message):
+        models.ModelConfig(**kwargs)

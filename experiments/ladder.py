@@ -1,0 +1,167 @@
+"""seeds/001 §3: a model improved step by step. Each stage of the ladder adds one change to the
+stage before it (standardisation, augmentation, momentum with LR decay, dropout, batch norm); side
+variants (mean-image standardisation, ZCA whitening) branch from a stage without joining the
+chain, and chosen stages are also trained longer. Every stage is a study of its own (a stage may
+change the data preparation) under one directory; the analysis compares each stage with the one
+it came from, in one figure and one table, and writes the model's layer table and its untrained
+loss and top-1/top-5 accuracy.
+
+    python -m experiments.ladder --flagfile=experiments/flags/seed001_ladder.flags
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from absl import flags
+
+from cifar_jax import config, models, plots, results, run_record, study
+
+# name → (the stage it builds on, its change to that stage's flags). A change sets Config fields,
+# per-run options (tuples) or, under "model", ModelConfig fields.
+STAGES: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "baseline": (None, {}),
+    "standardised": ("baseline", {"normalization": "per_channel"}),
+    "mean_image": ("baseline", {"normalization": "mean_image"}),
+    "zca": ("baseline", {"normalization": "zca"}),
+    "augmented": ("standardised", {"augment": "crop_flip"}),
+    "momentum_decay": ("augmented", {"optimizer": "momentum", "momentum": (0.9,), "schedule": "exponential",
+                                     "decay_rate": (0.95,), "decay_unit": "epoch"}),
+    "dropout": ("momentum_decay", {"dropout": (0.5,), "model": {"use_dropout": True}}),
+    "batch_norm": ("dropout", {"model": {"norm": "batch"}}),
+}
+
+flags.DEFINE_list("stages", list(STAGES), f"Stages to train, in order; each needs the stage it builds on "
+                  f"({', '.join(f'{k} ← {v[0]}' for k, v in STAGES.items() if v[0])}).")
+flags.DEFINE_list("long_stages", ["dropout", "batch_norm"], "Stages also trained for --long_epochs (a "
+                  "'<stage>_long' variant).")
+flags.DEFINE_integer("long_epochs", 100, "Epochs of the long variants.")
+flags.DEFINE_string("title", "ConvNet ladder (seeds/001)", "The study's title in its tables and figures.")
+FLAGS = flags.FLAGS
+
+U_THRESHOLD = 0.05  # a final validation loss this far above its minimum is a U (overfitting)
+
+
+def stage_config(cfg: config.Config, stage: str) -> config.Config:
+    """The flags of `stage`: the flags as given, with every change up the chain applied in order."""
+    parent, change = STAGES[stage.removesuffix("_long")]
+    if stage.endswith("_long"):
+        return stage_config(cfg, stage.removesuffix("_long")).replace(epochs=FLAGS.long_epochs)
+    base = stage_config(cfg, parent) if parent else cfg
+    fields = {k: v for k, v in change.items() if k != "model"}
+    if "model" in change:
+        fields["model"] = dataclasses.replace(base.model, **change["model"])
+    return base.replace(**fields)
+
+
+def plan(stages: list[str], long_stages: list[str]) -> list[tuple[str, str | None]]:
+    """(stage, the stage it is compared with) in training order; ConfigError on unknown names or a
+    stage whose parent is not trained."""
+    unknown = [s for s in stages + long_stages if s not in STAGES]
+    if unknown:
+        raise config.ConfigError(f"--stages/--long_stages: unknown {', '.join(unknown)}; known: {', '.join(STAGES)}")
+    out = []
+    for s in stages:
+        parent = STAGES[s][0]
+        if parent and parent not in stages:
+            raise config.ConfigError(f"--stages: {s} builds on {parent}; add it")
+        out.append((s, parent))
+    out += [(f"{s}_long", s) for s in long_stages if s in stages]
+    return out
+
+
+def _stat(values: list[float]) -> dict:
+    return results.statistics([v for v in values if np.isfinite(v)])
+
+
+def stage_row(name: str, parent: str | None, records: list[dict]) -> dict:
+    """A stage's numbers across seeds: test top-1/top-5, best validation accuracy, the minimum
+    and the final validation loss and whether it turned up again (a U)."""
+    done = [r for r in records if r and r["status"] == "done"]
+    val_loss = [run_record.curve(r, "val_loss") for r in done]
+    final_val = [v[-1] for v in val_loss]
+    min_val = [float(np.nanmin(v)) for v in val_loss if np.isfinite(v).any()]
+    rise = float(np.nanmean(np.subtract(final_val, min_val))) if min_val else float("nan")
+    return {"stage": name, "builds_on": parent or "–", "n": len(done),
+            "test_acc": _stat([run_record.final(r, "test")["acc"] for r in done]),
+            "test_top5": _stat([run_record.final(r, "test")["top5"] for r in done]),
+            "best_val_acc": _stat([float(np.nanmax(run_record.curve(r, "val_acc"))) for r in done]),
+            "min_val_loss": _stat(min_val), "final_val_loss": _stat(final_val),
+            "min_val_epoch": _stat([float(np.nanargmin(v) + 1) for v in val_loss if np.isfinite(v).any()]),
+            "u_shape": bool(rise > U_THRESHOLD)}
+
+
+def ladder_markdown(rows: list[dict], title: str) -> str:
+    """One row per stage, the change it adds, and the numbers beside the stage it builds on."""
+    lines = [f"# {title}: each stage against the stage it builds on (mean ± std over seeds)", "",
+             f"U: the final validation loss ends more than {U_THRESHOLD} above its minimum (overfitting).", "",
+             "| stage | builds on | change | test top-1 (%) | test top-5 (%) | best val (%) | min val loss | "
+             "at epoch | final val loss | U | n |", "|:---|:---|:---|---:|---:|---:|---:|---:|---:|:---|---:|"]
+    fmt = lambda s, d=3: "–" if s["mean"] is None else f"{s['mean']:.{d}f} ± {s['std']:.{d}f}"
+    for r in rows:
+        stage = r["stage"].removesuffix("_long")
+        change = f"{FLAGS.long_epochs} epochs" if r["stage"].endswith("_long") else _change_text(STAGES[stage][1])
+        lines.append(f"| {r['stage']} | {r['builds_on']} | {change} | {results.format_stat('acc', r['test_acc'])} | "
+                     f"{results.format_stat('acc', r['test_top5'])} | {results.format_stat('acc', r['best_val_acc'])} | "
+                     f"{fmt(r['min_val_loss'])} | {fmt(r['min_val_epoch'], 0)} | {fmt(r['final_val_loss'])} | "
+                     f"{'yes' if r['u_shape'] else 'no'} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _change_text(change: dict) -> str:
+    parts = [f"{k}={v[0] if isinstance(v, tuple) else v}" for k, v in change.items() if k != "model"]
+    parts += [f"{k}={v}" for k, v in change.get("model", {}).items()]
+    return ", ".join(parts) or "the flags as given"
+
+
+def model_markdown(model: models.ModelConfig, image_shape: tuple[int, ...], records: list[dict]) -> str:
+    """The layer table (weights, biases, receptive fields, totals) and the untrained network's
+    loss and top-1/top-5 accuracy per split (mean ± std over seeds)."""
+    lines = [f"# The model ({model.name}): layers, and the network before any step", "", "```",
+             models.format_layer_table(models.layer_table(model, image_shape)), "```", "",
+             "| split | loss | top-1 (%) | top-5 (%) | n |", "|:---|---:|---:|---:|---:|"]
+    for split in ("train", "val", "test"):
+        got = [m for m in (run_record.untrained(r, split) for r in records) if m]
+        if got:
+            loss, top1, top5 = (results.statistics([m[k] for m in got]) for k in ("loss", "acc", "top5"))
+            lines.append(f"| {split} | {loss['mean']:.4f} ± {loss['std']:.4f} | {results.format_stat('acc', top1)} | "
+                         f"{results.format_stat('acc', top5)} | {len(got)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(cfg: config.Config) -> None:
+    cfg.single_group("the ladder's stages set the model, optimiser and augmentation")
+    if FLAGS.long_epochs < 1:
+        raise config.ConfigError(f"--long_epochs={FLAGS.long_epochs}: must be >= 1")
+    stages = plan(FLAGS.stages, FLAGS.long_stages)
+    title, records, image_shape = FLAGS.title, {}, None
+    for stage, parent in stages:
+        scfg = stage_config(cfg, stage)
+        seen: dict = {}
+
+        def runs(prepared: study.Prepared, scfg=scfg, stage=stage, seen=seen) -> list[config.Run]:
+            seen.update(image_shape=prepared.dataset.image_shape,
+                        runs=config.grid(scfg, len(prepared.train_idx), prepared.dataset.num_classes, stage))
+            return seen["runs"]
+
+        study.log(f"\n=== stage {stage}" + (f" (builds on {parent})" if parent else ""))
+        st = study.run(scfg, "ladder", f"{title}: {stage}", runs, part=stage)
+        records[stage] = [r for r in (st.record(run.run_id) for run in seen["runs"]) if r]
+        image_shape = seen["image_shape"]
+    if not study.is_lead():
+        return
+    root = study.study_dir(cfg, "ladder")
+    rows = [stage_row(s, p, records[s]) for s, p in stages]
+    root.write_json("ladder.json", rows)
+    root.write_text("ladder.md", ladder_markdown(rows, title))
+    root.write_text("model.md", model_markdown(cfg.model, image_shape, records[stages[0][0]]))
+    for stage, parent in stages:
+        if parent:
+            plots.stage_comparison({parent: records[parent], stage: records[stage]},
+                                   root.figures_dir / f"{stage}_vs_{parent}.png", f"{title}: {stage} against {parent}")
+    study.log("\n" + ladder_markdown(rows, title))
+
+
+if __name__ == "__main__":
+    study.main(main)
