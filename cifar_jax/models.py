@@ -170,11 +170,11 @@ class ModelConfig:
             if given and not getattr(arch, field):
                 raise ConfigError(f"--{field}={','.join(map(str, given))}: --model={self.name} has no such layers")
             object.__setattr__(self, field, given or getattr(arch, field))
+        kernels, channels = (",".join(map(str, v)) for v in (self.kernels, self.channels))
         if len(self.kernels) != len(self.channels):
-            raise ConfigError(f"--kernels={','.join(map(str, self.kernels))} --channels={','.join(map(str, self.channels))}: "
-                              f"give one kernel size per conv layer")
+            raise ConfigError(f"--kernels={kernels} --channels={channels}: give one kernel size per conv layer")
         if any(k % 2 == 0 for k in self.kernels):
-            raise ConfigError(f"--kernels={','.join(map(str, self.kernels))}: kernel sizes must be odd ('same' padding)")
+            raise ConfigError(f"--kernels={kernels}: kernel sizes must be odd ('same' padding)")
 
 
 def layer_stack(cfg: ModelConfig) -> tuple[Layer, ...]:

@@ -98,14 +98,15 @@ def ladder_markdown(rows: list[dict], title: str) -> str:
              f"U: the final validation loss ends more than {U_THRESHOLD} above its minimum (overfitting).", "",
              "| stage | builds on | change | test top-1 (%) | test top-5 (%) | best val (%) | min val loss | "
              "at epoch | final val loss | U | n |", "|:---|:---|:---|---:|---:|---:|---:|---:|---:|:---|---:|"]
-    fmt = lambda s, d=3: "–" if s["mean"] is None else f"{s['mean']:.{d}f} ± {s['std']:.{d}f}"
     for r in rows:
         stage = r["stage"].removesuffix("_long")
         change = f"{FLAGS.long_epochs} epochs" if r["stage"].endswith("_long") else _change_text(STAGES[stage][1])
-        lines.append(f"| {r['stage']} | {r['builds_on']} | {change} | {results.format_stat('acc', r['test_acc'])} | "
-                     f"{results.format_stat('acc', r['test_top5'])} | {results.format_stat('acc', r['best_val_acc'])} | "
-                     f"{fmt(r['min_val_loss'])} | {fmt(r['min_val_epoch'], 0)} | {fmt(r['final_val_loss'])} | "
-                     f"{'yes' if r['u_shape'] else 'no'} | {r['n']} |")
+        cells = [results.format_stat(metric, r[key]) for metric, key in (
+            ("acc", "test_acc"), ("acc", "test_top5"), ("acc", "best_val_acc"), ("loss", "min_val_loss"))]
+        epoch = "–" if r["min_val_epoch"]["mean"] is None else f"{r['min_val_epoch']['mean']:.0f}"
+        cells += [epoch, results.format_stat("loss", r["final_val_loss"])]
+        lines.append(f"| {r['stage']} | {r['builds_on']} | {change} | " + " | ".join(cells)
+                     + f" | {'yes' if r['u_shape'] else 'no'} | {r['n']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,3 +15,22 @@ def shared_cifar() -> pathlib.Path:
     if not (SHARED_CIFAR / "cifar-10-batches-py").is_dir():
         pytest.skip(f"no shared CIFAR-10 copy at {SHARED_CIFAR} (build it with ../shared/data/build_cifar10.py)")
     return SHARED_CIFAR
+
+
+@pytest.fixture
+def parse():
+    """Parse a command line into a Config on flags of its own (absl's global FLAGS may hold an
+    experiment's): parse("--model=mlp", ...)."""
+    from absl import flags
+
+    from cifar_jax import config
+
+    fv = flags.FlagValues()
+    config.define_flags(fv)
+
+    def parse(*args):
+        fv.unparse_flags()
+        fv(["prog", "--seeds=1", *args])
+        return config.from_flags(fv)
+
+    return parse

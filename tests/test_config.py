@@ -3,23 +3,8 @@ vary (group and per-run options alike), Config.vary, and one-line errors from th
 import dataclasses
 
 import pytest
-from absl import flags
 
 from cifar_jax import config, options
-
-
-@pytest.fixture
-def parse():
-    """Parse a command line on flags of its own (absl's global FLAGS may hold an experiment's)."""
-    fv = flags.FlagValues()
-    config.define_flags(fv)
-
-    def parse(*args):
-        fv.unparse_flags()
-        fv(["prog", "--seeds=1", *args])
-        return config.from_flags(fv)
-
-    return parse
 
 
 def names(cfg):

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from cifar_jax import config, data
-from absl import flags
 
 
 def test_select_classes_keeps_and_relabels_in_the_given_order():
@@ -36,12 +35,7 @@ def test_test_subset_is_seeded_and_bounded():
         data.test_subset(ds, 201, seed=0)
 
 
-def test_subset_flags_reach_the_run_records_data_config():
-    fv = flags.FlagValues()
-    config.define_flags(fv)
-    fv(["prog", "--seeds=1", "--classes=cat,dog", "--test_size=400"])
-    run = config.grid(config.from_flags(fv), 1000, 2)[0]
+def test_subset_flags_reach_the_run_records_data_config(parse):
+    run = config.grid(parse("--classes=cat,dog", "--test_size=400"), 1000, 2)[0]
     assert run.config["classes"] == "cat,dog" and run.config["test_size"] == 400
-    fv.unparse_flags()
-    fv(["prog", "--seeds=1"])
-    assert "classes" not in config.grid(config.from_flags(fv), 1000, 10)[0].config
+    assert "classes" not in config.grid(parse(), 1000, 10)[0].config

@@ -3,7 +3,6 @@ an identity covariance on it at ε = 0, the in-step transform, and the --zca_eps
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
 
 from cifar_jax import config, preprocess, splits
 from cifar_jax.registry import ConfigError
@@ -63,19 +62,6 @@ def test_normalize_applies_a_zca_matrix(correlated):
     got = preprocess.normalize(jnp.asarray(x[:5]), jnp.asarray(mean), jnp.asarray(w))
     assert got.shape == (5, 4, 4, 3) and got.dtype == jnp.float32
     np.testing.assert_allclose(got, whiten(x[:5], mean, w).reshape(5, 4, 4, 3), rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture
-def parse():
-    fv = flags.FlagValues()
-    config.define_flags(fv)
-
-    def parse(*args):
-        fv.unparse_flags()
-        fv(["prog", "--seeds=1", *args])
-        return config.from_flags(fv)
-
-    return parse
 
 
 def test_zca_epsilon_flag(parse):

@@ -1,0 +1,73 @@
+"""The seeds/001 ladder: each stage's flags are the previous stage's plus one change, the plan
+refuses a stage without the stage it builds on, the U verdict, and a tiny ladder end to end."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from absl import flags
+
+from cifar_jax import config
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from experiments import ladder  # noqa: E402
+
+
+@pytest.fixture
+def cfg(parse):
+    flags.FLAGS(["prog"], known_only=True)  # the ladder's own flags at their defaults
+    return parse("--model=convnet", "--normalization=none", "--lr=0.1")
+
+
+def test_each_stage_adds_its_change_to_the_stage_it_builds_on(cfg):
+    bn = ladder.stage_config(cfg, "batch_norm")
+    assert (bn.normalization, bn.augment, bn.optimizer, bn.schedule) == ("per_channel", "crop_flip", "momentum",
+                                                                         "exponential")
+    assert bn.values("momentum") == (0.9,) and bn.values("decay_rate") == (0.95,) and bn.values("dropout") == (0.5,)
+    assert bn.model.norm == "batch" and bn.model.use_dropout and bn.lrs == (0.1,) and bn.model.name == "convnet"
+    zca = ladder.stage_config(cfg, "zca")
+    assert zca.normalization == "zca" and zca.augment == "none" and zca.optimizer == "sgd"
+    assert ladder.stage_config(cfg, "dropout_long").epochs == ladder.FLAGS.long_epochs
+    assert ladder.stage_config(cfg, "dropout_long").model.norm == "none"
+
+
+def test_the_plan_needs_every_stage_a_stage_builds_on():
+    assert ladder.plan(["baseline", "standardised"], ["standardised"]) == [
+        ("baseline", None), ("standardised", "baseline"), ("standardised_long", "standardised")]
+    with pytest.raises(config.ConfigError, match="augmented builds on standardised; add it"):
+        ladder.plan(["baseline", "augmented"], [])
+    with pytest.raises(config.ConfigError, match="unknown whitening"):
+        ladder.plan(["baseline", "whitening"], [])
+
+
+def _record(val_loss):
+    epochs = [{"epoch": i + 1, "val_loss": v, "val_acc": 0.5} for i, v in enumerate(val_loss)]
+    final = {"loss": val_loss[-1], "acc": 0.5, "top5": 0.9}
+    return {"status": "done", "epochs": epochs, "test": final, "config": {}}
+
+
+def test_a_validation_loss_that_turns_up_is_a_u():
+    u = ladder.stage_row("baseline", None, [_record([1.2, 0.9, 1.1, 1.4])])
+    assert u["u_shape"] and u["min_val_loss"]["mean"] == pytest.approx(0.9) and u["min_val_epoch"]["mean"] == 2
+    assert not ladder.stage_row("bn", "x", [_record([1.2, 0.9, 0.8, 0.82])])["u_shape"]
+
+
+def test_a_tiny_ladder_end_to_end(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "experiments.ladder", "--dataset=synthetic", "--model=mlp", "--hidden=16",
+           "--normalization=none", "--stages=baseline,standardised", "--long_stages=standardised", "--long_epochs=2",
+           "--epochs=1", "--seeds=2", "--split=400/100", f"--results_dir={tmp_path}", "--name=ladder", "--compile_cache="]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    root = tmp_path / "ladder"
+    rows = json.loads((root / "ladder.json").read_text())
+    assert [r["stage"] for r in rows] == ["baseline", "standardised", "standardised_long"]
+    assert all(r["n"] == 2 for r in rows)
+    assert {p.name for p in (root / "figures").glob("*.png")} == {"standardised_vs_baseline.png",
+                                                                  "standardised_long_vs_standardised.png"}
+    assert "total parameters" in (root / "model.md").read_text()
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "epoch 1/" not in again.stdout  # nothing trained twice
