@@ -134,8 +134,9 @@ def write_preamble(study: results.StudyDir, cfg: Config, runs: list[Run], prepar
     """Flags, resolved config, environment and the class-distribution figure of the splits."""
     if not is_lead():
         return
+    # absl files the flags of a `python -m experiments.x` script under its path (sys.argv[0])
     ours = [f for module, fl in flags.FLAGS.flags_by_module_dict().items()
-            if module.startswith(("cifar_jax", "experiments", "__main__")) for f in fl]
+            if module.startswith(("cifar_jax", "experiments", "__main__")) or module == sys.argv[0] for f in fl]
     study.write_text("flags.txt", "".join(f"{f.serialize()}\n" for f in ours if f.serialize()))
     study.write_text("protocol.flags", "".join(f"{f.serialize()}\n" for f in ours
                                                if f.serialize() and f.value != f.default))

@@ -46,7 +46,7 @@ class Report:
 
 # The tables a study writes, shown in this order where they exist.
 TABLES = ("model.md", "ladder.md", "gradient_check.md", "lambda_search.md", "grid.md", "at_epochs.md", "configs.md", "range_test.md",
-          "test_table.md", "generalisation_gap.md", "transfer_comparison.md", "gradient_stats.md",
+          "test_table.md", "generalisation_gap.md", "transfer_comparison.md", "baselines.md", "gradient_stats.md",
           "pretrain/test_table.md", "retrain/test_table.md")
 
 
@@ -86,6 +86,8 @@ def command(section: Section) -> list[str]:
     if section.module == "transfer":
         root = Path(FLAGS.results_dir)
         cmd += [f"--dropout_study={root / study_name('dropout_sweep')}", f"--baseline_study={root / study_name('lr_sweep')}"]
+    if section.module == "cnn_transfer":  # the pretrained backbones stay with the report's results
+        cmd.append(f"--checkpoint_dir={Path(FLAGS.results_dir) / 'checkpoints'}")
     return cmd
 
 

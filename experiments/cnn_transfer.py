@@ -1,0 +1,469 @@
+"""seeds/003 §7: a CNN on a small target task three ways, with Adam over a range of learning rates:
+trained from scratch; as a linear probe (a backbone pretrained by this lab on a source task,
+restored from its orbax checkpoint and frozen, parameters and BN statistics, under a new head);
+and fine-tuned (the same backbone restored, every layer trained).
+
+Only CIFAR-10 is offline, so the source task is 8 CIFAR-10 classes (--source_classes) and the
+target two others, cat vs dog, at the report's sizes (--classes=cat,dog --split=1400/200
+--test_size=400). The study has two parts:
+
+  pretrain  the source task (--source_split, --source_epochs, Adam at --source_lr, --seeds);
+            each run's final params and BN statistics are saved with `checkpoint.save` in
+            --checkpoint_dir/<study>/ (a finished run without its checkpoint is trained again)
+  target    the target task from the core flags × --baselines × --lr × --seeds. A transfer run
+            of seed s restores every layer but the classifier from the pretraining run of seed
+            s (`checkpoint.restore_partial`: the head has the target's class count and keeps
+            its fresh initialisation); a linear probe freezes them (`GroupSpec.frozen`: zero
+            updates, BN on its running statistics). A scratch run starts from the engine's own
+            fresh initialisation, so it can share a compiled group with the fine-tuning runs.
+
+Every target run leaves its per-example test predictions (target/predictions/<run>.npy, the
+labels in labels.npy) and, for the transfer runs, how far its backbone moved from the restored
+weights (target/backbone/<run>.json); a finished run missing them is trained again. The
+analysis writes baselines.md (every LR per baseline, the two best and the worst model per
+baseline, the backbone check, the best and the worst run, the report's numbers beside ours),
+configs.json, figures/accuracy_vs_lr.png and figures/best_vs_worst.png.
+
+    python -m experiments.cnn_transfer --flagfile=experiments/flags/seed003_cnn.flags
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from cifar_jax import checkpoint, config, data, models, plots, preprocess, results, run_record, splits, study, train
+
+BASELINES = ("scratch", "linear_probe", "fine_tune")
+TITLE = "CNN transfer"
+
+flags.DEFINE_string("source_classes", "airplane,automobile,bird,deer,frog,horse,ship,truck",
+                    "The source task's classes (the --classes syntax); default: the 8 CIFAR-10 classes "
+                    "other than cat and dog.")
+flags.DEFINE_string("source_split", "36000/4000", "train/validation sizes of the source task.")
+flags.DEFINE_integer("source_epochs", 10, "Epochs of the source-task pretraining.")
+flags.DEFINE_float("source_lr", 1e-3, "Learning rate of the source-task pretraining (--optimizer's).")
+flags.DEFINE_list("baselines", list(BASELINES), f"Which target baselines to train: {', '.join(BASELINES)}.")
+if "checkpoint_dir" not in flags.FLAGS:  # experiments.transfer defines the same flag
+    flags.DEFINE_string("checkpoint_dir", "./checkpoints", "Root of the pretrained checkpoints.")
+FLAGS = flags.FLAGS
+
+
+# ----------------------------------------------------------------------------- the runs
+
+def chosen_baselines() -> tuple[str, ...]:
+    """--baselines, checked (in the study's order)."""
+    unknown = [b for b in FLAGS.baselines if b not in BASELINES]
+    if unknown or not FLAGS.baselines:
+        raise config.ConfigError(f"--baselines={','.join(FLAGS.baselines)}: give one or more of {', '.join(BASELINES)}")
+    return tuple(b for b in BASELINES if b in FLAGS.baselines)
+
+
+def source_config(cfg: config.Config) -> config.Config:
+    """The pretraining's flags: the target's, with the source task's classes, split, epochs and LR."""
+    try:
+        split = splits.parse_split(FLAGS.source_split)
+    except ValueError as err:
+        raise config.ConfigError(str(err).replace("--split=", "--source_split=")) from None
+    if FLAGS.source_epochs < 1:
+        raise config.ConfigError(f"--source_epochs={FLAGS.source_epochs}: must be >= 1")
+    if not FLAGS.source_lr > 0:
+        raise config.ConfigError(f"--source_lr={FLAGS.source_lr}: must be > 0")
+    return cfg.replace(classes=FLAGS.source_classes, split=split, test_size=0, epochs=FLAGS.source_epochs,
+                       lrs=(FLAGS.source_lr,))
+
+
+def source_description() -> dict:
+    """What the pretrained backbone depends on (part of every transfer run's identity)."""
+    return {"classes": FLAGS.source_classes, "split": FLAGS.source_split, "epochs": FLAGS.source_epochs,
+            "lr": FLAGS.source_lr}
+
+
+def head_name(model: models.ModelConfig) -> str:
+    """The classifier layer: the dense layer the model appends after its stack."""
+    return f"fc{sum(layer[0] == 'dense' for layer in models.layer_stack(model)) + 1}"
+
+
+def as_baseline(run: config.Run, baseline: str, backbone: tuple[str, ...], pre: config.Run | None) -> config.Run:
+    """A target run of the grid as one baseline: scratch as it is; a transfer run names its
+    pretraining run and source; a linear probe also freezes the backbone."""
+    if baseline == "scratch":
+        return run
+    spec = dataclasses.replace(run.spec, frozen=backbone) if baseline == "linear_probe" else run.spec
+    data = {**run.data, "pretrained": pre.run_id, "source": source_description(), "restored": list(backbone)}
+    return dataclasses.replace(run, spec=spec, data=data)
+
+
+@functools.lru_cache(maxsize=None)
+def _initialiser(spec: train.GroupSpec, image_shape: tuple[int, ...]):
+    return jax.jit(lambda hp: train.init_run(spec, hp, image_shape))
+
+
+def _layers(tree: dict, keep=lambda name: True) -> dict:
+    """{layer: {name: array}} as plain dicts of numpy arrays (the layers `keep` selects)."""
+    return {k: {n: np.asarray(a) for n, a in v.items()} for k, v in tree.items() if keep(k)}
+
+
+def fresh_backbone(run: config.Run, image_shape: tuple[int, ...], head: str) -> dict:
+    """The run's own fresh initialisation of every layer but the head: what the engine would
+    draw from its seed (train.init_run), so scratch runs can share a group with transfer runs."""
+    hp = {k: v[0] for k, v in train.stack_hparams([run.hp]).items()}
+    state = _initialiser(run.spec, tuple(image_shape))(hp)
+    return {"params": _layers(state.params, lambda k: k != head), "batch_stats": _layers(state.batch_stats)}
+
+
+def restored_backbone(path: Path, spec: train.GroupSpec, image_shape: tuple[int, ...], head: str) -> dict:
+    """Every layer but the head from a pretraining checkpoint (whose head may have another class count)."""
+    params, stats, _ = checkpoint.restore_partial(
+        path, train.param_shapes(spec, image_shape), train.batch_stats_shapes(spec, image_shape),
+        keep=lambda leaf: leaf.split("/")[:2] != ["params", head])
+    return {"params": _layers(params, lambda k: k != head), "batch_stats": _layers(stats)}
+
+
+# ----------------------------------------------------------------------------- per-run outputs
+
+@functools.lru_cache(maxsize=None)
+def _predictor(spec: train.GroupSpec):
+    def classes(params, batch_stats, x, mean, std):
+        logits = spec.net.apply({"params": params, "batch_stats": batch_stats},
+                                preprocess.normalize(x, mean, std), train=False)
+        return jnp.argmax(logits, -1).astype(jnp.int32)
+    return jax.jit(classes)
+
+
+def predict(spec: train.GroupSpec, params, batch_stats, data: train.Data) -> np.ndarray:
+    """The predicted class of every test image (eval mode, in batches of --eval_batch_size)."""
+    n = int(data.y_test.shape[0])
+    bs = min(spec.eval_batch_size, n)
+    x = jnp.pad(data.x_test, ((0, -n % bs),) + ((0, 0),) * (data.x_test.ndim - 1))
+    fn = _predictor(spec)
+    out = [np.asarray(fn(params, batch_stats, x[i:i + bs], data.mean, data.std)) for i in range(0, n, bs)]
+    return np.concatenate(out)[:n]
+
+
+def backbone_change(restored: dict, params: dict, batch_stats: dict) -> dict:
+    """How far a transfer run's backbone moved from the restored weights: bit-identity and the
+    largest |Δ| of its parameters and of its BN statistics, and the layers that changed."""
+    out, changed = {}, []
+    for kind, before, after in (("params", restored["params"], params), ("batch_stats", restored["batch_stats"], batch_stats)):
+        same, largest = True, 0.0
+        for layer, leaves in before.items():
+            for name, value in leaves.items():
+                new = np.asarray(after[layer][name])
+                if not np.array_equal(value, new):
+                    same = False
+                    changed.append(f"{kind}/{layer}/{name}")
+                    largest = max(largest, float(np.max(np.abs(new.astype(np.float64) - value))))
+        out[f"{kind}_identical"], out[f"{kind}_max_abs_change"] = same, largest
+    return {**out, "changed": changed}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    results.atomic_write_bytes(path, buffer.getvalue())
+
+
+def _predictions_path(st: results.StudyDir, run_id: str) -> Path:
+    return st.root / "predictions" / f"{results.run_file_stem(run_id)}.npy"
+
+
+def _backbone_path(st: results.StudyDir, run_id: str) -> Path:
+    return st.root / "backbone" / f"{results.run_file_stem(run_id)}.json"
+
+
+def _drop_finished(st: results.StudyDir, run: config.Run, why: str) -> None:
+    """Forget a finished run so it is trained again (its outputs are incomplete)."""
+    rec = st.record(run.run_id)
+    if rec is not None and rec["status"] in run_record.FINISHED:
+        study.log(f"{run.run_id}: finished but {why}: training it again")
+        (st.runs_dir / f"{results.run_file_stem(run.run_id)}.json").unlink(missing_ok=True)
+
+
+def _checkpoint_matches(path: Path, record: dict) -> bool:
+    """Whether a checkpoint exists and was saved by this record's configuration."""
+    try:
+        meta = checkpoint.load_metadata(path)
+    except checkpoint.CheckpointError:
+        return False
+    return results.first_difference(meta["config"], record["config"]) is None
+
+
+# ----------------------------------------------------------------------------- the study
+
+def main(cfg: config.Config) -> None:
+    cfg.single_group("the CNN transfer study makes its own groups (the baselines)")
+    baselines = chosen_baselines()
+    source = source_config(cfg)
+    parent = study.study_dir(cfg, "cnn_transfer")
+    ckpt_root = Path(FLAGS.checkpoint_dir).expanduser() / parent.root.name
+    plan: dict = {"pre": {}, "restored": {}}
+    if baselines != ("scratch",):
+        pretrain(source, parent, ckpt_root, plan)
+    target(cfg, baselines, parent, plan)
+
+
+def pretrain(source: config.Config, parent: results.StudyDir, ckpt_root: Path, plan: dict) -> None:
+    """The source task, one checkpoint per seed."""
+    pre_study = results.StudyDir(parent.root / "pretrain")
+
+    def runs(prepared: study.Prepared) -> list[config.Run]:
+        pre = config.grid(source, len(prepared.train_idx), prepared.dataset.num_classes, "source")
+        if len(pre) != len(source.seeds):
+            raise config.ConfigError("the pretraining takes one value of each per-run option (a list would "
+                                     f"make {len(pre) // len(source.seeds)} source models per seed)")
+        plan["pre"] = {r.seed: r for r in pre}
+        plan["ckpt"] = {r.seed: ckpt_root / results.run_file_stem(r.run_id) for r in pre}
+        return pre
+
+    def without_checkpoint(st: results.StudyDir, prepared: study.Prepared) -> None:
+        for seed, r in plan["pre"].items():
+            rec = st.record(r.run_id)
+            if rec is not None and not _checkpoint_matches(plan["ckpt"][seed], rec):
+                _drop_finished(st, r, f"its checkpoint {plan['ckpt'][seed]} is missing or from another configuration")
+
+    def save(run: config.Run, variables: tuple) -> None:
+        rec = pre_study.record(run.run_id)
+        if rec["status"] != "done":
+            study.log(f"warning: {run.run_id} diverged; its last finite weights are the backbone of seed {run.seed}")
+        checkpoint.save(plan["ckpt"][run.seed], *variables, overwrite=True, config=rec["config"],
+                        metrics={"test": run_record.final(rec, "test"), "last_epoch": rec["epochs"][-1],
+                                 "status": rec["status"]})
+
+    try:
+        study.run(source, "cnn_transfer", f"{TITLE}: pretraining on the source task", runs, part="pretrain",
+                  before=without_checkpoint, on_state=save, figures=source.epochs > 1,
+                  extra={"source": source_description()})
+    except (config.ConfigError, data.DataError) as err:  # name the source task's own flags
+        text = str(err)
+        for core, own in (("--classes=", "--source_classes="), ("--split=", "--source_split=")):
+            if text.startswith(core):
+                raise type(err)(own + text[len(core):]) from None
+        raise
+
+
+def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.StudyDir, plan: dict) -> None:
+    """The target task: every baseline × LR × seed, with per-example predictions."""
+    st = results.StudyDir(parent.root / "target")
+    extra: dict = {"source": source_description(), "baselines": list(baselines)}  # head and backbone join below
+
+    def runs(prepared: study.Prepared) -> list[config.Run]:
+        n_train, classes = len(prepared.train_idx), prepared.dataset.num_classes
+        shape = prepared.dataset.image_shape
+        grid = {b: config.grid(cfg, n_train, classes, b) for b in baselines}
+        spec = next(iter(grid.values()))[0].spec
+        head = head_name(spec.model)
+        backbone = tuple(k for k in train.param_shapes(spec, shape) if k != head)
+        planned = [as_baseline(r, b, backbone, plan["pre"].get(r.seed)) for b, rs in grid.items() for r in rs]
+        plan.update(prepared=prepared, head=head, backbone=backbone, runs=planned)
+        extra.update(head=head, backbone=list(backbone))  # config.json is written after this call
+        return planned
+
+    def missing_outputs(st: results.StudyDir, prepared: study.Prepared) -> None:
+        labels = st.root / "predictions" / "labels.npy"
+        if study.is_lead() and not labels.exists():
+            _save_npy(labels, np.asarray(prepared.dataset.y_test, np.int32))
+        for r in plan["runs"]:
+            if not _predictions_path(st, r.run_id).exists():
+                _drop_finished(st, r, "its test predictions are missing")
+            elif "pretrained" in r.data and not _backbone_path(st, r.run_id).exists():
+                _drop_finished(st, r, "its backbone check is missing")
+
+    def initial(run: config.Run) -> dict:
+        shape = plan["prepared"].dataset.image_shape
+        if "pretrained" not in run.data:
+            return fresh_backbone(run, shape, plan["head"])
+        if run.seed not in plan["restored"]:
+            plan["restored"][run.seed] = restored_backbone(plan["ckpt"][run.seed], run.spec, shape, plan["head"])
+        restored = plan["restored"][run.seed]
+        study.log(f"{run.run_id}: {', '.join(restored['params'])} restored from {plan['pre'][run.seed].run_id}"
+                  + (" and frozen" if run.spec.frozen else "") + f"; {plan['head']} initialised from seed {run.seed}")
+        return restored
+
+    def outputs(run: config.Run, variables: tuple) -> None:
+        params, batch_stats = variables
+        if "pretrained" in run.data:
+            change = backbone_change(plan["restored"][run.seed], params, batch_stats)
+            results.atomic_write_json(_backbone_path(st, run.run_id), change)
+        _save_npy(_predictions_path(st, run.run_id), predict(run.spec, params, batch_stats, plan["prepared"].device))
+
+    study.run(cfg, "cnn_transfer", f"{TITLE}: the target task", runs, part="target", before=missing_outputs,
+              initial_for=initial, on_state=outputs, figures=cfg.epochs > 1, extra=extra,
+              report=lambda s, records: analyse(parent, s, records, plan["prepared"]))
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def baseline_of(config_name: str) -> str:
+    return config_name.split(",")[0]
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def config_rows(records: list[dict]) -> list[dict]:
+    """Per configuration: baseline, LR and train (eval mode where recorded) / val / test accuracy
+    statistics over its done seeds."""
+    rows = []
+    for name, group in run_record.group_by_config(records).items():
+        done = [r for r in group if r["status"] == "done"]
+        split_acc = lambda r, s: (run_record.final(r, s) or {}).get("acc")
+        train_acc = [split_acc(r, "train") if r.get("final_train") else run_record.last(r, "train_acc") for r in done]
+        lr = float(group[0]["config"]["lr"])
+        rows.append({"config": name, "baseline": baseline_of(name), "lr": lr, "values": {"lr": lr},
+                     "n_runs": len(group), "n_done": len(done),
+                     "train_acc": results.statistics(_finite(train_acc)),
+                     **{f"{s}_acc": results.statistics(_finite(split_acc(r, s) for r in done)) for s in ("val", "test")}})
+    return rows
+
+
+def published() -> dict[tuple[str, float], tuple[float | None, ...]]:
+    """The report's (train, val, test) accuracy (fractions) per (baseline, LR), from reports.toml."""
+    with open(Path(__file__).with_name("reports.toml"), "rb") as f:
+        raw = tomllib.load(f)
+    sections = [s for report in raw.values() for s in report.get("sections", []) if s.get("module") == "cnn_transfer"]
+    numbers = sections[0].get("published", {}) if sections else {}
+    return {(baseline_of(k), float(k.split("lr=")[1].split(",")[0])): tuple(None if x < 0 else x / 100 for x in v)
+            for k, v in numbers.items() if "lr=" in k}
+
+
+def _reported(ref: dict, baseline: str, lr: float) -> tuple[float | None, ...]:
+    return next((v for (b, x), v in ref.items() if b == baseline and math.isclose(x, lr)), (None, None, None))
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _stat(s: dict) -> str:
+    return results.format_stat("acc", s)
+
+
+def ranked(rows: list[dict]) -> list[dict]:
+    """Rows with a mean test accuracy, best first."""
+    return sorted((r for r in rows if r["test_acc"]["mean"] is not None), key=lambda r: -r["test_acc"]["mean"])
+
+
+PICKS = (("best", 0), ("second best", 1), ("worst", -1))
+
+
+def baselines_markdown(rows: list[dict], ref: dict, checks: dict[str, list[dict]], extremes: dict,
+                       header: str) -> str:
+    """The study's table: every LR per baseline, the two best and the worst per baseline, the
+    backbone check and the best and the worst single run, with the report's numbers beside ours."""
+    lines = [f"# {TITLE}: scratch, linear probe, fine-tuning", "", header, "",
+             "## Every learning rate (accuracy %, mean ± std over seeds; the report: one run)", "",
+             "| baseline | lr | train | val | test | train (report) | val (report) | test (report) | runs |",
+             "|:---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        rep = _reported(ref, r["baseline"], r["lr"])
+        lines.append(f"| {r['baseline']} | {r['lr']:g} | {_stat(r['train_acc'])} | {_stat(r['val_acc'])} | "
+                     f"{_stat(r['test_acc'])} | {' | '.join(_pct(x) for x in rep)} | {r['n_done']}/{r['n_runs']} |")
+    lines += ["", "## Two best and the worst model per baseline (by mean test accuracy)", "",
+              "| baseline | model | lr (ours) | test (ours) | lr (report) | test (report) |", "|:---|:---|---:|---:|---:|---:|"]
+    for baseline, group in _by_baseline(rows).items():
+        ours = ranked(group)
+        theirs = sorted(((lr, v[2]) for (b, lr), v in ref.items() if b == baseline and v[2] is not None),
+                        key=lambda t: -t[1])
+        for label, i in PICKS:
+            ours_cells = (f"{ours[i]['lr']:g}", _stat(ours[i]["test_acc"])) if -len(ours) <= i < len(ours) else ("–", "–")
+            their_cells = (f"{theirs[i][0]:g}", _pct(theirs[i][1])) if -len(theirs) <= i < len(theirs) else ("–", "–")
+            lines.append(f"| {baseline} | {label} | {' | '.join(ours_cells + their_cells)} |")
+    if checks:
+        lines += ["", "## The backbone after training, against the restored pretrained weights", "",
+                  "| baseline | runs | parameters bit-identical | BN statistics bit-identical | largest \\|Δ\\| parameter | "
+                  "largest \\|Δ\\| BN statistic |", "|:---|---:|---:|---:|---:|---:|"]
+        for baseline, group in checks.items():
+            lines.append(f"| {baseline} | {len(group)} | {sum(c['params_identical'] for c in group)}/{len(group)} | "
+                         f"{sum(c['batch_stats_identical'] for c in group)}/{len(group)} | "
+                         f"{max(c['params_max_abs_change'] for c in group):.3g} | "
+                         f"{max(c['batch_stats_max_abs_change'] for c in group):.3g} |")
+    if extremes:
+        lines += ["", "## The best and the worst model (single runs, by test accuracy)", "",
+                  "| | run | train loss | train | val | test |", "|:---|:---|---:|---:|---:|---:|"]
+        for label in ("best", "worst"):
+            rec = extremes[label]
+            train_acc = (rec.get("final_train") or {}).get("acc", run_record.last(rec, "train_acc"))
+            val = (run_record.final(rec, "val") or {}).get("acc")
+            lines.append(f"| {label} | {rec['run_id']} | {run_record.last(rec, 'train_loss'):.4f} | {_pct(train_acc)} | "
+                         f"{_pct(val)} | {_pct(rec['test']['acc'])} |")
+        lines += ["", f"{extremes['shown_text']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _by_baseline(rows: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["baseline"], []).append(r)
+    return out
+
+
+def best_and_worst(records: list[dict]) -> tuple[dict, dict] | None:
+    """The done runs with the highest and the lowest test accuracy (the first of ties)."""
+    done = [r for r in records if r["status"] == "done" and r.get("test") and math.isfinite(r["test"]["acc"])]
+    if not done:
+        return None
+    return max(done, key=lambda r: r["test"]["acc"]), min(done, key=lambda r: r["test"]["acc"])
+
+
+def right_and_wrong(best: np.ndarray, worst: np.ndarray, labels: np.ndarray, n: int = 5) -> np.ndarray:
+    """Indices of the first `n` test images the best model gets right and the worst gets wrong."""
+    return np.flatnonzero((best == labels) & (worst != labels))[:n]
+
+
+def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict], prepared: study.Prepared) -> None:
+    """baselines.md, configs.json, accuracy against LR, and the best/worst image figure."""
+    rows = config_rows(records)
+    parent.write_json("configs.json", rows)
+    ds, labels = prepared.dataset, np.load(st.root / "predictions" / "labels.npy")
+    checks: dict[str, list[dict]] = {}
+    for rec in records:
+        path = _backbone_path(st, rec["run_id"])
+        if path.exists():
+            checks.setdefault(baseline_of(rec["config_name"]), []).append(json.loads(path.read_text()))
+    extremes: dict = {}
+    pair = best_and_worst(records)
+    figure = parent.figures_dir / "best_vs_worst.png"
+    if pair:
+        best, worst = pair
+        pb, pw = (np.load(_predictions_path(st, r["run_id"])) for r in pair)
+        shown = right_and_wrong(pb, pw, labels)
+        n_all = int(((pb == labels) & (pw != labels)).sum())
+        captions = [f"test image {i}\ntrue: {ds.classes[labels[i]]}\nbest: {ds.classes[pb[i]]} ✓\n"
+                    f"worst: {ds.classes[pw[i]]} ✗" for i in shown]
+        plots.image_examples(ds.x_test[shown], captions, figure,
+                             f"Right by the best model, wrong by the worst\nbest {best['run_id']} "
+                             f"(test {100 * best['test']['acc']:.2f}%), worst {worst['run_id']} "
+                             f"(test {100 * worst['test']['acc']:.2f}%)",
+                             note="no test image is right by the best model and wrong by the worst")
+        extremes = {"best": best, "worst": worst,
+                    "shown_text": f"{n_all} of {len(labels)} test images are classified right by the best model and "
+                                  f"wrong by the worst; figures/best_vs_worst.png shows test images "
+                                  f"{', '.join(map(str, shown)) or 'none'}."}
+        parent.write_json("best_vs_worst.json", {"best": best["run_id"], "worst": worst["run_id"],
+                                                 "right_by_best_wrong_by_worst": n_all, "shown": shown.tolist()})
+    source = results.StudyDir(parent.root / "pretrain").records()
+    source_acc = results.statistics(_finite((r.get("test") or {}).get("acc") for r in source if r["status"] == "done"))
+    cfg0 = records[0]["config"]
+    header = (f"Target: {ds.name}, {cfg0['split'][0]:,} train / {cfg0['split'][1]:,} val / {len(labels):,} test images, "
+              f"{cfg0['epochs']} epoch(s), {cfg0['optimizer']}, batch {cfg0['batch_size']}, model {cfg0['model']['name']} "
+              f"(norm {cfg0['model']['norm']}). Backbone: pretrained on {source_description()['classes']} "
+              + (f"(source test accuracy {_stat(source_acc)}%, {source_acc['n']} runs)." if source else "(not used)."))
+    parent.write_text("baselines.md", baselines_markdown(rows, published(), checks, extremes, header))
+    plots.accuracy_against(rows, "lr", parent.figures_dir / "accuracy_vs_lr.png",
+                           f"{TITLE}: accuracy against the learning rate per baseline (mean ± std over seeds)")
+    study.log("\n" + (parent.root / "baselines.md").read_text())
+
+
+if __name__ == "__main__":
+    study.main(main)
