@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cifar_jax launcher: creates .venv when missing, installs the project into it, then runs
-#   ./launch.sh <experiment> [--flag=value ...]   an experiment, e.g. lr_sweep, lr_schedule, mlp_baseline
+#   ./launch.sh <experiment> [--flag=value ...]   an experiment, e.g. lr_sweep, lr_schedule, grid_study
 #   ./launch.sh test [pytest args ...]            the test suite (-m "not slow" skips real-data tests)
 #   ./launch.sh setup                             only create/update the environment
 # Environment: CIFAR_JAX_VENV (default .venv), PYTHON (default python3), CIFAR_JAX_DATA_DIR.

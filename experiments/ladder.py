@@ -37,8 +37,8 @@ flags.DEFINE_list("stages", list(STAGES), f"Stages to train, in order; each need
 flags.DEFINE_list("long_stages", ["dropout", "batch_norm"], "Stages also trained for --long_epochs (a "
                   "'<stage>_long' variant).")
 flags.DEFINE_integer("long_epochs", 100, "Epochs of the long variants.")
-flags.DEFINE_string("title", "ConvNet ladder (seeds/001)", "The study's title in its tables and figures.")
 FLAGS = flags.FLAGS
+TITLE = "ladder (seeds/001)"
 
 U_THRESHOLD = 0.05  # a final validation loss this far above its minimum is a U (overfitting)
 
@@ -136,7 +136,7 @@ def main(cfg: config.Config) -> None:
     if FLAGS.long_epochs < 1:
         raise config.ConfigError(f"--long_epochs={FLAGS.long_epochs}: must be >= 1")
     stages = plan(FLAGS.stages, FLAGS.long_stages)
-    title, records, image_shape = FLAGS.title, {}, None
+    title, records, image_shape = f"{cfg.model.name} {TITLE}", {}, None
     for stage, parent in stages:
         scfg = stage_config(cfg, stage)
         seen: dict = {}

@@ -20,7 +20,7 @@ import numpy as np
 from absl import flags
 
 from cifar_jax import config, options, plots, results, study
-from experiments import mlp_baseline
+from experiments import grid_study
 
 flags.DEFINE_list("coarse_lambdas", ["0.1", "0.01", "0.001", "0.0001", "0.00001"], "λ of the coarse search.")
 flags.DEFINE_integer("fine_points", 5, "λ of the fine search, log-spaced over one decade (ends included).")
@@ -54,14 +54,14 @@ def best_lambda(rows: list[dict]) -> float:
 def part(cfg: config.Config, name: str, title: str, cycles: int, done: dict) -> None:
     """Train one part; its configuration rows go to done[name]."""
     def analysis(st: results.StudyDir, records: list[dict]) -> None:
-        done[name] = mlp_baseline.config_rows(records)
-        mlp_baseline.analyse(st, records, cycles, title)
+        done[name] = grid_study.config_rows(records)
+        grid_study.analyse(st, records, cycles, title)
 
-    study.run(cfg, "lambda_search", title, lambda p: mlp_baseline.mlp_runs(cfg, p, cycles), part=name,
+    study.run(cfg, "lambda_search", title, lambda p: grid_study.grid_runs(cfg, p, cycles), part=name,
               report=analysis, extra={"cycles": cycles}, figures=False)
     if name not in done:  # another process of a multi-host study wrote the analysis
         st = results.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or "lambda_search") / name)
-        done[name] = mlp_baseline.config_rows(st.records())
+        done[name] = grid_study.config_rows(st.records())
 
 
 def markdown(done: dict, best: float) -> str:

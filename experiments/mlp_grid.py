@@ -1,6 +1,6 @@
 """seeds/003's depth × width grid of MLPs: every --depths × --widths net (that many hidden layers,
 each that wide; one group each) × seeds, the flags' protocol otherwise. Its analysis: the
-mlp_baseline tables and figures, a heatmap of validation accuracy (and of the train − validation
+grid_study tables and figures, a heatmap of validation accuracy (and of the train − validation
 gap), the net chosen by validation accuracy, and whether it over- or underfits:
 
 - overfits: its validation loss ended ≥ 5% above its minimum over the epochs, or its final
@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags
 
 from cifar_jax import config, plots, results, run_record, study
-from experiments import mlp_baseline
+from experiments import grid_study
 
 flags.DEFINE_list("depths", ["1", "2", "3", "4", "6"], "Numbers of hidden layers.")
 flags.DEFINE_list("widths", ["32", "64", "128", "256", "512"], "Widths of every hidden layer.")
@@ -54,9 +54,9 @@ def verdict(records: list[dict]) -> tuple[str, dict]:
 
 
 def analyse(st: results.StudyDir, records: list[dict], depths: list[int], widths: list[int]) -> None:
-    """The mlp_baseline analysis, the heatmaps, the chosen net and its verdict (grid.md)."""
-    mlp_baseline.analyse(st, records, 0, TITLE)
-    rows = {tuple(r["hidden"]): r for r in mlp_baseline.config_rows(records)}
+    """The grid_study analysis, the heatmaps, the chosen net and its verdict (grid.md)."""
+    grid_study.analyse(st, records, 0, TITLE)
+    rows = {tuple(r["hidden"]): r for r in grid_study.config_rows(records)}
     stat = lambda d, w, key: rows.get((w,) * d, {}).get(key, {}).get("mean")
     val = np.array([[np.nan if stat(d, w, "val_acc") is None else 100 * stat(d, w, "val_acc") for w in widths]
                     for d in depths])
@@ -91,7 +91,7 @@ def main(cfg: config.Config) -> None:
     cfg.single_group("the grid sets the architectures (--depths, --widths)")
     nets = [dataclasses.replace(cfg.model, hidden=(w,) * d) for d in depths for w in widths]
     grid_cfg = cfg.vary("model", nets)
-    study.run(grid_cfg, "mlp_grid", TITLE, lambda p: mlp_baseline.mlp_runs(grid_cfg, p, 0),
+    study.run(grid_cfg, "mlp_grid", TITLE, lambda p: grid_study.grid_runs(grid_cfg, p, 0),
               report=lambda st, records: analyse(st, records, depths, widths))
 
 

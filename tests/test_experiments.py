@@ -63,8 +63,8 @@ def test_incomplete_runs_are_retrained_and_changed_config_is_refused(tmp_path):
     assert changed.stderr.strip().count("\n") == 0 and "epochs" in changed.stderr and "--name" in changed.stderr
 
 
-def test_mlp_baseline_prints_the_report_format(tmp_path):
-    out = run("mlp_baseline", "--dataset=synthetic", "--split=800/200", "--model=mlp", "--hidden=32,16",
+def test_grid_study_prints_the_report_format(tmp_path):
+    out = run("grid_study", "--dataset=synthetic", "--split=800/200", "--model=mlp", "--hidden=32,16",
               "--init=he", "--l2=0.005", "--schedule=cyclic", "--lr=0.1", "--lr_min=1e-5", "--half_cycle=8",
               "--cycles=1", "--batch_size=100", "--seeds=2", "--normalization=per_dim", "--eval_train=final",
               f"--results_dir={tmp_path}")
@@ -73,7 +73,7 @@ def test_mlp_baseline_prints_the_report_format(tmp_path):
                  "n_s:                 8", "Training data:", "Validation data:", "Test data:",
                  "accuracy (untrained):", "cost (final):", "mean test accuracy"):
         assert text in out.stdout, text
-    rec = next(iter(records(tmp_path / "mlp_baseline").values()))
+    rec = next(iter(records(tmp_path / "grid_study").values()))
     assert len(rec["epochs"]) == 2  # 1 cycle = 2 * n_s = 16 steps = 2 epochs of 8 steps
     assert rec["final_train"] is not None and rec["untrained"]["train"]["acc"] < rec["final_train"]["acc"]
 
@@ -95,11 +95,11 @@ def test_lr_schedule_trains_both_schedules_in_one_group(tmp_path):
 def test_flags_that_change_the_program_are_grid_axes_one_group_each(tmp_path):
     """Hidden widths × norm: 4 groups (4 programs), one summary and one comparison figure,
     configurations named by the values that vary."""
-    out = run("mlp_baseline", *SYNTH, "--model=mlp", "--hidden=16;8,8", "--norm=none,batch", "--init=he",
+    out = run("grid_study", *SYNTH, "--model=mlp", "--hidden=16;8,8", "--norm=none,batch", "--init=he",
               "--lr=0.05", f"--results_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("2 runs, model mlp") == 4 and "group 4/4]" in out.stdout
-    study = tmp_path / "mlp_baseline"
+    study = tmp_path / "grid_study"
     names = ["hidden=16,norm=none", "hidden=16,norm=batch", "hidden=8-8,norm=none", "hidden=8-8,norm=batch"]
     assert list(json.loads((study / "summary.json").read_text())["configs"]) == names
     assert (study / "figures" / "val_comparison.png").exists()
@@ -144,7 +144,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, flag, needle):
 @pytest.mark.slow
 def test_seed002_mlp_on_real_cifar(tmp_path, shared_cifar):
     """The seeds/002 MLP at reduced length on the shared CIFAR-10 copy learns well past chance."""
-    out = run("mlp_baseline", "--flagfile=experiments/flags/seed002_mlp.flags", f"--data_dir={shared_cifar}",
+    out = run("grid_study", "--flagfile=experiments/flags/seed002_mlp.flags", f"--data_dir={shared_cifar}",
               "--half_cycle=450", "--cycles=1", "--seeds=2", f"--results_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "seed002_mlp" / "summary.json").read_text())

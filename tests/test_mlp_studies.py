@@ -13,7 +13,7 @@ from cifar_jax import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from experiments import mlp_baseline, mlp_grid  # noqa: E402
+from experiments import grid_study, mlp_grid  # noqa: E402
 
 
 def record(name, seed, config, epochs, status="done"):
@@ -24,17 +24,17 @@ def record(name, seed, config, epochs, status="done"):
 def test_the_varying_option_is_one_that_varies_within_a_line():
     recs = [record(f"norm={n},init_scale={s}", 0, {"init_scale": s, "norm": n}, []) for n in ("a", "b")
             for s in (0.1, 0.01)]
-    assert mlp_baseline.varying_option(recs) == "init_scale"
+    assert grid_study.varying_option(recs) == "init_scale"
     per_optimizer = [record(f"optimizer={o},lr={lr}", 0, {"lr": lr}, []) for o, lr in (("sgd", 0.1), ("adam", 0.001))]
-    assert mlp_baseline.varying_option(per_optimizer) is None  # one learning rate per line: nothing to plot against
+    assert grid_study.varying_option(per_optimizer) is None  # one learning rate per line: nothing to plot against
     sizes = [record(f"batch_size={b}", 0, {"batch_size": b}, []) for b in (1, 16, 256)]
-    assert mlp_baseline.varying_option(sizes) == "batch_size"
+    assert grid_study.varying_option(sizes) == "batch_size"
 
 
 def test_accuracy_at_chosen_epochs_averages_the_seeds():
     epochs = lambda accs: [{"epoch": i + 1, "test_acc": a, "val_acc": a, "train_acc": a} for i, a in enumerate(accs)]
     recs = [record("net", 0, {}, epochs([0.1, 0.2, 0.3])), record("net", 1, {}, epochs([0.3, 0.4, 0.5]))]
-    text = mlp_baseline.at_epochs_markdown(recs, [1, 3, 5], "T")
+    text = grid_study.at_epochs_markdown(recs, [1, 3, 5], "T")
     assert "| net | test | 20.00 ± 14.14 | 40.00 ± 14.14 | – |" in text
 
 

@@ -69,9 +69,9 @@ def test_two_processes_equal_one(tmp_path):
     assert summary["configs"]["lr=0.1"]["n_done"] == 2
 
 
-def test_mlp_baseline_over_two_processes_reports_once(tmp_path):
+def test_grid_study_over_two_processes_reports_once(tmp_path):
     """Its report (every run in the seeds/002 format) is printed by process 0 alone."""
-    one, _, outs = _one_and_two(tmp_path, "mlp_baseline")
+    one, _, outs = _one_and_two(tmp_path, "grid_study")
     assert outs[0][0].count("Model parameters:") == len(one) and "Model parameters:" not in outs[1][0]
 
 

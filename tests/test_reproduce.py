@@ -37,7 +37,7 @@ def test_published_numbers_stand_beside_ours(tmp_path):
     stat = lambda m, s: {"mean": m, "std": s}
     (study / "configs.json").write_text(json.dumps([{"config": "a", "train_acc": stat(0.6, 0.01),
                                                      "val_acc": stat(0.5, 0.02), "test_acc": stat(0.5312, 0.0025)}]))
-    section = rep.Section("2", "Nets", "mlp_baseline", "nets", {"a": (58.72, 53.16, 53.36), "b": (1.0, None, 3.0)})
+    section = rep.Section("2", "Nets", "grid_study", "nets", {"a": (58.72, 53.16, 53.36), "b": (1.0, None, 3.0)})
     table = rep.published_table(section, study)
     assert "| a | 60.00 ± 1.00 | 58.72 | 50.00 ± 2.00 | 53.16 | 53.12 ± 0.25 | 53.36 |" in table
     assert "| b | – | 1.00 | – | – | – | 3.00 |" in table

@@ -1,11 +1,13 @@
-"""seeds/002: k-layer MLPs with cyclic learning rates and L2, every configuration of the flags'
-grid (--hidden, --norm, per-run options) × seeds. Its analysis: every run in the report's "Model
-parameters / accuracy untrained, trained / cost" format (printed and in runs.txt), the report's
-table per configuration (configs.md: eval-mode train, validation and test accuracy), per
-configuration the cost, loss and accuracy curves, and, when one numeric per-run option varies
-(e.g. --init_scale), accuracy against it with a line per other configuration.
+"""Any grid of configurations (every combination of the list-valued flags × seeds), for any model:
+the MLPs of seeds/002-004, the ConvNet's learning-rate and batch-size effects (seeds/001), the
+conv nets of seeds/004. Its analysis: every run in seeds/002's "Model parameters / accuracy
+untrained, trained / cost" format (printed and in runs.txt), a table per configuration
+(configs.md: eval-mode train, validation and test accuracy, best epochs, time per epoch, loss
+noise, and the configuration chosen by validation accuracy), per configuration the cost, loss and
+accuracy curves, the configurations compared, and, when one numeric option varies (e.g.
+--init_scale, --batch_size), accuracy against it with a line per other configuration.
 
-    python -m experiments.mlp_baseline --flagfile=experiments/flags/seed002_mlp.flags
+    python -m experiments.grid_study --flagfile=experiments/flags/seed002_mlp.flags
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from absl import flags
 from cifar_jax import config, gradient_plots, options, plots, results, run_record, study
 
 flags.DEFINE_integer("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.")
-flags.DEFINE_string("title", "MLP (seeds/002)", "The study's title in its tables and figures.")
+flags.DEFINE_string("title", "Grid study", "The study's title in its tables and figures.")
 flags.DEFINE_list("at_epochs", [], "Also tabulate train, validation and test accuracy at these epochs (test per "
                   "epoch needs --eval_test), e.g. 1,2,5,10,20,50,100.")
 FLAGS = flags.FLAGS
@@ -54,13 +56,14 @@ def cycle_epochs(cfg: config.Config, cycles: int, n_train: int) -> int:
     return math.ceil(cycles * 2 * n_s / steps_per_epoch)
 
 
-def mlp_runs(cfg: config.Config, prepared: study.Prepared, cycles: int) -> list[config.Run]:
+def grid_runs(cfg: config.Config, prepared: study.Prepared, cycles: int) -> list[config.Run]:
     """The grid's runs, trained for `cycles` cyclic-LR cycles when given (else --epochs)."""
     if cycles:
         cfg = cfg.replace(epochs=cycle_epochs(cfg, cycles, len(prepared.train_idx)))
     fixed = len(cfg.variants) == 1 and len(cfg.lrs) == 1 and all(len(v) == 1 for _, v in cfg.per_run)
     # a configuration is named by the values that vary; with none varying, by its architecture
-    label = "mlp_" + "-".join(map(str, cfg.model.hidden)) + ("_bn" if cfg.model.norm == "batch" else "") if fixed else ""
+    label = (f"{cfg.model.name}_" + "-".join(map(str, cfg.model.hidden)) + ("_bn" if cfg.model.norm == "batch" else "")
+             if fixed else "")
     return config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, label)
 
 
@@ -214,7 +217,7 @@ def main(cfg: config.Config) -> None:
     if FLAGS.cycles < 0:
         raise config.ConfigError(f"--cycles={FLAGS.cycles}: must be >= 0")
     title = FLAGS.title
-    study.run(cfg, "mlp_baseline", title, lambda p: mlp_runs(cfg, p, FLAGS.cycles),
+    study.run(cfg, "grid_study", title, lambda p: grid_runs(cfg, p, FLAGS.cycles),
               report=lambda st, records: analyse(st, records, FLAGS.cycles, title), extra={"cycles": FLAGS.cycles})
 
 
