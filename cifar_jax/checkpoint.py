@@ -1,20 +1,30 @@
-"""Checkpoints of one trained run: its variables (via orbax) plus the metrics and config that produced them.
+"""Checkpoints of one trained run: its variables (via orbax), what they are of, and its metrics.
 
 A checkpoint is a directory holding `arrays/` (an orbax StandardCheckpointHandler checkpoint of
-{"params": ..., "batch_stats": ...}, one run, no run axis) and `metadata.json` (metrics, config and a
-manifest of every leaf's path, shape and dtype). `save` writes it into a temporary directory next to
-its destination and renames it into place, so a crash never leaves half a checkpoint. `restore` is
-strict by default (same leaf paths, shapes and dtypes as the model) and `restore_partial` loads only
-chosen layers, for transfer: keep the pretrained convolutions, re-initialise the dense layers.
-Arrays are always restored onto the default device, whatever sharding the saving process used.
+{"params": ..., "batch_stats": ...}, one run, no run axis) and `metadata.json`: the provenance (the
+study directory, the run id, the run's full config, the code version: git commit and package
+versions; and where it was written), the metrics, a manifest of every leaf's path, shape and
+dtype, and a SHA-256 of every file orbax wrote. `save` writes it into a temporary directory next to
+its destination and renames it into place, so a crash never leaves half a checkpoint (the
+`.<name>.*tmp-*` directories a killed save leaves are what `results.remove_leftovers` deletes).
+`restore` checks the provenance against what the caller expects, naming the first differing
+field, and is strict (same leaf paths, shapes and dtypes as the model); `restore_partial` loads
+only chosen layers, for transfer: keep the pretrained convolutions, re-initialise the dense
+layers. `verify` checks a whole checkpoint without a model. Whatever is wrong (missing, of
+another run, of another model, a garbage `metadata.json`, a truncated, altered or missing file of
+orbax's, `_METADATA` among them: found by its checksum before orbax reads anything) is a
+CheckpointError with a one-line message naming the checkpoint and the file. Arrays are always restored onto the default device, whatever sharding the saving
+process used.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
@@ -24,11 +34,16 @@ from cifar_jax import results
 
 ARRAYS = "arrays"
 METADATA = "metadata.json"
+PROVENANCE = ("study", "run_id", "config", "code")  # what `expected` may name
+_KEYS = (*PROVENANCE, "path", "metrics", "manifest", "files")  # every key of metadata.json
 Manifest = dict[str, dict[str, Any]]  # leaf path → {"shape": [...], "dtype": "float32"}
+T = TypeVar("T")
 
 
-class CheckpointError(Exception):
-    """A checkpoint is missing, unreadable, or does not fit the model it is restored into."""
+class CheckpointError(results.ResultsError):
+    """A checkpoint is missing, damaged, of another run, or does not fit the model it is restored
+    into; a ResultsError (a stored result that cannot be used as asked), so a study's entry point
+    reports it as one line and exit status 2 like any other."""
 
 
 def path_str(key_path: tuple) -> str:
@@ -48,10 +63,31 @@ def _manifest(tree: Any) -> Manifest:
             for k, x in leaves}
 
 
+def _sha256(file: Path) -> str:
+    """The SHA-256 of a file's bytes (hex)."""
+    with file.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _files(path: Path) -> dict[str, str]:
+    """SHA-256 of every file under a checkpoint's arrays/, by its path in the checkpoint: damage is
+    found before orbax reads (orbax reads some altered files without an error, and a failed read
+    leaves asynchronous reads behind that print tracebacks)."""
+    return {f.relative_to(path).as_posix(): _sha256(f) for f in sorted((path / ARRAYS).rglob("*")) if f.is_file()}
+
+
+def _normalised(fields: dict) -> dict:
+    """Provenance fields as stored and compared: the study as an absolute path, every value as
+    JSON reads it back (tuples as lists)."""
+    study = {"study": str(Path(fields["study"]).expanduser().resolve())} if "study" in fields else {}
+    return results.plain({**fields, **study})
+
+
 def _replace_dir(new: Path, dest: Path) -> None:
-    """Move a finished directory to `dest`, replacing any existing one (never leaving it half-written)."""
+    """Move a finished directory to `dest`, replacing any existing one (never leaving it half-written;
+    the old one waits in a `.<name>.old.tmp-*` directory, a leftover `results.remove_leftovers` knows)."""
     if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.tmp-", dir=dest.parent))
         dest.rename(old / dest.name)
         new.rename(dest)
         shutil.rmtree(old)
@@ -59,20 +95,24 @@ def _replace_dir(new: Path, dest: Path) -> None:
         new.rename(dest)
 
 
-def save(path: str | Path, params: Any, batch_stats: Any, *, metrics: dict, config: dict,
-         overwrite: bool = False) -> Path:
-    """Save one run's variables and its metadata atomically in directory `path`; returns the path."""
+def save(path: str | Path, params: Any, batch_stats: Any, *, study: str | Path, run_id: str, config: dict,
+         metrics: dict, overwrite: bool = False) -> Path:
+    """Save one run's variables with its provenance (`study` directory, `run_id`, full `config`, and
+    the code version) and `metrics` atomically in directory `path`; returns the path."""
     path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise CheckpointError(f"checkpoint {path} already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tree = _variables(params, batch_stats)
-    meta = {"metrics": metrics, "config": config, "manifest": _manifest(tree)}
+    env = results.environment()
+    meta = {**_normalised({"study": study, "run_id": run_id, "config": config}),
+            "code": {"git": env["git"], "versions": env["versions"]}, "path": str(path.resolve()),
+            "metrics": metrics, "manifest": _manifest(tree)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
             ckptr.save(tmp / ARRAYS, args=ocp.args.StandardSave(tree))
-        (tmp / METADATA).write_text(results.to_json(meta))
+        (tmp / METADATA).write_text(results.to_json({**meta, "files": _files(tmp)}))
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -81,32 +121,73 @@ def save(path: str | Path, params: Any, batch_stats: Any, *, metrics: dict, conf
 
 
 def load_metadata(path: str | Path) -> dict:
-    """{"metrics", "config", "manifest"} of a checkpoint, without reading its arrays."""
+    """A checkpoint's metadata.json (provenance, metrics, manifest, file checksums), without its arrays."""
     file = Path(path) / METADATA
     try:
         meta = json.loads(file.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint at {path}: {file} is missing") from None
+        state = "is damaged" if Path(path).is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {state}: {file} is missing") from None
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} has an unreadable {METADATA}: {e}") from e
-    missing = {"metrics", "config", "manifest"} - set(meta)
+        raise CheckpointError(f"checkpoint {path} is damaged: {file} is not readable JSON ({e})") from None
+    missing = [k for k in _KEYS if k not in meta] if isinstance(meta, dict) else list(_KEYS)
     if missing:
-        raise CheckpointError(f"checkpoint {path} has a corrupt {METADATA}: no {sorted(missing)}")
+        raise CheckpointError(f"checkpoint {path} is damaged, or older than provenance records: "
+                              f"{file} has no {', '.join(missing)}")
     return meta
+
+
+def _relative_study(fields: dict, location: str | Path) -> dict:
+    """The fields with the study as a path relative to the checkpoint at `location`, as compared:
+    a study moved or copied together with its checkpoints stays the same study."""
+    if "study" not in fields:
+        return fields
+    return {**fields, "study": os.path.relpath(fields["study"], Path(location).resolve())}
+
+
+def check_provenance(path: str | Path, meta: dict, expected: dict) -> None:
+    """Refuse a checkpoint that is not of the run the caller expects: `expected` holds any of
+    PROVENANCE; the first differing field is named with both values."""
+    stored = {k: meta[k] for k in expected}
+    wanted = _normalised(expected)
+    key = results.first_difference(_relative_study(stored, meta["path"]), _relative_study(wanted, path))
+    if key is not None:
+        raise CheckpointError(f"checkpoint {path} is of another run: {key} is {results.dotted_value(stored, key, None)} "
+                              f"in the checkpoint, {results.dotted_value(wanted, key, None)} expected")
+
+
+def _innermost(err: BaseException) -> str:
+    """The first line of the deepest cause of an error (orbax wraps tensorstore's, which names the file)."""
+    while err.__cause__ or err.__context__:
+        err = err.__cause__ or err.__context__
+    return (str(err).splitlines() or [type(err).__name__])[0]
+
+
+def check_files(path: str | Path, files: dict[str, str]) -> None:
+    """Refuse a checkpoint with a file of orbax's missing or altered since it was saved, naming it."""
+    for name, digest in files.items():
+        file = Path(path) / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is damaged: {file} is missing")
+        if _sha256(file) != digest:
+            raise CheckpointError(f"checkpoint {path} is damaged: {file} differs from its checksum in {METADATA}")
+
+
+def _orbax(path: str | Path, read: Callable[[ocp.Checkpointer], T]) -> T:
+    """`read(checkpointer)` of checkpoint `path`; a failure (orbax and tensorstore raise bare
+    Exception) is a CheckpointError naming the checkpoint and the cause."""
+    try:
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+            return read(ckptr)
+    except Exception as err:  # noqa: BLE001 - orbax's errors have no common class
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_innermost(err)}") from err
 
 
 def _stored_tree(path: str | Path) -> Any:
     """The structure orbax recorded for a checkpoint's arrays (leaves carry shape and dtype)."""
-    arrays = Path(path).absolute() / ARRAYS
-    if not arrays.is_dir():
-        raise CheckpointError(f"no checkpoint at {path}: {arrays} is missing")
-    try:
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
-            tree = ckptr.metadata(arrays).item_metadata
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from e
+    tree = _orbax(path, lambda ckptr: ckptr.metadata(Path(path).absolute() / ARRAYS).item_metadata)
     if tree is None:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {arrays} has no orbax metadata")
+        raise CheckpointError(f"checkpoint {path} cannot be read: orbax finds no metadata in {Path(path) / ARRAYS}")
     return tree.tree
 
 
@@ -116,9 +197,19 @@ def _read(path: str | Path, stored: Any) -> dict[str, jax.Array]:
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), stored)
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
-        restored = ckptr.restore(Path(path).absolute() / ARRAYS, args=ocp.args.StandardRestore(abstract))
+    restored = _orbax(path, lambda ckptr: ckptr.restore(Path(path).absolute() / ARRAYS,
+                                                        args=ocp.args.StandardRestore(abstract)))
     return {path_str(k): x for k, x in jax.tree_util.tree_flatten_with_path(restored)[0]}
+
+
+def verify(path: str | Path, expected: dict) -> Any:
+    """Check a whole checkpoint without a model: its metadata, its provenance against `expected`
+    (see `check_provenance`), every file against its checksum and orbax's metadata; returns the
+    tree orbax recorded."""
+    meta = load_metadata(path)
+    check_provenance(path, meta, expected)
+    check_files(path, meta["files"])
+    return _stored_tree(path)
 
 
 def _difference(leaf: str, stored: Manifest, model: Manifest) -> str | None:
@@ -143,25 +234,27 @@ def _fill(target: dict[str, Any], arrays: dict[str, jax.Array], loaded: list[str
     return tree["params"], tree["batch_stats"]
 
 
-def _open(path: str | Path, target_params: Any, target_batch_stats: Any) -> tuple[Any, dict, Any, dict]:
-    """The target variables and the checkpoint's tree, each with its manifest of leaves."""
-    target = _variables(target_params, target_batch_stats)
-    stored_tree = _stored_tree(path)
-    return target, _manifest(target), stored_tree, _manifest(stored_tree)
+def _open(path: str | Path, target_params: Any, target_batch_stats: Any,
+          expected: dict) -> tuple[dict, Manifest, Manifest, dict[str, jax.Array]]:
+    """A checkpoint of the expected run (see `check_provenance`), read: the target variables and
+    the checkpoint's leaves, each with its manifest, and the checkpoint's arrays."""
+    target, stored_tree = _variables(target_params, target_batch_stats), verify(path, expected)
+    return target, _manifest(target), _manifest(stored_tree), _read(path, stored_tree)
 
 
-def restore(path: str | Path, target_params: Any, target_batch_stats: Any, *,
+def restore(path: str | Path, target_params: Any, target_batch_stats: Any, *, expected: dict,
             strict: bool = True) -> tuple[Any, Any]:
-    """(params, batch_stats) of a checkpoint in the targets' structure; strict: same leaf paths, shapes
-    and dtypes or a CheckpointError naming the first difference, else differing leaves keep target values."""
-    target, model, stored_tree, stored = _open(path, target_params, target_batch_stats)
+    """(params, batch_stats) of a checkpoint of the `expected` run ({} checks nothing) in the targets'
+    structure; strict: same leaf paths, shapes and dtypes or a CheckpointError naming the first
+    difference, else differing leaves keep target values."""
+    target, model, stored, arrays = _open(path, target_params, target_batch_stats, expected)
     if strict:
         for leaf in sorted(stored.keys() | model.keys()):
             diff = _difference(leaf, stored, model)
             if diff:
                 raise CheckpointError(f"checkpoint {path} does not match the model: {diff}")
     loaded = [leaf for leaf in model if _difference(leaf, stored, model) is None]
-    return _fill(target, _read(path, stored_tree), loaded)
+    return _fill(target, arrays, loaded)
 
 
 def _layers(leaves: list[str]) -> str:
@@ -169,11 +262,12 @@ def _layers(leaves: list[str]) -> str:
     return ", ".join(dict.fromkeys(leaf.rsplit("/", 1)[0] for leaf in leaves)) or "none"
 
 
-def restore_partial(path: str | Path, target_params: Any, target_batch_stats: Any, *,
+def restore_partial(path: str | Path, target_params: Any, target_batch_stats: Any, *, expected: dict,
                     keep: Callable[[str], bool]) -> tuple[Any, Any, dict[str, list[str]]]:
-    """Load only the leaves selected by `keep` (e.g. the convs, for transfer), which must match; the
-    rest keep their fresh target values. Returns (params, batch_stats, report) and prints a summary."""
-    target, model, stored_tree, stored = _open(path, target_params, target_batch_stats)
+    """Load only the leaves selected by `keep` (e.g. the convs, for transfer) of a checkpoint of the
+    `expected` run, which must match; the rest keep their fresh target values. Returns
+    (params, batch_stats, report) and prints a summary."""
+    target, model, stored, arrays = _open(path, target_params, target_batch_stats, expected)
     loaded = sorted(leaf for leaf in model if keep(leaf))
     for leaf in loaded:
         diff = _difference(leaf, stored, model)
@@ -182,7 +276,7 @@ def restore_partial(path: str | Path, target_params: Any, target_batch_stats: An
     report = {"loaded": loaded,
               "initialised": sorted(model.keys() - set(loaded)),
               "ignored": sorted(stored.keys() - set(loaded))}
-    params, batch_stats = _fill(target, _read(path, stored_tree), loaded)
+    params, batch_stats = _fill(target, arrays, loaded)
     print(f"restored from {path}:\n"
           f"  loaded      {len(report['loaded'])} arrays: {_layers(report['loaded'])}\n"
           f"  initialised {len(report['initialised'])} arrays afresh: {_layers(report['initialised'])}\n"

@@ -71,6 +71,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                    "of runs (0: 90% of an accelerator's memory; no limit on CPU).")
     f.DEFINE_string("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory, so "
                     "a repeated study does not recompile ('' disables).")
+    f.DEFINE_integer("snapshot_every", 0, "Save each group's training state every this many epochs, so an "
+                     "interrupted study resumes mid-run (0: whenever 5 s of training passed since the last).")
     f.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation passes.")
     f.DEFINE_enum("eval_train", "none", train.EVAL_TRAIN, "Evaluate the whole training split in eval mode: none, "
                   "final (before and after training) or epoch (also after every epoch: records' train_eval_*).")
@@ -120,6 +122,7 @@ class Config:
     memory_limit_gb: float
     compile_cache: str
     eval_batch_size: int
+    snapshot_every: int
     eval_train: str
     eval_test: bool
     grad_stats: bool
@@ -161,7 +164,7 @@ class Config:
 
 def _floats(flag: str, values: Sequence[str], lo: float, hi: float, *, lo_open: bool = False,
             hi_open: bool = False, what: str = "") -> tuple[float, ...]:
-    """Parse and range-check a float list flag."""
+    """Parse and range-check a float list flag (NaN and ±inf are never allowed)."""
     if not values:
         raise ConfigError(f"--{flag} needs at least one value")
     out = []
@@ -170,7 +173,7 @@ def _floats(flag: str, values: Sequence[str], lo: float, hi: float, *, lo_open: 
             x = float(v)
         except ValueError:
             raise ConfigError(f"--{flag}={','.join(values)}: {v!r} is not a number") from None
-        if math.isnan(x) or (x <= lo if lo_open else x < lo) or (x >= hi if hi_open else x > hi):
+        if not math.isfinite(x) or (x <= lo if lo_open else x < lo) or (x >= hi if hi_open else x > hi):
             raise ConfigError(f"--{flag}={','.join(values)}: {what}")
         out.append(x)
     return tuple(out)
@@ -183,8 +186,10 @@ def _choice(flag: str, value: str, allowed: Sequence[str]) -> str:
 
 
 def _positive(flag: str, value: int | float, strict: bool = True) -> None:
-    if (value <= 0) if strict else (value < 0):
-        raise ConfigError(f"--{flag}={value}: must be {'> 0' if strict else '>= 0'}")
+    """Refuse a value <= 0 (`strict`) or < 0, and NaN or ±inf."""
+    if not math.isfinite(value) or ((value <= 0) if strict else (value < 0)):
+        finite = " and finite" if isinstance(value, float) else ""
+        raise ConfigError(f"--{flag}={value}: must be {'> 0' if strict else '>= 0'}{finite}")
 
 
 def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
@@ -193,6 +198,8 @@ def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
         ints = [int(v) for v in values]
     except ValueError:
         raise ConfigError(f"--seeds={','.join(values)}: give a count or a comma list of integers") from None
+    if not ints:
+        raise ConfigError("--seeds is empty: give a count or a comma list of integers")
     if len(ints) == 1:
         if ints[0] < 1:
             raise ConfigError(f"--seeds={ints[0]}: a count must be >= 1")
@@ -204,7 +211,7 @@ def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
 
 def _learning_rates(values: Sequence[str], optimizers: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
     """--lr per optimiser: plain values apply to every one; OPTIMIZER:LR entries to that one."""
-    what = "learning rates must be > 0"
+    what = "learning rates must be > 0 and finite"
     if not any(":" in v for v in values):
         lrs = _floats("lr", values, 0.0, math.inf, lo_open=True, what=what)
         return {o: lrs for o in optimizers}
@@ -258,12 +265,13 @@ def from_flags(fl: Any = None) -> Config:
     _positive("decay_every", fl.decay_every)
     _positive("zca_epsilon", fl.zca_epsilon)
     _positive("grad_window", fl.grad_window)
+    _positive("snapshot_every", fl.snapshot_every, strict=False)
     _positive("loss_every", fl.loss_every, strict=False)
     schedule = _choice("schedule", fl.schedule, schedules.SCHEDULES)
     if schedule == "cyclic" and fl.lr_min >= min(min(v["lrs"]) for v in variants):
         raise ConfigError(f"--lr_min={fl.lr_min}: must be below every --lr (η_max) for the cyclic schedule")
     return Config(
-        dataset=fl.dataset, data_dir=fl.data_dir, results_dir=fl.results_dir, name=fl.name,
+        dataset=fl.dataset, data_dir=fl.data_dir, results_dir=fl.results_dir, name=_study_name(fl.name),
         schedule=schedule, lr_min=fl.lr_min,
         decay_unit=_choice("decay_unit", fl.decay_unit, ("epoch", "step")), decay_every=fl.decay_every,
         half_cycle=fl.half_cycle,
@@ -273,10 +281,17 @@ def from_flags(fl: Any = None) -> Config:
         layout=_choice("layout", fl.layout, engine.LAYOUTS),
         precision=_choice("precision", fl.precision, models.PRECISIONS),
         conv_impl=_choice("conv_impl", fl.conv_impl, layers.CONV_IMPLS),
-        memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size,
+        memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size, snapshot_every=fl.snapshot_every,
         eval_train=fl.eval_train, eval_test=fl.eval_test, grad_stats=fl.grad_stats, grad_window=fl.grad_window, loss_every=fl.loss_every,
         download=fl.download, distributed=_distributed(fl),
         variants=tuple(tuple(v.items()) for v in variants), **variants[0])
+
+
+def _study_name(name: str | None) -> str | None:
+    """--name as one plain folder name, so the study stays inside --results_dir."""
+    if name and (name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name)):
+        raise ConfigError(f"--name={name}: must be one folder name inside --results_dir (no '/', '\\', '.' or '..')")
+    return name or None
 
 
 def _distributed(fl: Any) -> tuple[str | None, int, int]:

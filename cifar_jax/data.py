@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
+import importlib.util
 import logging
 import os
 import pathlib
@@ -132,7 +133,9 @@ def load(name: str, data_dir: str | None = None, *, download: bool = True) -> Da
     if name == "synthetic":
         return synthetic()
     root = resolve_data_dir(data_dir)
-    cache = root / (re.sub(r"[^\w.-]", "_", name) + ".npz")
+    if root.is_dir():  # temp files of interrupted cache writes and downloads (of dead processes)
+        results.remove_leftovers(root, recursive=False)
+    cache = _cache_path(name, root)
     if cache.is_file():
         return _read_npz(cache, name)
     if name in _CIFAR:
@@ -141,6 +144,30 @@ def load(name: str, data_dir: str | None = None, *, download: bool = True) -> Da
         ds = _read_tfds(name, root)
     _write_npz(cache, ds)
     return ds
+
+
+def _cache_path(name: str, root: pathlib.Path) -> pathlib.Path:
+    """Where the .npz cache of dataset `name` lives under the data directory."""
+    return root / (re.sub(r"[^\w.-]", "_", name) + ".npz")
+
+
+def check_name(name: str, data_dir: str | None = None) -> None:
+    """Refuse, before anything is loaded, a dataset name that cannot be found: neither native, nor
+    cached, nor a possible tfds name (tensorflow_datasets is not installed to look it up)."""
+    if name in DATASETS or _cache_path(name, resolve_data_dir(data_dir)).is_file():
+        return
+    try:
+        found = importlib.util.find_spec("tensorflow_datasets") is not None
+    except ValueError:  # imported already, without a spec (a stand-in)
+        found = True
+    if not found:
+        raise DataError(_no_tfds(name))
+
+
+def _no_tfds(name: str) -> str:
+    """One line for a dataset name only tfds could know, with tfds absent."""
+    return (f"--dataset={name}: unknown dataset {name!r}: not {'/'.join(DATASETS)}, and tfds (the [tfds] "
+            "extra: pip install -e .[tfds]) is not installed to look it up")
 
 
 def select_classes(ds: Dataset, spec: str) -> Dataset:
@@ -467,8 +494,7 @@ def _read_tfds(name: str, root: pathlib.Path) -> Dataset:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise DataError(f"dataset {name!r} needs the optional extra: pip install -e .[tfds] "
-                        f"(names other than {', '.join(DATASETS)} are tfds catalogue names)") from None
+        raise DataError(_no_tfds(name)) from None
     try:
         (train, test), info = tfds.load(name, split=["train", "test"], batch_size=-1,
                                         as_supervised=True, with_info=True, data_dir=str(root))

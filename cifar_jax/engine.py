@@ -45,6 +45,12 @@ class Callbacks(Protocol):
     def on_start(self, runs: np.ndarray, untrained: dict[str, Metrics]) -> None: ...
     def on_epoch(self, runs: np.ndarray, epoch: int, metrics: run_record.Epoch, seconds: float) -> None: ...
     def on_end(self, runs: np.ndarray, final: run_record.Final) -> None: ...
+    # optional, for mid-run resume: the newest saved state of these runs, shaped like `template`,
+    # with the epochs it has done (the records are then continued, not started: on_resume replaces
+    # on_start); and after each epoch, before on_epoch, a getter of the state to save from
+    def resume(self, runs: np.ndarray, template: Any) -> tuple[int, Any] | None: ...
+    def on_resume(self, runs: np.ndarray, epochs_done: int) -> None: ...
+    def on_state(self, runs: np.ndarray, epoch: int, state: Callable[[], TrainState]) -> None: ...
 
 
 def _map_over_runs(f: Callable, *axes: int | None) -> Callable:
@@ -221,8 +227,12 @@ def _loss_trace(losses: np.ndarray, every: int, batch_size: int) -> np.ndarray:
 
 def _padded(hp: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
     """Repeat the last run so the run axis divides the mesh's "runs" axis."""
-    pad = -len(hp["seed"]) % width
-    return {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in hp.items()}
+    return _pad_runs(hp, len(hp["seed"]) + -len(hp["seed"]) % width)
+
+
+def _pad_runs(tree: Any, width: int) -> Any:
+    """Every leaf's run axis (the first) padded to `width` by repeating its last run."""
+    return jax.tree_util.tree_map(lambda x: np.concatenate([x, np.repeat(x[-1:], width - len(x), 0)]), tree)
 
 
 def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
@@ -235,12 +245,17 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     by_run = NamedSharding(mesh, P("runs"))
     hp = jax.device_put(_padded(hp, mesh.shape["runs"]), by_run)
     state = prog["init"](hp)
+    width = len(hp["seed"])
     if initial:
-        width = len(hp["seed"])
-        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], width - len(x), 0)])
-        merged = {k: {**getattr(state, k), **jax.tree_util.tree_map(pad, initial.get(k, {}))}
-                  for k in ("params", "batch_stats")}
+        merged = {k: {**getattr(state, k), **_pad_runs(initial.get(k, {}), width)} for k in ("params", "batch_stats")}
         state = state._replace(**merged)
+    resume = getattr(callbacks, "resume", None)
+    resumed = resume(runs, jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct((n, *x.shape[1:]), x.dtype), state)) if resume else None
+    done = 0
+    if resumed:
+        done, saved = resumed
+        state = _pad_runs(saved, width)
     state = jax.device_put(state, by_run)
     steps = data.train_idx.shape[0] // spec.batch_size
     if steps == 0:
@@ -261,8 +276,12 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     callbacks.on_compiled(time.perf_counter() - t0)
     every_epoch = ("val",) + ("train",) * (spec.eval_train == "epoch") + ("test",) * spec.eval_test
     before = ("train", "val", "test") if spec.eval_train != "none" else ("val", "test")
-    callbacks.on_start(runs, _eval_splits(prog, state, data, before, n))
-    for epoch in range(epochs):
+    if resumed:
+        callbacks.on_resume(runs, done)
+    else:
+        callbacks.on_start(runs, _eval_splits(prog, state, data, before, n))
+    on_state = getattr(callbacks, "on_state", None)
+    for epoch in range(done, epochs):
         t0 = time.perf_counter()
         lr = np.asarray(prog["lr"](state.hp, state.step))[:n]
         if scan:
@@ -283,6 +302,8 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
             test=_masked(evals.get("test"), alive), loss_noise=_loss_noise(step_losses, spec.batch_size),
             grad_norm=sums[:, 3:] / steps if spec.grad_stats else None,
             loss_trace=_loss_trace(step_losses, spec.loss_every, spec.batch_size) if spec.loss_every else None)
+        if on_state:  # before the epoch's records: a saved state is never behind them
+            on_state(runs, epoch + 1, lambda: jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x))[:n], state))
         callbacks.on_epoch(runs, epoch + 1, metrics, seconds)
     alive = np.asarray(state.alive)[:n]
     after = _eval_splits(prog, state, data, ("train", "test") if spec.eval_train != "none" else ("test",), n)

@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cifar_jax import plots
+from cifar_jax import plots, run_record
 from cifar_jax.results import ResultsError
 
 # Okabe–Ito: distinguishable under the common colour-vision deficiencies (yellow last: weak on white).
@@ -108,7 +108,7 @@ def gradients(record: dict) -> Gradients:
 def _window(stats: dict, window: str, column: str) -> dict[str, float]:
     """One statistic ("mean_abs", "std_abs") of one window ("first", "last") by tensor name."""
     col = stats["columns"].index(column)
-    return {n: float(row[col]) for n, row in zip(stats["tensors"], stats[window])}
+    return {n: run_record.number(row[col]) for n, row in zip(stats["tensors"], stats[window])}
 
 
 # ----------------------------------------------------------------------------- figure helpers

@@ -102,7 +102,7 @@ class GroupOption:
             return widths
         value = int(item) if self.kind == "int" else float(item)
         if not math.isfinite(value) or value < self.low:
-            raise ValueError(f"must be >= {self.low:g}")
+            raise ValueError(f"must be >= {self.low:g}" + (" and finite" if self.kind == "float" else ""))
         return value
 
     @property

@@ -79,10 +79,24 @@ def _ylabel(key: str) -> str:
     return "accuracy (%)" if results.is_percent(key) else "cross-entropy loss"
 
 
+def _diverged_at(record: dict) -> int | None:
+    """The epoch at which a run diverged, None when it did not."""
+    epoch = record.get("diverged_epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def _diverged_note(epochs: Sequence[int], n: int) -> str:
+    """Which of n seeds diverged when, e.g. 'all 3 seeds diverged at epochs 1, 1, 2'."""
+    at = f"epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, sorted(epochs)))}"
+    if n == 1:
+        return f"diverged at {at}"
+    return f"{'all' if len(epochs) == n else f'{len(epochs)} of'} {n} seeds diverged at {at}"
+
+
 def _until_divergence(record: dict, values: np.ndarray) -> np.ndarray:
     """Blank the epochs after a run diverged (its later numbers are meaningless)."""
-    epoch = record.get("diverged_epoch")
-    if record.get("status") == "diverged" and isinstance(epoch, int):
+    epoch = _diverged_at(record)
+    if epoch is not None:
         values = values.copy()
         values[epoch:] = np.nan
     return values
@@ -145,25 +159,29 @@ def _final(record: dict, key: str) -> float:
 # ----------------------------------------------------------------------------- per-configuration curves
 
 def _seed_panel(ax: Axes, records: list[dict], key: str) -> None:
-    """Each seed thin (diverged dashed), the mean of the non-diverged seeds bold."""
-    kept, any_diverged = [], False
+    """Each seed thin, the mean of the non-diverged seeds bold; a diverged seed dashed up to its
+    divergence, the epoch marked by a dotted line (also where it diverged before any number)."""
+    kept, diverged, drawn = [], [], False
     for i, rec in enumerate(records):
-        values = _plotted(rec, key)
+        values, epoch, color = _plotted(rec, key), _diverged_at(rec), PALETTE[i % len(PALETTE)]
+        if epoch is not None:
+            diverged.append(epoch)
+            ax.axvline(epoch, color=color, ls=":", lw=1.2, label=f"seed {rec.get('seed')} diverged at epoch {epoch}")
         if not np.isfinite(values).any():
             continue
-        diverged = rec.get("status") == "diverged"
-        label = f"seed {rec.get('seed')}" + (f" (diverged, epoch {rec.get('diverged_epoch')})" if diverged else "")
-        ax.plot(_epochs(values), values, color=PALETTE[i % len(PALETTE)], lw=1.0, alpha=0.55,
-                ls="--" if diverged else "-", label=label)
-        any_diverged |= diverged
-        if not diverged:
+        drawn = True
+        ax.plot(_epochs(values), values, color=color, lw=1.0, alpha=0.55, ls="-" if epoch is None else "--",
+                label=None if epoch else f"seed {rec.get('seed')}")
+        if epoch is None:
             kept.append(values)
     if kept:
         mean, _ = mean_std(kept)
         ax.plot(_epochs(mean), mean, color="black", lw=2.4, label=f"mean of {len(kept)} seeds")
-        if any_diverged and not results.is_percent(key):  # keep exploding losses from flattening the rest
+        if diverged and not results.is_percent(key):  # keep exploding losses from flattening the rest
             ax.set_ylim(0, 1.15 * float(np.nanmax(np.concatenate(kept))))
-    elif not any_diverged:
+    elif diverged and not drawn:
+        _no_data(ax, _diverged_note(diverged, len(records)))
+    elif not diverged:
         _no_data(ax, "no data (no validation split?)" if key.startswith("val") else "no data")
 
 
@@ -226,21 +244,23 @@ def training_comparison(records_by_config: dict[str, list[dict]], path: Path | s
     train = "train_eval_acc" if any(np.isfinite(run_record.curve(r, "train_eval_acc")).any()
                                     for recs in records_by_config.values() for r in recs) else "train_acc"
     for i, (name, records) in enumerate(records_by_config.items()):
-        kept = [r for r in records if r.get("status") != "diverged"]
-        style = _style(i)
-        if not kept:
+        kept = [r for r in records if _diverged_at(r) is None]
+        style, diverged = _style(i), _diverged_epochs(records)
+        label = f"{name} ({_diverged_note(diverged, len(records))})" if diverged else name
+        if not kept:  # no line, but the legend says when its seeds diverged
+            axes[0].plot([], [], lw=2, label=label, **style)
             continue
         if traced:
             every = kept[0]["config"].get("loss_every") or 1
             mean, _ = mean_std([run_record.loss_trace(r) for r in kept])
             mean = moving_average(mean, smooth)
-            axes[0].plot(every * np.arange(1, len(mean) + 1), mean, lw=1.2, label=name, **style)
+            axes[0].plot(every * np.arange(1, len(mean) + 1), mean, lw=1.2, label=label, **style)
         else:
             mean, _ = mean_std([run_record.curve(r, "train_loss") for r in kept])
-            axes[0].plot(_epochs(mean), mean, lw=2, label=name, **style)
+            axes[0].plot(_epochs(mean), mean, lw=2, label=label, **style)
         for ax, key in ((axes[1], train), (axes[2], "val_acc")):
             mean, _ = mean_std([100 * run_record.curve(r, key) for r in kept])
-            ax.plot(_epochs(mean), mean, lw=2, marker="o", ms=3, label=name, **style)
+            ax.plot(_epochs(mean), mean, lw=2, marker="o", ms=3, label=label, **style)
     axes[0].set_xlabel("iteration" if traced else "epoch")
     axes[0].set_ylabel("training loss")
     axes[0].set_title("training loss" + (f" per iteration (moving average of {smooth})" if traced and smooth > 1
@@ -365,27 +385,47 @@ def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], pat
 
 
 def _comparison_panel(ax: Axes, records_by_config: dict[str, list[dict]], key: str, smooth: int) -> None:
-    """Smoothed mean ± std across non-diverged seeds, one line per configuration."""
+    """Smoothed mean ± std across non-diverged seeds, one line per configuration; the legend says
+    which seeds diverged when, also for a configuration whose seeds all diverged (no line)."""
     drawn = False
     for i, (name, records) in enumerate(records_by_config.items()):
-        curves = [_plotted(r, key) for r in records if r.get("status") != "diverged"]
+        style, diverged = _style(i), _diverged_epochs(records)
+        curves = [_plotted(r, key) for r in records if _diverged_at(r) is None]
         curves = [c for c in curves if np.isfinite(c).any()]
+        note = _diverged_note(diverged, len(records)) if diverged else ""
         if not curves:
+            if diverged:
+                ax.plot([], [], lw=2, label=f"{name} ({note})", **style)
             continue
         mean, std = (moving_average(a, smooth) for a in mean_std(curves))
         x = _epochs(mean)
-        style = _style(i)
-        ax.plot(x, mean, lw=2, label=f"{name} (n={len(curves)})", **style)
+        ax.plot(x, mean, lw=2, label=f"{name} (n={len(curves)}{', ' + note if note else ''})", **style)
         ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.18, lw=0)
         drawn = True
     if not drawn:
-        _no_data(ax, "no validation data")
+        everything_diverged = all(_diverged_epochs(recs) for recs in records_by_config.values())
+        _no_data(ax, "every configuration diverged" if records_by_config and everything_diverged
+                 else "no validation data")
+
+
+def _diverged_epochs(records: list[dict]) -> list[int]:
+    """The epochs at which the diverged runs of `records` diverged."""
+    return [epoch for epoch in map(_diverged_at, records) if epoch is not None]
+
+
+def _comparison_window(records_by_config: dict[str, list[dict]], smooth: int) -> int:
+    """The moving-average window for comparison curves: at most `smooth`, and at most a fifth of
+    the longest run, so short runs are not flattened."""
+    length = max((len(r.get("epochs") or []) for recs in records_by_config.values() for r in recs), default=0)
+    return max(1, min(smooth, length // 5))
 
 
 @styled
 def val_comparison(records_by_config: dict[str, list[dict]], path: Path | str, title: str,
                    smooth: int = 5) -> Path:
-    """Mean validation accuracy and loss per configuration, moving-average smoothed, ±1 std band."""
+    """Mean validation accuracy and loss per configuration, moving-average smoothed (a window of
+    up to `smooth` epochs, see `_comparison_window`), ±1 std band."""
+    smooth = _comparison_window(records_by_config, smooth)
     fig = Figure(figsize=(12, 5), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, key, name in ((axes[0], "val_acc", "Validation accuracy"), (axes[1], "val_loss", "Validation loss")):

@@ -12,9 +12,11 @@ import math
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
@@ -48,11 +50,25 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def _strict(obj: Any) -> Any:
+    """The value with every NaN or ±inf float (numpy's and those inside arrays too) as None, so
+    it serialises as JSON's null: strict JSON that every language's parser reads."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, (np.generic, Path)) or hasattr(obj, "__array__"):
+        return _strict(_jsonable(obj))
+    return obj
+
+
 def to_json(obj: Any, indent: int | None = 2) -> str:
-    """Serialise to JSON (one line with `indent` None) with NaN allowed and numpy values
-    converted; the one JSON encoder of the project."""
+    """Serialise to strict JSON (one line with `indent` None): NaN and ±inf become null, numpy
+    values are converted; the one JSON encoder of the project."""
     try:
-        return json.dumps(obj, indent=indent, default=_jsonable) + "\n"
+        return json.dumps(_strict(obj), indent=indent, default=_jsonable, allow_nan=False) + "\n"
     except (TypeError, ValueError) as err:
         raise ResultsError(f"cannot serialise to JSON: {err}") from None
 
@@ -60,11 +76,12 @@ def to_json(obj: Any, indent: int | None = 2) -> str:
 @contextlib.contextmanager
 def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
     """A binary file that appears at `path` only once the block has finished: written to a
-    temp file beside it, synced and renamed; on an error the temp file is removed. The one way
-    the project writes a file atomically."""
+    temp file beside it (.<name>.<pid>.<random>.tmp, which `remove_leftovers` recognises), synced
+    and renamed; on an error the temp file is removed. The one way the project writes a file
+    atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -117,6 +134,58 @@ def read_json(path: Path | str) -> Any:
         raise ResultsError(f"cannot read {path}: {err}") from None
 
 
+# ----------------------------------------------------------------------------- leftovers and output folders
+
+# atomic_file's .<name>.<pid>.<random>.tmp (older versions: no pid, or no random part)
+_TEMP_FILE = re.compile(r"^\..+?(?:\.(?P<pid>\d+))?(?:\.\w+)?\.tmp$")
+_TEMP_DIR = re.compile(r"^\..+\.tmp-\w+$")  # checkpoint.save's
+LEFTOVER_AGE_S = 2.0
+
+
+def remove_leftovers(root: Path | str, *, recursive: bool = True, min_age_s: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Remove the temp files of interrupted atomic writes (`atomic_file`) and the temp folders of
+    interrupted checkpoint saves under `root` (only its top level without `recursive`); returns
+    them. One that may still be written is kept: its name's pid is a live process on this host, or
+    it changed in the last `min_age_s` seconds (a writer on another host of a shared folder)."""
+    removed = []
+    for folder, dirs, files in os.walk(root):
+        for name in [d for d in dirs if _TEMP_DIR.match(d)]:
+            dirs.remove(name)
+            if _idle(Path(folder, name), min_age_s):
+                shutil.rmtree(Path(folder, name), ignore_errors=True)
+                removed.append(Path(folder, name))
+        for name in files:
+            match = _TEMP_FILE.match(name)
+            if match and not (match["pid"] and _alive(int(match["pid"]))) and _idle(Path(folder, name), min_age_s):
+                with contextlib.suppress(OSError):
+                    Path(folder, name).unlink()
+                    removed.append(Path(folder, name))
+        if not recursive:
+            break
+    return removed
+
+
+def _idle(path: Path, seconds: float) -> bool:
+    """Whether nothing in `path` (a file, or a folder's whole tree) changed in the last `seconds`."""
+    try:
+        newest = max(p.stat().st_mtime for p in [path, *(path.rglob("*") if path.is_dir() else [])])
+    except OSError:
+        return False
+    return time.time() - newest >= seconds
+
+
+def unwritable(folder: Path | str) -> str | None:
+    """Why files cannot be written under `folder` (made when first written), or None; checked with
+    nothing created, so bad output flags fail before any work."""
+    folder = Path(folder).expanduser()
+    existing = next(p for p in [folder, *folder.parents] if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        return f"{existing} is {'a file' if existing.exists() else 'a broken link'}, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 # ----------------------------------------------------------------------------- study directory
 
 def run_file_stem(run_id: str) -> str:
@@ -128,7 +197,7 @@ def run_file_stem(run_id: str) -> str:
     return stem
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """The value as it reads back from JSON (tuples → lists, numpy → Python)."""
     return json.loads(to_json(obj))
 
@@ -162,15 +231,16 @@ def first_difference(stored: dict, requested: dict, prefix: str = "") -> str | N
     return None
 
 
-def _lookup(config: dict, dotted: str) -> str:
-    """Short repr of a dotted key's value for error messages ('missing' when absent)."""
+def dotted_value(config: dict, dotted: str, width: int | None = 60) -> str:
+    """Repr of a dotted key's value for error messages ('missing' when absent), cut to `width`
+    characters (None: whole, e.g. for paths that differ at their end)."""
     value: Any = config
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
             return "missing"
         value = value[part]
     text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if width is None or len(text) <= width else text[:width - 3] + "..."
 
 
 class StudyDir:
@@ -217,12 +287,12 @@ class StudyDir:
             if rec is None or rec["status"] not in run_record.FINISHED:
                 todo.append(run_id)
                 continue
-            requested = _plain(config)
+            requested = plain(config)
             key = first_difference(rec["config"], requested)
             if key is not None:
                 raise ResultsError(
                     f"run {run_id!r} in {self.root} finished with a different config: {key!r} is "
-                    f"{_lookup(rec['config'], key)} there, {_lookup(requested, key)} now; "
+                    f"{dotted_value(rec['config'], key)} there, {dotted_value(requested, key)} now; "
                     "pass a new --name or --results_dir")
         return todo
 
@@ -245,12 +315,80 @@ class StudyDir:
         """Write a root-level text file (flags.txt, report tables, ...) atomically."""
         return atomic_write_text(self._root_file(name), text)
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Own the study while the block runs: a lock file naming this process (pid, host, start).
+        A lock of a live process refuses with one line naming it; a lock left by a dead process
+        on this host is taken over with a message. Released (and an empty study removed) on exit."""
+        path = self.root / ".lock"
+        made = [p for p in (self.root, *self.root.parents) if not p.exists()]  # removed again if left empty
+        self.root.mkdir(parents=True, exist_ok=True)
+        mine = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": datetime.datetime.now().isoformat(timespec="seconds")}
+        for attempt in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                owner = _lock_owner(path)
+                if attempt or not _stale(path, owner, mine["host"]):
+                    who = (f"process {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
+                           if owner else "another process")
+                    raise ResultsError(f"{self.root} is in use by {who}; wait for it to finish, or use another "
+                                       f"--name or --results_dir (a stale lock: delete {path})") from None
+                print(f"{self.root}: taking over the lock of {'process ' + str(owner['pid']) if owner else 'a process'}"
+                      " (no longer running)", flush=True)
+                path.unlink(missing_ok=True)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(mine))
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            self.remove_if_empty()
+            for folder in made[1:]:  # e.g. a new --results_dir of a study that stopped at a bad input
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
     def remove_if_empty(self) -> bool:
         """Remove empty runs/, figures/ and root directories; True when the root is gone."""
         for directory in (self.runs_dir, self.figures_dir, self.root):
             if directory.is_dir() and not any(directory.iterdir()):
                 directory.rmdir()
         return not self.root.exists()
+
+
+def _lock_owner(path: Path) -> dict | None:
+    """The owner recorded in a study lock file; None when it is unreadable (half-written)."""
+    try:
+        owner = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _stale(path: Path, owner: dict | None, host: str) -> bool:
+    """Whether a study lock may be taken over: its process on this host is gone, or it stayed
+    unreadable (a lock whose writer was killed) for more than 10 s."""
+    if owner is not None:
+        return owner.get("host") == host and not _alive(owner.get("pid"))
+    try:
+        return time.time() - path.stat().st_mtime > 10
+    except FileNotFoundError:
+        return True
+
+
+def _alive(pid: Any) -> bool:
+    """Whether a process with this pid runs on this host."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------- environment
@@ -348,6 +486,8 @@ def _config_summary(group: list[dict]) -> dict:
         "n_runs": len(group),
         "n_done": len(done),
         "n_diverged": sum(r["status"] == "diverged" for r in group),
+        "diverged_epochs": sorted(r["diverged_epoch"] for r in group
+                                  if r["status"] == "diverged" and isinstance(r.get("diverged_epoch"), int)),
         "n_incomplete": sum(r["status"] == "incomplete" for r in group),
         "metrics": metrics,
     }
@@ -405,9 +545,11 @@ def best_configs(summary: dict, metric: str) -> set[str]:
 
 
 def runs_cell(config_summary: dict) -> str:
-    """'done/total' plus diverged and incomplete counts when any."""
+    """'done/total' plus diverged (with the epochs they diverged at) and incomplete counts when any."""
     text = f"{config_summary['n_done']}/{config_summary['n_runs']}"
-    for key, word in (("n_diverged", "diverged"), ("n_incomplete", "incomplete")):
+    epochs = config_summary.get("diverged_epochs") or []
+    at = f" at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else ""
+    for key, word in (("n_diverged", f"diverged{at}"), ("n_incomplete", "incomplete")):
         if config_summary[key]:
             text += f", {config_summary[key]} {word}"
     return text

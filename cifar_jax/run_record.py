@@ -23,6 +23,10 @@ A record is one JSON object per run (`results.StudyDir` stores it atomically aft
     grad_stats                          (--grad_stats) {tensors, columns, window, first, last}: per
                                         tensor mean |g|, std |g| and mean ‖g‖ over the first and
                                         the last `window` steps
+
+The file is strict JSON: a number that is not finite (a diverged run's NaN or ±inf loss) is stored
+as null, and the readers below give NaN for it (records of older versions may hold NaN tokens,
+which Python's json still reads).
 """
 from __future__ import annotations
 
@@ -109,6 +113,13 @@ def add_epoch(record: dict, epoch: int, m: Epoch, j: int, seconds: float) -> Non
         record["diverged_epoch"] = epoch
 
 
+def truncate(record: dict, epochs: int) -> dict:
+    """The record as it was after `epochs` epochs (a resumed run continues from there)."""
+    kept = record["epochs"][:epochs]
+    diverged = record["diverged_epoch"] if record["diverged_epoch"] and record["diverged_epoch"] <= epochs else None
+    return {**record, "epochs": kept, "diverged_epoch": diverged, "status": "incomplete"}
+
+
 def finish(record: dict, f: Final, j: int, tensor_names: list[str]) -> None:
     """Run j's final metrics and status."""
     record["test"] = None if f.test is None else f.test.of_run(j)
@@ -138,8 +149,17 @@ def check(record: Any, where: str) -> dict:
 def last(record: dict, key: str) -> float:
     """The last epoch's value of `key` (e.g. "train_loss", "val_acc"); NaN when absent."""
     epochs = record.get("epochs") or []
-    value = epochs[-1].get(key) if epochs and isinstance(epochs[-1], dict) else None
+    return number(epochs[-1].get(key) if epochs and isinstance(epochs[-1], dict) else None)
+
+
+def number(value: Any) -> float:
+    """A stored number as float; NaN for null (a non-finite number), a missing value or anything else."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def _metrics(values: dict | None) -> dict[str, float] | None:
+    """A stored {loss, acc, top5} with null read as NaN."""
+    return None if values is None else {k: number(v) for k, v in values.items()}
 
 
 def curve(record: dict, key: str) -> np.ndarray:
@@ -164,11 +184,12 @@ def loss_trace(record: dict) -> np.ndarray:
 
 def final(record: dict, split: str) -> dict[str, float] | None:
     """{loss, acc, top5} after training: test and train from the eval-mode passes (train only
-    with --eval_train), val from the last epoch; None where the record has none."""
+    with --eval_train), val from the last epoch; None where the record has none, NaN where a
+    value is null."""
     if split == "test":
-        return record.get("test")
+        return _metrics(record.get("test"))
     if split == "train":
-        return record.get("final_train")
+        return _metrics(record.get("final_train"))
     if split == "val":
         values = {m: last(record, f"val_{m}") for m in METRICS}
         return None if math.isnan(values["loss"]) else values
@@ -176,8 +197,9 @@ def final(record: dict, split: str) -> dict[str, float] | None:
 
 
 def untrained(record: dict, split: str) -> dict[str, float] | None:
-    """{loss, acc, top5} of the untrained network on `split`; None where not evaluated."""
-    return (record.get("untrained") or {}).get(split)
+    """{loss, acc, top5} of the untrained network on `split`; None where not evaluated, NaN where
+    a value is null."""
+    return _metrics((record.get("untrained") or {}).get(split))
 
 
 def group_by_config(records: Iterable[dict]) -> dict[str, list[dict]]:

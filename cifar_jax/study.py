@@ -7,7 +7,10 @@ resumes the unfinished runs.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +22,7 @@ from absl import app, flags, logging
 
 from cifar_jax import config, data, engine, models, plots, results, run_record, splits, train
 from cifar_jax.config import Config, ConfigError, Run
+from cifar_jax.snapshots import Snapshots
 
 
 def log(message: str) -> None:
@@ -86,8 +90,9 @@ class RecordWriter:
     """Engine callbacks: builds each run's record, writes it every epoch, prints progress."""
 
     def __init__(self, study: results.StudyDir, runs: list[Run], total_epochs: int, label: str,
-                 progress: dict, tensor_names: list[str]):
+                 progress: dict, tensor_names: list[str], snapshots: Snapshots):
         self.study, self.runs, self.label, self.tensor_names = study, runs, label, tensor_names
+        self.snapshots = snapshots
         self.records: dict[int, dict] = {}
         self.total, self.progress = total_epochs, progress  # progress is shared across groups
 
@@ -107,6 +112,7 @@ class RecordWriter:
         for j, i in enumerate(runs):
             run_record.add_epoch(self.records[i], epoch, metrics, j, seconds)
             self.study.write_record(self.records[i])
+        self.snapshots.prune(self._key(runs), epoch)
         self.progress["done"] += 1
         self.progress["seconds"] += seconds
         left = (self.total - self.progress["done"]) * self.progress["seconds"] / self.progress["done"]
@@ -122,11 +128,39 @@ class RecordWriter:
         for j, i in enumerate(runs):
             run_record.finish(self.records[i], final, j, self.tensor_names)
             self.study.write_record(self.records[i])
+        self.snapshots.remove(self._key(runs))
+
+    def _key(self, runs: np.ndarray) -> str:
+        return self.snapshots.key([(self.runs[i].run_id, self.runs[i].config) for i in runs])
+
+    def resume(self, runs: np.ndarray, template: Any) -> tuple[int, Any] | None:
+        """The newest snapshot of these runs that every run's record has reached."""
+        records = [self.study.record(self.runs[i].run_id) for i in runs]
+        recorded = min(0 if r is None else len(r["epochs"]) for r in records)
+        return self.snapshots.load(self._key(runs), template, recorded) if recorded else None
+
+    def on_resume(self, runs: np.ndarray, epochs_done: int) -> None:
+        for i in runs:
+            self.records[i] = run_record.truncate(self.study.record(self.runs[i].run_id), epochs_done)
+        self.total -= epochs_done
+        log(f"{self.label} resuming {len(runs)} run(s) after epoch {epochs_done} from their snapshot")
+
+    def on_state(self, runs: np.ndarray, epoch: int, state: Callable[[], Any]) -> None:
+        if epoch < self.runs[runs[0]].epochs and self.snapshots.due(epoch):
+            self.snapshots.save(self._key(runs), epoch, state())
 
 
 def is_lead() -> bool:
     """Whether this process writes the study-level files (process 0 of a multi-host study)."""
     return jax.process_index() == 0
+
+
+def remove_leftovers(root: Path) -> None:
+    """Remove the temp files and folders that interrupted writes left in a study (by its owner,
+    the lead process, while it holds the study's lock)."""
+    removed = results.remove_leftovers(root) if is_lead() else []
+    if removed:
+        log(f"{root}: removed {len(removed)} temporary file(s) left by an interrupted run")
 
 
 def write_preamble(study: results.StudyDir, cfg: Config, runs: list[Run], prepared: Prepared,
@@ -205,7 +239,8 @@ def _train_groups(study: results.StudyDir, runs: list[Run], groups: dict, prepar
         hp = train.stack_hparams([r.hp for r in group_runs])
         t0 = time.perf_counter()
         names = train.param_names(train.param_shapes(spec, prepared.dataset.image_shape))
-        recorder = RecordWriter(study, group_runs, total, label, progress, names)
+        recorder = RecordWriter(study, group_runs, total, label, progress, names,
+                                Snapshots(study.root / "resume", cfg.snapshot_every))
         initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
         states = engine.train_group(spec, hp, prepared.device, epochs, recorder, layout=layout,
                                     memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial)
@@ -220,14 +255,24 @@ def _chunks(spec: train.GroupSpec, n: int, layout: str) -> int:
     return 1 if layout.startswith("vmap") else -(-n // len(jax.local_devices()))
 
 
+def _checked_record(study: results.StudyDir, run: Run) -> dict | None:
+    """The run's record, if it was trained with this run's configuration (ResultsError if not:
+    another invocation's numbers are never summarised as this one's)."""
+    rec = study.record(run.run_id)
+    key = None if rec is None else results.first_difference(rec["config"], results.plain(run.config))
+    if key is not None:
+        raise results.ResultsError(f"{study.root}: the record of {run.run_id!r} holds another configuration "
+                                   f"({key!r} differs); pass a new --name or --results_dir")
+    return rec
+
+
 def finish(study: results.StudyDir, runs: list[Run], title: str, figures: bool = True) -> dict | None:
     """Summary, test table and (with `figures`) the standard figures of `runs`, from their records
     only; written once, by the lead process."""
     if not is_lead():
         log(f"process {jax.process_index()}: my runs are finished; process 0 writes the summary")
         return None
-    records = [study.record(r.run_id) for r in runs]
-    records = [r for r in records if r is not None]
+    records = [r for r in (_checked_record(study, run) for run in runs) if r is not None]
     summary = results.summarize(records)
     study.write_json("summary.json", summary)
     table = results.test_table_markdown(summary)
@@ -258,42 +303,102 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
     `report(study, records)`; other processes of a multi-host study return once
     their own runs are done. The study directory is `--name` (default `name`), or its subfolder
     `part` for a study in parts (e.g. pretraining and retraining)."""
-    prepared = prepare(cfg)
-    planned = runs(prepared)
     st = study_dir(cfg, name)
     st = results.StudyDir(st.root / part) if part else st
-    st.pending([(r.run_id, r.config) for r in planned])
-    write_preamble(st, cfg, planned, prepared, extra)
-    if before:
-        before(st, prepared)
-    execute(st, planned, prepared, cfg, initial_for=initial_for, on_state=on_state)
-    if finish(st, planned, title, figures=figures) is not None and report:
-        report(st, [st.record(r.run_id) for r in planned])
+    check_writable(st.root, "--results_dir/--name")
+    with st.lock() if is_lead() else contextlib.nullcontext():
+        remove_leftovers(st.root)
+        prepared = prepare(cfg)
+        planned = runs(prepared)
+        st.pending([(r.run_id, r.config) for r in planned])
+        write_preamble(st, cfg, planned, prepared, extra)
+        if before:
+            before(st, prepared)
+        execute(st, planned, prepared, cfg, initial_for=initial_for, on_state=on_state)
+        if finish(st, planned, title, figures=figures) is not None and report:
+            report(st, [st.record(r.run_id) for r in planned])
     return st
 
 
 def main(experiment: Callable[[Config], Any]) -> None:
-    """absl entry point: define the core flags, validate, run; bad input → one line, exit 2."""
+    """absl entry point: define the core flags, validate, run; bad input → one line, exit 2;
+    Ctrl-C → one line, exit 130, and SIGTERM → one line, exit 143 (see `run_checked`)."""
     config.define_flags()
+    signal.signal(signal.SIGTERM, _terminate)
+    app.run(lambda argv: run_checked(argv, experiment), flags_parser=parse_flags)
 
-    def run(argv: list[str]) -> None:
-        logging.set_verbosity(logging.WARNING)  # keep backend-probing chatter out of the progress output
-        if len(argv) > 1:
-            _fail(f"unexpected arguments {' '.join(argv[1:])!r} (flags need the --name=value form)")
-        try:
-            cfg = config.from_flags()
-            if cfg.compile_cache:
-                jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
-                jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-            address, count, index = cfg.distributed
-            if count > 1:
-                jax.distributed.initialize(address, count, index)
-                log(f"process {index} of {count} (coordinator {address}), local devices {jax.local_devices()}")
-            experiment(cfg)
-        except (ConfigError, data.DataError, results.ResultsError) as err:
-            _fail(str(err))
 
-    app.run(run)
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every cleanup on the way out runs."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def parse_flags(argv: list[str], fl: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """absl's flag parsing, with a malformed or unknown flag as one line, exit 2 (absl's own: two
+    lines, exit 1)."""
+    try:
+        return fl(argv)
+    except flags.Error as err:
+        _fail(str(err))
+
+
+def check_writable(folder: Path | str, flag: str) -> None:
+    """Refuse an output folder that cannot be written (a file, under a file, read-only), naming
+    `flag`, before anything is loaded or written."""
+    problem = results.unwritable(folder)
+    if problem:
+        raise ConfigError(f"{flag}={folder}: {problem}")
+
+
+def checked_config(argv: list[str], fl: Any = None) -> Config:
+    """The validated flags (absl's FLAGS, or `fl`), with every check that needs no data: values,
+    output folder, dataset name; one-line ConfigError/DataError."""
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need the --name=value form)")
+    cfg = config.from_flags(fl)
+    check_writable(cfg.results_dir, "--results_dir")
+    if cfg.name:
+        check_writable(Path(cfg.results_dir).expanduser() / cfg.name, "--name")
+    data.check_name(cfg.dataset, cfg.data_dir)
+    return cfg
+
+
+def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any = None) -> None:
+    """Validate the flags (`checked_config`), set up JAX and run `experiment(cfg)`. Bad input or
+    a full disk → one line, exit 2; Ctrl-C or SIGTERM → one line saying what is kept and how to
+    resume, exit 130 or 143, instead of a traceback."""
+    logging.set_verbosity(logging.WARNING)  # keep backend-probing chatter out of the progress output
+    cfg = None
+    try:
+        cfg = checked_config(argv, fl)
+        if cfg.compile_cache:
+            jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        address, count, index = cfg.distributed
+        if count > 1:
+            jax.distributed.initialize(address, count, index)
+            log(f"process {index} of {count} (coordinator {address}), local devices {jax.local_devices()}")
+        experiment(cfg)
+    except (ConfigError, data.DataError, results.ResultsError) as err:
+        _fail(str(err))
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        _fail(f"{err.filename or 'writing'}: {err.strerror}; fix that and run the same command again to resume")
+    except KeyboardInterrupt as err:
+        _interrupted(isinstance(err, Terminated), cfg)
+
+
+def _interrupted(terminated: bool, cfg: Config | None) -> None:
+    """One line for Ctrl-C (exit 130) or SIGTERM (exit 143): what is kept and how to resume."""
+    what = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
+    kept = (f"every finished epoch is saved under {cfg.results_dir}; run the same command again to resume"
+            if cfg else "nothing was written")
+    print(f"{what}: {kept}", file=sys.stderr, flush=True)
+    sys.exit(143 if terminated else 130)
 
 
 def _fail(message: str) -> None:

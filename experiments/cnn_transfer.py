@@ -8,14 +8,17 @@ target two others, cat vs dog, at the report's sizes (--classes=cat,dog --split=
 --test_size=400). The study has two parts:
 
   pretrain  the source task (--source_split, --source_epochs, Adam at --source_lr, --seeds);
-            each run's final params and BN statistics are saved with `checkpoint.save` in
-            --checkpoint_dir/<study>/ (a finished run without its checkpoint is trained again)
+            each run's final params and BN statistics are saved with `checkpoint.save`, with
+            their provenance, in the study's checkpoints/ folder (or --checkpoint_dir/<study>/;
+            a finished run without its checkpoint is trained again, one with a damaged or
+            another run's checkpoint too with --repair: see experiments.pretraining)
   target    the target task from the core flags × --baselines × --lr × --seeds. A transfer run
             of seed s restores every layer but the classifier from the pretraining run of seed
-            s (`checkpoint.restore_partial`: the head has the target's class count and keeps
-            its fresh initialisation); a linear probe freezes them (`GroupSpec.frozen`: zero
-            updates, BN on its running statistics). A scratch run starts from the engine's own
-            fresh initialisation, so it can share a compiled group with the fine-tuning runs.
+            s (`checkpoint.restore_partial`, checking the checkpoint is that run's: the head
+            has the target's class count and keeps its fresh initialisation); a linear probe
+            freezes them (`GroupSpec.frozen`: zero updates, BN on its running statistics). A
+            scratch run starts from the engine's own fresh initialisation, so it can share a
+            compiled group with the fine-tuning runs.
 
 Every target run leaves its per-example test predictions (target/predictions/<run>.npy, the
 labels in labels.npy) and, for the transfer runs, how far its backbone moved from the restored
@@ -42,6 +45,7 @@ import numpy as np
 from absl import flags
 
 from cifar_jax import checkpoint, config, data, models, plots, preprocess, results, run_record, splits, study, train
+from experiments import pretraining
 
 BASELINES = ("scratch", "linear_probe", "fine_tune")
 TITLE = "CNN transfer"
@@ -53,8 +57,6 @@ flags.DEFINE_string("source_split", "36000/4000", "train/validation sizes of the
 flags.DEFINE_integer("source_epochs", 10, "Epochs of the source-task pretraining.")
 flags.DEFINE_float("source_lr", 1e-3, "Learning rate of the source-task pretraining (--optimizer's).")
 flags.DEFINE_list("baselines", list(BASELINES), f"Which target baselines to train: {', '.join(BASELINES)}.")
-if "checkpoint_dir" not in flags.FLAGS:  # experiments.transfer defines the same flag
-    flags.DEFINE_string("checkpoint_dir", "./checkpoints", "Root of the pretrained checkpoints.")
 FLAGS = flags.FLAGS
 
 
@@ -121,11 +123,13 @@ def fresh_backbone(run: config.Run, image_shape: tuple[int, ...], head: str) -> 
     return {"params": _layers(state.params, lambda k: k != head), "batch_stats": _layers(state.batch_stats)}
 
 
-def restored_backbone(path: Path, spec: train.GroupSpec, image_shape: tuple[int, ...], head: str) -> dict:
-    """Every layer but the head from a pretraining checkpoint (whose head may have another class count)."""
+def restored_backbone(path: Path, spec: train.GroupSpec, image_shape: tuple[int, ...], head: str,
+                      expected: dict) -> dict:
+    """Every layer but the head from a pretraining checkpoint of the `expected` run (whose head may
+    have another class count)."""
     params, stats, _ = checkpoint.restore_partial(
         path, train.param_shapes(spec, image_shape), train.batch_stats_shapes(spec, image_shape),
-        keep=lambda leaf: leaf.split("/")[:2] != ["params", head])
+        expected=expected, keep=lambda leaf: leaf.split("/")[:2] != ["params", head])
     return {"params": _layers(params, lambda k: k != head), "batch_stats": _layers(stats)}
 
 
@@ -181,23 +185,6 @@ def _backbone_path(st: results.StudyDir, run_id: str) -> Path:
     return st.root / "backbone" / f"{results.run_file_stem(run_id)}.json"
 
 
-def _drop_finished(st: results.StudyDir, run: config.Run, why: str) -> None:
-    """Forget a finished run so it is trained again (its outputs are incomplete)."""
-    rec = st.record(run.run_id)
-    if rec is not None and rec["status"] in run_record.FINISHED:
-        study.log(f"{run.run_id}: finished but {why}: training it again")
-        (st.runs_dir / f"{results.run_file_stem(run.run_id)}.json").unlink(missing_ok=True)
-
-
-def _checkpoint_matches(path: Path, record: dict) -> bool:
-    """Whether a checkpoint exists and was saved by this record's configuration."""
-    try:
-        meta = checkpoint.load_metadata(path)
-    except checkpoint.CheckpointError:
-        return False
-    return results.first_difference(meta["config"], record["config"]) is None
-
-
 # ----------------------------------------------------------------------------- the study
 
 def main(cfg: config.Config) -> None:
@@ -205,10 +192,9 @@ def main(cfg: config.Config) -> None:
     baselines = chosen_baselines()
     source = source_config(cfg)
     parent = study.study_dir(cfg, "cnn_transfer")
-    ckpt_root = Path(FLAGS.checkpoint_dir).expanduser() / parent.root.name
     plan: dict = {"pre": {}, "restored": {}}
     if baselines != ("scratch",):
-        pretrain(source, parent, ckpt_root, plan)
+        pretrain(source, parent, pretraining.checkpoint_root(parent), plan)
     target(cfg, baselines, parent, plan)
 
 
@@ -225,23 +211,17 @@ def pretrain(source: config.Config, parent: results.StudyDir, ckpt_root: Path, p
         plan["ckpt"] = {r.seed: ckpt_root / results.run_file_stem(r.run_id) for r in pre}
         return pre
 
-    def without_checkpoint(st: results.StudyDir, prepared: study.Prepared) -> None:
-        for seed, r in plan["pre"].items():
-            rec = st.record(r.run_id)
-            if rec is not None and not _checkpoint_matches(plan["ckpt"][seed], rec):
-                _drop_finished(st, r, f"its checkpoint {plan['ckpt'][seed]} is missing or from another configuration")
+    def check_checkpoints(st: results.StudyDir, prepared: study.Prepared) -> None:
+        pretraining.check(parent, st, [(r, plan["ckpt"][seed]) for seed, r in plan["pre"].items()])
 
     def save(run: config.Run, variables: tuple) -> None:
-        rec = pre_study.record(run.run_id)
-        if rec["status"] != "done":
+        if pre_study.record(run.run_id)["status"] != "done":
             study.log(f"warning: {run.run_id} diverged; its last finite weights are the backbone of seed {run.seed}")
-        checkpoint.save(plan["ckpt"][run.seed], *variables, overwrite=True, config=rec["config"],
-                        metrics={"test": run_record.final(rec, "test"), "last_epoch": rec["epochs"][-1],
-                                 "status": rec["status"]})
+        pretraining.save(parent, pre_study, plan["ckpt"][run.seed], run, variables)
 
     try:
         study.run(source, "cnn_transfer", f"{TITLE}: pretraining on the source task", runs, part="pretrain",
-                  before=without_checkpoint, on_state=save, figures=source.epochs > 1,
+                  before=check_checkpoints, on_state=save, figures=source.epochs > 1,
                   extra={"source": source_description()})
     except (config.ConfigError, data.DataError) as err:  # name the source task's own flags
         text = str(err)
@@ -272,18 +252,19 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
         labels = st.root / "predictions" / "labels.npy"
         if study.is_lead() and not labels.exists():
             _save_npy(labels, np.asarray(prepared.dataset.y_test, np.int32))
-        for r in plan["runs"]:
+        for r in pretraining.finished(st, plan["runs"]):
             if not _predictions_path(st, r.run_id).exists():
-                _drop_finished(st, r, "its test predictions are missing")
+                pretraining.train_again(st, r.run_id, "its test predictions are missing")
             elif "pretrained" in r.data and not _backbone_path(st, r.run_id).exists():
-                _drop_finished(st, r, "its backbone check is missing")
+                pretraining.train_again(st, r.run_id, "its backbone check is missing")
 
     def initial(run: config.Run) -> dict:
         shape = plan["prepared"].dataset.image_shape
         if "pretrained" not in run.data:
             return fresh_backbone(run, shape, plan["head"])
         if run.seed not in plan["restored"]:
-            plan["restored"][run.seed] = restored_backbone(plan["ckpt"][run.seed], run.spec, shape, plan["head"])
+            plan["restored"][run.seed] = restored_backbone(plan["ckpt"][run.seed], run.spec, shape, plan["head"],
+                                                           pretraining.provenance(parent, plan["pre"][run.seed]))
         restored = plan["restored"][run.seed]
         study.log(f"{run.run_id}: {', '.join(restored['params'])} restored from {plan['pre'][run.seed].run_id}"
                   + (" and frozen" if run.spec.frozen else "") + f"; {plan['head']} initialised from seed {run.seed}")

@@ -84,6 +84,8 @@ def main(cfg: config.Config) -> None:
     if FLAGS.check_dims < 1 or FLAGS.check_samples < 2:
         raise config.ConfigError(f"--check_dims={FLAGS.check_dims} --check_samples={FLAGS.check_samples}: "
                                  "need at least 1 dimension and 2 samples (batch norm)")
+    if not 0 < FLAGS.check_h < np.inf:
+        raise config.ConfigError(f"--check_h={FLAGS.check_h}: must be > 0 and finite")
     x, y, num_classes = batch(cfg)
     nets = []
     for variant in cfg.variants:

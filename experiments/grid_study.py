@@ -37,7 +37,7 @@ def report(rec: dict, cycles: int) -> str:
               ("initialization", model["init"] if model["init"] != "normal" else c["init_scale"]),
               ("dropout", c["dropout"]), ("seed", rec["seed"])]
     lines = ["Model parameters:"] + [f"   {k + ':':<20} {v}" for k, v in params]
-    penalty = c["l2"] * rec.get("l2_penalty", float("nan"))
+    penalty = c["l2"] * run_record.number(rec.get("l2_penalty"))
     for split, title in SPLIT_NAMES.items():
         untrained, trained = run_record.untrained(rec, split), run_record.final(rec, split)
         if untrained is None or trained is None:
@@ -101,8 +101,8 @@ def config_rows(records: list[dict]) -> list[dict]:
                      "final_train_loss": _finite_stats([run_record.last(r, "train_loss") for r in done]),
                      "run_seconds": _finite_stats([_later_mean(r, "run_seconds") for r in done]),
                      "loss_noise": _finite_stats([run_record.last(r, "loss_noise") for r in done]),
-                     **{f"{s}_acc": results.statistics([run_record.final(r, s)["acc"] for r in done
-                                                        if run_record.final(r, s)]) for s in ("val", "test")}})
+                     **{f"{s}_acc": _finite_stats([run_record.final(r, s)["acc"] for r in done
+                                                   if run_record.final(r, s)]) for s in ("val", "test")}})
     return rows
 
 

@@ -43,9 +43,9 @@ def schedule_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.R
 
 
 def main(cfg: config.Config) -> None:
-    if FLAGS.compare_lr < 0 or FLAGS.shape_epochs < 1:
+    if not 0 <= FLAGS.compare_lr < np.inf or FLAGS.shape_epochs < 1:
         raise config.ConfigError(f"--compare_lr={FLAGS.compare_lr} / --shape_epochs={FLAGS.shape_epochs}: "
-                                 "need compare_lr >= 0 and shape_epochs >= 1")
+                                 "need 0 <= compare_lr < inf and shape_epochs >= 1")
 
     def shapes_figure(st, prepared) -> None:
         if study.is_lead():

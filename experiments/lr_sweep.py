@@ -22,9 +22,9 @@ FLAGS = flags.FLAGS
 
 def range_lrs() -> tuple[float, ...]:
     """The range test's log grid, largest first."""
-    if not 0 < FLAGS.range_min < FLAGS.range_max or FLAGS.range_points < 2 or FLAGS.range_epochs < 1:
+    if not 0 < FLAGS.range_min < FLAGS.range_max < np.inf or FLAGS.range_points < 2 or FLAGS.range_epochs < 1:
         raise config.ConfigError("--range_min/--range_max/--range_points/--range_epochs: need "
-                                 "0 < range_min < range_max, range_points >= 2, range_epochs >= 1")
+                                 "0 < range_min < range_max < inf, range_points >= 2, range_epochs >= 1")
     return tuple(float(f"{x:.3g}") for x in np.geomspace(FLAGS.range_max, FLAGS.range_min, FLAGS.range_points))
 
 

@@ -63,12 +63,17 @@ def load_reports(path: Path = Path(__file__).with_name("reports.toml")) -> dict[
 REPORTS = load_reports()
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("report", "seed000", list(REPORTS), "Which source report to reproduce.")
-flags.DEFINE_bool("smoke", False, "Toy-size preset (the *_smoke flagfiles): the same code path in minutes on a CPU.")
-flags.DEFINE_string("data_dir", None, "Passed to every study (default: $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax).")
-flags.DEFINE_string("results_dir", "./results", "Root of the study directories and of the report.")
-flags.DEFINE_string("dataset", None, "Override every study's dataset (e.g. synthetic for an offline demo).")
-flags.DEFINE_list("only", [], "Run only these sections (e.g. 1.1,2.1); the report includes what exists.")
+
+
+def define_flags() -> None:
+    """The driver's flags, defined when it runs as a program (not on import: several of its names
+    are core study flags, which a process importing this module may define too)."""
+    flags.DEFINE_enum("report", "seed000", list(REPORTS), "Which source report to reproduce.")
+    flags.DEFINE_bool("smoke", False, "Toy-size preset (the *_smoke flagfiles): the same code path in minutes on a CPU.")
+    flags.DEFINE_string("data_dir", None, "Passed to every study (default: $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax).")
+    flags.DEFINE_string("results_dir", "./results", "Root of the study directories and of the report.")
+    flags.DEFINE_string("dataset", None, "Override every study's dataset (e.g. synthetic for an offline demo).")
+    flags.DEFINE_list("only", [], "Run only these sections (e.g. 1.1,2.1); the report includes what exists.")
 
 FLAGFILES = Path(__file__).parent / "flags"
 
@@ -86,8 +91,6 @@ def command(section: Section) -> list[str]:
     if section.module == "transfer":
         root = Path(FLAGS.results_dir)
         cmd += [f"--dropout_study={root / study_name('dropout_sweep')}", f"--baseline_study={root / study_name('lr_sweep')}"]
-    if section.module == "cnn_transfer":  # the pretrained backbones stay with the report's results
-        cmd.append(f"--checkpoint_dir={Path(FLAGS.results_dir) / 'checkpoints'}")
     return cmd
 
 
@@ -183,4 +186,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -1,8 +1,10 @@
 """seeds/000 §2.2: dropout and transfer. Pretrain BaselineNet and DropoutNet (5 seeds, one group),
-save each final model as an orbax checkpoint with its metrics and config; swap the train and
-validation sets; restore each checkpoint strictly, freeze every conv layer, re-initialise the
-dense layers from the retraining seed and retrain only them; compare with the best static-LR
-model of §1.1 during retraining and on the test set.
+save each final model as an orbax checkpoint with its provenance and metrics (in the study's
+checkpoints/ folder, or --checkpoint_dir; see experiments.pretraining for --repair); swap the
+train and validation sets; restore each checkpoint strictly, checking it is this study's
+pretraining run, freeze every conv layer, re-initialise the dense layers from the retraining
+seed and retrain only them; compare with the best static-LR model of §1.1 during retraining and
+on the test set.
 
     python -m experiments.transfer --flagfile=experiments/flags/transfer.flags
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from absl import flags
 
 from cifar_jax import checkpoint, config, plots, results, run_record, study, train
+from experiments import pretraining
 
 flags.DEFINE_float("transfer_dropout", -1.0, "DropoutNet's rate; -1: the best rate of the dropout study "
                    "(--dropout_study), else 0.6 (the report's best).")
@@ -22,7 +25,6 @@ flags.DEFINE_string("dropout_study", None, "Dropout-sweep study directory (defau
 flags.DEFINE_string("baseline_study", None, "§1.1 LR-sweep study directory to compare with (default "
                     "<results_dir>/lr_sweep); skipped with a note when absent.")
 flags.DEFINE_string("baseline_config", "lr=0.05", "The configuration of the baseline study to compare with.")
-flags.DEFINE_string("checkpoint_dir", "./checkpoints", "Root of the pretrained checkpoints.")
 flags.DEFINE_integer("retrain_seed_offset", 100, "Retraining seed = pretraining seed + this.")
 FLAGS = flags.FLAGS
 
@@ -67,33 +69,28 @@ def main(cfg: config.Config) -> None:
     n_train, n_val, swap = cfg.split
     swapped = cfg.replace(split=(n_train, n_val, not swap))
     parent = study.study_dir(cfg, "transfer")
-    ckpt_root = Path(FLAGS.checkpoint_dir).expanduser() / parent.root.name
+    ckpt_root = pretraining.checkpoint_root(parent)
     plan: dict = {}  # the pretraining runs, their checkpoints and the frozen layers, once the data is known
 
-    def pretraining(prepared: study.Prepared) -> list[config.Run]:
+    def pretrain(prepared: study.Prepared) -> list[config.Run]:
         pre = pretrain_runs(cfg, rate, len(prepared.train_idx), prepared.dataset.num_classes)
         shapes = train.param_shapes(pre[0].spec, prepared.dataset.image_shape)
-        plan.update(pre=pre, frozen=tuple(k for k in shapes if "conv" in k),
+        plan.update(pre={r.run_id: r for r in pre}, frozen=tuple(k for k in shapes if "conv" in k),
                     ckpts={r.run_id: ckpt_root / results.run_file_stem(r.run_id) for r in pre})
         return pre
 
-    def drop_runs_without_checkpoint(pre_study: results.StudyDir, prepared: study.Prepared) -> None:
-        for r in plan["pre"]:  # a finished pretraining run without its checkpoint is trained again
-            if not (plan["ckpts"][r.run_id] / "metadata.json").exists() and pre_study.record(r.run_id):
-                (pre_study.runs_dir / f"{results.run_file_stem(r.run_id)}.json").unlink()
+    def check_checkpoints(pre_study: results.StudyDir, prepared: study.Prepared) -> None:
+        pretraining.check(parent, pre_study, [(r, plan["ckpts"][i]) for i, r in plan["pre"].items()])
 
     def save(run: config.Run, variables: tuple) -> None:
-        rec = pre_study.record(run.run_id)
-        checkpoint.save(plan["ckpts"][run.run_id], *variables, overwrite=True, config=run.config,
-                        metrics={"test": run_record.final(rec, "test"), "last_epoch": rec["epochs"][-1],
-                                 "status": rec["status"]})
+        pretraining.save(parent, pre_study, plan["ckpts"][run.run_id], run, variables)
 
     pre_study = results.StudyDir(parent.root / "pretrain")
-    study.run(cfg, "transfer", "Transfer: pretraining", pretraining, part="pretrain",
-              before=drop_runs_without_checkpoint, on_state=save, extra={"dropout_rate": rate})
+    study.run(cfg, "transfer", "Transfer: pretraining", pretrain, part="pretrain",
+              before=check_checkpoints, on_state=save, extra={"dropout_rate": rate})
 
     def retraining(prepared: study.Prepared) -> list[config.Run]:
-        retrain = [retrain_run(r, swapped, plan["frozen"], plan["ckpts"][r.run_id]) for r in plan["pre"]]
+        retrain = [retrain_run(r, swapped, plan["frozen"], plan["ckpts"][i]) for i, r in plan["pre"].items()]
         spec = retrain[0].spec
         plan.update(params=train.param_shapes(spec, prepared.dataset.image_shape),
                     stats=train.batch_stats_shapes(spec, prepared.dataset.image_shape))
@@ -101,7 +98,9 @@ def main(cfg: config.Config) -> None:
 
     def pretrained_layers(run: config.Run) -> dict:
         frozen = plan["frozen"]
-        params, stats = checkpoint.restore(run.data["checkpoint"], plan["params"], plan["stats"], strict=True)
+        expected = pretraining.provenance(parent, plan["pre"][run.data["pretrained"]])
+        params, stats = checkpoint.restore(run.data["checkpoint"], plan["params"], plan["stats"],
+                                           expected=expected, strict=True)
         study.log(f"{run.run_id}: restored {run.data['checkpoint']} (strict); frozen {', '.join(frozen)}; "
                   f"{', '.join(k for k in params if k not in frozen)} re-initialised from seed {run.seed}")
         return {"params": {k: params[k] for k in frozen},

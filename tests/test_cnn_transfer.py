@@ -1,9 +1,11 @@
 """The seeds/003 CNN transfer study (experiments/cnn_transfer.py): a backbone pretrained on a
 3-class source task, restored under a 2-class head; the linear probe leaves it bit-identical
 (parameters and BN statistics), fine-tuning changes it; per-example predictions, a rerun that
-trains nothing, and the analysis' table and figures. One small study on synthetic data, run
+trains nothing, and the analysis' table and figures; another study's backbone refused, a damaged
+one one line and pretrained again with --repair. One small study on synthetic data, run
 in-process so the final variables of every run can be compared with the checkpoints."""
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,8 +28,8 @@ TINY = ["--dataset=synthetic", "--model=baseline", "--norm=batch", "--channels=4
 BACKBONE = ("bn_conv1", "bn_conv2", "bn_fc1", "conv1", "conv2", "fc1")  # every layer but the head, sorted
 
 
-def run_study(tmp: Path) -> dict:
-    """Run the study in-process with TINY; returns every run's final (params, batch_stats)."""
+def run_study(tmp: Path, *more: str) -> dict:
+    """Run the study in-process with TINY (and `more` flags); returns every run's final (params, batch_stats)."""
     config.define_flags()
     captured = {}
     original = study.run
@@ -39,7 +41,7 @@ def run_study(tmp: Path) -> dict:
         return original(*args, on_state=both, **kwargs)
 
     FLAGS.unparse_flags()
-    FLAGS(["cnn_transfer", *TINY, f"--results_dir={tmp}/results", f"--checkpoint_dir={tmp}/ckpt"])
+    FLAGS(["cnn_transfer", *TINY, f"--results_dir={tmp}/results", f"--checkpoint_dir={tmp}/ckpt", *more])
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(study, "run", capturing)
@@ -55,9 +57,17 @@ def done(tmp_path_factory):
     return tmp, run_study(tmp)
 
 
+SOURCE = "source,seed=0"
+
+
+def of_source(tmp: Path) -> dict:
+    """The provenance of the pretraining run of seed 0 of the study in `tmp`."""
+    return {"study": tmp / "results" / "cnn_transfer", "run_id": SOURCE}
+
+
 def stored(tmp: Path, variables: tuple) -> tuple:
     """The pretraining checkpoint of seed 0, read strictly in the source model's structure."""
-    return checkpoint.restore(tmp / "ckpt" / "cnn_transfer" / "source,seed=0", *variables)
+    return checkpoint.restore(tmp / "ckpt" / "cnn_transfer" / SOURCE, *variables, expected=of_source(tmp))
 
 
 @pytest.mark.slow  # the study's setup trains 7 tiny runs in-process: ~40 s on 2 CPU cores
@@ -95,8 +105,9 @@ def test_a_two_class_head_is_initialised_around_the_three_class_backbone(done):
     shape = (32, 32, 3)
     with pytest.raises(checkpoint.CheckpointError, match=r"params/fc2/(bias|kernel) has shape"):
         checkpoint.restore(tmp / "ckpt/cnn_transfer/source,seed=0", train.param_shapes(spec, shape),
-                           train.batch_stats_shapes(spec, shape))
-    restored = cnn_transfer.restored_backbone(tmp / "ckpt/cnn_transfer/source,seed=0", spec, shape, "fc2")
+                           train.batch_stats_shapes(spec, shape), expected={})
+    restored = cnn_transfer.restored_backbone(tmp / "ckpt/cnn_transfer/source,seed=0", spec, shape, "fc2",
+                                              of_source(tmp))
     assert set(restored["params"]) == set(BACKBONE) and set(restored["batch_stats"]) == {"bn_conv1", "bn_conv2", "bn_fc1"}
     assert np.array_equal(restored["params"]["fc1"]["kernel"], params["fc1"]["kernel"])
     assert not np.array_equal(final["scratch,lr=0.01,seed=0"][0]["conv1"]["kernel"], params["conv1"]["kernel"])
@@ -140,6 +151,38 @@ def test_the_analysis_writes_its_table_and_figures(done):
     assert len(pair["shown"]) == min(5, pair["right_by_best_wrong_by_worst"])
     rows = {r["config"]: r for r in json.loads((root / "configs.json").read_text())}
     assert rows["fine_tune,lr=0.01"]["values"] == {"lr": 0.01} and rows["fine_tune,lr=0.01"]["test_acc"]["n"] == 1
+
+
+@pytest.mark.slow
+def test_a_backbone_of_another_run_or_study_is_refused_naming_the_field(done, tmp_path):
+    tmp, _ = done
+    spec = train.GroupSpec(models.ModelConfig("baseline", (8,), "batch", channels=(4, 8), kernels=(3, 3), num_classes=2))
+    path = tmp / "ckpt/cnn_transfer" / SOURCE
+    with pytest.raises(checkpoint.CheckpointError, match=f"^checkpoint {path} is of another run: run_id is "
+                                                         f"'{SOURCE}' in the checkpoint, 'source,seed=1' expected$"):
+        cnn_transfer.restored_backbone(path, spec, (32, 32, 3), "fc2", {**of_source(tmp), "run_id": "source,seed=1"})
+    shutil.copytree(tmp / "results", tmp_path / "results")  # another study, pointed at the first one's checkpoints
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        run_study(tmp_path, f"--checkpoint_dir={tmp}/ckpt")
+    assert str(err.value) == (f"checkpoint {path} is of another run: study is '{tmp}/results/cnn_transfer' in the "
+                              f"checkpoint, '{tmp_path}/results/cnn_transfer' expected (pass --repair to pretrain {SOURCE} again)")
+
+
+@pytest.mark.slow
+def test_a_damaged_backbone_is_one_line_and_repair_pretrains_it_again(done, tmp_path):
+    tmp, _ = done
+    shutil.copytree(tmp, tmp_path, dirs_exist_ok=True)  # moved with its checkpoints: still the same study
+    path = tmp_path / "ckpt/cnn_transfer" / SOURCE
+    (path / "metadata.json").write_text("{not json")
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        run_study(tmp_path)
+    assert str(err.value).startswith(f"checkpoint {path} is damaged: {path}/metadata.json is not readable JSON (")
+    assert "\n" not in str(err.value) and str(err.value).endswith(f"(pass --repair to pretrain {SOURCE} again)")
+    again = run_study(tmp_path, "--repair")
+    assert list(again) == [SOURCE]  # the target runs are finished: only the backbone is trained again
+    checkpoint.verify(path, of_source(tmp_path))
+    params, _ = stored(tmp_path, again[SOURCE])
+    assert np.array_equal(params["conv1"]["kernel"], again[SOURCE][0]["conv1"]["kernel"])
 
 
 def test_picks_and_published_numbers():

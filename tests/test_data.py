@@ -282,9 +282,12 @@ def test_env_var_is_where_load_looks(tmp_path, small_counts, monkeypatch):
 
 def test_tfds_name_without_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
-    with pytest.raises(data.DataError, match=r"dataset 'mnist' needs the optional extra: "
-                                             r"pip install -e \.\[tfds\]"):
+    message = r"unknown dataset 'mnist': not cifar10/cifar100/synthetic, and tfds .*pip install -e \.\[tfds\]"
+    with pytest.raises(data.DataError, match=message):
         data.load("mnist", str(tmp_path))
+    with pytest.raises(data.DataError, match=message):  # the same, before anything is loaded
+        data.check_name("mnist", str(tmp_path))
+    data.check_name("cifar10", str(tmp_path))
 
 
 def fake_tfds(known: dict) -> types.ModuleType:

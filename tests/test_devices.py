@@ -17,7 +17,7 @@ ds = data.synthetic(n_train=600, n_test=100, image_shape=(8, 8, 3))
 tr, va = splits.make_split(600, 512, 88, seed=0)
 mean, std = splits.norm_stats(ds.x_train, tr, "per_channel")
 d = train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
-model = models.ModelConfig(sys.argv[3], hidden=(32,), norm="batch", init="he", use_dropout=True)
+model = models.ModelConfig(sys.argv[3], hidden=(32,) if sys.argv[3] == "mlp" else (), norm="batch", init="he", use_dropout=True)
 spec = train.GroupSpec(model, batch_size=32)
 runs = [dict(seed=i, lr=0.02 * (1 + i % 3), dropout=0.1 * (i % 2)) for i in range(n_runs)]
 out = {}

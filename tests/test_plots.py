@@ -1,5 +1,6 @@
 """Tests for cifar_jax.plots: every figure is a readable PNG, also with diverged runs and no validation split."""
 
+import json
 import math
 
 import matplotlib.image
@@ -109,3 +110,58 @@ def test_lr_range_and_lr_curves(tmp_path):
     no_val = [make_record(f"lr={lr:g}", 0, lr=lr, val=False) for lr in (0.1, 0.01)]
     assert_png(plots.lr_range(no_val, tmp_path / "range_noval.png"))
     assert_png(plots.lr_curves(records, tmp_path / "lrs.png"))
+
+
+# ----------------------------------------------------------------------------- diverged runs (issue 11)
+
+def diverged_at(record: dict, epoch: int) -> dict:
+    """The record as a run that diverged at `epoch` stores it (non-finite numbers are null on disk)."""
+    nan = float("nan")
+    for entry in record["epochs"][epoch - 1:]:
+        entry.update(train_loss=nan, val_loss=nan, train_acc=nan, val_acc=nan)
+    record.update(status="diverged", diverged_epoch=epoch, test={"loss": nan, "acc": nan, "top5": nan})
+    return json.loads(results.to_json(record))
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures the plot functions build, in order (instead of their PNG files)."""
+    figures = []
+    monkeypatch.setattr(plots, "save", lambda fig, path, crop=False: figures.append(fig) or path)
+    return figures
+
+
+def legend(fig) -> list[str]:
+    return [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+
+
+def test_curves_show_a_diverged_run_up_to_its_divergence(tmp_path, drawn):
+    all_diverged = [diverged_at(make_record(seed=s), 1) for s in range(2)]
+    plots.four_panel(all_diverged, tmp_path / "a.png", "all diverged at once")
+    texts = [t.get_text() for ax in drawn[0].axes for t in ax.texts]
+    assert texts == ["all 2 seeds diverged at epochs 1, 1"] * 4  # not "no data (no validation split?)"
+    some = [make_record(seed=0), diverged_at(make_record(seed=1), 3)]
+    plots.four_panel(some, tmp_path / "b.png", "one diverged")
+    assert "seed 1 diverged at epoch 3" in legend(drawn[1])
+    val_acc = drawn[1].axes[3]
+    dashed = [line for line in val_acc.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and np.isfinite(dashed[0].get_ydata()).sum() == 2  # epochs 1-2, before it diverged
+
+
+def test_comparisons_keep_configurations_whose_seeds_diverged(tmp_path, drawn):
+    by_config = {"lr=1": [diverged_at(make_record("lr=1", s, lr=1.0), 1 + s) for s in range(2)],
+                 "lr=0.5": [make_record("lr=0.5", 0, lr=0.5), diverged_at(make_record("lr=0.5", 1, lr=0.5), 3)],
+                 "lr=0.1": [make_record("lr=0.1", s) for s in range(2)]}
+    plots.val_comparison(by_config, tmp_path / "cmp.png", "LR sweep")
+    assert legend(drawn[0]) == ["lr=1 (all 2 seeds diverged at epochs 1, 2)",
+                                "lr=0.5 (n=1, 1 of 2 seeds diverged at epoch 3)", "lr=0.1 (n=2)"]
+    plots.training_comparison(by_config, tmp_path / "train.png", "Optimisers")
+    assert "lr=1 (all 2 seeds diverged at epochs 1, 2)" in legend(drawn[1])
+
+
+def test_comparison_smoothing_adapts_to_short_runs(tmp_path, drawn):
+    for epochs in (8, 12, 50):
+        plots.val_comparison({"a": [make_record(n_epochs=epochs)]}, tmp_path / "cmp.png", "t", smooth=5)
+    titles = [fig._suptitle.get_text() for fig in drawn]
+    assert "moving average" not in titles[0]  # 8 epochs: no smoothing
+    assert "centred 2-epoch" in titles[1] and "centred 5-epoch" in titles[2]

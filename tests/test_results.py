@@ -1,7 +1,6 @@
 """Tests for cifar_jax.results: atomic writes, lazy study directories, resume, statistics, tables."""
 
 import json
-import math
 import re
 
 import numpy as np
@@ -27,12 +26,21 @@ def make_record(config_name="lr=0.1", seed=0, status="done", test_acc=0.6, test_
             "final_train": None}
 
 
+def strict_json(text: str):
+    """json.loads that refuses the NaN/Infinity tokens Python's json accepts but JSON does not."""
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_atomic_json_round_trip_with_nan_and_numpy(tmp_path):
     path = tmp_path / "sub" / "x.json"
-    obj = {"nan": float("nan"), "f32": np.float32(0.5), "i": np.int64(3), "arr": np.arange(3), "t": (1, 2)}
+    obj = {"nan": float("nan"), "f32": np.float32(0.5), "i": np.int64(3), "arr": np.arange(3), "t": (1, 2),
+           "inf": np.float32("-inf"), "arr_nan": np.array([1.5, np.nan, np.inf])}
     results.atomic_write_json(path, obj)
-    back = json.loads(path.read_text())
-    assert math.isnan(back["nan"]) and back["f32"] == 0.5 and back["i"] == 3
+    back = strict_json(path.read_text())  # non-finite numbers are JSON's null
+    assert back["nan"] is None and back["inf"] is None and back["arr_nan"] == [1.5, None, None]
+    assert back["f32"] == 0.5 and back["i"] == 3
     assert back["arr"] == [0, 1, 2] and back["t"] == [1, 2]
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]
 
@@ -152,7 +160,7 @@ def test_markdown_table_bolds_best_cells():
     assert row_a[:3] == ["A", "1.500 ± 0.000", "**70.00 ± 0.00**"]
     assert row_b[:3] == ["B", "**1.200 ± 0.000**", "60.00 ± 0.00"]
     assert row_a[3] == row_b[3] == "**90.00 ± 0.00**"  # a tie: both are best
-    assert row_a[4] == "2/2" and row_b[4] == "1/2, 1 diverged"
+    assert row_a[4] == "2/2" and row_b[4] == "1/2, 1 diverged at epoch 2"
 
 
 def test_environment_keys_and_git(monkeypatch, tmp_path):

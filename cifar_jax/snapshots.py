@@ -1,0 +1,93 @@
+"""Mid-run snapshots of a group's training state, so an interrupted study resumes where it stopped.
+
+After an epoch the engine offers the state of the runs it trains (parameters, optimiser and BN
+statistics, step, per-run hyperparameters with their seeds, alive mask, gradient accumulators);
+`Snapshots.save` keeps it every `every` epochs, or with every = 0 once `min_seconds` of training
+have passed since the last one, before the records of that epoch are written. A rerun's
+`Snapshots.load` gives back the newest snapshot of exactly those runs (named by a hash of their
+ids and configs) that their records have reached, with the epochs it had done; the
+data order, dropout masks and augmentation of the epochs after it derive from the seeds, the
+epoch and the step, so the rest of the run is the same as without the interruption. A snapshot
+is one .npz written atomically, removed once its runs have finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from cifar_jax import results
+
+
+class Snapshots:
+    """The snapshots of one study directory (its `resume/` folder)."""
+
+    def __init__(self, directory: Path, every: int = 0, min_seconds: float = 5.0):
+        self.directory, self.every, self.min_seconds = Path(directory), every, min_seconds
+        self._last = time.monotonic()
+
+    @staticmethod
+    def key(runs: list[tuple[str, dict]]) -> str:
+        """The name of the snapshot of these runs (id and config of each, in order)."""
+        return hashlib.sha256(results.to_json(runs, indent=None).encode()).hexdigest()[:20]
+
+    def _path(self, key: str, epoch: int) -> Path:
+        return self.directory / f"{key}-{epoch}.npz"
+
+    def _epochs(self, key: str) -> list[int]:
+        """The epochs of the snapshots kept for these runs, ascending."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.stem.rpartition("-")[2]) for p in self.directory.glob(f"{key}-*.npz"))
+
+    def due(self, epoch: int) -> bool:
+        """Whether the state after `epoch` should be kept."""
+        if self.every:
+            return epoch % self.every == 0
+        return time.monotonic() - self._last >= self.min_seconds
+
+    def save(self, key: str, epoch: int, state: Any) -> None:
+        """Keep the (host) state after `epoch` epochs (atomically; the older snapshot stays until
+        `prune`, so a kill between this and the records' write still finds one they have reached)."""
+        leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+        with results.atomic_file(self._path(key, epoch)) as f:
+            np.savez(f, **{f"leaf{i}": x for i, x in enumerate(leaves)})
+        self._last = time.monotonic()
+
+    def prune(self, key: str, recorded: int) -> None:
+        """Once the records hold `recorded` epochs, drop every snapshot older than the newest one
+        they have reached."""
+        usable = [e for e in self._epochs(key) if e <= recorded]
+        for epoch in usable[:-1]:
+            self._path(key, epoch).unlink(missing_ok=True)
+
+    def load(self, key: str, template: Any, recorded: int) -> tuple[int, Any] | None:
+        """(epochs done, state shaped like `template`) of the newest snapshot of these runs that
+        their records have reached (`recorded` epochs); None when there is none or it does not
+        fit the template (it is then ignored)."""
+        usable = [e for e in self._epochs(key) if e <= recorded]
+        if not usable:
+            return None
+        path = self._path(key, usable[-1])
+        wanted, treedef = jax.tree_util.tree_flatten(template)
+        try:
+            with np.load(path) as z:
+                leaves = [z[f"leaf{i}"] for i in range(len(wanted))]
+        except (OSError, KeyError, ValueError) as err:
+            print(f"{path}: unreadable snapshot ignored ({err})", flush=True)
+            return None
+        if any(x.shape != w.shape or x.dtype != w.dtype for x, w in zip(leaves, wanted)):
+            print(f"{path}: snapshot of another program ignored", flush=True)
+            return None
+        return usable[-1], jax.tree_util.tree_unflatten(treedef, leaves)
+
+    def remove(self, key: str) -> None:
+        """Forget the snapshots of finished runs (and the folder once empty)."""
+        for epoch in self._epochs(key):
+            self._path(key, epoch).unlink(missing_ok=True)
+        if self.directory.is_dir() and not any(self.directory.iterdir()):
+            self.directory.rmdir()

@@ -1,0 +1,73 @@
+"""What the studies that pretrain runs and restore their checkpoints share (experiments.transfer,
+experiments.cnn_transfer): --checkpoint_dir and --repair, the study's checkpoint folder, the check
+of the finished pretraining runs' checkpoints before the pretraining part trains, the save after it
+and what a restore expects.
+
+A finished pretraining run whose checkpoint is missing (its save was cut short) is trained again;
+one whose checkpoint is damaged or of another run (another study, run or configuration) stops the
+study with one line naming it, or with --repair is trained again and its checkpoint rewritten.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import flags
+
+from cifar_jax import checkpoint, config, results, run_record, study
+
+flags.DEFINE_string("checkpoint_dir", None, "Root of the pretrained checkpoints, kept in <checkpoint_dir>/<study "
+                    "name>/; default: the study's own folder, <results_dir>/<study name>/checkpoints.")
+flags.DEFINE_bool("repair", False, "Pretrain a run again when its checkpoint is damaged or of another run "
+                  "(default: stop, naming the checkpoint).")
+FLAGS = flags.FLAGS
+
+
+def checkpoint_root(parent: results.StudyDir) -> Path:
+    """Where the study keeps its pretrained checkpoints (--checkpoint_dir)."""
+    if FLAGS.checkpoint_dir:
+        return Path(FLAGS.checkpoint_dir).expanduser() / parent.root.name
+    return parent.root / "checkpoints"
+
+
+def provenance(parent: results.StudyDir, run: config.Run) -> dict:
+    """What the checkpoint of pretraining run `run` holds and a restore expects: this study, this
+    run and its configuration."""
+    return {"study": parent.root, "run_id": run.run_id, "config": run.config}
+
+
+def finished(st: results.StudyDir, runs: list[config.Run]) -> list[config.Run]:
+    """The runs the study has finished (and would skip)."""
+    todo = set(st.pending([(r.run_id, r.config) for r in runs]))
+    return [r for r in runs if r.run_id not in todo]
+
+
+def train_again(st: results.StudyDir, run_id: str, why: str) -> None:
+    """Forget a finished run's record, saying why, so that the study trains it again."""
+    study.log(f"{run_id}: finished but {why}: training it again")
+    (st.runs_dir / f"{results.run_file_stem(run_id)}.json").unlink(missing_ok=True)
+
+
+def check(parent: results.StudyDir, st: results.StudyDir, pretrained: list[tuple[config.Run, Path]]) -> None:
+    """Before the pretraining part `st` trains (`study.run`'s `before`, under its lock): remove the
+    leftovers of killed saves, then check the checkpoint of every finished (run, checkpoint path)."""
+    results.remove_leftovers(checkpoint_root(parent))
+    paths = {run.run_id: path for run, path in pretrained}
+    for run in finished(st, [run for run, _ in pretrained]):
+        path = paths[run.run_id]
+        if not path.exists():
+            train_again(st, run.run_id, f"its checkpoint {path} is missing")
+            continue
+        try:
+            checkpoint.verify(path, provenance(parent, run))
+        except checkpoint.CheckpointError as err:
+            if not FLAGS.repair:
+                raise checkpoint.CheckpointError(f"{err} (pass --repair to pretrain {run.run_id} again)") from None
+            train_again(st, run.run_id, str(err))
+
+
+def save(parent: results.StudyDir, st: results.StudyDir, path: Path, run: config.Run, variables: tuple) -> None:
+    """The checkpoint of pretraining run `run` (part `st`): its final variables, provenance and final metrics."""
+    rec = st.record(run.run_id)
+    checkpoint.save(path, *variables, overwrite=True, **provenance(parent, run),
+                    metrics={"test": run_record.final(rec, "test"), "last_epoch": rec["epochs"][-1],
+                             "status": rec["status"]})
