@@ -69,5 +69,3 @@ def test_a_tiny_ladder_end_to_end(tmp_path):
     assert {p.name for p in (root / "figures").glob("*.png")} == {"standardised_vs_baseline.png",
                                                                   "standardised_long_vs_standardised.png"}
     assert "total parameters" in (root / "model.md").read_text()
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "epoch 1/" not in again.stdout  # nothing trained twice
