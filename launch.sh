@@ -2,6 +2,7 @@
 # cifar_jax launcher: creates .venv when missing, installs the project into it, then runs
 #   ./launch.sh <experiment> [--flag=value ...]   an experiment, e.g. lr_sweep, lr_schedule, grid_study
 #   ./launch.sh test [pytest args ...]            the test suite (-m "not slow" skips real-data tests)
+#   ./launch.sh list                              every experiment with its purpose and flagfiles
 #   ./launch.sh setup                             only create/update the environment
 # Environment: CIFAR_JAX_VENV (default .venv), PYTHON (default python3), CIFAR_JAX_DATA_DIR.
 #
@@ -17,13 +18,16 @@ venv=${CIFAR_JAX_VENV:-.venv}
 python=${PYTHON:-python3}
 
 if [ $# -eq 0 ]; then
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  echo
+  "$python" -m experiments
   exit 2
 fi
 command=$1
 shift
 case "$command" in
   setup|test) ;;
+  list) exec "$python" -m experiments ;;  # reads the files only: needs no environment
   *) if ! grep -qs '^if __name__ == "__main__":' "experiments/$command.py"; then
        echo "launch.sh: no experiment '$command'; available: $(cd experiments && grep -l '^if __name__ == "__main__":' [a-z]*.py | sed 's/\.py$//' | tr '\n' ' ')" >&2
        exit 2

@@ -82,6 +82,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     f.DEFINE_integer("grad_window", 5, "Steps in each window of --grad_stats.")
     f.DEFINE_integer("loss_every", 0, "Record the mean training loss of every this many steps (records' loss_trace; "
                      "0: off).")
+    f.DEFINE_bool("tensorboard", False, "Write every run's epoch metrics as TensorBoard scalars as epochs finish "
+                  "(<study>/tensorboard/<run>/; no TensorFlow needed; view with tensorboard --logdir).")
     f.DEFINE_bool("download", True, "Download a missing CIFAR archive from its official address.")
     f.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 for jax.distributed "
                     "(default $CIFAR_JAX_COORDINATOR).")
@@ -134,6 +136,7 @@ class Config:
     # every combination of the program-changing flags (and the LRs of its optimiser) as
     # (field, value) pairs (see _variants); the scalar fields above hold the first
     variants: tuple[tuple[tuple[str, Any], ...], ...] = ((),)
+    tensorboard: bool = False  # write TensorBoard scalars of every epoch (cifar_jax/tensorboard.py)
 
     def values(self, option: str) -> tuple[float, ...]:
         """The values of a per-run option (`options.RUN_OPTIONS`)."""
@@ -283,7 +286,7 @@ def from_flags(fl: Any = None) -> Config:
         conv_impl=_choice("conv_impl", fl.conv_impl, layers.CONV_IMPLS),
         memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size, snapshot_every=fl.snapshot_every,
         eval_train=fl.eval_train, eval_test=fl.eval_test, grad_stats=fl.grad_stats, grad_window=fl.grad_window, loss_every=fl.loss_every,
-        download=fl.download, distributed=_distributed(fl),
+        download=fl.download, distributed=_distributed(fl), tensorboard=fl.tensorboard,
         variants=tuple(tuple(v.items()) for v in variants), **variants[0])
 
 

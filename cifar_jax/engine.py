@@ -25,6 +25,32 @@ from cifar_jax.run_record import Metrics
 from cifar_jax.train import Data, GroupSpec, TrainState, epoch_indices, evaluate, init_run, train_epoch, train_step
 
 LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
+PROGRESS_SECONDS = 10.0  # a progress line inside an epoch at most this often (epochs longer than this)
+PROGRESS_POINTS = 50     # a scanned epoch reports its step count to the host this many times (0: never)
+
+
+class _Progress:
+    """Progress inside the epoch being trained: steps done, images/s and the epoch's ETA, at most
+    every PROGRESS_SECONDS, to `on_progress(runs, epoch, steps done, steps, seconds)` of the
+    callbacks. On CPU (where epochs take long) a scanned epoch's compiled steps call `heard` (a
+    host callback) every steps // PROGRESS_POINTS steps; accelerator programs have no callback
+    (their epochs take seconds); a host loop of steps calls it itself, on any backend."""
+
+    def __init__(self) -> None:
+        self.report = None
+
+    def start(self, report: Callable[[int, float], None] | None) -> None:
+        self.report, self.t0 = report, time.perf_counter()
+        self.last = self.t0
+
+    def heard(self, step: Any) -> None:
+        now = time.perf_counter()
+        if self.report is not None and now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            self.report(int(np.max(step)), now - self.t0)
+
+
+_PROGRESS = _Progress()
 
 
 def auto_layout(model: models.ModelConfig, backend: str | None = None) -> str:
@@ -51,6 +77,8 @@ class Callbacks(Protocol):
     def resume(self, runs: np.ndarray, template: Any) -> tuple[int, Any] | None: ...
     def on_resume(self, runs: np.ndarray, epochs_done: int) -> None: ...
     def on_state(self, runs: np.ndarray, epoch: int, state: Callable[[], TrainState]) -> None: ...
+    # optional: progress inside an epoch longer than PROGRESS_SECONDS
+    def on_progress(self, runs: np.ndarray, epoch: int, done: int, seconds: float, *, steps: int) -> None: ...
 
 
 def _map_over_runs(f: Callable, *axes: int | None) -> Callable:
@@ -79,7 +107,10 @@ def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axi
         return split(idx)
 
     def epoch(state, data, epoch):
-        return batched(functools.partial(train_epoch, spec), 0, None, 0)(state, data, indices(state, data, epoch))
+        steps = data.train_idx.shape[0] // spec.batch_size
+        heard = _PROGRESS.heard if PROGRESS_POINTS and mesh.devices.flat[0].platform == "cpu" else None
+        one = functools.partial(train_epoch, spec, on_steps=heard, every=max(1, steps // max(1, PROGRESS_POINTS)))
+        return batched(one, 0, None, 0)(state, data, indices(state, data, epoch))
 
     def step(state, sums, losses, data, idx, s):
         state, m = batched(functools.partial(train_step, spec), 0, None, 0)(state, data, split(idx[:, s]))
@@ -281,9 +312,11 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     else:
         callbacks.on_start(runs, _eval_splits(prog, state, data, before, n))
     on_state = getattr(callbacks, "on_state", None)
+    on_progress = getattr(callbacks, "on_progress", None)
     for epoch in range(done, epochs):
         t0 = time.perf_counter()
         lr = np.asarray(prog["lr"](state.hp, state.step))[:n]
+        _PROGRESS.start(functools.partial(on_progress, runs, epoch + 1, steps=steps) if on_progress else None)
         if scan:
             state, sums, losses = run_epoch(state, data, jnp.int32(epoch))
         else:
@@ -291,7 +324,11 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
             sums, losses = zeros(width), zeros(steps)
             for s in range(steps):
                 state, sums, losses = run_step(state, sums, losses, data, idx, jnp.int32(s))
+                if on_progress and time.perf_counter() - _PROGRESS.last >= PROGRESS_SECONDS:
+                    sums.block_until_ready()  # the steps dispatched so far have run
+                    _PROGRESS.heard(s + 1)
         sums, step_losses = np.asarray(sums)[:n], np.asarray(losses)[:n]  # waits for the epoch's steps
+        _PROGRESS.start(None)
         seconds = time.perf_counter() - t0  # training only: evaluation below is not counted
         alive = np.asarray(state.alive)[:n]
         evals = _eval_splits(prog, state, data, every_epoch, n)

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from cifar_jax import config, data, engine, models, plots, results, run_record, splits, train
+from cifar_jax import config, data, engine, models, plots, results, run_record, splits, tensorboard, train
 from cifar_jax.config import Config, ConfigError, Run
 from cifar_jax.snapshots import Snapshots
 
@@ -90,9 +90,10 @@ class RecordWriter:
     """Engine callbacks: builds each run's record, writes it every epoch, prints progress."""
 
     def __init__(self, study: results.StudyDir, runs: list[Run], total_epochs: int, label: str,
-                 progress: dict, tensor_names: list[str], snapshots: Snapshots):
+                 progress: dict, tensor_names: list[str], snapshots: Snapshots,
+                 events: tensorboard.StudyWriter | None = None):
         self.study, self.runs, self.label, self.tensor_names = study, runs, label, tensor_names
-        self.snapshots = snapshots
+        self.snapshots, self.events = snapshots, events  # events: --tensorboard's files
         self.records: dict[int, dict] = {}
         self.total, self.progress = total_epochs, progress  # progress is shared across groups
 
@@ -112,6 +113,8 @@ class RecordWriter:
         for j, i in enumerate(runs):
             run_record.add_epoch(self.records[i], epoch, metrics, j, seconds)
             self.study.write_record(self.records[i])
+            if self.events is not None:  # the record's own numbers, so TensorBoard shows exactly them
+                self.events.add_epoch(self.runs[i].run_id, self.records[i]["epochs"][-1], self.tensor_names)
         self.snapshots.prune(self._key(runs), epoch)
         self.progress["done"] += 1
         self.progress["seconds"] += seconds
@@ -124,11 +127,19 @@ class RecordWriter:
             f"val loss {_mean(val.loss):.3f} acc {_pct(val.acc)}  "
             f"{seconds:.1f} s/epoch  ETA {_fmt_time(left)}" + (f"  ({n_div} diverged)" if n_div else ""))
 
+    def on_progress(self, runs: np.ndarray, epoch: int, done: int, seconds: float, *, steps: int) -> None:
+        first = self.runs[runs[0]].run_id if len(runs) == 1 else f"{len(runs)} runs"
+        images = done * self.runs[runs[0]].spec.batch_size * len(runs)
+        log(f"{self.label} [{first}] epoch {epoch}/{self.runs[runs[0]].epochs}: step {done}/{steps}, "
+            f"{images / seconds:,.0f} images/s, epoch ETA {_fmt_time(seconds * (steps - done) / done)}")
+
     def on_end(self, runs: np.ndarray, final: run_record.Final) -> None:
         for j, i in enumerate(runs):
             run_record.finish(self.records[i], final, j, self.tensor_names)
             self.study.write_record(self.records[i])
         self.snapshots.remove(self._key(runs))
+        if self.events is not None:
+            self.events.close([self.runs[i].run_id for i in runs])
 
     def _key(self, runs: np.ndarray) -> str:
         return self.snapshots.key([(self.runs[i].run_id, self.runs[i].config) for i in runs])
@@ -240,7 +251,8 @@ def _train_groups(study: results.StudyDir, runs: list[Run], groups: dict, prepar
         t0 = time.perf_counter()
         names = train.param_names(train.param_shapes(spec, prepared.dataset.image_shape))
         recorder = RecordWriter(study, group_runs, total, label, progress, names,
-                                Snapshots(study.root / "resume", cfg.snapshot_every))
+                                Snapshots(study.root / "resume", cfg.snapshot_every),
+                                tensorboard.StudyWriter(study.root / tensorboard.FOLDER) if cfg.tensorboard else None)
         initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
         states = engine.train_group(spec, hp, prepared.device, epochs, recorder, layout=layout,
                                     memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial)
@@ -320,11 +332,25 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
     return st
 
 
+def show_project_flags(fl: flags.FlagValues = flags.FLAGS, main_module: str | None = None) -> None:
+    """Make every project flag (defined in cifar_jax.* or experiments.*: the core flags of
+    cifar_jax.config and those of shared experiment modules) a key flag of the main module
+    (absl names it by its path, sys.argv[0]), so --help lists them beside the experiment's own.
+    --helpfull lists every flag under the module that defines it, absl's own under absl.*."""
+    main_module = main_module or sys.argv[0]
+    for module, defined in fl.flags_by_module_dict().items():
+        if module.startswith(("cifar_jax.", "experiments.")) and module != main_module:
+            for flag in defined:
+                fl.register_key_flag_for_module(main_module, flag)
+
+
 def main(experiment: Callable[[Config], Any]) -> None:
     """absl entry point: define the core flags, validate, run; bad input → one line, exit 2;
     Ctrl-C → one line, exit 130, and SIGTERM → one line, exit 143 (see `run_checked`)."""
     config.define_flags()
-    signal.signal(signal.SIGTERM, _terminate)
+    show_project_flags()
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     app.run(lambda argv: run_checked(argv, experiment), flags_parser=parse_flags)
 
 
@@ -332,8 +358,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every cleanup on the way out runs."""
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
+_SIGNALLED: list[int] = []  # the stop signals received: a JAX host callback (progress inside a
+#                            compiled epoch) turns the exception raised below into a JaxRuntimeError
+
+
+def _stop(signum: int, frame: Any) -> None:
+    _SIGNALLED.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def parse_flags(argv: list[str], fl: flags.FlagValues = flags.FLAGS) -> list[str]:
@@ -390,6 +421,10 @@ def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any = 
         _fail(f"{err.filename or 'writing'}: {err.strerror}; fix that and run the same command again to resume")
     except KeyboardInterrupt as err:
         _interrupted(isinstance(err, Terminated), cfg)
+    except jax.errors.JaxRuntimeError:
+        if not _SIGNALLED:
+            raise
+        _interrupted(_SIGNALLED[0] == signal.SIGTERM, cfg)
 
 
 def _interrupted(terminated: bool, cfg: Config | None) -> None:

@@ -211,12 +211,19 @@ def epoch_indices(hp: dict[str, jax.Array], epoch: jax.Array, train_idx: jax.Arr
     return train_idx[perm[: steps * batch_size]].reshape(steps, batch_size)
 
 
-def train_epoch(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
-                ) -> tuple[TrainState, jax.Array]:
+def train_epoch(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array,
+                on_steps: Any = None, every: int = 1) -> tuple[TrainState, jax.Array]:
     """One epoch of one run over its [steps, batch] indices with the steps inside `lax.scan`;
-    returns the summed step metrics and every step's summed loss [steps]."""
-    step = lambda s, i: train_step(spec, s, data, i)
-    state, sums = jax.lax.scan(step, state, idx)
+    returns the summed step metrics and every step's summed loss [steps]. `on_steps(k)`, a host
+    function, hears every `every`-th step k of the epoch (progress inside long epochs)."""
+    def step(s, xs):
+        k, i = xs
+        s, sums = train_step(spec, s, data, i)
+        if on_steps is not None:
+            jax.lax.cond((k + 1) % every == 0, lambda: jax.debug.callback(on_steps, k + 1), lambda: None)
+        return s, sums
+
+    state, sums = jax.lax.scan(step, state, (jnp.arange(idx.shape[0]), idx))
     return state, sums.sum(0), sums[:, 0]
 
 

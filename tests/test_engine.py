@@ -314,3 +314,25 @@ def test_label_smoothing_trains_on_smoothed_targets(noise_data):
         _assert_close(new.params, manual(alpha), 1e-6)
     plain, _ = train.train_step(spec, state, noise_data, idx)  # the default (0) is the plain loss
     _assert_close(plain.params, new.params, 0.0)
+
+
+@pytest.mark.parametrize("layout", ["seq_scan", "seq_loop"])
+def test_progress_inside_an_epoch_reaches_the_callbacks(small_data, layout, monkeypatch):
+    """With the interval at 0 every report point becomes a progress line: steps done rise within
+    the epoch, up to the epoch's steps; the numbers trained are the same as without progress."""
+    monkeypatch.setattr(engine, "PROGRESS_SECONDS", 0.0)
+    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), batch_size=32)
+    lines = []
+
+    class WithProgress(Collect):
+        def on_progress(self, runs, epoch, done, seconds, *, steps):
+            lines.append((epoch, done, steps))
+
+    state = engine.train_group(spec, train.stack_hparams([dict(seed=0, lr=0.05)]), small_data, 2, WithProgress(),
+                               layout=layout)
+    steps = 320 // 32
+    assert {e for e, _, _ in lines} == {1, 2} and all(s == steps for _, _, s in lines)
+    assert [d for e, d, _ in lines if e == 1] == sorted(d for e, d, _ in lines if e == 1) and max(d for _, d, _ in lines) == steps
+    plain, _ = _train(spec, [dict(seed=0, lr=0.05)], small_data, 2, layout)
+    for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
