@@ -19,6 +19,7 @@ import numpy as np
 from benchmarks import common
 from cifar_jax import engine
 
+DEFAULT_POINTS = engine.PROGRESS_POINTS
 # (workload, layout, steps per epoch, epochs): the first epoch is untimed
 CASES = {"full": [(common.lr_sweep, "seq_loop", 300, 3), (common.mlp_group, "seq_scan", 450, 3)],
          "quick": [(common.lr_sweep, "seq_loop", 100, 3), (common.mlp_group, "seq_scan", 200, 3)]}
@@ -37,7 +38,7 @@ class WithProgress(common.Timings):
 
 def measure(w: common.Workload, dev, layout: str, progress: bool) -> tuple[float, int]:
     """(seconds per step of the timed epochs, progress lines) with the progress machinery on or off."""
-    engine.PROGRESS_POINTS = 50 if progress else 0  # off: the scanned epoch has no host callback at all
+    engine.PROGRESS_POINTS = DEFAULT_POINTS if progress else 0  # off: the scanned epoch has no host callback at all
     engine._programs.cache_clear()
     timings = WithProgress() if progress else common.Timings()
     engine.train_group(w.spec, w.hparams(), dev, w.epochs, timings, layout=layout)

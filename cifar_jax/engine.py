@@ -26,7 +26,7 @@ from cifar_jax.train import Data, GroupSpec, TrainState, epoch_indices, evaluate
 
 LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
 PROGRESS_SECONDS = 10.0  # a progress line inside an epoch at most this often (epochs longer than this)
-PROGRESS_POINTS = 50     # a scanned epoch reports its step count to the host this many times (0: never)
+PROGRESS_POINTS = 10     # a scanned epoch reports its step count to the host this many times (0: never)
 
 
 class _Progress:
