@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, NamedTuple, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from scipy import stats
@@ -477,6 +477,11 @@ def statistics(values: Sequence[float]) -> dict:
     std = float(arr.std(ddof=1)) if n > 1 else 0.0
     half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
     return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": n, "values": arr.tolist()}
+
+
+def finite_statistics(values: Iterable[float | None]) -> dict:
+    """`statistics` of the values that are numbers and finite (a diverged run's NaN or null left out)."""
+    return statistics([float(v) for v in values if v is not None and math.isfinite(v)])
 
 
 def _config_summary(group: list[dict]) -> dict:

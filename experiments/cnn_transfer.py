@@ -36,7 +36,6 @@ import functools
 import io
 import json
 import math
-import tomllib
 from pathlib import Path
 
 import jax
@@ -45,7 +44,7 @@ import numpy as np
 from absl import flags
 
 from cifar_jax import checkpoint, config, data, models, plots, preprocess, results, run_record, splits, study, train
-from experiments import pretraining
+from experiments import pretraining, reproduce
 
 BASELINES = ("scratch", "linear_probe", "fine_tune")
 TITLE = "CNN transfer"
@@ -288,10 +287,6 @@ def baseline_of(config_name: str) -> str:
     return config_name.split(",")[0]
 
 
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(v)]
-
-
 def config_rows(records: list[dict]) -> list[dict]:
     """Per configuration: baseline, LR and train (eval mode where recorded) / val / test accuracy
     statistics over its done seeds."""
@@ -303,18 +298,16 @@ def config_rows(records: list[dict]) -> list[dict]:
         lr = float(group[0]["config"]["lr"])
         rows.append({"config": name, "baseline": baseline_of(name), "lr": lr, "values": {"lr": lr},
                      "n_runs": len(group), "n_done": len(done),
-                     "train_acc": results.statistics(_finite(train_acc)),
-                     **{f"{s}_acc": results.statistics(_finite(split_acc(r, s) for r in done)) for s in ("val", "test")}})
+                     "train_acc": results.finite_statistics(train_acc),
+                     **{f"{s}_acc": results.finite_statistics(split_acc(r, s) for r in done) for s in ("val", "test")}})
     return rows
 
 
 def published() -> dict[tuple[str, float], tuple[float | None, ...]]:
     """The report's (train, val, test) accuracy (fractions) per (baseline, LR), from reports.toml."""
-    with open(Path(__file__).with_name("reports.toml"), "rb") as f:
-        raw = tomllib.load(f)
-    sections = [s for report in raw.values() for s in report.get("sections", []) if s.get("module") == "cnn_transfer"]
-    numbers = sections[0].get("published", {}) if sections else {}
-    return {(baseline_of(k), float(k.split("lr=")[1].split(",")[0])): tuple(None if x < 0 else x / 100 for x in v)
+    sections = [s for report in reproduce.REPORTS.values() for s in report.sections if s.module == "cnn_transfer"]
+    numbers = sections[0].published if sections else {}
+    return {(baseline_of(k), float(k.split("lr=")[1].split(",")[0])): tuple(None if x is None else x / 100 for x in v)
             for k, v in numbers.items() if "lr=" in k}
 
 
@@ -391,7 +384,7 @@ def _by_baseline(rows: list[dict]) -> dict[str, list[dict]]:
 
 def best_and_worst(records: list[dict]) -> tuple[dict, dict] | None:
     """The done runs with the highest and the lowest test accuracy (the first of ties)."""
-    done = [r for r in records if r["status"] == "done" and r.get("test") and math.isfinite(r["test"]["acc"])]
+    done = [r for r in records if r["status"] == "done" and math.isfinite((run_record.final(r, "test") or {}).get("acc", math.nan))]
     if not done:
         return None
     return max(done, key=lambda r: r["test"]["acc"]), min(done, key=lambda r: r["test"]["acc"])
@@ -434,7 +427,7 @@ def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict],
         parent.write_json("best_vs_worst.json", {"best": best["run_id"], "worst": worst["run_id"],
                                                  "right_by_best_wrong_by_worst": n_all, "shown": shown.tolist()})
     source = results.StudyDir(parent.root / "pretrain").records()
-    source_acc = results.statistics(_finite((r.get("test") or {}).get("acc") for r in source if r["status"] == "done"))
+    source_acc = results.finite_statistics((r.get("test") or {}).get("acc") for r in source if r["status"] == "done")
     cfg0 = records[0]["config"]
     header = (f"Target: {ds.name}, {cfg0['split'][0]:,} train / {cfg0['split'][1]:,} val / {len(labels):,} test images, "
               f"{cfg0['epochs']} epoch(s), {cfg0['optimizer']}, batch {cfg0['batch_size']}, model {cfg0['model']['name']} "

@@ -96,12 +96,12 @@ def config_rows(records: list[dict]) -> list[dict]:
                      "dropout": c["dropout"], "noise_std": c["noise_std"], "salt_pepper": c["salt_pepper"],
                      "lr": c["lr"], "values": {n: c.get(n) or 0 for n in AXES},
                      "n_runs": len(group), "train_acc": results.statistics(train),
-                     "best_train_acc": _finite_stats([_best(r, "train_eval_acc", "train_acc") for r in done]),
-                     "best_val_acc": _finite_stats([_best(r, "val_acc") for r in done]),
-                     "final_train_loss": _finite_stats([run_record.last(r, "train_loss") for r in done]),
-                     "run_seconds": _finite_stats([_later_mean(r, "run_seconds") for r in done]),
-                     "loss_noise": _finite_stats([run_record.last(r, "loss_noise") for r in done]),
-                     **{f"{s}_acc": _finite_stats([run_record.final(r, s)["acc"] for r in done
+                     "best_train_acc": results.finite_statistics([_best(r, "train_eval_acc", "train_acc") for r in done]),
+                     "best_val_acc": results.finite_statistics([_best(r, "val_acc") for r in done]),
+                     "final_train_loss": results.finite_statistics([run_record.last(r, "train_loss") for r in done]),
+                     "run_seconds": results.finite_statistics([_later_mean(r, "run_seconds") for r in done]),
+                     "loss_noise": results.finite_statistics([run_record.last(r, "loss_noise") for r in done]),
+                     **{f"{s}_acc": results.finite_statistics([run_record.final(r, s)["acc"] for r in done
                                                    if run_record.final(r, s)]) for s in ("val", "test")}})
     return rows
 
@@ -110,11 +110,6 @@ def _later_mean(record: dict, key: str) -> float:
     """The mean of `key` over the epochs after the first (which carries one-off costs), else the first."""
     values = run_record.curve(record, key)
     return float(np.nanmean(values[1:] if len(values) > 1 else values)) if np.isfinite(values).any() else float("nan")
-
-
-def _finite_stats(values: list[float]) -> dict:
-    """results.statistics of the finite values."""
-    return results.statistics([v for v in values if np.isfinite(v)])
 
 
 def _best(record: dict, *keys: str) -> float:
@@ -168,7 +163,7 @@ def at_epochs_markdown(records: list[dict], epochs: list[int], title: str) -> st
             cells = []
             for e in epochs:
                 values = [run_record.curve(r, key)[e - 1] for r in group if len(run_record.curve(r, key)) >= e]
-                cells.append(results.format_stat("acc", results.statistics([v for v in values if np.isfinite(v)])))
+                cells.append(results.format_stat("acc", results.finite_statistics(values)))
             lines.append(f"| {name} | {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

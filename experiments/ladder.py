@@ -71,10 +71,6 @@ def plan(stages: list[str], long_stages: list[str]) -> list[tuple[str, str | Non
     return out
 
 
-def _stat(values: list[float]) -> dict:
-    return results.statistics([v for v in values if np.isfinite(v)])
-
-
 def stage_row(name: str, parent: str | None, records: list[dict]) -> dict:
     """A stage's numbers across seeds: test top-1/top-5, best validation accuracy, the minimum
     and the final validation loss and whether it turned up again (a U)."""
@@ -84,11 +80,11 @@ def stage_row(name: str, parent: str | None, records: list[dict]) -> dict:
     min_val = [float(np.nanmin(v)) for v in val_loss if np.isfinite(v).any()]
     rise = float(np.nanmean(np.subtract(final_val, min_val))) if min_val else float("nan")
     return {"stage": name, "builds_on": parent or "–", "n": len(done),
-            "test_acc": _stat([run_record.final(r, "test")["acc"] for r in done]),
-            "test_top5": _stat([run_record.final(r, "test")["top5"] for r in done]),
-            "best_val_acc": _stat([float(np.nanmax(run_record.curve(r, "val_acc"))) for r in done]),
-            "min_val_loss": _stat(min_val), "final_val_loss": _stat(final_val),
-            "min_val_epoch": _stat([float(np.nanargmin(v) + 1) for v in val_loss if np.isfinite(v).any()]),
+            "test_acc": results.finite_statistics([run_record.final(r, "test")["acc"] for r in done]),
+            "test_top5": results.finite_statistics([run_record.final(r, "test")["top5"] for r in done]),
+            "best_val_acc": results.finite_statistics([float(np.nanmax(run_record.curve(r, "val_acc"))) for r in done]),
+            "min_val_loss": results.finite_statistics(min_val), "final_val_loss": results.finite_statistics(final_val),
+            "min_val_epoch": results.finite_statistics([float(np.nanargmin(v) + 1) for v in val_loss if np.isfinite(v).any()]),
             "u_shape": bool(rise > U_THRESHOLD)}
 
 
