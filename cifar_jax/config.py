@@ -290,6 +290,18 @@ def from_flags(fl: Any = None) -> Config:
         variants=tuple(tuple(v.items()) for v in variants), **variants[0])
 
 
+def parse(*args: str) -> Config:
+    """A Config from command-line flags ("--model=mlp", "--lr=0.01,0.1", ...) on flags of its own,
+    outside absl's app and its global FLAGS: for notebooks and scripts (and the tests)."""
+    fv = flags.FlagValues()
+    define_flags(fv)
+    try:
+        fv(["cifar_jax", *args])
+    except flags.Error as err:
+        raise ConfigError(str(err)) from None
+    return from_flags(fv)
+
+
 def _study_name(name: str | None) -> str | None:
     """--name as one plain folder name, so the study stays inside --results_dir."""
     if name and (name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name)):

@@ -19,18 +19,7 @@ def shared_cifar() -> pathlib.Path:
 
 @pytest.fixture
 def parse():
-    """Parse a command line into a Config on flags of its own (absl's global FLAGS may hold an
-    experiment's): parse("--model=mlp", ...)."""
-    from absl import flags
-
+    """Parse a command line into a Config (one seed unless given): parse("--model=mlp", ...)."""
     from cifar_jax import config
 
-    fv = flags.FlagValues()
-    config.define_flags(fv)
-
-    def parse(*args):
-        fv.unparse_flags()
-        fv(["prog", "--seeds=1", *args])
-        return config.from_flags(fv)
-
-    return parse
+    return lambda *args: config.parse("--seeds=1", *args)
