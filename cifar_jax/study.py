@@ -336,12 +336,35 @@ def show_project_flags(fl: flags.FlagValues = flags.FLAGS, main_module: str | No
     """Make every project flag (defined in cifar_jax.* or experiments.*: the core flags of
     cifar_jax.config and those of shared experiment modules) a key flag of the main module
     (absl names it by its path, sys.argv[0]), so --help lists them beside the experiment's own.
-    --helpfull lists every flag under the module that defines it, absl's own under absl.*."""
+    --helpfull (`full_help`) lists every flag under the module that defines it."""
     main_module = main_module or sys.argv[0]
     for module, defined in fl.flags_by_module_dict().items():
-        if module.startswith(("cifar_jax.", "experiments.")) and module != main_module:
+        if _is_project(module) and module != main_module:
             for flag in defined:
                 fl.register_key_flag_for_module(main_module, flag)
+
+
+def _is_project(module: str) -> bool:
+    return module.startswith(("cifar_jax.", "experiments."))
+
+
+def full_help(fl: flags.FlagValues = flags.FLAGS) -> str:
+    """--helpfull: absl's listing of every flag by the module that defines it, regrouped so that the
+    project's modules (the experiment, cifar_jax.*, experiments.*) come apart from absl's own."""
+    blocks: list[list[str]] = []
+    for line in fl.get_help().splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):  # a module's heading
+            blocks.append([])
+        if blocks:
+            blocks[-1].append(line)
+    main_module = sys.argv[0]
+    project = [b for b in blocks if b[0][:-1] == main_module or _is_project(b[0][:-1])]
+    other = [b for b in blocks if b not in project]
+    parts = ["Project flags (the experiment's own, then the core and shared ones):\n"]
+    parts += ["\n".join(b).rstrip() + "\n" for b in project]
+    parts += ["Library flags (absl's own: flag files, logging, debugging):\n"] if other else []
+    parts += ["\n".join(b).rstrip() + "\n" for b in other]
+    return "\n".join(parts)
 
 
 def main(experiment: Callable[[Config], Any]) -> None:
@@ -369,7 +392,10 @@ def _stop(signum: int, frame: Any) -> None:
 
 def parse_flags(argv: list[str], fl: flags.FlagValues = flags.FLAGS) -> list[str]:
     """absl's flag parsing, with a malformed or unknown flag as one line, exit 2 (absl's own: two
-    lines, exit 1)."""
+    lines, exit 1); --helpfull prints `full_help` (exit 0)."""
+    if any(arg in ("--helpfull", "-helpfull") for arg in argv[1:]):
+        print(full_help(fl))
+        sys.exit(0)
     try:
         return fl(argv)
     except flags.Error as err:

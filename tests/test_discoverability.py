@@ -64,3 +64,21 @@ def test_short_help_lists_the_project_flags():
     for name in ("--[no]own_flag", "--epochs", "--lr:", "--seeds", "--dataset", "--results_dir"):
         assert name in short, name
     assert "cifar_jax.config:" in fl.get_help()  # --helpfull: still by defining module
+
+
+def test_full_help_puts_the_project_flags_apart_from_absl(monkeypatch):
+    fl = flags.FlagValues()
+    config.define_flags(fl)
+    flags.DEFINE_bool("own_flag", False, "The experiment's own.", flag_values=fl, module_name="experiment.py")
+    flags.DEFINE_bool("verbosity_like", False, "A library's.", flag_values=fl, module_name="absl.logging")
+    flags.DEFINE_bool("shared_flag", False, "A shared module's.", flag_values=fl, module_name="experiments.pretraining")
+    monkeypatch.setattr("sys.argv", ["experiment.py"])
+    study.show_project_flags(fl, "experiment.py")
+    text = study.full_help(fl)
+    headings = [line for line in text.splitlines() if line and not line[0].isspace()]
+    assert headings == ["Project flags (the experiment's own, then the core and shared ones):", "experiment.py:",
+                        "cifar_jax.config:", "experiments.pretraining:",
+                        "Library flags (absl's own: flag files, logging, debugging):", "absl.logging:", "absl.flags:"]
+    own = text[text.index("experiment.py:"):text.index("cifar_jax.config:")]
+    assert "--[no]own_flag" in own and "--epochs" not in own  # each flag once, under its own module
+    assert text.count("--epochs:") == 1 and text.index("--[no]verbosity_like") > text.index("Library flags")
