@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # cifar_jax launcher: creates .venv when missing, installs the project into it, then runs
 #   ./launch.sh <experiment> [--flag=value ...]   an experiment, e.g. lr_sweep, lr_schedule, grid_study
-#   ./launch.sh test [pytest args ...]            the test suite (-m "not slow" skips real-data tests)
+#   ./launch.sh test [pytest args ...]            the test suite, one worker per core up to 4 (-m "not slow"
+#                                                 skips the slow ones; CIFAR_JAX_TEST_WORKERS=0: no workers)
 #   ./launch.sh list                              every experiment with its purpose and flagfiles
 #   ./launch.sh setup                             only create/update the environment
-# Environment: CIFAR_JAX_VENV (default .venv), PYTHON (default python3), CIFAR_JAX_DATA_DIR.
+# Environment: CIFAR_JAX_VENV (default .venv), PYTHON (default python3), CIFAR_JAX_DATA_DIR,
+# CIFAR_JAX_TEST_WORKERS.
 #
 # Multi-host (jax.distributed): start the same command on every machine, with a shared
 # --results_dir, the coordinator's address and each machine's index; each process trains its
@@ -18,7 +20,7 @@ venv=${CIFAR_JAX_VENV:-.venv}
 python=${PYTHON:-python3}
 
 if [ $# -eq 0 ]; then
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
   echo
   "$python" -m experiments
   exit 2
@@ -51,6 +53,9 @@ fi
 
 case "$command" in
   setup) echo "launch.sh: environment ready in $venv" >&2 ;;
-  test) exec "$venv/bin/python" -m pytest "$@" ;;
+  test) # one pytest worker per core, at most 4 (the tests are mostly compilation and study
+        # subprocesses, each single-threaded); CIFAR_JAX_TEST_WORKERS overrides, 0 runs in-process
+        workers=${CIFAR_JAX_TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 1) < 4 ? $(nproc 2>/dev/null || echo 1) : 4 ))}
+        exec "$venv/bin/python" -m pytest -n "$workers" "$@" ;;
   *) exec "$venv/bin/python" -m "experiments.$command" "$@" ;;
 esac

@@ -77,8 +77,8 @@ def source_config(cfg: config.Config) -> config.Config:
         raise config.ConfigError(str(err).replace("--split=", "--source_split=")) from None
     if FLAGS.source_epochs < 1:
         raise config.ConfigError(f"--source_epochs={FLAGS.source_epochs}: must be >= 1")
-    if not FLAGS.source_lr > 0:
-        raise config.ConfigError(f"--source_lr={FLAGS.source_lr}: must be > 0")
+    if not 0 < FLAGS.source_lr < math.inf:  # NaN too
+        raise config.ConfigError(f"--source_lr={FLAGS.source_lr}: must be a finite number > 0")
     return cfg.replace(classes=FLAGS.source_classes, split=split, test_size=0, epochs=FLAGS.source_epochs,
                        lrs=(FLAGS.source_lr,))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -94,13 +95,33 @@ def command(section: Section) -> list[str]:
     return cmd
 
 
+def run_child(cmd: list[str]) -> int:
+    """Run a study's process to its end and return its exit status. A Ctrl-C reaches it too (one
+    process group) and a SIGTERM is passed on to it; either way this waits while the study stops
+    itself cleanly (saying what it kept), instead of killing it mid-write."""
+    child = subprocess.Popen(cmd)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.terminate())
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_section(section: Section) -> float:
     """Run one study as its own process (its flags are its own); returns the wall time."""
     print(f"\n=== §{section.number} {section.title}: {' '.join(command(section)[1:])}", flush=True)
     t0 = time.perf_counter()
-    result = subprocess.run(command(section))
-    if result.returncode:
-        sys.exit(f"error: §{section.number} ({section.module}) failed with exit status {result.returncode}")
+    status = run_child(command(section))
+    if status in (130, 143):  # the study said what it kept; the rest of the report is not written
+        print(f"reproduce --report={FLAGS.report}: stopped in §{section.number}; run the same command again "
+              "to resume", file=sys.stderr, flush=True)
+        sys.exit(status)
+    if status:
+        sys.exit(f"error: §{section.number} ({section.module}) failed with exit status {status}")
     return time.perf_counter() - t0
 
 
@@ -187,4 +208,8 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    try:
+        app.run(main)
+    except KeyboardInterrupt:  # between two studies: each finished study is kept
+        print("reproduce: interrupted (Ctrl-C); run the same command again to resume", file=sys.stderr)
+        sys.exit(130)

@@ -31,9 +31,10 @@ FLAGS = flags.FLAGS
 
 def dropout_rate(cfg: config.Config) -> float:
     """--transfer_dropout, else the dropout study's best rate, else 0.6."""
-    if FLAGS.transfer_dropout >= 0:
-        if FLAGS.transfer_dropout >= 1:
-            raise config.ConfigError(f"--transfer_dropout={FLAGS.transfer_dropout}: must be in [0, 1)")
+    if FLAGS.transfer_dropout != -1:
+        if not 0 <= FLAGS.transfer_dropout < 1:  # NaN too
+            raise config.ConfigError(f"--transfer_dropout={FLAGS.transfer_dropout}: must be in [0, 1), or -1 for "
+                                     "the dropout study's best rate")
         return FLAGS.transfer_dropout
     gap = Path(FLAGS.dropout_study or Path(cfg.results_dir) / "dropout_sweep") / "generalisation_gap.json"
     if gap.exists():

@@ -244,3 +244,28 @@ def test_an_interrupted_study_says_what_is_kept_in_one_line(tmp_path, sig, statu
     record = strict_loads((tmp_path / "lr_sweep" / "runs" / "default,seed=0.json").read_text())
     assert record["status"] == "incomplete" and len(record["epochs"]) >= 1
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group,sig,status,word", [(True, signal.SIGINT, 130, "Ctrl-C"),
+                                                   (False, signal.SIGTERM, 143, "SIGTERM")])
+def test_an_interrupted_report_stops_its_study_cleanly(tmp_path, group, sig, status, word):
+    """reproduce runs each study as a child: Ctrl-C (at the terminal: the whole process group) and a
+    SIGTERM to reproduce alone (passed on) both end in the study's line and reproduce's, no traceback."""
+    proc = subprocess.Popen(command("reproduce", "--report=seed002", "--smoke", "--only=2", "--dataset=synthetic",
+                                    f"--results_dir={tmp_path}"),
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("data: "):  # the study's process is up, its signal handlers set
+                break
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == status and len(lines) == 2, err
+    assert lines[0].startswith(f"{'interrupted' if group else 'terminated'} ({word}): every finished epoch is saved")
+    assert lines[1] == "reproduce --report=seed002: stopped in §2; run the same command again to resume"
+    assert not (tmp_path / "seed002_report_smoke").exists()

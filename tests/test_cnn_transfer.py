@@ -51,6 +51,18 @@ def run_study(tmp: Path, *more: str) -> dict:
     return captured
 
 
+@pytest.mark.parametrize("lr", ["inf", "nan", "0"])
+def test_a_bad_source_lr_is_refused(tmp_path, lr):
+    config.define_flags()
+    FLAGS.unparse_flags()
+    FLAGS(["cnn_transfer", *TINY, f"--source_lr={lr}", f"--results_dir={tmp_path}"])
+    try:
+        with pytest.raises(config.ConfigError, match=rf"^--source_lr={float(lr)}: must be a finite number > 0$"):
+            cnn_transfer.source_config(config.from_flags())
+    finally:
+        FLAGS.unparse_flags()
+
+
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cnn_transfer")

@@ -99,3 +99,11 @@ def test_a_damaged_checkpoint_stops_the_study_in_one_line_and_repair_pretrains_i
 def test_transfer_refuses_a_model_without_convolutions(tmp_path):
     out = run("--dataset=synthetic", "--model=mlp", f"--results_dir={tmp_path}")
     assert out.returncode == 2 and "--model=mlp" in out.stderr and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("rate", ["nan", "1", "-0.5"])
+def test_a_bad_dropout_rate_is_one_line(tmp_path, rate):
+    out = run(*ARGS, f"--transfer_dropout={rate}", f"--results_dir={tmp_path}")
+    assert out.returncode == 2 and out.stderr.splitlines() == [
+        f"error: --transfer_dropout={float(rate)}: must be in [0, 1), or -1 for the dropout study's best rate"]
+    assert not (tmp_path / "transfer" / "runs").exists()
