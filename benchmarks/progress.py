@@ -1,11 +1,11 @@
 """The cost of progress lines inside long epochs: seconds per step of the same workload with the
-progress machinery on and off, paired (off, on, off, on, ...) in one process, for a host loop of
+progress machinery on and off, paired in alternating order (off-on, on-off, ...) in one process, for a host loop of
 steps (BaselineNet, seq_loop: the CPU's layout for conv nets) and a scanned epoch (the seeds/002
 MLP group, seq_scan; its compiled steps call the host every steps // PROGRESS_POINTS steps). The
 progress interval is cut from engine.PROGRESS_SECONDS (10 s) to --interval (1 s) so that an
 epoch of a few seconds pays for several lines: an upper bound on the default's cost.
 
-    python -m benchmarks.progress [--quick] [--interval=1] [--pairs=3]
+    python -m benchmarks.progress [--quick] [--interval=1] [--pairs=4]
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter epochs (about a minute on 2 CPU cores)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between progress lines")
-    parser.add_argument("--pairs", type=int, default=3, help="off/on pairs per case")
+    parser.add_argument("--pairs", type=int, default=4, help="off/on pairs per case (their order alternates)")
     parser.add_argument("--data_dir", default=common.DEFAULT_DATA_DIR)
     parser.add_argument("--results", default=None)
     args = parser.parse_args(argv)
@@ -62,11 +62,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         images = common.load_images(args.data_dir, w.train_size)
         dev = common.device_data(images, common.training_split(images, w))
         off, on, lines = [], [], 0
-        for _ in range(args.pairs):
-            off.append(measure(w, dev, layout, False)[0])
-            s, n = measure(w, dev, layout, True)
-            on.append(s)
-            lines += n
+        for pair in range(args.pairs):
+            for progress in (False, True) if pair % 2 == 0 else (True, False):  # off-on, on-off, ...: no order bias
+                s, n = measure(w, dev, layout, progress)
+                (on if progress else off).append(s)
+                lines += n
         ratio = float(np.median(on) / np.median(off))
         rows.append([w.title, layout, 1e3 * np.median(off), 1e3 * np.median(on), ratio, lines / args.pairs])
         out.append({"workload": w.name, "layout": layout, "steps_per_epoch": steps, "s_per_step_off": off,

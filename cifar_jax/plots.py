@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cifar_jax import results, run_record
+from cifar_jax import results, run_record, summary
 from cifar_jax.results import TEST_METRICS, ResultsError
 
 DPI = 150
@@ -71,12 +71,12 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 def _scale(key: str) -> float:
     """100 for accuracies (plotted in %), 1 otherwise."""
-    return 100.0 if results.is_percent(key) else 1.0
+    return 100.0 if summary.is_percent(key) else 1.0
 
 
 def _ylabel(key: str) -> str:
     """Axis label with units for a per-epoch metric."""
-    return "accuracy (%)" if results.is_percent(key) else "cross-entropy loss"
+    return "accuracy (%)" if summary.is_percent(key) else "cross-entropy loss"
 
 
 def _diverged_at(record: dict) -> int | None:
@@ -177,7 +177,7 @@ def _seed_panel(ax: Axes, records: list[dict], key: str) -> None:
     if kept:
         mean, _ = mean_std(kept)
         ax.plot(_epochs(mean), mean, color="black", lw=2.4, label=f"mean of {len(kept)} seeds")
-        if diverged and not results.is_percent(key):  # keep exploding losses from flattening the rest
+        if diverged and not summary.is_percent(key):  # keep exploding losses from flattening the rest
             ax.set_ylim(0, 1.15 * float(np.nanmax(np.concatenate(kept))))
     elif diverged and not drawn:
         _no_data(ax, _diverged_note(diverged, len(records)))
@@ -328,7 +328,7 @@ def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str
     fig = Figure(figsize=(4.4 * len(panels), 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels))
     for ax, (key, name, ylabel) in zip(axes, panels):
-        scale = 100.0 if results.is_percent(key) else 1.0
+        scale = 100.0 if summary.is_percent(key) else 1.0
         drawn = []
         for i, (label, group) in enumerate(lines.items()):
             group = sorted(group, key=lambda r: r["values"][option])
@@ -446,7 +446,7 @@ def val_comparison(records_by_config: dict[str, list[dict]], path: Path | str, t
 @styled
 def test_table(summary: dict, path: Path | str, title: str, metrics: Sequence[str] = TEST_METRICS) -> Path:
     """The mean ± std test table as a figure, best value per metric bold on a coloured cell."""
-    header, rows, flags = results.table_rows(summary, metrics)
+    header, rows, flags = summary.table_rows(summary, metrics)
     if not rows:
         raise ResultsError("test_table: the summary has no configurations")
     fig = Figure(figsize=(2.2 + 1.9 * len(metrics), 0.6 + 0.3 * (len(rows) + 1)))
@@ -645,7 +645,7 @@ def lr_landscape(rows: list[dict], path: Path | str, title: str, best_lr: float 
     that did not diverge with its 95% t-interval as a band, and below it the fraction of seeds per
     LR that diverged (and that diverged or ended at or above the untrained loss); the best LR
     starred and the divergence boundary a dashed line. `rows`, one per LR: lr, n_runs, n_diverged,
-    n_failed, and val_acc / test_acc statistics as `results.statistics` gives them."""
+    n_failed, and val_acc / test_acc statistics as `summary.statistics` gives them."""
     if not rows:
         raise ResultsError("lr_landscape: no rows")
     rows = sorted(rows, key=lambda r: r["lr"])

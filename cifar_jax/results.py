@@ -1,6 +1,6 @@
-"""Study results on disk: atomic files, the study directory (run records, resume bookkeeping),
-environment and seed statistics, and a study as tidy rows or pandas DataFrames (`frames`). The
-run record itself is `run_record`."""
+"""Study results on disk: atomic files, the study directory (run records, its lock, resume
+bookkeeping), the environment, and a study as tidy rows or pandas DataFrames (`frames`). The run
+record itself is `run_record`; statistics across seeds and their tables are `summary`."""
 
 from __future__ import annotations
 
@@ -19,20 +19,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, BinaryIO, Iterator, NamedTuple
 
 import numpy as np
-from scipy import stats
 
 from cifar_jax import run_record
 from cifar_jax.run_record import ResultsError  # noqa: F401 (raised here; imported from here by callers)
 
-SUMMARY_METRICS = (
-    "test_loss", "test_acc", "test_top5",
-    "train_loss", "train_acc", "val_loss", "val_acc",
-    "untrained_val_acc", "untrained_val_loss",
-)
-TEST_METRICS = ("test_loss", "test_acc", "test_top5")
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 _MAX_STEM = 120
@@ -444,147 +437,6 @@ def environment() -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- statistics
-
-def _finite(value: Any) -> float | None:
-    """The value as float when it is a finite number, else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def metric_values(record: dict) -> dict[str, float | None]:
-    """The summary metrics of one run (None where the record has no finite value): test from the
-    final eval-mode pass, train and val from the last epoch, untrained val from before training."""
-    test = run_record.final(record, "test") or {}
-    untrained_val = run_record.untrained(record, "val") or {}
-    raw = {
-        "test_loss": test.get("loss"), "test_acc": test.get("acc"), "test_top5": test.get("top5"),
-        **{key: run_record.last(record, key) for key in ("train_loss", "train_acc", "val_loss", "val_acc")},
-        "untrained_val_acc": untrained_val.get("acc"), "untrained_val_loss": untrained_val.get("loss"),
-    }
-    return {name: _finite(value) for name, value in raw.items()}
-
-
-def statistics(values: Sequence[float]) -> dict:
-    """Mean, sample std (ddof=1) and Student-t 95% interval of the mean; None fields when empty."""
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "std": None, "ci95": None, "n": 0, "values": []}
-    arr = np.asarray(values, dtype=np.float64)
-    mean = float(arr.mean())
-    std = float(arr.std(ddof=1)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": n, "values": arr.tolist()}
-
-
-def finite_statistics(values: Iterable[float | None]) -> dict:
-    """`statistics` of the values that are numbers and finite (a diverged run's NaN or null left out)."""
-    return statistics([float(v) for v in values if v is not None and math.isfinite(v)])
-
-
-def _config_summary(group: list[dict]) -> dict:
-    """Run counts and metric statistics (done runs only) of one configuration."""
-    done = [metric_values(r) for r in group if r["status"] == "done"]
-    metrics = {m: statistics([v[m] for v in done if v[m] is not None]) for m in SUMMARY_METRICS}
-    return {
-        "n_runs": len(group),
-        "n_done": len(done),
-        "n_diverged": sum(r["status"] == "diverged" for r in group),
-        "diverged_epochs": sorted(r["diverged_epoch"] for r in group
-                                  if r["status"] == "diverged" and isinstance(r.get("diverged_epoch"), int)),
-        "n_incomplete": sum(r["status"] == "incomplete" for r in group),
-        "metrics": metrics,
-    }
-
-
-def summarize(records: list[dict]) -> dict:
-    """Per-configuration statistics across seeds, configs in order of first appearance."""
-    for rec in records:
-        run_record.check(rec, f"run {rec.get('run_id')!r}" if isinstance(rec, dict) else "summarize")
-    return {"configs": {name: _config_summary(group) for name, group in run_record.group_by_config(records).items()}}
-
-
-# ----------------------------------------------------------------------------- tables
-
-def is_percent(metric: str) -> bool:
-    """Whether a metric is an accuracy (fraction shown as %)."""
-    return "acc" in metric or "top5" in metric
-
-
-def lower_is_better(metric: str) -> bool:
-    """Losses are minimised, accuracies maximised."""
-    return "loss" in metric
-
-
-def metric_label(metric: str) -> str:
-    """Human-readable column label, e.g. 'test_acc' → 'test acc (%)'."""
-    label = metric.replace("top5", "top-5").replace("_", " ")
-    return f"{label} (%)" if is_percent(metric) else label
-
-
-def _display_mean(metric: str, stat: dict) -> float | None:
-    """The mean rounded as it is displayed (so equal-looking values tie for best)."""
-    if stat["mean"] is None:
-        return None
-    return round(stat["mean"] * 100, 2) if is_percent(metric) else round(stat["mean"], 3)
-
-
-def format_stat(metric: str, stat: dict) -> str:
-    """'mean ± std' with accuracies in % (2 decimals) and losses with 3 decimals; '–' when empty."""
-    if stat["mean"] is None:
-        return "–"
-    if is_percent(metric):
-        return f"{stat['mean'] * 100:.2f} ± {stat['std'] * 100:.2f}"
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
-
-
-def best_configs(summary: dict, metric: str) -> set[str]:
-    """Configs with the best displayed mean for a metric (ties all count)."""
-    means = {name: _display_mean(metric, cfg["metrics"][metric]) for name, cfg in summary["configs"].items()}
-    present = {name: m for name, m in means.items() if m is not None}
-    if not present:
-        return set()
-    best = (min if lower_is_better(metric) else max)(present.values())
-    return {name for name, m in present.items() if m == best}
-
-
-def runs_cell(config_summary: dict) -> str:
-    """'done/total' plus diverged (with the epochs they diverged at) and incomplete counts when any."""
-    text = f"{config_summary['n_done']}/{config_summary['n_runs']}"
-    epochs = config_summary.get("diverged_epochs") or []
-    at = f" at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else ""
-    for key, word in (("n_diverged", f"diverged{at}"), ("n_incomplete", "incomplete")):
-        if config_summary[key]:
-            text += f", {config_summary[key]} {word}"
-    return text
-
-
-def table_rows(summary: dict, metrics: Sequence[str] = TEST_METRICS
-               ) -> tuple[list[str], list[list[str]], list[list[bool]]]:
-    """Header, cell texts and best-cell flags shared by the Markdown and figure tables."""
-    header = ["config", *(metric_label(m) for m in metrics), "n"]
-    best = {m: best_configs(summary, m) for m in metrics}
-    rows, flags = [], []
-    for name, cfg in summary["configs"].items():
-        rows.append([name, *(format_stat(m, cfg["metrics"][m]) for m in metrics), runs_cell(cfg)])
-        flags.append([False, *(name in best[m] for m in metrics), False])
-    return header, rows, flags
-
-
-def test_table_markdown(summary: dict, metrics: Sequence[str] = TEST_METRICS) -> str:
-    """Markdown table of mean ± std per config with the best value per metric in bold."""
-    header, rows, flags = table_rows(summary, metrics)
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join([":---", *["---:"] * len(metrics), ":---"]) + "|"]
-    for row, bold in zip(rows, flags):
-        cells = [c.replace("|", "\\|") for c in row]
-        cells = [f"**{c}**" if b else c for c, b in zip(cells, bold)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 # ----------------------------------------------------------------------------- tidy tables (notebooks, pandas)
 
 ID_COLUMNS = ("part", "run_id", "config_name", "seed", "status", "diverged_epoch")
@@ -680,7 +532,7 @@ def _final_table(parts: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
             for split in splits:
                 values = ({m: run_record.last(rec, f"val_{m}") for m in run_record.METRICS} if split == "val"
                           else run_record.final(rec, split) or {})
-                rows.append((ident, {"split": split, **{m: _finite(values.get(m)) for m in run_record.METRICS},
+                rows.append((ident, {"split": split, **{m: run_record.finite_or_none(values.get(m)) for m in run_record.METRICS},
                                      "epochs_done": len(rec.get("epochs") or [])}, cfg))
     columns, table = _table(rows)
     return columns or [*ID_COLUMNS, *FINAL_COLUMNS], table

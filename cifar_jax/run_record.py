@@ -157,6 +157,14 @@ def number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+def finite_or_none(value: Any) -> float | None:
+    """A number as float when it is finite, else None (null, NaN, inf, a missing value, anything else)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _metrics(values: dict | None) -> dict[str, float] | None:
     """A stored {loss, acc, top5} with null read as NaN."""
     return None if values is None else {k: number(v) for k, v in values.items()}

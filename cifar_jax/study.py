@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from cifar_jax import config, data, engine, models, plots, results, run_record, splits, tensorboard, train
+from cifar_jax import config, data, engine, models, plots, results, run_record, splits, summary, tensorboard, train
 from cifar_jax.config import Config, ConfigError, Run
 from cifar_jax.snapshots import Snapshots
 
@@ -285,19 +285,19 @@ def finish(study: results.StudyDir, runs: list[Run], title: str, figures: bool =
         log(f"process {jax.process_index()}: my runs are finished; process 0 writes the summary")
         return None
     records = [r for r in (_checked_record(study, run) for run in runs) if r is not None]
-    summary = results.summarize(records)
-    study.write_json("summary.json", summary)
-    table = results.test_table_markdown(summary)
+    stats = summary.summarize(records)
+    study.write_json("summary.json", stats)
+    table = summary.test_table_markdown(stats)
     study.write_text("test_table.md", f"# {title}: test set (mean ± std over seeds)\n\n{table}\n")
     if figures:
         fig, by_config = study.figures_dir, run_record.group_by_config(records)
         for name, recs in by_config.items():
             plots.four_panel(recs, fig / f"curves_{results.run_file_stem(name)}.png", f"{title}: {name}")
         plots.val_comparison(by_config, fig / "val_comparison.png", f"{title}: mean validation (smoothed)")
-        plots.test_table(summary, fig / "test_table.png", f"{title}: test set")
+        plots.test_table(stats, fig / "test_table.png", f"{title}: test set")
         plots.lr_curves(records, fig / "lr_curves.png")
     log(f"\n{title}: test set (mean ± std over seeds)\n{table}\nresults and figures: {study.root}")
-    return summary
+    return stats
 
 
 def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]], *,

@@ -28,13 +28,13 @@ The format, written here from its specification:
 """
 from __future__ import annotations
 
-import math
 import socket
 import struct
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from cifar_jax import run_record
 from cifar_jax.results import run_file_stem
 
 FILE_VERSION = "brain.Event:2"
@@ -181,11 +181,8 @@ def epoch_scalars(entry: Mapping[str, Any], tensor_names: Sequence[str] = ()) ->
     out.update((k, entry.get(k)) for k in ("lr", "l2_penalty", "loss_noise"))
     norms = entry.get("grad_norm") or []
     out.update((f"grad_norm/{tensor_names[i] if i < len(tensor_names) else i}", v) for i, v in enumerate(norms))
-    return {tag: float(v) for tag, v in out.items() if _finite(v)}
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    finite = {tag: run_record.finite_or_none(v) for tag, v in out.items()}
+    return {tag: v for tag, v in finite.items() if v is not None}
 
 
 class StudyWriter:

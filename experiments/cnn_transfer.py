@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from cifar_jax import checkpoint, config, data, models, plots, preprocess, results, run_record, splits, study, train
+from cifar_jax import checkpoint, config, data, models, plots, preprocess, results, run_record, splits, study, summary, train
 from experiments import pretraining, reproduce
 
 BASELINES = ("scratch", "linear_probe", "fine_tune")
@@ -298,8 +298,8 @@ def config_rows(records: list[dict]) -> list[dict]:
         lr = float(group[0]["config"]["lr"])
         rows.append({"config": name, "baseline": baseline_of(name), "lr": lr, "values": {"lr": lr},
                      "n_runs": len(group), "n_done": len(done),
-                     "train_acc": results.finite_statistics(train_acc),
-                     **{f"{s}_acc": results.finite_statistics(split_acc(r, s) for r in done) for s in ("val", "test")}})
+                     "train_acc": summary.finite_statistics(train_acc),
+                     **{f"{s}_acc": summary.finite_statistics(split_acc(r, s) for r in done) for s in ("val", "test")}})
     return rows
 
 
@@ -320,7 +320,7 @@ def _pct(x: float | None) -> str:
 
 
 def _stat(s: dict) -> str:
-    return results.format_stat("acc", s)
+    return summary.format_stat("acc", s)
 
 
 def ranked(rows: list[dict]) -> list[dict]:
@@ -427,7 +427,7 @@ def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict],
         parent.write_json("best_vs_worst.json", {"best": best["run_id"], "worst": worst["run_id"],
                                                  "right_by_best_wrong_by_worst": n_all, "shown": shown.tolist()})
     source = results.StudyDir(parent.root / "pretrain").records()
-    source_acc = results.finite_statistics((r.get("test") or {}).get("acc") for r in source if r["status"] == "done")
+    source_acc = summary.finite_statistics((r.get("test") or {}).get("acc") for r in source if r["status"] == "done")
     cfg0 = records[0]["config"]
     header = (f"Target: {ds.name}, {cfg0['split'][0]:,} train / {cfg0['split'][1]:,} val / {len(labels):,} test images, "
               f"{cfg0['epochs']} epoch(s), {cfg0['optimizer']}, batch {cfg0['batch_size']}, model {cfg0['model']['name']} "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from cifar_jax import config, plots, results, run_record, study
+from cifar_jax import config, plots, results, run_record, study, summary
 
 TRAIN_SOURCES = {
     "final_train": "eval-mode pass over the training split after the last epoch (--eval_train)",
@@ -29,7 +29,7 @@ def train_source(records: list[dict]) -> str:
 
 def final_metrics(record: dict, source: str) -> dict[str, float | None]:
     """Final train/val loss and accuracy of one run (None where not finite), train from `source`."""
-    last = results.metric_values(record)
+    last = summary.metric_values(record)
     values = {k: last[k] for k in FINAL}
     if source == "final_train":
         train = run_record.final(record, "train")
@@ -44,9 +44,9 @@ def gap_rows(records: list[dict], source: str) -> list[dict]:
         done = [final_metrics(r, source) for r in group if r["status"] == "done"]
         row = {"rate": group[0]["config"]["dropout"], "config": name, "n_runs": len(group)}
         for gap, train, val in GAPS:
-            row[gap] = results.statistics([m[train] - m[val] for m in done if None not in (m[train], m[val])])
+            row[gap] = summary.statistics([m[train] - m[val] for m in done if None not in (m[train], m[val])])
         for key in FINAL:
-            row[key] = results.statistics([m[key] for m in done if m[key] is not None])
+            row[key] = summary.statistics([m[key] for m in done if m[key] is not None])
         rows.append(row)
     return sorted(rows, key=lambda r: r["rate"])
 
@@ -64,7 +64,7 @@ def gap_markdown(rows: list[dict], best: dict | None, source: str) -> str:
              "| dropout | config | train acc (%) | val acc (%) | acc gap (pp) | train loss | val loss | loss gap | n |",
              "|---:|:---|---:|---:|---:|---:|---:|---:|:---|"]
     for r in rows:
-        cells = [results.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "acc_gap", "train_loss",
+        cells = [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "acc_gap", "train_loss",
                                                          "val_loss", "loss_gap")]
         if r is best:
             cells[1] = f"**{cells[1]}**"
@@ -72,7 +72,7 @@ def gap_markdown(rows: list[dict], best: dict | None, source: str) -> str:
         lines.append(f"| {r['rate']:g} | {r['config']} | " + " | ".join(cells) + f" | {n} |")
     verdict = ("no configuration has a validation accuracy" if best is None else
                f"best rate: **{best['rate']:g}** (highest mean final validation accuracy, "
-               f"{results.format_stat('val_acc', best['val_acc'])}%)")
+               f"{summary.format_stat('val_acc', best['val_acc'])}%)")
     return "\n".join(lines + ["", verdict]) + "\n"
 
 

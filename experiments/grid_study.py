@@ -17,7 +17,7 @@ import numpy as np
 
 from absl import flags
 
-from cifar_jax import config, gradient_plots, options, plots, results, run_record, study
+from cifar_jax import config, gradient_plots, options, plots, results, run_record, study, summary
 
 flags.DEFINE_integer("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.")
 flags.DEFINE_string("title", "Grid study", "The study's title in its tables and figures.")
@@ -95,13 +95,13 @@ def config_rows(records: list[dict]) -> list[dict]:
                      "l2": c["l2"], "init": c["init_scale"] if c["model"]["init"] == "normal" else c["model"]["init"],
                      "dropout": c["dropout"], "noise_std": c["noise_std"], "salt_pepper": c["salt_pepper"],
                      "lr": c["lr"], "values": {n: c.get(n) or 0 for n in AXES},
-                     "n_runs": len(group), "train_acc": results.statistics(train),
-                     "best_train_acc": results.finite_statistics([_best(r, "train_eval_acc", "train_acc") for r in done]),
-                     "best_val_acc": results.finite_statistics([_best(r, "val_acc") for r in done]),
-                     "final_train_loss": results.finite_statistics([run_record.last(r, "train_loss") for r in done]),
-                     "run_seconds": results.finite_statistics([_later_mean(r, "run_seconds") for r in done]),
-                     "loss_noise": results.finite_statistics([run_record.last(r, "loss_noise") for r in done]),
-                     **{f"{s}_acc": results.finite_statistics([run_record.final(r, s)["acc"] for r in done
+                     "n_runs": len(group), "train_acc": summary.statistics(train),
+                     "best_train_acc": summary.finite_statistics([_best(r, "train_eval_acc", "train_acc") for r in done]),
+                     "best_val_acc": summary.finite_statistics([_best(r, "val_acc") for r in done]),
+                     "final_train_loss": summary.finite_statistics([run_record.last(r, "train_loss") for r in done]),
+                     "run_seconds": summary.finite_statistics([_later_mean(r, "run_seconds") for r in done]),
+                     "loss_noise": summary.finite_statistics([run_record.last(r, "loss_noise") for r in done]),
+                     **{f"{s}_acc": summary.finite_statistics([run_record.final(r, s)["acc"] for r in done
                                                    if run_record.final(r, s)]) for s in ("val", "test")}})
     return rows
 
@@ -131,7 +131,7 @@ def configs_markdown(rows: list[dict], title: str) -> str:
              "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|---:|---:|:---|"]
     for r in rows:
         hidden = ", ".join(map(str, r["hidden"]))
-        cells = [results.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc", "best_train_acc",
+        cells = [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc", "best_train_acc",
                                                          "best_val_acc")]
         cells += [_plain(r["run_seconds"], 2), _plain(r["loss_noise"], 3)]
         lines.append(f"| {r['config']} | ({hidden}) | {r['norm']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
@@ -141,7 +141,7 @@ def configs_markdown(rows: list[dict], title: str) -> str:
     if len(scored) > 1:
         best = max(scored, key=lambda r: r["val_acc"]["mean"])
         lines += ["", f"Chosen by validation accuracy (final, mean over seeds): **{best['config']}**, validation "
-                      f"{results.format_stat('acc', best['val_acc'])}%, test {results.format_stat('acc', best['test_acc'])}%."]
+                      f"{summary.format_stat('acc', best['val_acc'])}%, test {summary.format_stat('acc', best['test_acc'])}%."]
     return "\n".join(lines) + "\n"
 
 
@@ -163,7 +163,7 @@ def at_epochs_markdown(records: list[dict], epochs: list[int], title: str) -> st
             cells = []
             for e in epochs:
                 values = [run_record.curve(r, key)[e - 1] for r in group if len(run_record.curve(r, key)) >= e]
-                cells.append(results.format_stat("acc", results.finite_statistics(values)))
+                cells.append(summary.format_stat("acc", summary.finite_statistics(values)))
             lines.append(f"| {name} | {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

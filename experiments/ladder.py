@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from cifar_jax import config, models, plots, results, run_record, study
+from cifar_jax import config, models, plots, run_record, study, summary
 
 # name → (the stage it builds on, its change to that stage's flags). A change sets Config fields,
 # per-run options (tuples) or, under "model", ModelConfig fields.
@@ -80,11 +80,11 @@ def stage_row(name: str, parent: str | None, records: list[dict]) -> dict:
     min_val = [float(np.nanmin(v)) for v in val_loss if np.isfinite(v).any()]
     rise = float(np.nanmean(np.subtract(final_val, min_val))) if min_val else float("nan")
     return {"stage": name, "builds_on": parent or "–", "n": len(done),
-            "test_acc": results.finite_statistics([run_record.final(r, "test")["acc"] for r in done]),
-            "test_top5": results.finite_statistics([run_record.final(r, "test")["top5"] for r in done]),
-            "best_val_acc": results.finite_statistics([float(np.nanmax(run_record.curve(r, "val_acc"))) for r in done]),
-            "min_val_loss": results.finite_statistics(min_val), "final_val_loss": results.finite_statistics(final_val),
-            "min_val_epoch": results.finite_statistics([float(np.nanargmin(v) + 1) for v in val_loss if np.isfinite(v).any()]),
+            "test_acc": summary.finite_statistics([run_record.final(r, "test")["acc"] for r in done]),
+            "test_top5": summary.finite_statistics([run_record.final(r, "test")["top5"] for r in done]),
+            "best_val_acc": summary.finite_statistics([float(np.nanmax(run_record.curve(r, "val_acc"))) for r in done]),
+            "min_val_loss": summary.finite_statistics(min_val), "final_val_loss": summary.finite_statistics(final_val),
+            "min_val_epoch": summary.finite_statistics([float(np.nanargmin(v) + 1) for v in val_loss if np.isfinite(v).any()]),
             "u_shape": bool(rise > U_THRESHOLD)}
 
 
@@ -97,10 +97,10 @@ def ladder_markdown(rows: list[dict], title: str) -> str:
     for r in rows:
         stage = r["stage"].removesuffix("_long")
         change = f"{FLAGS.long_epochs} epochs" if r["stage"].endswith("_long") else _change_text(STAGES[stage][1])
-        cells = [results.format_stat(metric, r[key]) for metric, key in (
+        cells = [summary.format_stat(metric, r[key]) for metric, key in (
             ("acc", "test_acc"), ("acc", "test_top5"), ("acc", "best_val_acc"), ("loss", "min_val_loss"))]
         epoch = "–" if r["min_val_epoch"]["mean"] is None else f"{r['min_val_epoch']['mean']:.0f}"
-        cells += [epoch, results.format_stat("loss", r["final_val_loss"])]
+        cells += [epoch, summary.format_stat("loss", r["final_val_loss"])]
         lines.append(f"| {r['stage']} | {r['builds_on']} | {change} | " + " | ".join(cells)
                      + f" | {'yes' if r['u_shape'] else 'no'} | {r['n']} |")
     return "\n".join(lines) + "\n"
@@ -121,9 +121,9 @@ def model_markdown(model: models.ModelConfig, image_shape: tuple[int, ...], reco
     for split in ("train", "val", "test"):
         got = [m for m in (run_record.untrained(r, split) for r in records) if m]
         if got:
-            loss, top1, top5 = (results.statistics([m[k] for m in got]) for k in ("loss", "acc", "top5"))
-            lines.append(f"| {split} | {loss['mean']:.4f} ± {loss['std']:.4f} | {results.format_stat('acc', top1)} | "
-                         f"{results.format_stat('acc', top5)} | {len(got)} |")
+            loss, top1, top5 = (summary.statistics([m[k] for m in got]) for k in ("loss", "acc", "top5"))
+            lines.append(f"| {split} | {loss['mean']:.4f} ± {loss['std']:.4f} | {summary.format_stat('acc', top1)} | "
+                         f"{summary.format_stat('acc', top5)} | {len(got)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from cifar_jax import config, options, plots, results, study
+from cifar_jax import config, options, plots, results, study, summary
 from experiments import grid_study
 
 flags.DEFINE_list("coarse_lambdas", ["0.1", "0.01", "0.001", "0.0001", "0.00001"], "λ of the coarse search.")
@@ -72,7 +72,7 @@ def markdown(done: dict, best: float) -> str:
                 "|:---|---:|---:|---:|---:|:---|"]
         for r in sorted(rows, key=lambda r: (r["config"].split(",")[0], -r["values"]["l2"])):
             lam = f"{r['values']['l2']:.4g}"
-            cells = [results.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc")]
+            cells = [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc")]
             if name != "final" and r["values"]["l2"] == best:
                 lam, cells = f"**{lam}**", [f"**{c}**" for c in cells]
             out.append(f"| {r['config']} | {lam} | " + " | ".join(cells) + f" | {r['test_acc']['n']}/{r['n_runs']} |")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from absl import flags
 
-from cifar_jax import config, plots, results, run_record, study
+from cifar_jax import config, plots, results, run_record, study, summary
 
 flags.DEFINE_float("landscape_max", 1.0, "Largest LR of the landscape grid (the grid replaces --lr).")
 flags.DEFINE_float("landscape_min", 1e-4, "Smallest LR of the landscape grid.")
@@ -59,10 +59,10 @@ def failed(rec: dict) -> bool:
 def landscape_rows(records: list[dict]) -> list[dict]:
     """One row per LR, smallest first: run counts (diverged, failed as `failed` says) and the
     final validation and test accuracy statistics of the seeds that did not diverge."""
-    summary = results.summarize(records)["configs"]
+    stats = summary.summarize(records)["configs"]
     rows = []
     for name, recs in run_record.group_by_config(records).items():
-        s = summary[name]
+        s = stats[name]
         rows.append({"lr": float(recs[0]["config"]["lr"]), "config": name, "n_runs": s["n_runs"],
                      "n_diverged": s["n_diverged"], "n_incomplete": s["n_incomplete"],
                      "n_failed": sum(failed(r) for r in recs if r["status"] in run_record.FINISHED),

@@ -18,7 +18,7 @@ import dataclasses
 import numpy as np
 from absl import flags
 
-from cifar_jax import config, plots, results, run_record, study
+from cifar_jax import config, plots, results, run_record, study, summary
 from experiments import grid_study
 
 flags.DEFINE_list("depths", ["1", "2", "3", "4", "6"], "Numbers of hidden layers.")
@@ -73,8 +73,8 @@ def analyse(st: results.StudyDir, records: list[dict], depths: list[int], widths
     word, facts = verdict(run_record.group_by_config(records)[best["config"]])
     text = (f"# {TITLE}: the net chosen by validation accuracy\n\n"
             f"**{depths[d]} hidden layer(s) of {widths[w]}** ({best['config']}): validation "
-            f"{results.format_stat('val_acc', best['val_acc'])}%, test {results.format_stat('test_acc', best['test_acc'])}%, "
-            f"training (eval mode) {results.format_stat('train_acc', best['train_acc'])}%.\n\n"
+            f"{summary.format_stat('val_acc', best['val_acc'])}%, test {summary.format_stat('test_acc', best['test_acc'])}%, "
+            f"training (eval mode) {summary.format_stat('train_acc', best['train_acc'])}%.\n\n"
             f"Verdict: it **{word}** (train − validation gap {facts['gap_points']:.1f} points; final validation "
             f"loss {100 * facts['val_loss_rise']:.1f}% above its minimum; training loss fell "
             f"{100 * facts['last_train_loss_drop']:.1f}% in the last epoch). Rules: overfits when the validation "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from absl import flags
 
-from cifar_jax import checkpoint, config, plots, results, run_record, study, train
+from cifar_jax import checkpoint, config, plots, results, run_record, study, summary, train
 from experiments import pretraining
 
 flags.DEFINE_float("transfer_dropout", -1.0, "DropoutNet's rate; -1: the best rate of the dropout study "
@@ -120,13 +120,13 @@ def compare(parent: results.StudyDir, retrained: list[dict]) -> None:
     note = "" if base else f"\n(no §1.1 baseline found at {baseline_dir}: run experiments.lr_sweep first)\n"
     base = [{**r, "config_name": f"§1.1 {FLAGS.baseline_config}"} for r in base]
     records = retrained + base
-    summary = results.summarize(records)
-    parent.write_json("summary.json", summary)
-    table = results.test_table_markdown(summary)
+    stats = summary.summarize(records)
+    parent.write_json("summary.json", stats)
+    table = summary.test_table_markdown(stats)
     parent.write_text("transfer_comparison.md", f"# Transfer: test set (mean ± std over seeds)\n\n{table}\n{note}")
     plots.val_comparison(run_record.group_by_config(records), parent.figures_dir / "transfer_val_comparison.png",
                          "Retraining vs the §1.1 baseline: mean validation (smoothed)")
-    plots.test_table(summary, parent.figures_dir / "transfer_test_table.png", "Transfer: test set")
+    plots.test_table(stats, parent.figures_dir / "transfer_test_table.png", "Transfer: test set")
     study.log(f"\nTransfer vs §1.1 baseline (test set)\n{table}{note}")
 
 

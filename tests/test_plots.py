@@ -7,7 +7,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cifar_jax import plots, results, run_record
+from cifar_jax import plots, results, run_record, summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -83,7 +83,7 @@ def test_val_comparison(tmp_path, config_with_diverged):
 
 def test_test_table(tmp_path, config_with_diverged):
     records = config_with_diverged + [make_record("lr=0.05", s, lr=0.05) for s in range(2)]
-    assert_png(plots.test_table(results.summarize(records), tmp_path / "table.png", "Test results"))
+    assert_png(plots.test_table(summary.summarize(records), tmp_path / "table.png", "Test results"))
 
 
 def test_schedule_shapes(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cifar_jax import results
+from cifar_jax import results, summary
 from cifar_jax.results import ResultsError, StudyDir
 
 
@@ -123,9 +123,9 @@ def test_summarize_statistics_and_counts():
     records = [make_record("A", s, test_acc=a, test_loss=1.0 + s) for s, a in enumerate(accs)]
     records += [make_record("A", 3, status="diverged"), make_record("A", 4, status="incomplete"),
                 make_record("B", 0, test_acc=0.4)]
-    summary = results.summarize(records)
-    assert list(summary["configs"]) == ["A", "B"]
-    a = summary["configs"]["A"]
+    got = summary.summarize(records)
+    assert list(got["configs"]) == ["A", "B"]
+    a = got["configs"]["A"]
     assert (a["n_runs"], a["n_done"], a["n_diverged"], a["n_incomplete"]) == (5, 3, 1, 1)
     acc = a["metrics"]["test_acc"]
     mean, std = np.mean(accs), np.std(accs, ddof=1)
@@ -135,7 +135,7 @@ def test_summarize_statistics_and_counts():
     assert acc["ci95"] == pytest.approx([lo, hi])
     assert a["metrics"]["train_loss"]["mean"] == pytest.approx(2.0 / 3)
     assert a["metrics"]["untrained_val_acc"]["mean"] == pytest.approx(0.1)
-    b = summary["configs"]["B"]["metrics"]["test_acc"]
+    b = got["configs"]["B"]["metrics"]["test_acc"]
     assert (b["mean"], b["std"], b["ci95"], b["n"]) == (0.4, 0.0, [0.4, 0.4], 1)
 
 
@@ -144,7 +144,7 @@ def test_summarize_skips_missing_validation():
     for epoch in rec["epochs"]:
         epoch["val_loss"] = float("nan")
         del epoch["val_acc"]
-    stat = results.summarize([rec])["configs"]["lr=0.1"]["metrics"]
+    stat = summary.summarize([rec])["configs"]["lr=0.1"]["metrics"]
     assert stat["val_acc"] == {"mean": None, "std": None, "ci95": None, "n": 0, "values": []}
     assert stat["val_loss"]["n"] == 0 and stat["test_acc"]["n"] == 1
 
@@ -152,7 +152,7 @@ def test_summarize_skips_missing_validation():
 def test_markdown_table_bolds_best_cells():
     records = [make_record("A", s, test_acc=0.7, test_loss=1.5) for s in range(2)]
     records += [make_record("B", 0, test_acc=0.6, test_loss=1.2), make_record("B", 1, status="diverged")]
-    table = results.test_table_markdown(results.summarize(records))
+    table = summary.test_table_markdown(summary.summarize(records))
     lines = table.strip().splitlines()
     assert lines[0] == "| config | test loss | test acc (%) | test top-5 (%) | n |"
     row_a = [c.strip() for c in lines[2].strip("|").split("|")]
