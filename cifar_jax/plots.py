@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cifar_jax import results, run_record, summary
-from cifar_jax.results import TEST_METRICS, ResultsError
+from cifar_jax.results import ResultsError
 
 DPI = 150
 STYLE = {
@@ -444,9 +444,10 @@ def val_comparison(records_by_config: dict[str, list[dict]], path: Path | str, t
 # ----------------------------------------------------------------------------- tables and data
 
 @styled
-def test_table(summary: dict, path: Path | str, title: str, metrics: Sequence[str] = TEST_METRICS) -> Path:
-    """The mean ± std test table as a figure, best value per metric bold on a coloured cell."""
-    header, rows, flags = summary.table_rows(summary, metrics)
+def test_table(stats: dict, path: Path | str, title: str, metrics: Sequence[str] = summary.TEST_METRICS) -> Path:
+    """The mean ± std test table of `stats` (`summary.summarize`) as a figure, best value per metric
+    bold on a coloured cell."""
+    header, rows, flags = summary.table_rows(stats, metrics)
     if not rows:
         raise ResultsError("test_table: the summary has no configurations")
     fig = Figure(figsize=(2.2 + 1.9 * len(metrics), 0.6 + 0.3 * (len(rows) + 1)))
