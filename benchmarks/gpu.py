@@ -1,7 +1,9 @@
 """Every GPU measurement in one command: the engine benchmark (every convolution implementation,
 fp32 and bf16, 25 and 100 runs; every layout), the PyTorch reference with all its variants, and
 the seeds/000 §1.1 sweep end to end in fp32 and in bf16 (its test accuracies side by side), and
-on request the layer equality tests on the device; one JSONL record and a Markdown table in OUT_DIR.
+on request the layer equality tests on the device or a report at full protocol (`report_seed001`
+… `report_seed004`: `experiments.reproduce`, its studies packed into OUT_DIR/<part>.tar.gz); one
+JSONL record and a Markdown table in OUT_DIR.
 
     PYTHONPATH=. python -m benchmarks.gpu OUT_DIR [--data_dir=DIR] [--shared=DIR] [--parts=a,b]
 
@@ -20,6 +22,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -64,6 +67,26 @@ def _tests(o: argparse.Namespace) -> list[str]:
     return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layers.py"]
 
 
+def _report(report: str) -> Callable[[argparse.Namespace], list[str]]:
+    def command(o: argparse.Namespace) -> list[str]:
+        return [sys.executable, "-m", "experiments.reproduce", f"--report={report}", f"--data_dir={o.data_dir}",
+                f"--results_dir={o.results_dir}", *(["--smoke"] if o.smoke else [])]
+    return command
+
+
+def pack_results(results_dir: pathlib.Path, archive: pathlib.Path) -> pathlib.Path | None:
+    """Everything the studies under `results_dir` wrote but their resume snapshots and checkpoints
+    (records, summaries, tables, figures, report.md) as one .tar.gz: what a device call brings back
+    of a report, finished or cut short (its records still hold every finished run)."""
+    if not results_dir.is_dir():
+        return None
+    skip = {"resume", "checkpoints"}
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(results_dir, arcname=results_dir.name,
+                filter=lambda info: None if skip & set(pathlib.PurePath(info.name).parts) else info)
+    return archive
+
+
 # name -> (command, time limit in seconds), in the order they run
 # (Measured on an H200: the convolution table of 4 implementations took over 180 s, the fp32
 # sweep 136 s with vjp_taps-era convolutions, the bf16 sweep 89 s; the layer tests need > 60 s.)
@@ -74,8 +97,10 @@ PARTS: dict[str, tuple[Callable[[argparse.Namespace], list[str]], int]] = {
     "sweep_bf16": (_sweep("bf16", "--nolr_range"), 90),
     "engine_layouts": (_engine_layouts, 90),
     "tests": (_tests, 150),
+    # The reports at full protocol (issues 9 and 10): one per call, each packed into OUT/<part>.tar.gz
+    **{f"report_{r}": (_report(r), 540) for r in ("seed001", "seed002", "seed003", "seed004")},
 }
-DEFAULT_PARTS = ("engine_convs", "sweep_fp32", "torch", "sweep_bf16", "engine_layouts")  # ~10 minutes
+DEFAULT_PARTS = ("engine_convs", "sweep_fp32", "torch", "sweep_bf16", "engine_layouts")  # ~10 minutes; no report
 
 
 def gpu_name() -> dict[str, str | None]:
@@ -195,9 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--shared", type=pathlib.Path, default=pathlib.Path("../shared"),
                         help="the shared folder whose data/ builds the CIFAR-10 copy when needed")
     parser.add_argument("--results_dir", type=pathlib.Path, default=pathlib.Path("/tmp/cifar_jax_gpu_results"),
-                        help="where the §1.1 sweeps write their study folders")
+                        help="where the §1.1 sweeps and the reports write their study folders")
     parser.add_argument("--parts", default=",".join(DEFAULT_PARTS),
-                        help=f"comma list from {', '.join(PARTS)} (default all but tests)")
+                        help=f"comma list from {', '.join(PARTS)} (default: {', '.join(DEFAULT_PARTS)})")
     parser.add_argument("--impls", default=",".join(layers.CONVS), help="the convolution table's implementations")
     parser.add_argument("--smoke", action="store_true", help="the same pipeline at toy size (a check on a CPU)")
     parser.add_argument("--commit", default=None, help="the git commit to record (default: this checkout's)")
@@ -238,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             status = f"cut at {limit} s"
         record["parts"][name] = {"status": status, "wall_s": time.perf_counter() - t0, "command": args}
         log(f"=== {name}: {status} in {record['parts'][name]['wall_s']:.0f} s")
+        if name.startswith("report_"):
+            packed = pack_results(o.results_dir, o.out / f"{name}.tar.gz")
+            record["parts"][name]["archive"] = packed and packed.name
+            log(f"packed {o.results_dir} into {packed} ({packed.stat().st_size / 2**20:.1f} MiB)" if packed
+                else f"nothing under {o.results_dir} to pack")
         engine_rec = last_record(o.out / "engine.jsonl")
         if name == "engine_convs":
             if engine_rec and engine_rec.get("conv_impls"):

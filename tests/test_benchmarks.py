@@ -5,6 +5,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import tarfile
 
 import jax
 import numpy as np
@@ -191,3 +192,22 @@ def test_torch_stays_optional(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(SystemExit, match=r"pip install -e \.\[bench\]"):
         torch_reference.require_torch()
+
+
+def test_a_report_part_runs_reproduce_and_packs_its_studies_without_snapshots(tmp_path):
+    from benchmarks import gpu
+
+    o = type("Options", (), {"data_dir": tmp_path / "data", "results_dir": tmp_path / "r", "smoke": True})()
+    assert gpu.PARTS["report_seed001"][0](o)[1:] == ["-m", "experiments.reproduce", "--report=seed001",
+                                                     f"--data_dir={o.data_dir}", f"--results_dir={o.results_dir}",
+                                                     "--smoke"]
+    assert not set(gpu.DEFAULT_PARTS) & {p for p in gpu.PARTS if p.startswith("report_")}
+    assert gpu.pack_results(o.results_dir, tmp_path / "none.tar.gz") is None
+    for path in ("study/runs/a.json", "study/figures/f.png", "study/resume/group0/state.npz",
+                 "study/pretrain/checkpoints/a/metadata.json", "seed001_report/report.md"):
+        (o.results_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (o.results_dir / path).write_text(path)
+    with tarfile.open(gpu.pack_results(o.results_dir, tmp_path / "r.tar.gz")) as tar:
+        files = sorted(m.name for m in tar.getmembers() if m.isfile())
+        assert files == ["r/seed001_report/report.md", "r/study/figures/f.png", "r/study/runs/a.json"]
+        assert tar.extractfile("r/study/runs/a.json").read() == b"study/runs/a.json"
