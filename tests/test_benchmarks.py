@@ -1,6 +1,7 @@
 """The benchmarks' measurement functions at toy size: complete records, positive throughputs,
 and a torch reference that matches cifar_jax's models and schedule."""
 import dataclasses
+import io
 import json
 import pathlib
 import subprocess
@@ -8,8 +9,10 @@ import sys
 import tarfile
 
 import jax
+import matplotlib.image
 import numpy as np
 import pytest
+from PIL import Image
 
 from benchmarks import common
 from benchmarks import engine as engine_bench
@@ -207,7 +210,12 @@ def test_a_report_part_runs_reproduce_and_packs_its_studies_without_snapshots(tm
                  "study/pretrain/checkpoints/a/metadata.json", "seed001_report/report.md"):
         (o.results_dir / path).parent.mkdir(parents=True, exist_ok=True)
         (o.results_dir / path).write_text(path)
+    figure = o.results_dir / "seed001_report" / "figures" / "study__f.png"
+    figure.parent.mkdir()
+    matplotlib.image.imsave(figure, np.random.default_rng(0).random((64, 64, 3)))  # 16M colours: noise
     with tarfile.open(gpu.pack_results(o.results_dir, tmp_path / "r.tar.gz")) as tar:
         files = sorted(m.name for m in tar.getmembers() if m.isfile())
-        assert files == ["r/seed001_report/report.md", "r/study/figures/f.png", "r/study/runs/a.json"]
+        assert files == ["r/seed001_report/figures/study__f.png", "r/seed001_report/report.md", "r/study/runs/a.json"]
         assert tar.extractfile("r/study/runs/a.json").read() == b"study/runs/a.json"
+        small = Image.open(io.BytesIO(tar.extractfile("r/seed001_report/figures/study__f.png").read()))
+        assert small.size == (64, 64) and len(small.convert("RGB").getcolors(2**16)) <= 128
