@@ -11,7 +11,9 @@ target two others, cat vs dog, at the report's sizes (--classes=cat,dog --split=
             each run's final params and BN statistics are saved with `checkpoint.save`, with
             their provenance, in the study's checkpoints/ folder (or --checkpoint_dir/<study>/;
             a finished run without its checkpoint is trained again, one with a damaged or
-            another run's checkpoint too with --repair: see experiments.pretraining)
+            another run's checkpoint too with --repair: see experiments.pretraining). With
+            --pretrained_study this part is another study's, shared: its finished runs are
+            reused when their configuration is this study's source protocol, else refused
   target    the target task from the core flags × --baselines × --lr × --seeds. A transfer run
             of seed s restores every layer but the classifier from the pretraining run of seed
             s (`checkpoint.restore_partial`, checking the checkpoint is that run's: the head
@@ -56,6 +58,9 @@ flags.DEFINE_string("source_split", "36000/4000", "train/validation sizes of the
 flags.DEFINE_integer("source_epochs", 10, "Epochs of the source-task pretraining.")
 flags.DEFINE_float("source_lr", 1e-3, "Learning rate of the source-task pretraining (--optimizer's).")
 flags.DEFINE_list("baselines", list(BASELINES), f"Which target baselines to train: {', '.join(BASELINES)}.")
+flags.DEFINE_string("pretrained_study", "", "Share the pretraining of another cnn_transfer study of the same source "
+                    "protocol (its name in --results_dir, or its path): its finished pretraining runs and their "
+                    "checkpoints are reused, any missing ones trained there; default: this study's own.")
 FLAGS = flags.FLAGS
 
 
@@ -81,6 +86,18 @@ def source_config(cfg: config.Config) -> config.Config:
         raise config.ConfigError(f"--source_lr={FLAGS.source_lr}: must be a finite number > 0")
     return cfg.replace(classes=FLAGS.source_classes, split=split, test_size=0, epochs=FLAGS.source_epochs,
                        lrs=(FLAGS.source_lr,))
+
+
+def pretraining_study(cfg: config.Config, parent: results.StudyDir) -> results.StudyDir:
+    """The study whose pretrain/ part and checkpoints this one uses: --pretrained_study, else itself."""
+    name = FLAGS.pretrained_study.strip()
+    if not name:
+        return parent
+    path = Path(name).expanduser()
+    other = results.StudyDir(path if len(path.parts) > 1 else Path(cfg.results_dir).expanduser() / name)
+    if not other.root.is_dir():
+        raise config.ConfigError(f"--pretrained_study={name}: no study at {other.root}")
+    return other
 
 
 def source_description() -> dict:
@@ -189,16 +206,23 @@ def _backbone_path(st: results.StudyDir, run_id: str) -> Path:
 def main(cfg: config.Config) -> None:
     cfg.single_group("the CNN transfer study makes its own groups (the baselines)")
     baselines = chosen_baselines()
-    source = source_config(cfg)
     parent = study.study_dir(cfg, "cnn_transfer")
-    plan: dict = {"pre": {}, "restored": {}}
+    owner = pretraining_study(cfg, parent)  # the study that holds the pretraining: this one or another
+    source = source_config(cfg).replace(results_dir=str(owner.root.parent), name=owner.root.name)
+    plan: dict = {"pre": {}, "restored": {}, "owner": owner}
     if baselines != ("scratch",):
-        pretrain(source, parent, pretraining.checkpoint_root(parent), plan)
+        try:
+            pretrain(source, owner, pretraining.checkpoint_root(owner), plan)
+        except results.ResultsError as err:
+            if owner is parent:
+                raise
+            raise results.ResultsError(f"--pretrained_study={FLAGS.pretrained_study}: {err}") from None
     target(cfg, baselines, parent, plan)
 
 
 def pretrain(source: config.Config, parent: results.StudyDir, ckpt_root: Path, plan: dict) -> None:
-    """The source task, one checkpoint per seed."""
+    """The source task in study `parent` (this one, or the one given by --pretrained_study), one
+    checkpoint per seed."""
     pre_study = results.StudyDir(parent.root / "pretrain")
 
     def runs(prepared: study.Prepared) -> list[config.Run]:
@@ -263,7 +287,7 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
             return fresh_backbone(run, shape, plan["head"])
         if run.seed not in plan["restored"]:
             plan["restored"][run.seed] = restored_backbone(plan["ckpt"][run.seed], run.spec, shape, plan["head"],
-                                                           pretraining.provenance(parent, plan["pre"][run.seed]))
+                                                           pretraining.provenance(plan["owner"], plan["pre"][run.seed]))
         restored = plan["restored"][run.seed]
         study.log(f"{run.run_id}: {', '.join(restored['params'])} restored from {plan['pre'][run.seed].run_id}"
                   + (" and frozen" if run.spec.frozen else "") + f"; {plan['head']} initialised from seed {run.seed}")
@@ -278,7 +302,7 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
 
     study.run(cfg, "cnn_transfer", f"{TITLE}: the target task", runs, part="target", before=missing_outputs,
               initial_for=initial, on_state=outputs, figures=cfg.epochs > 1, extra=extra,
-              report=lambda s, records: analyse(parent, s, records, plan["prepared"]))
+              report=lambda s, records: analyse(parent, s, records, plan["prepared"], plan["owner"]))
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -395,7 +419,8 @@ def right_and_wrong(best: np.ndarray, worst: np.ndarray, labels: np.ndarray, n: 
     return np.flatnonzero((best == labels) & (worst != labels))[:n]
 
 
-def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict], prepared: study.Prepared) -> None:
+def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict], prepared: study.Prepared,
+            owner: results.StudyDir) -> None:
     """baselines.md, configs.json, accuracy against LR, and the best/worst image figure."""
     rows = config_rows(records)
     parent.write_json("configs.json", rows)
@@ -426,7 +451,7 @@ def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict],
                                   f"{', '.join(map(str, shown)) or 'none'}."}
         parent.write_json("best_vs_worst.json", {"best": best["run_id"], "worst": worst["run_id"],
                                                  "right_by_best_wrong_by_worst": n_all, "shown": shown.tolist()})
-    source = results.StudyDir(parent.root / "pretrain").records()
+    source = results.StudyDir(owner.root / "pretrain").records()
     source_acc = summary.finite_statistics((r.get("test") or {}).get("acc") for r in source if r["status"] == "done")
     cfg0 = records[0]["config"]
     header = (f"Target: {ds.name}, {cfg0['split'][0]:,} train / {cfg0['split'][1]:,} val / {len(labels):,} test images, "

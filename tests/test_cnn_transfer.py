@@ -106,6 +106,25 @@ def test_linear_probe_keeps_the_backbone_bit_identical_and_fine_tuning_changes_i
 
 
 @pytest.mark.slow
+def test_a_study_can_share_another_ones_pretraining(done, tmp_path):
+    tmp, first = done
+    shutil.copytree(tmp, tmp_path, dirs_exist_ok=True)  # the first study with its checkpoints
+    final = run_study(tmp_path, "--name=second", "--pretrained_study=cnn_transfer", "--baselines=linear_probe")
+    assert SOURCE not in final and not (tmp_path / "results/second/pretrain").exists()  # nothing pretrained again
+    params, stats = stored(tmp_path, first[SOURCE])
+    probe_params, probe_stats = final["linear_probe,lr=0.01,seed=0"]
+    for layer in BACKBONE:
+        for name, value in params[layer].items():
+            assert np.array_equal(probe_params[layer][name], value), (layer, name)
+    assert "source test accuracy" in (tmp_path / "results/second/baselines.md").read_text()
+    with pytest.raises(results.ResultsError, match=r"^--pretrained_study=cnn_transfer: run 'source,seed=0' .*"
+                                                   r"finished with a different config: 'lr' is 0.001 there, 0.01 now"):
+        run_study(tmp_path, "--name=third", "--pretrained_study=cnn_transfer", "--source_lr=0.01")
+    with pytest.raises(config.ConfigError, match=f"^--pretrained_study=nope: no study at {tmp_path}/results/nope$"):
+        run_study(tmp_path, "--name=fourth", "--pretrained_study=nope")
+
+
+@pytest.mark.slow
 def test_a_two_class_head_is_initialised_around_the_three_class_backbone(done):
     tmp, final = done
     params, _ = stored(tmp, final["source,seed=0"])
