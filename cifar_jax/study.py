@@ -305,9 +305,12 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
         before: Callable[[results.StudyDir, Prepared], None] | None = None,
         extra: dict | None = None, figures: bool = True, part: str | None = None,
         initial_for: Callable[[Run], dict] | None = None,
-        on_state: Callable[[Run, tuple], None] | None = None) -> results.StudyDir:
-    """A declared study, start to end: prepare the data, build `runs(prepared)`, check finished
-    records against them (a changed configuration fails before anything is written), write the
+        on_state: Callable[[Run, tuple], None] | None = None,
+        prepared: Prepared | None = None) -> results.StudyDir:
+    """A declared study, start to end: prepare the data (or take `prepared`, made by
+    `prepare(cfg)` from these flags, e.g. by a notebook that built the runs from it), build
+    `runs(prepared)`, check finished records against them (a changed configuration fails before
+    anything is written), write the
     preamble (`extra` joins config.json), call `before(study, prepared)` (e.g. a figure or a
     sub-study), train every unfinished run (`initial_for`, `on_state`: see `execute`), and on the
     lead process write the summary, test table and the standard figures (per-configuration curves,
@@ -320,7 +323,7 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
     check_writable(st.root, "--results_dir/--name")
     with st.lock() if is_lead() else contextlib.nullcontext():
         remove_leftovers(st.root)
-        prepared = prepare(cfg)
+        prepared = prepared or prepare(cfg)
         planned = runs(prepared)
         st.pending([(r.run_id, r.config) for r in planned])
         write_preamble(st, cfg, planned, prepared, extra)
