@@ -310,13 +310,12 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
     """A declared study, start to end: prepare the data (or take `prepared`, made by
     `prepare(cfg)` from these flags, e.g. by a notebook that built the runs from it), build
     `runs(prepared)`, check finished records against them (a changed configuration fails before
-    anything is written), write the
-    preamble (`extra` joins config.json), call `before(study, prepared)` (e.g. a figure or a
-    sub-study), train every unfinished run (`initial_for`, `on_state`: see `execute`), and on the
-    lead process write the summary, test table and the standard figures (per-configuration curves,
-    their comparison, the test table and LR curves; only with `figures`) and call
-    `report(study, records)`; other processes of a multi-host study return once
-    their own runs are done. The study directory is `--name` (default `name`), or its subfolder
+    anything is written), write the preamble (`extra` joins config.json), call `before(study,
+    prepared)` (e.g. a figure or a sub-study), train every unfinished run (`initial_for`,
+    `on_state`: see `execute`), and on the lead process write the summary, test table and the
+    standard figures (per-configuration curves, their comparison, the test table and LR curves;
+    only with `figures`) and call `report(study, records)`; other processes of a multi-host study
+    return once their own runs are done. The study directory is `--name` (default `name`), or its subfolder
     `part` for a study in parts (e.g. pretraining and retraining)."""
     st = study_dir(cfg, name)
     st = results.StudyDir(st.root / part) if part else st
