@@ -210,6 +210,26 @@ def untrained(record: dict, split: str) -> dict[str, float] | None:
     return _metrics((record.get("untrained") or {}).get(split))
 
 
+def failed(record: dict) -> bool:
+    """The run did not learn or blew up: it diverged, or its last epoch's training loss is not
+    finite or not below the untrained loss (validation, else test where there is no validation)."""
+    loss = last(record, "train_loss")
+    reference = (untrained(record, "val") or untrained(record, "test") or {}).get("loss", float("nan"))
+    return record["status"] == "diverged" or not np.isfinite(loss) or not loss < reference
+
+
+CHANCE_MARGIN = 0.01  # "at chance": final accuracy below 1/classes + this (a stuck net predicts ~one class)
+
+
+def at_chance(record: dict) -> bool:
+    """A run trained to the end (not diverged) whose final test (else validation) accuracy is below
+    1/classes + 1 point: the net ended where it started, as seeds/002's small-σ nets without BN do
+    (10.00%, cost 2.30)."""
+    final_acc = (final(record, "test") or final(record, "val") or {}).get("acc", float("nan"))
+    chance = 1 / record["config"]["model"]["num_classes"]
+    return record["status"] == "done" and not final_acc >= chance + CHANCE_MARGIN
+
+
 def group_by_config(records: Iterable[dict]) -> dict[str, list[dict]]:
     """Records grouped by config_name in order of first appearance (the seeds of one config)."""
     groups: dict[str, list[dict]] = {}

@@ -3,7 +3,7 @@ the MLPs of seeds/002-004, the ConvNet's learning-rate and batch-size effects (s
 conv nets of seeds/004. Its analysis: every run in seeds/002's "Model parameters / accuracy
 untrained, trained / cost" format (printed and in runs.txt), a table per configuration
 (configs.md: eval-mode train, validation and test accuracy, best epochs, time per epoch, loss
-noise, and the configuration chosen by validation accuracy), per configuration the cost, loss and
+noise, the seeds that ended at chance, and the configuration chosen by validation accuracy), per configuration the cost, loss and
 accuracy curves, the configurations compared, and, when one numeric option varies (e.g.
 --init_scale, --batch_size), accuracy against it with a line per other configuration.
 
@@ -95,7 +95,8 @@ def config_rows(records: list[dict]) -> list[dict]:
                      "l2": c["l2"], "init": c["init_scale"] if c["model"]["init"] == "normal" else c["model"]["init"],
                      "dropout": c["dropout"], "noise_std": c["noise_std"], "salt_pepper": c["salt_pepper"],
                      "lr": c["lr"], "values": {n: c.get(n) or 0 for n in AXES},
-                     "n_runs": len(group), "train_acc": summary.statistics(train),
+                     "n_runs": len(group), "n_at_chance": sum(map(run_record.at_chance, done)),
+                     "train_acc": summary.statistics(train),
                      "best_train_acc": summary.finite_statistics([_best(r, "train_eval_acc", "train_acc") for r in done]),
                      "best_val_acc": summary.finite_statistics([_best(r, "val_acc") for r in done]),
                      "final_train_loss": summary.finite_statistics([run_record.last(r, "train_loss") for r in done]),
@@ -124,16 +125,17 @@ def _best(record: dict, *keys: str) -> float:
 def configs_markdown(rows: list[dict], title: str) -> str:
     """The report's table: one row per configuration, accuracies mean ± std over seeds."""
     lines = [f"# {title}: accuracy per configuration (mean ± std over seeds)", "",
-             "Final accuracies (train: the eval-mode pass over the training split when recorded), and the best "
-             "training and validation accuracy of any epoch.", "",
+             "Final accuracies (train: the eval-mode pass over the training split when recorded), the best "
+             "training and validation accuracy of any epoch, and the seeds that ended at chance (final test "
+             "accuracy below 1/classes + 1 point: the net did not learn).", "",
              "| config | hidden layers | norm | λ | init | dropout | noise σ / s&p | train acc (%) | val acc (%) | "
-             "test acc (%) | best train (%) | best val (%) | s/epoch per run | loss noise | n |",
-             "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|---:|---:|:---|"]
+             "test acc (%) | best train (%) | best val (%) | s/epoch per run | loss noise | at chance | n |",
+             "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|:---|"]
     for r in rows:
         hidden = ", ".join(map(str, r["hidden"]))
         cells = [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc", "best_train_acc",
                                                          "best_val_acc")]
-        cells += [_plain(r["run_seconds"], 2), _plain(r["loss_noise"], 3)]
+        cells += [_plain(r["run_seconds"], 2), _plain(r["loss_noise"], 3), f"{r['n_at_chance']}/{r['test_acc']['n']}"]
         lines.append(f"| {r['config']} | ({hidden}) | {r['norm']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
                      f"{r['noise_std']:g} / {r['salt_pepper']:g} | " + " | ".join(cells)
                      + f" | {r['test_acc']['n']}/{r['n_runs']} |")

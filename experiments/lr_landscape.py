@@ -47,17 +47,8 @@ def landscape_config(cfg: config.Config) -> config.Config:
 
 # ----------------------------------------------------------------------------- analysis
 
-def failed(rec: dict) -> bool:
-    """lr_sweep's test (not imported: that would add its range-test flags to this command line):
-    the run diverged, or its last epoch's train loss is non-finite or not below the untrained
-    loss (validation, else test when there is no validation split)."""
-    last = run_record.last(rec, "train_loss")
-    reference = (run_record.untrained(rec, "val") or run_record.untrained(rec, "test") or {}).get("loss", float("nan"))
-    return rec["status"] == "diverged" or not np.isfinite(last) or not last < reference
-
-
 def landscape_rows(records: list[dict]) -> list[dict]:
-    """One row per LR, smallest first: run counts (diverged, failed as `failed` says) and the
+    """One row per LR, smallest first: run counts (diverged, failed as `run_record.failed` says) and the
     final validation and test accuracy statistics of the seeds that did not diverge."""
     stats = summary.summarize(records)["configs"]
     rows = []
@@ -65,7 +56,7 @@ def landscape_rows(records: list[dict]) -> list[dict]:
         s = stats[name]
         rows.append({"lr": float(recs[0]["config"]["lr"]), "config": name, "n_runs": s["n_runs"],
                      "n_diverged": s["n_diverged"], "n_incomplete": s["n_incomplete"],
-                     "n_failed": sum(failed(r) for r in recs if r["status"] in run_record.FINISHED),
+                     "n_failed": sum(run_record.failed(r) for r in recs if r["status"] in run_record.FINISHED),
                      "val_acc": s["metrics"]["val_acc"], "test_acc": s["metrics"]["test_acc"]})
     return sorted(rows, key=lambda r: r["lr"])
 

@@ -32,7 +32,7 @@ def range_ends(records: list[dict]) -> tuple[float | None, float | None]:
     """(unstable end, no-learning end): the smallest LR from which every larger LR diverged or
     ended above its untrained loss, and the largest LR below which validation accuracy gained
     less than 2 points over the untrained model."""
-    rows = sorted(((r["config"]["lr"], _failed(r), _gain(r)) for r in records), reverse=True)
+    rows = sorted(((r["config"]["lr"], run_record.failed(r), _gain(r)) for r in records), reverse=True)
     unstable = None
     for lr, failed, _ in rows:
         if not failed:
@@ -44,11 +44,6 @@ def range_ends(records: list[dict]) -> tuple[float | None, float | None]:
             break
         no_learning = lr
     return unstable, no_learning
-
-
-def _failed(rec: dict) -> bool:
-    last = run_record.last(rec, "train_loss")
-    return rec["status"] == "diverged" or not np.isfinite(last) or last >= run_record.untrained(rec, "val")["loss"]
 
 
 def _gain(rec: dict) -> float:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cifar_jax import run_record
 from experiments import lr_landscape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def test_boundary_is_the_smallest_mostly_failed_lr_above_the_best():
         _rec(0.3, 0, val_acc=0.58), _rec(0.3, 1, val_acc=0.56), _rec(0.3, 2, status="diverged"),
         _rec(1.0, 0, status="diverged"), _rec(1.0, 1, status="diverged"),
     ]
-    assert [lr_landscape.failed(r) for r in records[:2]] == [True, True]  # ended above the untrained loss
+    assert [run_record.failed(r) for r in records[:2]] == [True, True]  # ended above the untrained loss
     rows = lr_landscape.landscape_rows(records)
     assert [r["lr"] for r in rows] == [1e-4, 0.01, 0.05, 0.1, 0.3, 1.0]
     assert [(r["n_runs"], r["n_diverged"], r["n_failed"]) for r in rows] == \

@@ -76,3 +76,29 @@ def test_one_smoke_section_of_seed003_and_seed004_runs(tmp_path):
     assert len(rows) == 6 and {r["values"]["init_scale"] for r in rows} == {0.05, 0.01}
     report = (tmp_path / "seed004_report_smoke" / "report.md").read_text()
     assert "training_comparison.png" in report and "best_vs_" not in report  # two options vary: no x axis
+
+
+def _mlp_run(seed: int, test_acc: float, status: str = "done") -> dict:
+    """A (50, 50) MLP run at normal(σ) init that ended at `test_acc` (untrained loss ln 10)."""
+    config = {"model": {"hidden": [50, 50], "norm": "none", "init": "normal", "num_classes": 10},
+              "init_scale": 0.001, "l2": 0.005, "dropout": 0.0, "noise_std": 0.0, "salt_pepper": 0.0}
+    loss = 2.3026 if test_acc < 0.11 else 1.5
+    rec = record("init_scale=0.001", seed, config, [{"epoch": 1, "train_loss": loss, "val_acc": test_acc,
+                                                     "val_loss": loss, "train_acc": test_acc}], status)
+    rec["untrained"] = {"val": {"loss": 2.302585, "acc": 0.1, "top5": 0.5}}
+    rec["test"] = None if status == "diverged" else {"loss": loss, "acc": test_acc, "top5": 0.5}
+    return rec
+
+
+def test_seeds_at_chance_are_counted_per_configuration():
+    """seeds/002's small-σ nets without BN: some seeds never leave the uniform prediction, others
+    learn; the table says how many stayed at chance (a diverged run is not one of them)."""
+    from cifar_jax import run_record
+    recs = [_mlp_run(0, 0.1), _mlp_run(1, 0.45), _mlp_run(2, 0.1), _mlp_run(3, 0.1049), _mlp_run(4, 0.1, "diverged")]
+    assert [run_record.at_chance(r) for r in recs] == [True, False, True, True, False]
+    assert [run_record.failed(r) for r in recs] == [True, False, True, True, True]  # stuck runs end at ln 10
+    (row,) = grid_study.config_rows(recs)
+    assert row["n_at_chance"] == 3 and row["test_acc"]["n"] == 4
+    assert "| 3/4 | 4/5 |" in grid_study.configs_markdown([row], "T")
+    without_val = {**recs[1], "epochs": [{"epoch": 1, "train_loss": 1.5}], "untrained": {"test": {"loss": 2.3}}}
+    assert not run_record.failed(without_val)  # the untrained test loss is the reference without a validation split
