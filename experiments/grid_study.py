@@ -3,9 +3,10 @@ the MLPs of seeds/002-004, the ConvNet's learning-rate and batch-size effects (s
 conv nets of seeds/004. Its analysis: every run in seeds/002's "Model parameters / accuracy
 untrained, trained / cost" format (printed and in runs.txt), a table per configuration
 (configs.md: eval-mode train, validation and test accuracy, best epochs, time per epoch, loss
-noise, the seeds that ended at chance, and the configuration chosen by validation accuracy), per configuration the cost, loss and
-accuracy curves, the configurations compared, and, when one numeric option varies (e.g.
---init_scale, --batch_size), accuracy against it with a line per other configuration.
+noise, the seeds that ended at chance, and the configuration chosen by validation accuracy), per
+configuration the cost, loss and accuracy curves, the configurations compared, and, when one
+numeric option varies (e.g. --init_scale, --batch_size), accuracy against it with a line per
+other configuration.
 
     python -m experiments.grid_study --flagfile=experiments/flags/seed002_mlp.flags
 """

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_jax import plots
+from cifar_jax import plots, run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -93,7 +93,6 @@ def _mlp_run(seed: int, test_acc: float, status: str = "done") -> dict:
 def test_seeds_at_chance_are_counted_per_configuration():
     """seeds/002's small-σ nets without BN: some seeds never leave the uniform prediction, others
     learn; the table says how many stayed at chance (a diverged run is not one of them)."""
-    from cifar_jax import run_record
     recs = [_mlp_run(0, 0.1), _mlp_run(1, 0.45), _mlp_run(2, 0.1), _mlp_run(3, 0.1049), _mlp_run(4, 0.1, "diverged")]
     assert [run_record.at_chance(r) for r in recs] == [True, False, True, True, False]
     assert [run_record.failed(r) for r in recs] == [True, False, True, True, True]  # stuck runs end at ln 10
