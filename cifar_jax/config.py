@@ -44,6 +44,10 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     f.DEFINE_float("decay_every", 1.0, "t advances by one every this many decay units (step schedule: 10 = every 10 epochs).")
     f.DEFINE_integer("half_cycle", 0, "n_s of the cyclic schedule, in steps (0: 5 epochs' worth, as in seeds/002).")
     f.DEFINE_list("seeds", ["5"], "A count n (seeds 0..n-1) or a comma list of seeds.")
+    f.DEFINE_list("init_seed", [], "Seed of the weight initialisation, apart from the run seed (empty: the run "
+                  "seed); a comma list is a grid axis.")
+    f.DEFINE_list("order_seed", [], "Seed of the data order, augmentation and input noise, apart from the run seed "
+                  "(which keeps dropout; empty: the run seed); a comma list is a grid axis.")
     f.DEFINE_string("classes", "", "Train on a class subset, relabelled: the new classes in order, comma "
                     "separated, each a source class or several joined by '+' (names or indices), e.g. cat,dog or "
                     "airplane+ship,cat+dog ('': every class as it is).")
@@ -82,6 +86,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     f.DEFINE_integer("grad_window", 5, "Steps in each window of --grad_stats.")
     f.DEFINE_integer("loss_every", 0, "Record the mean training loss of every this many steps (records' loss_trace; "
                      "0: off).")
+    f.DEFINE_bool("save_final", False, "Save every run's final variables as an orbax checkpoint with its provenance "
+                  "(<study>/checkpoints/<run>/; experiments.loss_surface reads them); a finished run without one is "
+                  "trained again.")
     f.DEFINE_bool("tensorboard", False, "Write every run's epoch metrics as TensorBoard scalars as epochs finish "
                   "(<study>/tensorboard/<run>/; no TensorFlow needed; view with tensorboard --logdir).")
     f.DEFINE_bool("download", True, "Download a missing CIFAR archive from its official address.")
@@ -111,6 +118,8 @@ class Config:
     batch_size: int
     epochs: int
     seeds: tuple[int, ...]
+    init_seeds: tuple[int, ...]   # () : the run seed
+    order_seeds: tuple[int, ...]  # () : the run seed
     split: tuple[int, int, bool]
     split_seed: int
     classes: str
@@ -137,6 +146,7 @@ class Config:
     # (field, value) pairs (see _variants); the scalar fields above hold the first
     variants: tuple[tuple[tuple[str, Any], ...], ...] = ((),)
     tensorboard: bool = False  # write TensorBoard scalars of every epoch (cifar_jax/tensorboard.py)
+    save_final: bool = False   # save every run's final variables as a checkpoint (study.final_checkpoint)
 
     def values(self, option: str) -> tuple[float, ...]:
         """The values of a per-run option (`options.RUN_OPTIONS`)."""
@@ -212,6 +222,17 @@ def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
     return tuple(ints)
 
 
+def _seed_list(flag: str, values: Sequence[str]) -> tuple[int, ...]:
+    """--init_seed / --order_seed: distinct seeds >= 0 (empty: the run seed)."""
+    try:
+        ints = tuple(int(v) for v in values)
+    except ValueError:
+        raise ConfigError(f"--{flag}={','.join(values)}: give a comma list of integers") from None
+    if ints and (min(ints) < 0 or len(set(ints)) != len(ints)):
+        raise ConfigError(f"--{flag}={','.join(values)}: seeds must be distinct and >= 0")
+    return ints
+
+
 def _learning_rates(values: Sequence[str], optimizers: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
     """--lr per optimiser: plain values apply to every one; OPTIMIZER:LR entries to that one."""
     what = "learning rates must be > 0 and finite"
@@ -278,7 +299,8 @@ def from_flags(fl: Any = None) -> Config:
         schedule=schedule, lr_min=fl.lr_min,
         decay_unit=_choice("decay_unit", fl.decay_unit, ("epoch", "step")), decay_every=fl.decay_every,
         half_cycle=fl.half_cycle,
-        seeds=parse_seeds(fl.seeds), per_run=tuple(per_run.items()),
+        seeds=parse_seeds(fl.seeds), init_seeds=_seed_list("init_seed", fl.init_seed),
+        order_seeds=_seed_list("order_seed", fl.order_seed), per_run=tuple(per_run.items()),
         split=split, split_seed=fl.split_seed, classes=fl.classes.strip(), test_size=fl.test_size,
         normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS), zca_epsilon=fl.zca_epsilon,
         layout=_choice("layout", fl.layout, engine.LAYOUTS),
@@ -287,6 +309,7 @@ def from_flags(fl: Any = None) -> Config:
         memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size, snapshot_every=fl.snapshot_every,
         eval_train=fl.eval_train, eval_test=fl.eval_test, grad_stats=fl.grad_stats, grad_window=fl.grad_window, loss_every=fl.loss_every,
         download=fl.download, distributed=_distributed(fl), tensorboard=fl.tensorboard,
+        save_final=fl.save_final,
         variants=tuple(tuple(v.items()) for v in variants), **variants[0])
 
 
@@ -345,7 +368,8 @@ class Run:
         """Everything that defines the run, as plain JSON values (stored in its record)."""
         spec = dataclasses.asdict(self.spec)
         del spec["conv_impl"]  # changes how, not what: the same numbers either way (tested)
-        hp = dict(self.hp)
+        hp = {k: v for k, v in self.hp.items()  # a seed of the run's own is left out (records keep their form)
+              if not (k in ("init_seed", "order_seed") and v == train.SEED_OF_RUN)}
         hp["schedule"] = list(schedules.SCHEDULES)[hp["schedule"]]
         return {"epochs": self.epochs, **self.data, **spec, **hp}
 
@@ -414,7 +438,8 @@ def _shown(variant: dict[str, Any]) -> dict[str, str]:
 def _grid_one(cfg: Config, n_train: int, num_classes: int, prefix: list[str]) -> list[Run]:
     """The per-run grid of one group: every combination of the per-run flags × every seed."""
     spe = n_train // cfg.batch_size
-    axes = {"lr": cfg.lrs, **dict(cfg.per_run)}
+    axes = {"lr": cfg.lrs, **dict(cfg.per_run), "init_seed": cfg.init_seeds or (train.SEED_OF_RUN,),
+            "order_seed": cfg.order_seeds or (train.SEED_OF_RUN,)}
     varying = [k for k, v in axes.items() if len(v) > 1]
     spec = group_spec(cfg, num_classes)
     runs = []
@@ -422,6 +447,6 @@ def _grid_one(cfg: Config, n_train: int, num_classes: int, prefix: list[str]) ->
         v = dict(zip(axes, values))
         name = ",".join(prefix + [f"{k}={v[k]:g}" for k in varying]) or "default"
         hp = {**schedule_hparams(cfg, v["lr"], v["decay_rate"], spe),
-              **{name: v[name] for name in options.RUN_OPTIONS}}
+              **{name: v[name] for name in (*options.RUN_OPTIONS, "init_seed", "order_seed")}}
         runs += [Run(name, s, spec, {**hp, "seed": s}, cfg.epochs, data_config(cfg)) for s in cfg.seeds]
     return runs

@@ -166,7 +166,7 @@ def _masked(metrics: Metrics | None, alive: np.ndarray) -> Metrics | None:
 def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: int,
                 callbacks: Callbacks, *, layout: str = "auto", devices: list | None = None,
                 max_chunk: int | None = None, memory_limit: int | None = None,
-                initial: dict | None = None) -> TrainState:
+                initial: dict | None = None, first_epoch: int = 0) -> TrainState:
     """Train a group of runs for `epochs`, reporting through `callbacks`; returns the final
     state of every run (stacked along the run axis).
 
@@ -175,7 +175,9 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
     whose compiled program needs more than `memory_limit` bytes per device (default: 90% of an
     accelerator's memory) is split into chunks of runs that fit; `max_chunk` caps a chunk.
     `initial` ({"params": {layer: [R, ...]}, "batch_stats": {...}}) replaces those layers of the
-    fresh initialisation, e.g. restored pretrained layers to freeze."""
+    fresh initialisation, e.g. restored pretrained layers to freeze; with "opt_state" and "step"
+    too it is a whole state to continue from, after `first_epoch` epochs (e.g. children spawned
+    from a parent run's state at epoch k: the epochs and the schedule go on from there)."""
     layout = auto_layout(spec.model) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"--layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
@@ -190,7 +192,7 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
         try:
             start_from = jax.tree_util.tree_map(lambda x: x[runs], initial) if initial else None
             states.append(_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
-                                       callbacks, layout, devices, limit, start_from))
+                                       callbacks, layout, devices, limit, start_from, first_epoch))
         except _TooBig as big:
             chunk = big.fits
             log = getattr(callbacks, "on_log", print)  # on_log is optional for callers of the engine
@@ -268,7 +270,7 @@ def _pad_runs(tree: Any, width: int) -> Any:
 
 def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
                  epochs: int, callbacks: Callbacks, layout: str, devices: list, limit: int | None,
-                 initial: dict | None) -> TrainState:
+                 initial: dict | None, first_epoch: int = 0) -> TrainState:
     n, scan, run_axis = len(runs), layout.endswith("scan"), layout.split("_")[0]
     mesh = make_mesh(1 if run_axis == "map" else n, spec.batch_size, devices)
     data = jax.device_put(data, NamedSharding(mesh, P()))
@@ -279,11 +281,12 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     width = len(hp["seed"])
     if initial:
         merged = {k: {**getattr(state, k), **_pad_runs(initial.get(k, {}), width)} for k in ("params", "batch_stats")}
+        merged.update((k, _pad_runs(initial[k], width)) for k in ("opt_state", "step") if k in initial)
         state = state._replace(**merged)
     resume = getattr(callbacks, "resume", None)
     resumed = resume(runs, jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct((n, *x.shape[1:]), x.dtype), state)) if resume else None
-    done = 0
+    done = first_epoch
     if resumed:
         done, saved = resumed
         state = _pad_runs(saved, width)

@@ -113,9 +113,15 @@ def add_epoch(record: dict, epoch: int, m: Epoch, j: int, seconds: float) -> Non
         record["diverged_epoch"] = epoch
 
 
+def last_epoch(record: dict | None) -> int:
+    """The number of the last recorded epoch (0 with none; a run spawned at epoch k starts at k + 1)."""
+    epochs = (record or {}).get("epochs") or []
+    return int(epochs[-1]["epoch"]) if epochs else 0
+
+
 def truncate(record: dict, epochs: int) -> dict:
-    """The record as it was after `epochs` epochs (a resumed run continues from there)."""
-    kept = record["epochs"][:epochs]
+    """The record as it was after epoch `epochs` (a resumed run continues from there)."""
+    kept = [e for e in record["epochs"] if e["epoch"] <= epochs]
     diverged = record["diverged_epoch"] if record["diverged_epoch"] and record["diverged_epoch"] <= epochs else None
     return {**record, "epochs": kept, "diverged_epoch": diverged, "status": "incomplete"}
 

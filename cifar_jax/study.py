@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from cifar_jax import config, data, engine, models, plots, results, run_record, splits, summary, tensorboard, train
+from cifar_jax import checkpoint, config, data, engine, models, plots, results, run_record, splits, summary, tensorboard, train
 from cifar_jax.config import Config, ConfigError, Run
 from cifar_jax.snapshots import Snapshots
 
@@ -147,7 +147,7 @@ class RecordWriter:
     def resume(self, runs: np.ndarray, template: Any) -> tuple[int, Any] | None:
         """The newest snapshot of these runs that every run's record has reached."""
         records = [self.study.record(self.runs[i].run_id) for i in runs]
-        recorded = min(0 if r is None else len(r["epochs"]) for r in records)
+        recorded = min(run_record.last_epoch(r) for r in records)
         return self.snapshots.load(self._key(runs), template, recorded) if recorded else None
 
     def on_resume(self, runs: np.ndarray, epochs_done: int) -> None:
@@ -194,13 +194,15 @@ def write_preamble(study: results.StudyDir, cfg: Config, runs: list[Run], prepar
 
 def execute(study: results.StudyDir, runs: list[Run], prepared: Prepared, cfg: Config, *,
             initial_for: Callable[[Run], dict] | None = None,
-            on_state: Callable[[Run, tuple], None] | None = None) -> None:
+            on_state: Callable[[Run, tuple], None] | None = None, first_epoch: int = 0) -> None:
     """Train every run of `runs` that the study has not finished, group by group. In a
     multi-host study each process trains its own share of every group's runs, then waits until
     all runs are finished (so process 0 can write the summary, and a study in parts can plan its
     next part from every record). `initial_for(run)`
-    gives layers that replace the run's fresh initialisation; `on_state(run, (params,
-    batch_stats))` receives each run's final variables (e.g. to save a checkpoint)."""
+    gives layers that replace the run's fresh initialisation, or with "opt_state" and "step" a
+    whole state that the runs continue from after `first_epoch` epochs (`engine.train_group`);
+    `on_state(run, (params, batch_stats))` receives each run's final variables (e.g. to save a
+    checkpoint)."""
     wanted = [(r.run_id, r.config) for r in runs]
     todo = set(study.pending(wanted))
     if len(todo) < len(runs):
@@ -211,9 +213,51 @@ def execute(study: results.StudyDir, runs: list[Run], prepared: Prepared, cfg: C
             groups.setdefault((r.spec, r.epochs), []).append(i)
     groups = {k: list(np.array_split(ids, jax.process_count())[jax.process_index()]) for k, ids in groups.items()}
     groups = {k: ids for k, ids in groups.items() if ids}
-    _train_groups(study, runs, groups, prepared, cfg, initial_for, on_state)
+    _train_groups(study, runs, groups, prepared, cfg, initial_for, on_state, first_epoch)
     if jax.process_count() > 1:  # every process sees every record before it goes on (e.g. to a next part)
         _wait_for_runs(study, wanted)
+
+
+def train_again(st: results.StudyDir, run_id: str, why: str) -> None:
+    """Forget a finished run's record, saying why, so that the study trains it again."""
+    log(f"{run_id}: finished but {why}: training it again")
+    (st.runs_dir / f"{results.run_file_stem(run_id)}.json").unlink(missing_ok=True)
+
+
+def final_checkpoint(st: results.StudyDir, run_id: str) -> Path:
+    """Where --save_final keeps a run's final variables: <study>/checkpoints/<run>."""
+    return st.root / "checkpoints" / results.run_file_stem(run_id)
+
+
+def provenance(st: results.StudyDir, run: Run) -> dict:
+    """What a run's checkpoint holds and a restore expects: its study, run id and configuration."""
+    return {"study": st.root, "run_id": run.run_id, "config": run.config}
+
+
+def save_checkpoint(path: Path, st: results.StudyDir, run: Run, variables: tuple,
+                    provenance_of: results.StudyDir | None = None) -> None:
+    """A finished run's variables with its provenance (of study `provenance_of`, default `st`)
+    and its final metrics from its record in `st`."""
+    rec = st.record(run.run_id)
+    checkpoint.save(path, *variables, overwrite=True, **provenance(provenance_of or st, run),
+                    metrics={"test": run_record.final(rec, "test"), "last_epoch": rec["epochs"][-1],
+                             "status": rec["status"]})
+
+
+def _saving_final(st: results.StudyDir, planned: list[Run], on_state: Callable | None) -> Callable:
+    """--save_final: train again the finished runs without a checkpoint; the hook that saves
+    each run's final variables (after `on_state`, the study's own hook)."""
+    results.remove_leftovers(st.root / "checkpoints")
+    todo = set(st.pending([(r.run_id, r.config) for r in planned]))
+    for run in planned:
+        if run.run_id not in todo and not final_checkpoint(st, run.run_id).exists():
+            train_again(st, run.run_id, f"its checkpoint {final_checkpoint(st, run.run_id)} is missing (--save_final)")
+
+    def hook(run: Run, variables: tuple) -> None:
+        if on_state:
+            on_state(run, variables)
+        save_checkpoint(final_checkpoint(st, run.run_id), st, run, variables)
+    return hook
 
 
 def _wait_for_runs(study: results.StudyDir, wanted: list[tuple[str, dict]], timeout_s: float = 7 * 24 * 3600) -> None:
@@ -234,9 +278,9 @@ def _stack_initial(trees: list[dict]) -> dict:
 
 
 def _train_groups(study: results.StudyDir, runs: list[Run], groups: dict, prepared: Prepared, cfg: Config,
-                  initial_for: Callable | None, on_state: Callable | None) -> None:
+                  initial_for: Callable | None, on_state: Callable | None, first_epoch: int = 0) -> None:
     """Train the given groups (run indices per (spec, epochs)) with progress output."""
-    total = sum(r.epochs * _chunks(r.spec, len(ids), cfg.layout) for (_, _), ids in groups.items()
+    total = sum((r.epochs - first_epoch) * _chunks(r.spec, len(ids), cfg.layout) for (_, _), ids in groups.items()
                 for r in [runs[ids[0]]])
     progress = {"done": 0, "seconds": 0.0}
     for g, ((spec, epochs), ids) in enumerate(groups.items()):
@@ -255,7 +299,8 @@ def _train_groups(study: results.StudyDir, runs: list[Run], groups: dict, prepar
                                 tensorboard.StudyWriter(study.root / tensorboard.FOLDER) if cfg.tensorboard else None)
         initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
         states = engine.train_group(spec, hp, prepared.device, epochs, recorder, layout=layout,
-                                    memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial)
+                                    memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial,
+                                    first_epoch=first_epoch)
         if on_state:
             for i, r in enumerate(group_runs):
                 on_state(r, jax.tree_util.tree_map(lambda x: x[i], (states.params, states.batch_stats)))
@@ -328,6 +373,8 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
         write_preamble(st, cfg, planned, prepared, extra)
         if before:
             before(st, prepared)
+        if cfg.save_final:
+            on_state = _saving_final(st, planned, on_state)
         execute(st, planned, prepared, cfg, initial_for=initial_for, on_state=on_state)
         if finish(st, planned, title, figures=figures) is not None and report:
             report(st, [st.record(r.run_id) for r in planned])

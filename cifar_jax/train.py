@@ -18,9 +18,10 @@ import optax
 from cifar_jax import layers, models, optim, options, preprocess, schedules
 from cifar_jax.registry import lookup
 
-HP_INT = ("seed", "schedule")
+HP_INT = ("seed", "init_seed", "order_seed", "schedule")
+SEED_OF_RUN = -1  # an init_seed or order_seed of -1 is the run's own seed
 # every per-run array of a group and its default (the options table overrides the schedule's decay_rate)
-HP_DEFAULTS = {"seed": 0, "schedule": 0, **schedules.PARAM_DEFAULTS,
+HP_DEFAULTS = {"seed": 0, "init_seed": SEED_OF_RUN, "order_seed": SEED_OF_RUN, "schedule": 0, **schedules.PARAM_DEFAULTS,
                **{k: o.default for k, o in options.RUN_OPTIONS.items()}}
 EVAL_TRAIN = ("none", "final", "epoch")  # when the training split is evaluated in eval mode
 
@@ -96,14 +97,16 @@ def stack_hparams(runs: list[dict]) -> dict[str, np.ndarray]:
                           np.int32 if k in HP_INT else np.float32) for k in HP_DEFAULTS}
 
 
-def _run_key(hp: dict[str, jax.Array], stream: int) -> jax.Array:
-    """Independent key streams of a run (0: init, 1: steps, 2: data order), all from its seed."""
-    return jax.random.fold_in(jax.random.PRNGKey(hp["seed"]), stream)
+def _run_key(hp: dict[str, jax.Array], stream: int, seed: str = "seed") -> jax.Array:
+    """Independent key streams of a run (0: init, 1: steps, 2: data order) from its seed, or from
+    its `init_seed` / `order_seed` where one is set (>= 0)."""
+    own = hp[seed] if seed == "seed" else jnp.where(hp[seed] >= 0, hp[seed], hp["seed"])
+    return jax.random.fold_in(jax.random.PRNGKey(own), stream)
 
 
 def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, ...]) -> TrainState:
     """Initialise one run from its seed (init scale applied for normal(σ) init)."""
-    variables = spec.net.init(_run_key(hp, 0), jnp.zeros((1, *image_shape)), train=False)
+    variables = spec.net.init(_run_key(hp, 0, "init_seed"), jnp.zeros((1, *image_shape)), train=False)
     params = variables["params"]
     if spec.model.init == "normal":
         params = models.scale_kernels(params, hp["init_scale"])
@@ -166,7 +169,8 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
     """One SGD step of one run on the examples `idx`; returns the new state and
     [loss, top-1 correct, top-5 correct] summed over the batch (NaN once diverged)."""
     hp = state.hp
-    k_drop, k_aug, k_noise = jax.random.split(jax.random.fold_in(_run_key(hp, 1), state.step), 3)
+    k_drop = jax.random.split(jax.random.fold_in(_run_key(hp, 1), state.step), 3)[0]  # dropout: the run seed
+    _, k_aug, k_noise = jax.random.split(jax.random.fold_in(_run_key(hp, 1, "order_seed"), state.step), 3)
     x = preprocess.normalize(data.x[idx], data.mean, data.std)
     y = data.y[idx]
     x = lookup(preprocess.AUGMENTATIONS, spec.augment, "augment")(k_aug, x)
@@ -207,7 +211,7 @@ def epoch_indices(hp: dict[str, jax.Array], epoch: jax.Array, train_idx: jax.Arr
     """This run's shuffled batches for `epoch`: [steps, batch] indices (the last partial batch
     is dropped so every step has the same shape)."""
     steps = train_idx.shape[0] // batch_size
-    perm = jax.random.permutation(jax.random.fold_in(_run_key(hp, 2), epoch), train_idx.shape[0])
+    perm = jax.random.permutation(jax.random.fold_in(_run_key(hp, 2, "order_seed"), epoch), train_idx.shape[0])
     return train_idx[perm[: steps * batch_size]].reshape(steps, batch_size)
 
 

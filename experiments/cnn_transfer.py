@@ -277,9 +277,9 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
             _save_npy(labels, np.asarray(prepared.dataset.y_test, np.int32))
         for r in pretraining.finished(st, plan["runs"]):
             if not _predictions_path(st, r.run_id).exists():
-                pretraining.train_again(st, r.run_id, "its test predictions are missing")
+                study.train_again(st, r.run_id, "its test predictions are missing")
             elif "pretrained" in r.data and not _backbone_path(st, r.run_id).exists():
-                pretraining.train_again(st, r.run_id, "its backbone check is missing")
+                study.train_again(st, r.run_id, "its backbone check is missing")
 
     def initial(run: config.Run) -> dict:
         shape = plan["prepared"].dataset.image_shape
@@ -287,7 +287,7 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
             return fresh_backbone(run, shape, plan["head"])
         if run.seed not in plan["restored"]:
             plan["restored"][run.seed] = restored_backbone(plan["ckpt"][run.seed], run.spec, shape, plan["head"],
-                                                           pretraining.provenance(plan["owner"], plan["pre"][run.seed]))
+                                                           study.provenance(plan["owner"], plan["pre"][run.seed]))
         restored = plan["restored"][run.seed]
         study.log(f"{run.run_id}: {', '.join(restored['params'])} restored from {plan['pre'][run.seed].run_id}"
                   + (" and frozen" if run.spec.frozen else "") + f"; {plan['head']} initialised from seed {run.seed}")

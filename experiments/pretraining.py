@@ -13,7 +13,7 @@ from pathlib import Path
 
 from absl import flags
 
-from cifar_jax import checkpoint, config, results, run_record, study
+from cifar_jax import checkpoint, config, results, study
 
 flags.DEFINE_string("checkpoint_dir", None, "Root of the pretrained checkpoints, kept in <checkpoint_dir>/<study "
                     "name>/; default: the study's own folder, <results_dir>/<study name>/checkpoints.")
@@ -29,22 +29,10 @@ def checkpoint_root(parent: results.StudyDir) -> Path:
     return parent.root / "checkpoints"
 
 
-def provenance(parent: results.StudyDir, run: config.Run) -> dict:
-    """What the checkpoint of pretraining run `run` holds and a restore expects: this study, this
-    run and its configuration."""
-    return {"study": parent.root, "run_id": run.run_id, "config": run.config}
-
-
 def finished(st: results.StudyDir, runs: list[config.Run]) -> list[config.Run]:
     """The runs the study has finished (and would skip)."""
     todo = set(st.pending([(r.run_id, r.config) for r in runs]))
     return [r for r in runs if r.run_id not in todo]
-
-
-def train_again(st: results.StudyDir, run_id: str, why: str) -> None:
-    """Forget a finished run's record, saying why, so that the study trains it again."""
-    study.log(f"{run_id}: finished but {why}: training it again")
-    (st.runs_dir / f"{results.run_file_stem(run_id)}.json").unlink(missing_ok=True)
 
 
 def check(parent: results.StudyDir, st: results.StudyDir, pretrained: list[tuple[config.Run, Path]]) -> None:
@@ -55,19 +43,16 @@ def check(parent: results.StudyDir, st: results.StudyDir, pretrained: list[tuple
     for run in finished(st, [run for run, _ in pretrained]):
         path = paths[run.run_id]
         if not path.exists():
-            train_again(st, run.run_id, f"its checkpoint {path} is missing")
+            study.train_again(st, run.run_id, f"its checkpoint {path} is missing")
             continue
         try:
-            checkpoint.verify(path, provenance(parent, run))
+            checkpoint.verify(path, study.provenance(parent, run))
         except checkpoint.CheckpointError as err:
             if not FLAGS.repair:
                 raise checkpoint.CheckpointError(f"{err} (pass --repair to pretrain {run.run_id} again)") from None
-            train_again(st, run.run_id, str(err))
+            study.train_again(st, run.run_id, str(err))
 
 
 def save(parent: results.StudyDir, st: results.StudyDir, path: Path, run: config.Run, variables: tuple) -> None:
     """The checkpoint of pretraining run `run` (part `st`): its final variables, provenance and final metrics."""
-    rec = st.record(run.run_id)
-    checkpoint.save(path, *variables, overwrite=True, **provenance(parent, run),
-                    metrics={"test": run_record.final(rec, "test"), "last_epoch": rec["epochs"][-1],
-                             "status": rec["status"]})
+    study.save_checkpoint(path, st, run, variables, provenance_of=parent)

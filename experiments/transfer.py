@@ -99,7 +99,7 @@ def main(cfg: config.Config) -> None:
 
     def pretrained_layers(run: config.Run) -> dict:
         frozen = plan["frozen"]
-        expected = pretraining.provenance(parent, plan["pre"][run.data["pretrained"]])
+        expected = study.provenance(parent, plan["pre"][run.data["pretrained"]])
         params, stats = checkpoint.restore(run.data["checkpoint"], plan["params"], plan["stats"],
                                            expected=expected, strict=True)
         study.log(f"{run.run_id}: restored {run.data['checkpoint']} (strict); frozen {', '.join(frozen)}; "
