@@ -718,3 +718,73 @@ def image_examples(images: np.ndarray, captions: Sequence[str], path: Path | str
         axes[0].text(0.5, 0.5, note, transform=axes[0].transAxes, ha="center", va="center", color="0.4")
     fig.suptitle(title)
     return save(fig, path)
+
+
+# ----------------------------------------------------------------------------- loss surfaces and mode connectivity
+
+@styled
+def surface_paths(paths: dict[str, dict[str, np.ndarray]], ts: np.ndarray, path: Path | str, title: str) -> Path:
+    """Loss and top-1 accuracy along 1-D linear paths: `paths` maps a label to {split: [points, 3]}
+    (loss, top-1, top-5) at the coefficients `ts`; training subset solid, test dashed."""
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2, sharex=True)
+    for i, (label, by_split) in enumerate(paths.items()):
+        for split, ls in (("train", "-"), ("test", "--")):
+            values = by_split[split]
+            ax_loss.plot(ts, values[:, 0], ls, color=PALETTE[i], lw=2, label=f"{label}, {split}")
+            ax_acc.plot(ts, 100 * values[:, 1], ls, color=PALETTE[i], lw=2, label=f"{label}, {split}")
+    return _finish_pair(fig, title, "t (0: start, 1: end)", ((ax_loss, "Loss", "cross-entropy loss"),
+                                                             (ax_acc, "Top-1 accuracy", "accuracy (%)")), path)
+
+
+@styled
+def surface_contours(coords: np.ndarray, grids: dict[str, np.ndarray], path: Path | str, title: str) -> Path:
+    """Contour panels of 2-D grids over (α, β) ∈ coords² (grids[name][i, j] at α = coords[i],
+    β = coords[j]), the centre (the run itself) marked."""
+    fig = Figure(figsize=(5.2 * len(grids), 4.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(grids)))
+    for ax, (name, grid) in zip(axes, grids.items()):
+        finite = np.where(np.isfinite(grid), grid, np.nan)
+        filled = ax.contourf(coords, coords, finite.T, levels=20, cmap="viridis")
+        ax.contour(coords, coords, finite.T, levels=10, colors="white", linewidths=0.5, alpha=0.6)
+        fig.colorbar(filled, ax=ax)
+        ax.plot([0], [0], "*", color="red", ms=12, label="the run")
+        ax.set_xlabel("α (direction 1)")
+        ax.set_ylabel("β (direction 2)")
+        ax.set_title(name)
+        ax.grid(False)
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+@styled
+def connectivity(ts: np.ndarray, errors_by_k: dict[int, np.ndarray], barriers_by_k: dict[int, np.ndarray],
+                 path: Path | str, title: str) -> Path:
+    """Frankle et al.'s instability figures: test error along the linear path between two children
+    for each spawn epoch k (mean over pairs, band ± std; errors_by_k[k]: [pairs, points]), and the
+    error barrier against k (mean ± std over pairs, each pair a faint dot)."""
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_path, ax_k = fig.subplots(1, 2)
+    for i, (k, errors) in enumerate(errors_by_k.items()):
+        mean, std = 100 * np.nanmean(errors, 0), 100 * np.nanstd(errors, 0)
+        ax_path.plot(ts, mean, color=PALETTE[i % len(PALETTE)], lw=2, label=f"k = {k}")
+        ax_path.fill_between(ts, mean - std, mean + std, color=PALETTE[i % len(PALETTE)], alpha=0.15, lw=0)
+    ks = np.array(list(barriers_by_k), dtype=np.float64)
+    for k, values in barriers_by_k.items():
+        ax_k.scatter(np.full(len(values), k), 100 * np.asarray(values), s=14, color=PALETTE[0], alpha=0.35)
+    ax_k.errorbar(ks, [100 * np.nanmean(v) for v in barriers_by_k.values()],
+                  yerr=[100 * np.nanstd(v) for v in barriers_by_k.values()], fmt="-o", color=PALETTE[0], lw=2,
+                  capsize=4)
+    ax_k.axhline(0.0, color="0.3", lw=1, ls=":")
+    if len(ks) and ks.min() >= 0 and ks.max() > 0:
+        ax_k.set_xscale("symlog", linthresh=1)
+    ax_k.set_xticks(ks, [f"{k:g}" for k in ks])
+    ax_path.legend(frameon=False, title="spawn epoch")
+    for ax, name, xlabel, unit in ((ax_path, "Test error along the path between two children", "t", "test error (%)"),
+                                   (ax_k, "Error barrier against the spawn epoch k", "k (epochs)",
+                                    "barrier (percentage points)")):
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(unit)
+    fig.suptitle(title)
+    return save(fig, path)
