@@ -91,9 +91,10 @@ class RecordWriter:
 
     def __init__(self, study: results.StudyDir, runs: list[Run], total_epochs: int, label: str,
                  progress: dict, tensor_names: list[str], snapshots: Snapshots,
-                 events: tensorboard.StudyWriter | None = None):
+                 events: tensorboard.StudyWriter | None = None, on_epoch: Callable | None = None):
         self.study, self.runs, self.label, self.tensor_names = study, runs, label, tensor_names
         self.snapshots, self.events = snapshots, events  # events: --tensorboard's files
+        self.on_epoch_state = on_epoch  # a study's own look at the full state after every epoch (`execute`)
         self.records: dict[int, dict] = {}
         self.total, self.progress = total_epochs, progress  # progress is shared across groups
 
@@ -159,6 +160,8 @@ class RecordWriter:
     def on_state(self, runs: np.ndarray, epoch: int, state: Callable[[], Any]) -> None:
         if epoch < self.runs[runs[0]].epochs and self.snapshots.due(epoch):
             self.snapshots.save(self._key(runs), epoch, state())
+        if self.on_epoch_state:
+            self.on_epoch_state([self.runs[i] for i in runs], epoch, state)
 
 
 def is_lead() -> bool:
@@ -194,7 +197,8 @@ def write_preamble(study: results.StudyDir, cfg: Config, runs: list[Run], prepar
 
 def execute(study: results.StudyDir, runs: list[Run], prepared: Prepared, cfg: Config, *,
             initial_for: Callable[[Run], dict] | None = None,
-            on_state: Callable[[Run, tuple], None] | None = None, first_epoch: int = 0) -> None:
+            on_state: Callable[[Run, tuple], None] | None = None, first_epoch: int = 0,
+            on_epoch: Callable[[list[Run], int, Callable[[], Any]], None] | None = None) -> None:
     """Train every run of `runs` that the study has not finished, group by group. In a
     multi-host study each process trains its own share of every group's runs, then waits until
     all runs are finished (so process 0 can write the summary, and a study in parts can plan its
@@ -202,7 +206,8 @@ def execute(study: results.StudyDir, runs: list[Run], prepared: Prepared, cfg: C
     gives layers that replace the run's fresh initialisation, or with "opt_state" and "step" a
     whole state that the runs continue from after `first_epoch` epochs (`engine.train_group`);
     `on_state(run, (params, batch_stats))` receives each run's final variables (e.g. to save a
-    checkpoint)."""
+    checkpoint); `on_epoch(runs, epoch, state)` is called after every epoch of a group, `state()`
+    giving those runs' full TrainState on the host (run axis first), e.g. to keep it at chosen epochs."""
     wanted = [(r.run_id, r.config) for r in runs]
     todo = set(study.pending(wanted))
     if len(todo) < len(runs):
@@ -213,7 +218,7 @@ def execute(study: results.StudyDir, runs: list[Run], prepared: Prepared, cfg: C
             groups.setdefault((r.spec, r.epochs), []).append(i)
     groups = {k: list(np.array_split(ids, jax.process_count())[jax.process_index()]) for k, ids in groups.items()}
     groups = {k: ids for k, ids in groups.items() if ids}
-    _train_groups(study, runs, groups, prepared, cfg, initial_for, on_state, first_epoch)
+    _train_groups(study, runs, groups, prepared, cfg, initial_for, on_state, first_epoch, on_epoch)
     if jax.process_count() > 1:  # every process sees every record before it goes on (e.g. to a next part)
         _wait_for_runs(study, wanted)
 
@@ -278,7 +283,8 @@ def _stack_initial(trees: list[dict]) -> dict:
 
 
 def _train_groups(study: results.StudyDir, runs: list[Run], groups: dict, prepared: Prepared, cfg: Config,
-                  initial_for: Callable | None, on_state: Callable | None, first_epoch: int = 0) -> None:
+                  initial_for: Callable | None, on_state: Callable | None, first_epoch: int = 0,
+                  on_epoch: Callable | None = None) -> None:
     """Train the given groups (run indices per (spec, epochs)) with progress output."""
     total = sum((r.epochs - first_epoch) * _chunks(r.spec, len(ids), cfg.layout) for (_, _), ids in groups.items()
                 for r in [runs[ids[0]]])
@@ -296,7 +302,8 @@ def _train_groups(study: results.StudyDir, runs: list[Run], groups: dict, prepar
         names = train.param_names(train.param_shapes(spec, prepared.dataset.image_shape))
         recorder = RecordWriter(study, group_runs, total, label, progress, names,
                                 Snapshots(study.root / "resume", cfg.snapshot_every),
-                                tensorboard.StudyWriter(study.root / tensorboard.FOLDER) if cfg.tensorboard else None)
+                                tensorboard.StudyWriter(study.root / tensorboard.FOLDER) if cfg.tensorboard else None,
+                                on_epoch)
         initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
         states = engine.train_group(spec, hp, prepared.device, epochs, recorder, layout=layout,
                                     memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial,

@@ -1,0 +1,310 @@
+"""Linear mode connectivity (Frankle et al. 2020, arXiv 1912.05671): how soon in training does a
+network become stable to SGD noise? A parent run per --seeds is trained to the end, its whole
+state (parameters, BN statistics, optimiser state, step) kept after each epoch k of
+--spawn_epochs (k = 0: its initialisation); from each state --children children are trained to
+--epochs that differ only in their data order (their own order seeds; same weights, same dropout
+stream), the children of one k as one group continuing the parent's schedule. Between every two
+children of the same parent and k the error along the linear path (1 − t)·θ1 + t·θ2 is evaluated
+at --interp_points coefficients as the run axis of one vmapped evaluation (cifar_jax.surfaces), on
+the test set and on a seeded subset of the training split; batch norm in eval mode, its running
+statistics interpolated with the parameters. The barrier is max_t E(t) − ½(E(θ1) + E(θ2)).
+
+Parts: parent/ (the parents' records; their states at the spawn epochs in parent/spawn/, a
+finished parent missing one is trained again) and children/ (records and each child's final
+variables as a checkpoint, children/checkpoints/). Outputs: connectivity.md (per k: barrier mean
+± std over the pairs of every parent), connectivity.json (every path), figures/connectivity.png
+(test error along the path per k, and the barrier against k: their instability figure) and
+figures/connectivity_train.png.
+
+    python -m experiments.connectivity --flagfile=experiments/flags/connectivity.flags
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import itertools
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from cifar_jax import checkpoint, config, plots, results, run_record, study, summary, surfaces, train
+
+TITLE = "Linear mode connectivity"
+SPAWNED = ("params", "batch_stats", "opt_state", "step")  # what a child takes from its parent's state
+ORDER_SEED_BASE = 1000  # default order seed of child c: ORDER_SEED_BASE + c
+
+flags.DEFINE_list("spawn_epochs", ["0", "1", "2", "5"], "Epochs k after which children are spawned from the parent's "
+                  "state (0: its initialisation); each in [0, --epochs).")
+flags.DEFINE_integer("children", 2, "Children per parent and spawn epoch (every pair of them is a path).")
+flags.DEFINE_list("child_order_seeds", [], "The children's order seeds (data order, augmentation, noise), one per "
+                  f"child; default {ORDER_SEED_BASE} + child index. Equal seeds give equal children (a check: barrier 0).")
+flags.DEFINE_integer("interp_points", 11, "Coefficients t in [0, 1] on each path between two children.")
+flags.DEFINE_integer("interp_examples", 1000, "Training images (a seeded subset) evaluated along each path, beside "
+                     "the whole test set.")
+flags.DEFINE_integer("interp_chunk", 16, "Path points evaluated together in one vmapped pass (memory grows with it).")
+FLAGS = flags.FLAGS
+
+
+# ----------------------------------------------------------------------------- flags and runs
+
+def spawn_epochs(cfg: config.Config) -> tuple[int, ...]:
+    """--spawn_epochs, checked: distinct integers in [0, --epochs), ascending."""
+    text = ",".join(FLAGS.spawn_epochs)
+    try:
+        ks = sorted({int(k) for k in FLAGS.spawn_epochs})
+    except ValueError:
+        raise config.ConfigError(f"--spawn_epochs={text}: give a comma list of integers") from None
+    if not ks or ks[0] < 0 or ks[-1] >= cfg.epochs or len(ks) != len(FLAGS.spawn_epochs):
+        raise config.ConfigError(f"--spawn_epochs={text}: give distinct epochs in [0, --epochs={cfg.epochs})")
+    return tuple(ks)
+
+
+def order_seeds() -> tuple[int, ...]:
+    """The children's order seeds (--child_order_seeds, else ORDER_SEED_BASE + index)."""
+    if FLAGS.children < 2:
+        raise config.ConfigError(f"--children={FLAGS.children}: need at least 2 (a path joins two children)")
+    if not FLAGS.child_order_seeds:
+        return tuple(ORDER_SEED_BASE + c for c in range(FLAGS.children))
+    text = ",".join(FLAGS.child_order_seeds)
+    try:
+        seeds = tuple(int(s) for s in FLAGS.child_order_seeds)
+    except ValueError:
+        raise config.ConfigError(f"--child_order_seeds={text}: give a comma list of integers") from None
+    if len(seeds) != FLAGS.children or min(seeds) < 0:
+        raise config.ConfigError(f"--child_order_seeds={text}: give {FLAGS.children} seeds >= 0, one per child")
+    return seeds
+
+
+def check_flags(cfg: config.Config) -> None:
+    """Every flag of the study, before any work (one-line ConfigError)."""
+    cfg.single_group("connectivity trains one architecture")
+    spawn_epochs(cfg)
+    order_seeds()
+    if FLAGS.interp_points < 2:
+        raise config.ConfigError(f"--interp_points={FLAGS.interp_points}: need at least 2 (the two children)")
+    for flag in ("interp_examples", "interp_chunk"):
+        if FLAGS[flag].value < 1:
+            raise config.ConfigError(f"--{flag}={FLAGS[flag].value}: must be >= 1")
+
+
+def child(parent: config.Run, k: int, c: int, order_seed: int) -> config.Run:
+    """Child c of `parent` spawned after epoch k: the parent's run but for its order seed."""
+    prefix = "" if parent.config_name == "default" else f"{parent.config_name},"
+    return dataclasses.replace(parent, config_name=f"{prefix}k={k},child={c}", hp={**parent.hp, "order_seed": order_seed},
+                               data={**parent.data, "parent": parent.run_id, "spawn_epoch": k})
+
+
+# ----------------------------------------------------------------------------- spawn states
+
+@functools.lru_cache(maxsize=None)
+def _initialiser(spec: train.GroupSpec, shape: tuple[int, ...]):
+    return jax.jit(lambda hp: train.init_run(spec, hp, shape))
+
+
+def initial_state(run: config.Run, shape: tuple[int, ...]) -> dict:
+    """The run's state at initialisation, as a spawn state (what `train.init_run` draws)."""
+    state = _initialiser(run.spec, shape)({k: v[0] for k, v in train.stack_hparams([run.hp]).items()})
+    return {k: jax.device_get(getattr(state, k)) for k in SPAWNED}
+
+
+def spawn_path(pst: results.StudyDir, run_id: str, k: int) -> Path:
+    return pst.root / "spawn" / f"{results.run_file_stem(run_id)}-k{k}.npz"
+
+
+def save_spawn(path: Path, state: dict) -> None:
+    """One run's spawn state, as the leaves of SPAWNED in order (atomic)."""
+    with results.atomic_file(path) as f:
+        np.savez(f, *[np.asarray(x) for x in jax.tree_util.tree_leaves(state)])
+
+
+def load_spawn(path: Path, template: dict) -> dict:
+    """A spawn state shaped like `template` (the run's initial state)."""
+    wanted, treedef = jax.tree_util.tree_flatten(template)
+    with np.load(path) as z:
+        leaves = [z[f"arr_{i}"] for i in range(len(wanted))]
+    bad = next((i for i, (x, w) in enumerate(zip(leaves, wanted)) if x.shape != np.shape(w)), None)
+    if bad is not None:
+        raise results.ResultsError(f"{path}: the spawn state of another model (leaf {bad} has shape "
+                                   f"{leaves[bad].shape}, {np.shape(wanted[bad])} expected); pass a new --name")
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# ----------------------------------------------------------------------------- training
+
+def train_part(st: results.StudyDir, cfg: config.Config, runs: list[config.Run], prepared: study.Prepared,
+               title: str, before: Callable[[], None], calls: list[tuple[list[config.Run], dict]]) -> None:
+    """One part of the study, as `study.run` does it, but with several `study.execute` calls
+    (runs, keyword arguments): the children of each spawn epoch continue from another epoch."""
+    study.check_writable(st.root, "--results_dir/--name")
+    with st.lock() if study.is_lead() else contextlib.nullcontext():
+        study.remove_leftovers(st.root)
+        st.pending([(r.run_id, r.config) for r in runs])
+        study.write_preamble(st, cfg, runs, prepared)
+        before()
+        for group, kwargs in calls:
+            study.execute(st, group, prepared, cfg, **kwargs)
+        study.finish(st, runs, title, figures=False)
+
+
+def train_parents(cfg: config.Config, pst: results.StudyDir, parents: list[config.Run], ks: tuple[int, ...],
+                  prepared: study.Prepared) -> None:
+    """The parents to the end, their states after the spawn epochs k > 0 kept in parent/spawn/."""
+    kept = [k for k in ks if k > 0]
+
+    def missing() -> None:
+        for run in parents:
+            rec = pst.record(run.run_id)
+            gone = [k for k in kept if not spawn_path(pst, run.run_id, k).exists()]
+            if rec and rec["status"] in run_record.FINISHED and gone:
+                study.train_again(pst, run.run_id, f"its state after epoch {gone[0]} is missing")
+
+    def keep(runs: list[config.Run], epoch: int, state: Callable[[], Any]) -> None:
+        if epoch in kept:
+            full = state()
+            for j, run in enumerate(runs):
+                save_spawn(spawn_path(pst, run.run_id, epoch), {k: jax.tree_util.tree_map(lambda x: x[j], getattr(full, k))
+                                                               for k in SPAWNED})
+
+    train_part(pst, cfg, parents, prepared, f"{TITLE}: parents", missing, [(parents, {"on_epoch": keep})])
+
+
+def train_children(cfg: config.Config, pst: results.StudyDir, cst: results.StudyDir, parents: list[config.Run],
+                   ks: tuple[int, ...], prepared: study.Prepared) -> dict[tuple[str, int], list[config.Run]]:
+    """Every parent's children for every k (one group per k), each child's final variables saved as a checkpoint."""
+    shape = tuple(prepared.dataset.image_shape)
+    seeds = order_seeds()
+    families = {(p.run_id, k): [child(p, k, c, s) for c, s in enumerate(seeds)] for k in ks for p in parents}
+    runs = [r for fam in families.values() for r in fam]
+    by_id = {p.run_id: p for p in parents}
+
+    def spawned(run: config.Run) -> dict:
+        parent, k = by_id[run.data["parent"]], run.data["spawn_epoch"]
+        template = initial_state(parent, shape)
+        return template if k == 0 else load_spawn(spawn_path(pst, parent.run_id, k), template)
+
+    def missing() -> None:
+        for run in runs:
+            rec = cst.record(run.run_id)
+            if rec and rec["status"] in run_record.FINISHED and not study.final_checkpoint(cst, run.run_id).exists():
+                study.train_again(cst, run.run_id, f"its checkpoint {study.final_checkpoint(cst, run.run_id)} is missing")
+
+    def save(run: config.Run, variables: tuple) -> None:
+        study.save_checkpoint(study.final_checkpoint(cst, run.run_id), cst, run, variables)
+
+    calls = [([r for (_, k2), fam in families.items() if k2 == k for r in fam],
+              {"initial_for": spawned, "first_epoch": k, "on_state": save}) for k in ks]
+    train_part(cst, cfg, runs, prepared, f"{TITLE}: children", missing, calls)
+    return families
+
+
+# ----------------------------------------------------------------------------- the paths
+
+def final_variables(cst: results.StudyDir, run: config.Run, shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """A child's final (params, batch_stats) from its checkpoint (strict, provenance checked)."""
+    return checkpoint.restore(study.final_checkpoint(cst, run.run_id), train.param_shapes(run.spec, shape),
+                              train.batch_stats_shapes(run.spec, shape), expected=study.provenance(cst, run))
+
+
+def paths(cst: results.StudyDir, families: dict[tuple[str, int], list[config.Run]], prepared: study.Prepared,
+          seed: int) -> tuple[np.ndarray, list[dict]]:
+    """Every pair of children of the same parent and k: the [loss, top-1, top-5] along its path on
+    the test set and the training subset, all paths' points in one vmapped evaluation per split."""
+    shape, data = tuple(prepared.dataset.image_shape), prepared.device
+    ts = np.linspace(0.0, 1.0, FLAGS.interp_points)
+    pairs, points = [], []
+    for (parent, k), fam in families.items():
+        variables = [final_variables(cst, r, shape) for r in fam]
+        for i, j in itertools.combinations(range(len(fam)), 2):
+            pairs.append({"parent": parent, "k": k, "children": [fam[i].run_id, fam[j].run_id]})
+            points.append(surfaces.line(variables[i], variables[j], ts))
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *points)
+    n = min(FLAGS.interp_examples, len(prepared.train_idx))
+    subset = np.sort(np.random.default_rng(seed).choice(prepared.train_idx, n, replace=False))
+    splits = {"test": (data.x_test, data.y_test, jnp.arange(data.y_test.shape[0], dtype=jnp.int32)),
+              "train": (data.x, data.y, jnp.asarray(subset, jnp.int32))}
+    spec = next(iter(families.values()))[0].spec
+    for split, (x, y, idx) in splits.items():
+        values = surfaces.evaluate_points(spec, *stacked, x, y, idx, data.mean, data.std, FLAGS.interp_chunk)
+        for p, v in zip(pairs, values.reshape(len(pairs), len(ts), 3)):
+            p[split] = {"loss": v[:, 0].tolist(), "acc": v[:, 1].tolist(), "top5": v[:, 2].tolist(),
+                        "error_barrier": surfaces.barrier(1 - v[:, 1]), "loss_barrier": surfaces.barrier(v[:, 0])}
+    return ts, pairs
+
+
+def end_point_check(pairs: list[dict], cst: results.StudyDir) -> float:
+    """The largest |difference| between a path's end points on the test set and the two children's
+    own final test metrics in their records (0 up to float rounding)."""
+    worst = 0.0
+    for p in pairs:
+        for end, run_id in zip((0, -1), p["children"]):
+            own = run_record.final(cst.record(run_id), "test") or {}
+            worst = max([worst, *(abs(p["test"][m][end] - own.get(m, np.nan)) for m in run_record.METRICS)])
+    return worst
+
+
+def _stat(values: list[float]) -> str:
+    s = summary.finite_statistics(100 * np.asarray(values))
+    return "–" if s["mean"] is None else f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def markdown(pairs: list[dict], ks: tuple[int, ...], header: str, check: float) -> str:
+    """connectivity.md: per spawn epoch, the barriers and end-point errors over every pair."""
+    lines = [f"# {TITLE}: error barrier between children against the spawn epoch k", "", header, "",
+             "Barrier: max over t of the error at (1 − t)·θ1 + t·θ2 minus the mean of the two children's errors "
+             "(percentage points; mean ± std over every pair of children of every parent). Batch norm in eval mode, "
+             "the running statistics interpolated with the parameters.", "",
+             "| k | pairs | test error barrier | train error barrier | test loss barrier (×100) | children's test error (%) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for k in ks:
+        group = [p for p in pairs if p["k"] == k]
+        ends = [1 - p["test"]["acc"][e] for p in group for e in (0, -1)]
+        lines.append(f"| {k} | {len(group)} | {_stat([p['test']['error_barrier'] for p in group])} | "
+                     f"{_stat([p['train']['error_barrier'] for p in group])} | "
+                     f"{_stat([p['test']['loss_barrier'] for p in group])} | {_stat(ends)} |")
+    lines += ["", f"End points against the children's own records (test loss, top-1, top-5): largest |difference| "
+                  f"{check:.2g}."]
+    return "\n".join(lines) + "\n"
+
+
+def analyse(cfg: config.Config, root: results.StudyDir, cst: results.StudyDir, families: dict, ks: tuple[int, ...],
+            prepared: study.Prepared) -> None:
+    """The paths, connectivity.md/json and the two figures."""
+    with root.lock() if study.is_lead() else contextlib.nullcontext():
+        ts, pairs = paths(cst, families, prepared, cfg.split_seed)
+        check = end_point_check(pairs, cst)
+        header = (f"{len({p['parent'] for p in pairs})} parent(s) × {FLAGS.children} children per spawn epoch; model "
+                  f"{cfg.model.name}, {cfg.optimizer} lr {cfg.lrs[0]:g}, batch {cfg.batch_size}, {cfg.epochs} epochs; "
+                  f"{len(ts)} points per path, test set and {min(FLAGS.interp_examples, len(prepared.train_idx)):,} "
+                  "training images.")
+        root.write_json("connectivity.json", {"ts": ts.tolist(), "spawn_epochs": list(ks), "end_point_check": check,
+                                              "pairs": pairs})
+        root.write_text("connectivity.md", markdown(pairs, ks, header, check))
+        for split, name in (("test", "connectivity.png"), ("train", "connectivity_train.png")):
+            errors = {k: np.array([1 - np.asarray(p[split]["acc"]) for p in pairs if p["k"] == k]) for k in ks}
+            barriers = {k: [p[split]["error_barrier"] for p in pairs if p["k"] == k] for k in ks}
+            plots.connectivity(ts, errors, barriers, root.figures_dir / name,
+                               f"{TITLE} ({split} {'set' if split == 'test' else 'subset'}): {cfg.model.name}, "
+                               f"{cfg.epochs} epochs")
+        study.log("\n" + markdown(pairs, ks, header, check))
+
+
+def main(cfg: config.Config) -> None:
+    check_flags(cfg)
+    ks = spawn_epochs(cfg)
+    root = study.study_dir(cfg, "connectivity")
+    pst, cst = results.StudyDir(root.root / "parent"), results.StudyDir(root.root / "children")
+    study.check_writable(root.root, "--results_dir/--name")
+    prepared = study.prepare(cfg)
+    parents = config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes)
+    train_parents(cfg, pst, parents, ks, prepared)
+    families = train_children(cfg, pst, cst, parents, ks, prepared)
+    analyse(cfg, root, cst, families, ks, prepared)
+
+
+if __name__ == "__main__":
+    study.main(main)
