@@ -118,6 +118,13 @@ def evaluate_points(spec: train.GroupSpec, params: Tree, batch_stats: Tree, x: j
     return np.asarray(out).reshape(width, 3)[:n]
 
 
+def auto_chunk(platform: str) -> int:
+    """Points per vmapped pass by backend: 1 on CPU, where vmapping a conv net's points makes XLA's
+    grouped convolutions (0.36x one point at a time for BaselineNet, benchmarks/loss_surface.py),
+    so the points go one after another inside the one program; 32 on an accelerator."""
+    return 1 if platform == "cpu" else 32
+
+
 def barrier(errors: np.ndarray) -> float:
     """The barrier of a path (Frankle et al.): max over t of E(t) minus the mean of the end
     points' E; 0 when the path never rises above its ends' mean (the max includes the ends)."""

@@ -1,6 +1,7 @@
-"""Linear mode connectivity (Frankle et al. 2020, arXiv 1912.05671): how soon in training does a
-network become stable to SGD noise? A parent run per --seeds is trained to the end, its whole
-state (parameters, BN statistics, optimiser state, step) kept after each epoch k of
+"""Linear mode connectivity: how soon in training a network becomes stable to the noise of SGD's
+data order (the instability analysis of Frankle et al. 2020, arXiv 1912.05671).
+
+A parent run per --seeds is trained to the end, its whole state (parameters, BN statistics, optimiser state, step) kept after each epoch k of
 --spawn_epochs (k = 0: its initialisation); from each state --children children are trained to
 --epochs that differ only in their data order (their own order seeds; same weights, same dropout
 stream), the children of one k as one group continuing the parent's schedule. Between every two
@@ -46,7 +47,8 @@ flags.DEFINE_list("child_order_seeds", [], "The children's order seeds (data ord
 flags.DEFINE_integer("interp_points", 11, "Coefficients t in [0, 1] on each path between two children.")
 flags.DEFINE_integer("interp_examples", 1000, "Training images (a seeded subset) evaluated along each path, beside "
                      "the whole test set.")
-flags.DEFINE_integer("interp_chunk", 16, "Path points evaluated together in one vmapped pass (memory grows with it).")
+flags.DEFINE_integer("interp_chunk", 0, "Path points evaluated together in one vmapped pass (memory grows with it); 0: "
+                     "by backend (surfaces.auto_chunk: 1 on CPU, where vmapped convolutions are slower, 32 elsewhere).")
 FLAGS = flags.FLAGS
 
 
@@ -87,9 +89,9 @@ def check_flags(cfg: config.Config) -> None:
     order_seeds()
     if FLAGS.interp_points < 2:
         raise config.ConfigError(f"--interp_points={FLAGS.interp_points}: need at least 2 (the two children)")
-    for flag in ("interp_examples", "interp_chunk"):
-        if FLAGS[flag].value < 1:
-            raise config.ConfigError(f"--{flag}={FLAGS[flag].value}: must be >= 1")
+    if FLAGS.interp_examples < 1 or FLAGS.interp_chunk < 0:
+        raise config.ConfigError(f"--interp_examples={FLAGS.interp_examples} --interp_chunk={FLAGS.interp_chunk}: "
+                                 "need interp_examples >= 1 and interp_chunk >= 0")
 
 
 def child(parent: config.Run, k: int, c: int, order_seed: int) -> config.Run:
@@ -229,7 +231,8 @@ def paths(cst: results.StudyDir, families: dict[tuple[str, int], list[config.Run
               "train": (data.x, data.y, jnp.asarray(subset, jnp.int32))}
     spec = next(iter(families.values()))[0].spec
     for split, (x, y, idx) in splits.items():
-        values = surfaces.evaluate_points(spec, *stacked, x, y, idx, data.mean, data.std, FLAGS.interp_chunk)
+        chunk = FLAGS.interp_chunk or surfaces.auto_chunk(jax.devices()[0].platform)
+        values = surfaces.evaluate_points(spec, *stacked, x, y, idx, data.mean, data.std, chunk)
         for p, v in zip(pairs, values.reshape(len(pairs), len(ts), 3)):
             p[split] = {"loss": v[:, 0].tolist(), "acc": v[:, 1].tolist(), "top5": v[:, 2].tolist(),
                         "error_barrier": surfaces.barrier(1 - v[:, 1]), "loss_barrier": surfaces.barrier(v[:, 0])}

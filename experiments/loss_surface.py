@@ -1,6 +1,7 @@
-"""Loss surfaces around a finished run's final weights: 1-D paths (from its initial weights to its
-final ones, and to another run's) and a 2-D plane of two filter-normalised random directions (Li
-et al. 2018), every point one lane of a vmapped evaluation (cifar_jax.surfaces).
+"""Loss surfaces around a finished run's final weights: 1-D linear paths (from its initial weights
+to its final ones, and to another run's) and a 2-D plane of two filter-normalised random
+directions, every point one lane of a vmapped evaluation. The directions are Li et al. 2018's
+(arXiv 1712.09913; cifar_jax.surfaces).
 
 The runs come from a study run with --save_final (its final variables as orbax checkpoints with
 their provenance, restored strictly and checked to be that run's): --source_study names one; without
@@ -45,7 +46,8 @@ flags.DEFINE_float("surface_range", 1.0, "The plane spans [-range, range] along 
 flags.DEFINE_integer("surface_examples", 1000, "Training images (a subset seeded by --direction_seed) evaluated at "
                      "every point; the whole test set is evaluated too.")
 flags.DEFINE_integer("direction_seed", 0, "Seed of the two random directions and of the training subset.")
-flags.DEFINE_integer("surface_chunk", 16, "Points evaluated together in one vmapped pass (memory grows with it).")
+flags.DEFINE_integer("surface_chunk", 0, "Points evaluated together in one vmapped pass (memory grows with it); 0: "
+                     "by backend (surfaces.auto_chunk: 1 on CPU, where vmapped convolutions are slower, 32 elsewhere).")
 FLAGS = flags.FLAGS
 
 
@@ -58,9 +60,9 @@ def check_flags() -> None:
         raise config.ConfigError(f"--surface_points={n}: must be odd and >= 3 (the run is the grid's centre)")
     if not 0 < FLAGS.surface_range < math.inf:  # NaN too
         raise config.ConfigError(f"--surface_range={FLAGS.surface_range}: must be a finite number > 0")
-    for flag in ("surface_examples", "surface_chunk"):
-        if FLAGS[flag].value < 1:
-            raise config.ConfigError(f"--{flag}={FLAGS[flag].value}: must be >= 1")
+    if FLAGS.surface_examples < 1 or FLAGS.surface_chunk < 0:
+        raise config.ConfigError(f"--surface_examples={FLAGS.surface_examples} --surface_chunk={FLAGS.surface_chunk}: "
+                                 "need surface_examples >= 1 and surface_chunk >= 0")
 
 
 def source_dir(cfg: config.Config) -> results.StudyDir:
@@ -258,7 +260,8 @@ def surface(cfg: config.Config, src: results.StudyDir) -> None:
         study.log(f"{TITLE}: {rec['run_id']} of {src.root}: {FLAGS.surface_points}² plane and 1-D paths, "
                   f"{n} training images and {len(prepared.dataset.y_test)} test images per point")
         out = compute(spec, variables, (init.params, init.batch_stats), other, prepared.device, subset,
-                      FLAGS.surface_points, FLAGS.surface_range, FLAGS.direction_seed, FLAGS.surface_chunk)
+                      FLAGS.surface_points, FLAGS.surface_range, FLAGS.direction_seed,
+                      FLAGS.surface_chunk or surfaces.auto_chunk(jax.devices()[0].platform))
         header = (f"Source study {src.root}, model {spec.model.name} (norm {spec.model.norm}); "
                   f"{FLAGS.surface_points} points per axis, plane α, β ∈ [−{FLAGS.surface_range:g}, "
                   f"{FLAGS.surface_range:g}], direction seed {FLAGS.direction_seed}; {n:,} training images "
