@@ -259,7 +259,8 @@ def markdown(pairs: list[dict], ks: tuple[int, ...], header: str, check: float) 
     """connectivity.md: per spawn epoch, the barriers and end-point errors over every pair."""
     lines = [f"# {TITLE}: error barrier between children against the spawn epoch k", "", header, "",
              "Barrier: max over t of the error at (1 − t)·θ1 + t·θ2 minus the mean of the two children's errors "
-             "(percentage points; mean ± std over every pair of children of every parent). Batch norm in eval mode, "
+             "(percentage points; mean ± std over every pair of children of every parent; never below half the two "
+             "children's difference, as the max includes the ends). Batch norm in eval mode, "
              "the running statistics interpolated with the parameters.", "",
              "| k | pairs | test error barrier | train error barrier | test loss barrier (×100) | children's test error (%) |",
              "|---:|---:|---:|---:|---:|---:|"]
