@@ -86,6 +86,19 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     f.DEFINE_integer("grad_window", 5, "Steps in each window of --grad_stats.")
     f.DEFINE_integer("loss_every", 0, "Record the mean training loss of every this many steps (records' loss_trace; "
                      "0: off).")
+    f.DEFINE_integer("sharpness_every", 0, "Measure the sharpness, λ_max (and λ_min) of the Hessian of the training "
+                     "loss, every this many --sharpness_unit (0: off); records' sharpness, sharpness_min.")
+    f.DEFINE_enum("sharpness_unit", "epoch", train.SHARPNESS_UNITS, "Unit of --sharpness_every: epoch (after every "
+                  "k-th epoch) or step (before every k-th step of each epoch, inside the compiled epoch: records' "
+                  "sharpness_trace; for the early steps, where it moves fastest).")
+    f.DEFINE_integer("sharpness_iters", 10, "Lanczos iterations (Hessian-vector products) per sharpness evaluation, "
+                     "each started from the previous evaluation's top eigenvector.")
+    f.DEFINE_integer("sharpness_examples", 256, "Size of the fixed training subset whose loss Hessian is measured "
+                     "(dropout off, batch norm on the subset's own statistics; at most the training split).")
+    f.DEFINE_bool("noise_scale", False, "Measure the gradient noise scale B_simple = tr(Σ)/|G|² per epoch (McCandlish "
+                  "et al. 2018) from the step's gradient and the mean gradient of --noise_window steps; records' "
+                  "b_simple, b_simple_g2, b_simple_trace.")
+    f.DEFINE_integer("noise_window", 2, "Steps whose mean gradient is the big batch of --noise_scale (batch × this).")
     f.DEFINE_bool("save_final", False, "Save every run's final variables as an orbax checkpoint with its provenance "
                   "(<study>/checkpoints/<run>/; experiments.loss_surface reads them); a finished run without one is "
                   "trained again.")
@@ -140,6 +153,12 @@ class Config:
     grad_window: int
     loss_every: int
     download: bool
+    sharpness_every: int
+    sharpness_unit: str
+    sharpness_iters: int
+    sharpness_examples: int
+    noise_scale: bool
+    noise_window: int
     distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
     per_run: tuple[tuple[str, tuple[float, ...]], ...]  # every options.RUN_OPTIONS name → its values
     # every combination of the program-changing flags (and the LRs of its optimiser) as
@@ -291,6 +310,12 @@ def from_flags(fl: Any = None) -> Config:
     _positive("grad_window", fl.grad_window)
     _positive("snapshot_every", fl.snapshot_every, strict=False)
     _positive("loss_every", fl.loss_every, strict=False)
+    _positive("sharpness_every", fl.sharpness_every, strict=False)
+    _positive("sharpness_examples", fl.sharpness_examples)
+    if fl.sharpness_iters < 2:
+        raise ConfigError(f"--sharpness_iters={fl.sharpness_iters}: must be >= 2")
+    if fl.noise_window < 2:
+        raise ConfigError(f"--noise_window={fl.noise_window}: must be >= 2 (the big batch is this many steps' batches)")
     schedule = _choice("schedule", fl.schedule, schedules.SCHEDULES)
     if schedule == "cyclic" and fl.lr_min >= min(min(v["lrs"]) for v in variants):
         raise ConfigError(f"--lr_min={fl.lr_min}: must be below every --lr (η_max) for the cyclic schedule")
@@ -309,7 +334,9 @@ def from_flags(fl: Any = None) -> Config:
         memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size, snapshot_every=fl.snapshot_every,
         eval_train=fl.eval_train, eval_test=fl.eval_test, grad_stats=fl.grad_stats, grad_window=fl.grad_window, loss_every=fl.loss_every,
         download=fl.download, distributed=_distributed(fl), tensorboard=fl.tensorboard,
-        save_final=fl.save_final,
+        save_final=fl.save_final, sharpness_every=fl.sharpness_every, sharpness_unit=fl.sharpness_unit,
+        sharpness_iters=fl.sharpness_iters, sharpness_examples=fl.sharpness_examples, noise_scale=fl.noise_scale,
+        noise_window=fl.noise_window,
         variants=tuple(tuple(v.items()) for v in variants), **variants[0])
 
 
@@ -348,6 +375,11 @@ def _distributed(fl: Any) -> tuple[str | None, int, int]:
     return address, count, index
 
 
+# the GroupSpec fields of each training-dynamics instrument, by the field that turns it on
+INSTRUMENT_FIELDS = {"sharpness_every": ("sharpness_every", "sharpness_unit", "sharpness_iters", "sharpness_examples"),
+                     "noise_scale": ("noise_scale", "noise_window")}
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One training run: its configuration name, seed, group spec and per-run hyperparameters."""
@@ -368,6 +400,10 @@ class Run:
         """Everything that defines the run, as plain JSON values (stored in its record)."""
         spec = dataclasses.asdict(self.spec)
         del spec["conv_impl"]  # changes how, not what: the same numbers either way (tested)
+        for switch, fields in INSTRUMENT_FIELDS.items():  # instruments that are off are left out (records keep their form)
+            if not spec[switch]:
+                for field in fields:
+                    del spec[field]
         hp = {k: v for k, v in self.hp.items()  # a seed of the run's own is left out (records keep their form)
               if not (k in ("init_seed", "order_seed") and v == train.SEED_OF_RUN)}
         hp["schedule"] = list(schedules.SCHEDULES)[hp["schedule"]]
@@ -392,7 +428,20 @@ def group_spec(cfg: Config, num_classes: int) -> train.GroupSpec:
         noise=max(cfg.values("noise_std") + cfg.values("salt_pepper")) > 0,
         clip_norm=cfg.clip_norm or None, eval_batch_size=cfg.eval_batch_size, precision=cfg.precision,
         conv_impl=cfg.conv_impl, grad_stats=cfg.grad_stats, grad_window=cfg.grad_window if cfg.grad_stats else 5,
-        loss_every=cfg.loss_every, eval_train=cfg.eval_train, eval_test=cfg.eval_test)
+        loss_every=cfg.loss_every, eval_train=cfg.eval_train, eval_test=cfg.eval_test,
+        **instruments(cfg))
+
+
+def instruments(cfg: Config) -> dict[str, Any]:
+    """The GroupSpec fields of the training-dynamics instruments that are on (those that are off
+    keep their defaults, so they add nothing to the program or to a run's config)."""
+    out: dict[str, Any] = {}
+    if cfg.sharpness_every:
+        out.update(sharpness_every=cfg.sharpness_every, sharpness_unit=cfg.sharpness_unit,
+                   sharpness_iters=cfg.sharpness_iters, sharpness_examples=cfg.sharpness_examples)
+    if cfg.noise_scale:
+        out.update(noise_scale=True, noise_window=cfg.noise_window)
+    return out
 
 
 def data_config(cfg: Config) -> dict[str, Any]:

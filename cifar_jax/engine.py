@@ -20,9 +20,10 @@ import numpy as np
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cifar_jax import models, optim, run_record, schedules
+from cifar_jax import dynamics, models, optim, run_record, schedules
 from cifar_jax.run_record import Metrics
-from cifar_jax.train import Data, GroupSpec, TrainState, epoch_indices, evaluate, init_run, train_epoch, train_step
+from cifar_jax.train import (Data, GroupSpec, TrainState, epoch_indices, evaluate, init_run, sharpness_of, step_columns,
+                             train_epoch, train_step)
 
 LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
 PROGRESS_SECONDS = 10.0  # a progress line inside an epoch at most this often (epochs longer than this)
@@ -112,9 +113,9 @@ def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axi
         one = functools.partial(train_epoch, spec, on_steps=heard, every=max(1, steps // max(1, PROGRESS_POINTS)))
         return batched(one, 0, None, 0)(state, data, indices(state, data, epoch))
 
-    def step(state, sums, losses, data, idx, s):
-        state, m = batched(functools.partial(train_step, spec), 0, None, 0)(state, data, split(idx[:, s]))
-        return state, sums + m, losses.at[:, s].set(m[:, 0])
+    def step(state, sums, per_step, data, idx, s):
+        state, m = batched(functools.partial(train_step, spec, k=s), 0, None, 0)(state, data, split(idx[:, s]))
+        return state, sums + m, per_step.at[:, s].set(m)
 
     def ev(state, x, y, idx, mean, std):
         return batched(functools.partial(evaluate, spec), 0, None, None, None, None, None)(
@@ -125,6 +126,8 @@ def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axi
                 epoch=jax.jit(epoch, donate_argnums=0, out_shardings=by_run),
                 step=jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=by_run),
                 indices=jax.jit(indices), evaluate=jax.jit(ev),
+                sharpness=jax.jit(batched(functools.partial(sharpness_of, spec), 0, None), donate_argnums=0,
+                                  out_shardings=by_run),
                 lr=jax.jit(batched(schedules.learning_rate, 0, 0)),
                 l2=jax.jit(batched(optim.l2_penalty, 0)))
 
@@ -242,6 +245,15 @@ def _window_stats(acc: np.ndarray, window: int, total_steps: int) -> tuple[np.nd
     return out[0], out[1]
 
 
+def _noise_scale(sums: np.ndarray, steps: int, spec: GroupSpec) -> np.ndarray:
+    """[R, 3] (|G|², tr Σ, B_simple) of an epoch from its summed noise columns (the step's |g|²,
+    the windows' |G|² and their count): the epoch's means are the smoothing before the ratio."""
+    small_sq, big_sq, windows = sums[:, 0] / steps, sums[:, 1] / np.maximum(sums[:, 2], 1), sums[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.stack(dynamics.noise_scale(small_sq, big_sq, spec.batch_size, spec.batch_size * spec.noise_window), -1)
+    return np.where(windows[:, None] > 0, out, np.nan)
+
+
 def _loss_noise(losses: np.ndarray, batch_size: int) -> np.ndarray:
     """[R, steps] summed step losses → [R] the noise of the per-step loss: the root mean square of
     its step-to-step changes over √2 (the per-step standard deviation for independent noise on a
@@ -297,13 +309,14 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
                          f"({data.train_idx.shape[0]} images)")
     if spec.loss_every > steps:
         raise ValueError(f"--loss_every={spec.loss_every} is more than the {steps} steps of an epoch")
-    width = 3 + state.grad_acc.shape[2]  # [runs, 2, tensors, 3]
+    columns = step_columns(spec, state.grad_acc.shape[2])  # grad_acc: [runs, 2, tensors, 3]
+    width = columns["sharpness"].stop
     zeros = lambda *shape: jax.device_put(jnp.zeros((len(hp["seed"]), *shape)), by_run)
     t0 = time.perf_counter()
     if scan:
         run_epoch = prog["epoch"].lower(state, data, jnp.int32(0)).compile()
     else:
-        run_step = prog["step"].lower(state, zeros(width), zeros(steps), data,
+        run_step = prog["step"].lower(state, zeros(width), zeros(steps, width), data,
                                       prog["indices"](state, data, jnp.int32(0)), jnp.int32(0)).compile()
     _check_fits(run_epoch if scan else run_step, len(hp["seed"]) // mesh.shape["runs"],
                 sum(x.nbytes for x in jax.tree_util.tree_leaves(data)), limit, mesh.shape["runs"])
@@ -321,27 +334,37 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
         lr = np.asarray(prog["lr"](state.hp, state.step))[:n]
         _PROGRESS.start(functools.partial(on_progress, runs, epoch + 1, steps=steps) if on_progress else None)
         if scan:
-            state, sums, losses = run_epoch(state, data, jnp.int32(epoch))
+            state, sums, per_step = run_epoch(state, data, jnp.int32(epoch))
         else:
             idx = prog["indices"](state, data, jnp.int32(epoch))
-            sums, losses = zeros(width), zeros(steps)
+            sums, per_step = zeros(width), zeros(steps, width)
             for s in range(steps):
-                state, sums, losses = run_step(state, sums, losses, data, idx, jnp.int32(s))
+                state, sums, per_step = run_step(state, sums, per_step, data, idx, jnp.int32(s))
                 if on_progress and time.perf_counter() - _PROGRESS.last >= PROGRESS_SECONDS:
                     sums.block_until_ready()  # the steps dispatched so far have run
                     _PROGRESS.heard(s + 1)
-        sums, step_losses = np.asarray(sums)[:n], np.asarray(losses)[:n]  # waits for the epoch's steps
+        sums, per_step = np.asarray(sums)[:n], np.asarray(per_step)[:n]  # waits for the epoch's steps
         _PROGRESS.start(None)
         seconds = time.perf_counter() - t0  # training only: evaluation below is not counted
+        step_losses = per_step[..., 0]
         alive = np.asarray(state.alive)[:n]
+        sharpness = sharpness_trace = None
+        if spec.sharpness_every and spec.sharpness_unit == "step":
+            sharpness_trace = per_step[:, ::spec.sharpness_every, columns["sharpness"]]
+            sharpness = sharpness_trace[:, -1]
+        elif spec.sharpness_every and (epoch + 1) % spec.sharpness_every == 0:
+            values, state = prog["sharpness"](state, data)
+            sharpness = np.where(alive[:, None], np.asarray(values)[:n], np.nan)
         evals = _eval_splits(prog, state, data, every_epoch, n)
         metrics = run_record.Epoch(
             lr=lr, alive=alive, l2_penalty=np.asarray(prog["l2"](state.params))[:n],
-            train=Metrics(*(sums[:, :3] / (steps * spec.batch_size)).T),
+            train=Metrics(*(sums[:, columns["metrics"]] / (steps * spec.batch_size)).T),
             val=_masked(evals.get("val"), alive), train_eval=_masked(evals.get("train"), alive),
             test=_masked(evals.get("test"), alive), loss_noise=_loss_noise(step_losses, spec.batch_size),
-            grad_norm=sums[:, 3:] / steps if spec.grad_stats else None,
-            loss_trace=_loss_trace(step_losses, spec.loss_every, spec.batch_size) if spec.loss_every else None)
+            grad_norm=sums[:, columns["grad_norm"]] / steps if spec.grad_stats else None,
+            loss_trace=_loss_trace(step_losses, spec.loss_every, spec.batch_size) if spec.loss_every else None,
+            sharpness=sharpness, sharpness_trace=sharpness_trace,
+            noise_scale=_noise_scale(sums[:, columns["noise"]], steps, spec) if spec.noise_scale else None)
         if on_state:  # before the epoch's records: a saved state is never behind them
             on_state(runs, epoch + 1, lambda: jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x))[:n], state))
         callbacks.on_epoch(runs, epoch + 1, metrics, seconds)

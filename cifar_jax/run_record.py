@@ -16,7 +16,14 @@ A record is one JSON object per run (`results.StudyDir` stores it atomically aft
                                         runs trained together), and with the
                                         in-step measurements train_eval_* (--eval_train=epoch),
                                         test_* (--eval_test),
-                                        grad_norm (--grad_stats), loss_trace (--loss_every)
+                                        grad_norm (--grad_stats), loss_trace (--loss_every),
+                                        sharpness and sharpness_min (--sharpness_every: λ_max,
+                                        λ_min of the loss Hessian on a fixed training subset,
+                                        after the epoch; with --sharpness_unit=step also
+                                        sharpness_trace and sharpness_min_trace, before every
+                                        k-th step of the epoch, and sharpness is the last),
+                                        b_simple, b_simple_g2 and b_simple_trace (--noise_scale:
+                                        the gradient noise scale tr Σ/|G|² and its two parts)
     test, final_train                   {loss, acc, top5} in eval mode after training
                                         (final_train with --eval_train)
     l2_penalty                          ΣW² of the final weights
@@ -40,6 +47,7 @@ SPLITS = ("train", "val", "test")
 STATUSES = ("done", "diverged", "incomplete")
 FINISHED = ("done", "diverged")
 GRAD_COLUMNS = ("mean_abs", "std_abs", "norm")
+NOISE_SCALE = ("b_simple_g2", "b_simple_trace", "b_simple")  # an epoch's |G|², tr Σ and B_simple
 
 
 class ResultsError(Exception):
@@ -72,6 +80,9 @@ class Epoch(NamedTuple):
     loss_noise: np.ndarray | None = None  # RMS of the per-step training loss's step-to-step changes / √2
     grad_norm: np.ndarray | None = None   # mean ‖g‖ per tensor over the epoch's steps
     loss_trace: np.ndarray | None = None  # mean training loss of every --loss_every steps
+    sharpness: np.ndarray | None = None   # [runs, 2] λ_max, λ_min of the loss Hessian (--sharpness_every)
+    sharpness_trace: np.ndarray | None = None  # [runs, points, 2] the same before every k-th step (unit step)
+    noise_scale: np.ndarray | None = None  # [runs, 3] |G|², tr Σ and B_simple of the epoch (--noise_scale)
 
 
 class Final(NamedTuple):
@@ -106,6 +117,13 @@ def add_epoch(record: dict, epoch: int, m: Epoch, j: int, seconds: float) -> Non
             entry[name] = np.asarray(getattr(m, name)[j], np.float64).tolist()
     if m.loss_noise is not None:
         entry["loss_noise"] = float(m.loss_noise[j])
+    if m.sharpness is not None:
+        entry.update(sharpness=float(m.sharpness[j, 0]), sharpness_min=float(m.sharpness[j, 1]))
+    if m.sharpness_trace is not None:
+        entry.update(sharpness_trace=np.asarray(m.sharpness_trace[j, :, 0], np.float64).tolist(),
+                     sharpness_min_trace=np.asarray(m.sharpness_trace[j, :, 1], np.float64).tolist())
+    if m.noise_scale is not None:
+        entry.update(zip(NOISE_SCALE, map(float, m.noise_scale[j])))
     entry["seconds"] = seconds
     entry["run_seconds"] = seconds / len(m.lr)  # the epoch's time per run trained together
     record["epochs"].append(entry)

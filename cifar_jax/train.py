@@ -3,7 +3,9 @@
 Everything here is written for a single run; `engine` batches it over a group of runs (vmap or
 one after another) and drives the loop. What the compiled program depends on is the `GroupSpec`
 (shared by a group); everything else is a per-run array in `hp` (`HP_DEFAULTS`). The in-step
-measurements (`--grad_stats`, `--loss_every`) are computed here, inside the compiled step.
+measurements (`--grad_stats`, `--loss_every`, `--noise_scale`, `--sharpness_every` in steps) are
+computed here, inside the compiled step, and `sharpness_of` is the per-epoch sharpness evaluation;
+an instrument that is off adds nothing to the program.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cifar_jax import layers, models, optim, options, preprocess, schedules
+from cifar_jax import dynamics, layers, models, optim, options, preprocess, schedules
 from cifar_jax.registry import lookup
 
 HP_INT = ("seed", "init_seed", "order_seed", "schedule")
@@ -24,6 +26,8 @@ SEED_OF_RUN = -1  # an init_seed or order_seed of -1 is the run's own seed
 HP_DEFAULTS = {"seed": 0, "init_seed": SEED_OF_RUN, "order_seed": SEED_OF_RUN, "schedule": 0, **schedules.PARAM_DEFAULTS,
                **{k: o.default for k, o in options.RUN_OPTIONS.items()}}
 EVAL_TRAIN = ("none", "final", "epoch")  # when the training split is evaluated in eval mode
+SHARPNESS_UNITS = ("epoch", "step")  # the unit of --sharpness_every
+SHARPNESS_SUBSET_SEED = 0  # the fixed subset of the training split whose loss Hessian is measured
 
 
 class Data(NamedTuple):
@@ -50,6 +54,9 @@ class TrainState(NamedTuple):
     hp: dict[str, jax.Array]
     grad_acc: jax.Array   # [2, tensors, 3]: Σ over the first / last grad_window steps of (mean |g|,
     #                       mean g², ‖g‖); [2, 0, 3] without --grad_stats
+    probes: dict[str, Any] = {}  # the instruments' state: "lanczos" (--sharpness_every: the flat
+    #                       start vector of the next evaluation), "noise" (--noise_scale: Σ of the
+    #                       gradients of the current window, shaped like params); {} when off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +80,12 @@ class GroupSpec:
     eval_test: bool = False   # also evaluate the test set after every epoch (not only at the end)
     eval_train: str = "none"  # eval-mode pass over the training split: none, final (and before
     #                           training) or epoch (also after every epoch)
+    sharpness_every: int = 0      # λ_max and λ_min of the loss Hessian every this many units (0: off)
+    sharpness_unit: str = "epoch"  # epoch (after every k-th epoch) or step (before every k-th step of an epoch)
+    sharpness_iters: int = 10     # Lanczos iterations (Hessian-vector products) per evaluation
+    sharpness_examples: int = 256  # the fixed training subset whose loss Hessian is measured
+    noise_scale: bool = False     # the gradient noise scale B_simple (step batch vs a window of steps)
+    noise_window: int = 2         # steps whose mean gradient is the big batch of --noise_scale
 
     @property
     def net(self) -> models.Net:
@@ -112,8 +125,14 @@ def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, 
         params = models.scale_kernels(params, hp["init_scale"])
     opt_state = _optimizer(spec, 0.0, hp, params).init(params)
     n_tensors = len(jax.tree_util.tree_leaves(params)) if spec.grad_stats else 0
+    probes = {}
+    if spec.sharpness_every:
+        n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+        probes["lanczos"] = jax.random.normal(_run_key(hp, 3), (n,))
+    if spec.noise_scale:
+        probes["noise"] = jax.tree_util.tree_map(jnp.zeros_like, params)
     return TrainState(params, variables.get("batch_stats", {}), opt_state, jnp.int32(0),
-                      jnp.bool_(True), hp, jnp.zeros((2, n_tensors, 3)))
+                      jnp.bool_(True), hp, jnp.zeros((2, n_tensors, 3)), probes)
 
 
 def _optimizer(spec: GroupSpec, lr: jax.Array | float, hp: dict[str, jax.Array], params: Any
@@ -164,10 +183,54 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
+def objective(spec: GroupSpec, params: Any, batch_stats: Any, hp: dict[str, jax.Array], x: jax.Array,
+              y: jax.Array, k_drop: jax.Array, dropout_rate: jax.Array | float) -> tuple[jax.Array, tuple]:
+    """The training objective on normalised inputs x in train mode (batch norm on the batch's own
+    statistics): mean cross-entropy + label smoothing + λ·ΣW²; with (per-example cross-entropy,
+    logits, the batch-norm updates)."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    logits, updates = spec.net.apply(variables, x, train=True, dropout_rate=dropout_rate,
+                                     rngs={"dropout": k_drop}, mutable=["batch_stats"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    smoothing = hp["label_smoothing"] * (-jax.nn.log_softmax(logits).mean(-1) - ce).mean()  # 0 at α = 0
+    return ce.mean() + smoothing + hp["l2"] * optim.l2_penalty(params), (ce, logits, updates)
+
+
+def sharpness_subset(spec: GroupSpec, train_idx: jax.Array) -> jax.Array:
+    """The examples whose loss Hessian --sharpness_every measures: the same `sharpness_examples`
+    of the training split for every run and every evaluation (a fixed seeded draw)."""
+    key = jax.random.PRNGKey(SHARPNESS_SUBSET_SEED)
+    return train_idx[jax.random.permutation(key, train_idx.shape[0])[: spec.sharpness_examples]]
+
+
+def sharpness_of(spec: GroupSpec, state: TrainState, data: Data) -> tuple[jax.Array, TrainState]:
+    """[λ_max, λ_min] of the Hessian of the training objective on the sharpness subset, with
+    dropout off and batch norm in train mode on the subset's own statistics (the objective the
+    step differentiates; running statistics untouched), by `sharpness_iters` Lanczos steps from
+    the previous evaluation's top Ritz vector, which the returned state keeps for the next."""
+    idx = sharpness_subset(spec, data.train_idx)
+    x, y = preprocess.normalize(data.x[idx], data.mean, data.std), data.y[idx]
+    loss = lambda p: objective(spec, p, state.batch_stats, state.hp, x, y, jax.random.PRNGKey(0), 0.0)[0]
+    top, bottom, ritz = dynamics.sharpness(loss, state.params, state.probes["lanczos"], spec.sharpness_iters)
+    return jnp.stack([top, bottom]), state._replace(probes={**state.probes, "lanczos": ritz})
+
+
+def step_columns(spec: GroupSpec, n_tensors: int) -> dict[str, slice]:
+    """Where each measurement sits in a step's output vector (`train_step`): loss, top-1, top-5
+    sums; per-tensor ‖g‖ (--grad_stats); the noise-scale parts (--noise_scale); λ_max and λ_min
+    at this step or NaN (--sharpness_every in steps)."""
+    widths = {"metrics": 3, "grad_norm": n_tensors if spec.grad_stats else 0,
+              "noise": len(dynamics.NOISE_COLUMNS) if spec.noise_scale else 0,
+              "sharpness": 2 if spec.sharpness_every and spec.sharpness_unit == "step" else 0}
+    ends = np.cumsum(list(widths.values()))
+    return {name: slice(int(end - w), int(end)) for (name, w), end in zip(widths.items(), ends)}
+
+
+def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array, k: jax.Array | int = 0
                ) -> tuple[TrainState, jax.Array]:
-    """One SGD step of one run on the examples `idx`; returns the new state and
-    [loss, top-1 correct, top-5 correct] summed over the batch (NaN once diverged)."""
+    """One SGD step of one run on the examples `idx`, the `k`-th of its epoch; returns the new
+    state and the step's measurements (`step_columns`: loss, top-1 and top-5 correct summed over
+    the batch first), NaN once diverged."""
     hp = state.hp
     k_drop = jax.random.split(jax.random.fold_in(_run_key(hp, 1), state.step), 3)[0]  # dropout: the run seed
     _, k_aug, k_noise = jax.random.split(jax.random.fold_in(_run_key(hp, 1, "order_seed"), state.step), 3)
@@ -177,15 +240,18 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
     if spec.noise:
         x = preprocess.add_noise(k_noise, x, hp["noise_std"], hp["salt_pepper"])
 
-    def loss_fn(params):
-        variables = {"params": params, "batch_stats": state.batch_stats}
-        logits, updates = spec.net.apply(variables, x, train=True, dropout_rate=hp["dropout"],
-                                         rngs={"dropout": k_drop}, mutable=["batch_stats"])
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        smoothing = hp["label_smoothing"] * (-jax.nn.log_softmax(logits).mean(-1) - ce).mean()  # 0 at α = 0
-        return ce.mean() + smoothing + hp["l2"] * optim.l2_penalty(params), (ce, logits, updates)
-
+    probes, measured = state.probes, []
+    if spec.sharpness_every and spec.sharpness_unit == "step":  # at this step's weights, before its update
+        values, probes = jax.lax.cond(
+            k % spec.sharpness_every == 0, lambda: (lambda v, s: (v, s.probes))(*sharpness_of(spec, state, data)),
+            lambda: (jnp.full(2, jnp.nan), state.probes))
+        measured.append(values)
+    loss_fn = lambda params: objective(spec, params, state.batch_stats, hp, x, y, k_drop, hp["dropout"])
     grads, (ce, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    if spec.noise_scale:
+        window_sum, noise = dynamics.noise_update(probes["noise"], grads, state.step, spec.noise_window)
+        probes = {**probes, "noise": window_sum}
+        measured.insert(0, noise)
     tx = _optimizer(spec, schedules.learning_rate(hp, state.step), hp, state.params)
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
     new = (optax.apply_updates(state.params, deltas), updates.get("batch_stats", {}), opt_state)
@@ -202,8 +268,8 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array
         window = jnp.stack([state.step < k, state.step >= hp["total_steps"] - k]).astype(jnp.float32)
         grad_acc = grad_acc + window[:, None, None] * g
         sums = jnp.concatenate([sums, g[:, 2]])  # per-tensor ‖g‖, averaged per epoch
-    sums = jnp.where(ok, sums, jnp.nan)
-    return TrainState(params, batch_stats, opt_state, state.step + 1, ok, hp, grad_acc), sums
+    sums = jnp.where(ok, jnp.concatenate([sums, *measured]), jnp.nan)
+    return TrainState(params, batch_stats, opt_state, state.step + 1, ok, hp, grad_acc, probes), sums
 
 
 def epoch_indices(hp: dict[str, jax.Array], epoch: jax.Array, train_idx: jax.Array,
@@ -216,19 +282,20 @@ def epoch_indices(hp: dict[str, jax.Array], epoch: jax.Array, train_idx: jax.Arr
 
 
 def train_epoch(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array,
-                on_steps: Any = None, every: int = 1) -> tuple[TrainState, jax.Array]:
+                on_steps: Any = None, every: int = 1) -> tuple[TrainState, jax.Array, jax.Array]:
     """One epoch of one run over its [steps, batch] indices with the steps inside `lax.scan`;
-    returns the summed step metrics and every step's summed loss [steps]. `on_steps(k)`, a host
-    function, hears every `every`-th step k of the epoch (progress inside long epochs)."""
+    returns the step measurements summed over the epoch and every step's own [steps, columns]
+    (`step_columns`). `on_steps(k)`, a host function, hears every `every`-th step k of the epoch
+    (progress inside long epochs)."""
     def step(s, xs):
         k, i = xs
-        s, sums = train_step(spec, s, data, i)
+        s, sums = train_step(spec, s, data, i, k)
         if on_steps is not None:
             jax.lax.cond((k + 1) % every == 0, lambda: jax.debug.callback(on_steps, k + 1), lambda: None)
         return s, sums
 
     state, sums = jax.lax.scan(step, state, (jnp.arange(idx.shape[0]), idx))
-    return state, sums.sum(0), sums[:, 0]
+    return state, sums.sum(0), sums
 
 
 def evaluate(spec: GroupSpec, state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array,
