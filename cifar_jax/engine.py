@@ -22,8 +22,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cifar_jax import dynamics, models, optim, run_record, schedules
 from cifar_jax.run_record import Metrics
-from cifar_jax.train import (Data, GroupSpec, TrainState, epoch_indices, evaluate, init_run, sharpness_of, step_columns,
-                             train_epoch, train_step)
+from cifar_jax.train import (Data, GroupSpec, TrainState, epoch_indices, evaluate, init_run, sharpness_of,
+                             sharpness_points, step_columns, train_epoch, train_step)
 
 LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
 PROGRESS_SECONDS = 10.0  # a progress line inside an epoch at most this often (epochs longer than this)
@@ -114,7 +114,7 @@ def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axi
         return batched(one, 0, None, 0)(state, data, indices(state, data, epoch))
 
     def step(state, sums, per_step, data, idx, s):
-        state, m = batched(functools.partial(train_step, spec, k=s), 0, None, 0)(state, data, split(idx[:, s]))
+        state, m = batched(functools.partial(train_step, spec), 0, None, 0)(state, data, split(idx[:, s]))
         return state, sums + m, per_step.at[:, s].set(m)
 
     def ev(state, x, y, idx, mean, std):
@@ -310,7 +310,8 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     if spec.loss_every > steps:
         raise ValueError(f"--loss_every={spec.loss_every} is more than the {steps} steps of an epoch")
     columns = step_columns(spec, state.grad_acc.shape[2])  # grad_acc: [runs, 2, tensors, 3]
-    width = columns["sharpness"].stop
+    width = columns["noise"].stop
+    points = sharpness_points(spec, steps)
     zeros = lambda *shape: jax.device_put(jnp.zeros((len(hp["seed"]), *shape)), by_run)
     t0 = time.perf_counter()
     if scan:
@@ -334,11 +335,14 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
         lr = np.asarray(prog["lr"](state.hp, state.step))[:n]
         _PROGRESS.start(functools.partial(on_progress, runs, epoch + 1, steps=steps) if on_progress else None)
         if scan:
-            state, sums, per_step = run_epoch(state, data, jnp.int32(epoch))
+            state, sums, per_step, in_epoch = run_epoch(state, data, jnp.int32(epoch))
         else:
             idx = prog["indices"](state, data, jnp.int32(epoch))
-            sums, per_step = zeros(width), zeros(steps, width)
+            sums, per_step, in_epoch = zeros(width), zeros(steps, width), []
             for s in range(steps):
+                if points and s % spec.sharpness_every == 0:  # --sharpness_unit=step, between the steps
+                    values, state = prog["sharpness"](state, data)
+                    in_epoch.append(values)
                 state, sums, per_step = run_step(state, sums, per_step, data, idx, jnp.int32(s))
                 if on_progress and time.perf_counter() - _PROGRESS.last >= PROGRESS_SECONDS:
                     sums.block_until_ready()  # the steps dispatched so far have run
@@ -349,8 +353,9 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
         step_losses = per_step[..., 0]
         alive = np.asarray(state.alive)[:n]
         sharpness = sharpness_trace = None
-        if spec.sharpness_every and spec.sharpness_unit == "step":
-            sharpness_trace = per_step[:, ::spec.sharpness_every, columns["sharpness"]]
+        if points:
+            sharpness_trace = np.asarray(in_epoch if scan else jnp.stack(in_epoch, 1))[:n]
+            sharpness_trace = np.where(alive[:, None, None], sharpness_trace, np.nan)
             sharpness = sharpness_trace[:, -1]
         elif spec.sharpness_every and (epoch + 1) % spec.sharpness_every == 0:
             values, state = prog["sharpness"](state, data)

@@ -788,3 +788,42 @@ def connectivity(ts: np.ndarray, errors_by_k: dict[int, np.ndarray], barriers_by
         ax.set_ylabel(unit)
     fig.suptitle(title)
     return save(fig, path)
+
+
+# ----------------------------------------------------------------------------- sharpness
+
+@styled
+def sharpness_curves(series: dict[str, dict[str, np.ndarray]], path: Path | str, title: str) -> Path:
+    """λ_max along training against the stability threshold (2/η, 2(1+β)/η with momentum), per
+    configuration: `series` maps a label to {"x": epochs (fractions for step-unit points), "seeds":
+    [seeds, points] λ_max, "threshold": [points], "loss_x", "loss": [seeds, epochs] train loss}; left
+    λ_max (lines: seeds' mean, dots: each seed; dashed: the threshold), middle λ_max over the
+    threshold, right the training loss."""
+    fig = Figure(figsize=(15, 4.8), layout="constrained")
+    ax_sharp, ax_ratio, ax_loss = fig.subplots(1, 3)
+    for i, (label, s) in enumerate(series.items()):
+        color = PALETTE[i % len(PALETTE)]
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(s["seeds"], 0) if np.isfinite(s["seeds"]).any() else s["seeds"][0]
+        ax_sharp.plot(s["x"], mean, color=color, lw=2, label=label)
+        for seed in s["seeds"]:
+            ax_sharp.plot(s["x"], seed, ".", color=color, ms=3, alpha=0.5)
+        ax_sharp.plot(s["x"], s["threshold"], "--", color=color, lw=1.2)
+        ax_ratio.plot(s["x"], mean / s["threshold"], color=color, lw=2, label=label)
+        with np.errstate(all="ignore"):
+            ax_loss.plot(s["loss_x"], np.nanmean(s["loss"], 0), color=color, lw=2, label=label)
+    ax_ratio.axhline(1.0, color="0.3", ls="--", lw=1.2)
+    if not series:
+        _no_data(ax_sharp, "no sharpness recorded")
+    positive = [v for s in series.values() for v in np.ravel(s["seeds"]) if np.isfinite(v) and v > 0]
+    if positive and max(positive) / min(positive) > 50:
+        ax_sharp.set_yscale("log")
+    for ax, name, unit in ((ax_sharp, "λ_max (dashed: its threshold)", "λ_max of the loss Hessian"),
+                           (ax_ratio, "λ_max / threshold (1: the edge of stability)", "ratio"),
+                           (ax_loss, "Training loss", "cross-entropy loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(unit)
+        ax.set_title(name)
+    fig.suptitle(title)
+    figure_legend(fig, [ax_sharp])
+    return save(fig, path)

@@ -169,16 +169,20 @@ class EventWriter:
 
 _SPLITS = ("train", "val", "train_eval", "test")
 _METRICS = ("loss", "acc", "top5")
+_INSTRUMENTS = {"sharpness/max": "sharpness", "sharpness/min": "sharpness_min", "noise_scale/b_simple": "b_simple",
+                "noise_scale/g2": "b_simple_g2", "noise_scale/trace": "b_simple_trace"}  # tag → record key
 
 
 def epoch_scalars(entry: Mapping[str, Any], tensor_names: Sequence[str] = ()) -> dict[str, float]:
     """TensorBoard tags and values of one epoch entry of a run record (`run_record.add_epoch`):
     <metric>/<split> for the loss, acc and top5 of train (running averages, train mode), val,
-    train_eval and test (eval mode, where recorded); lr, l2_penalty and loss_noise; and
-    grad_norm/<tensor name> per parameter tensor (with --grad_stats). Values that are not finite
-    numbers (NaN, ±inf, null) are left out."""
+    train_eval and test (eval mode, where recorded); lr, l2_penalty and loss_noise; the
+    instruments' sharpness/max, sharpness/min (--sharpness_every) and noise_scale/b_simple,
+    noise_scale/g2, noise_scale/trace (--noise_scale); and grad_norm/<tensor name> per parameter
+    tensor (with --grad_stats). Values that are not finite numbers (NaN, ±inf, null) are left out."""
     out: dict[str, Any] = {f"{m}/{s}": entry.get(f"{s}_{m}") for m in _METRICS for s in _SPLITS}
     out.update((k, entry.get(k)) for k in ("lr", "l2_penalty", "loss_noise"))
+    out.update((tag, entry.get(key)) for tag, key in _INSTRUMENTS.items())
     norms = entry.get("grad_norm") or []
     out.update((f"grad_norm/{tensor_names[i] if i < len(tensor_names) else i}", v) for i, v in enumerate(norms))
     finite = {tag: run_record.finite_or_none(v) for tag, v in out.items()}

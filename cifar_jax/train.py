@@ -3,9 +3,9 @@
 Everything here is written for a single run; `engine` batches it over a group of runs (vmap or
 one after another) and drives the loop. What the compiled program depends on is the `GroupSpec`
 (shared by a group); everything else is a per-run array in `hp` (`HP_DEFAULTS`). The in-step
-measurements (`--grad_stats`, `--loss_every`, `--noise_scale`, `--sharpness_every` in steps) are
-computed here, inside the compiled step, and `sharpness_of` is the per-epoch sharpness evaluation;
-an instrument that is off adds nothing to the program.
+measurements (`--grad_stats`, `--loss_every`, `--noise_scale`) are computed here, inside the compiled
+step; `sharpness_of` is the sharpness evaluation (between steps: `train_epoch` runs it before every
+k-th step with --sharpness_unit=step). An instrument that is off adds nothing to the program.
 """
 from __future__ import annotations
 
@@ -217,20 +217,17 @@ def sharpness_of(spec: GroupSpec, state: TrainState, data: Data) -> tuple[jax.Ar
 
 def step_columns(spec: GroupSpec, n_tensors: int) -> dict[str, slice]:
     """Where each measurement sits in a step's output vector (`train_step`): loss, top-1, top-5
-    sums; per-tensor ‖g‖ (--grad_stats); the noise-scale parts (--noise_scale); λ_max and λ_min
-    at this step or NaN (--sharpness_every in steps)."""
+    sums; per-tensor ‖g‖ (--grad_stats); the noise-scale parts (--noise_scale)."""
     widths = {"metrics": 3, "grad_norm": n_tensors if spec.grad_stats else 0,
-              "noise": len(dynamics.NOISE_COLUMNS) if spec.noise_scale else 0,
-              "sharpness": 2 if spec.sharpness_every and spec.sharpness_unit == "step" else 0}
+              "noise": len(dynamics.NOISE_COLUMNS) if spec.noise_scale else 0}
     ends = np.cumsum(list(widths.values()))
     return {name: slice(int(end - w), int(end)) for (name, w), end in zip(widths.items(), ends)}
 
 
-def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array, k: jax.Array | int = 0
-               ) -> tuple[TrainState, jax.Array]:
-    """One SGD step of one run on the examples `idx`, the `k`-th of its epoch; returns the new
-    state and the step's measurements (`step_columns`: loss, top-1 and top-5 correct summed over
-    the batch first), NaN once diverged."""
+def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array) -> tuple[TrainState, jax.Array]:
+    """One SGD step of one run on the examples `idx`; returns the new state and the step's
+    measurements (`step_columns`: loss, top-1 and top-5 correct summed over the batch first), NaN
+    once diverged."""
     hp = state.hp
     k_drop = jax.random.split(jax.random.fold_in(_run_key(hp, 1), state.step), 3)[0]  # dropout: the run seed
     _, k_aug, k_noise = jax.random.split(jax.random.fold_in(_run_key(hp, 1, "order_seed"), state.step), 3)
@@ -241,17 +238,12 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array, k
         x = preprocess.add_noise(k_noise, x, hp["noise_std"], hp["salt_pepper"])
 
     probes, measured = state.probes, []
-    if spec.sharpness_every and spec.sharpness_unit == "step":  # at this step's weights, before its update
-        values, probes = jax.lax.cond(
-            k % spec.sharpness_every == 0, lambda: (lambda v, s: (v, s.probes))(*sharpness_of(spec, state, data)),
-            lambda: (jnp.full(2, jnp.nan), state.probes))
-        measured.append(values)
     loss_fn = lambda params: objective(spec, params, state.batch_stats, hp, x, y, k_drop, hp["dropout"])
     grads, (ce, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     if spec.noise_scale:
         window_sum, noise = dynamics.noise_update(probes["noise"], grads, state.step, spec.noise_window)
         probes = {**probes, "noise": window_sum}
-        measured.insert(0, noise)
+        measured.append(noise)
     tx = _optimizer(spec, schedules.learning_rate(hp, state.step), hp, state.params)
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
     new = (optax.apply_updates(state.params, deltas), updates.get("batch_stats", {}), opt_state)
@@ -281,21 +273,43 @@ def epoch_indices(hp: dict[str, jax.Array], epoch: jax.Array, train_idx: jax.Arr
     return train_idx[perm[: steps * batch_size]].reshape(steps, batch_size)
 
 
+def sharpness_points(spec: GroupSpec, steps: int) -> int:
+    """How many sharpness evaluations an epoch of `steps` steps makes with --sharpness_unit=step
+    (before steps 0, k, 2k, ...); 0 otherwise."""
+    return -(-steps // spec.sharpness_every) if spec.sharpness_every and spec.sharpness_unit == "step" else 0
+
+
 def train_epoch(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array,
-                on_steps: Any = None, every: int = 1) -> tuple[TrainState, jax.Array, jax.Array]:
+                on_steps: Any = None, every: int = 1) -> tuple[TrainState, jax.Array, jax.Array, jax.Array]:
     """One epoch of one run over its [steps, batch] indices with the steps inside `lax.scan`;
-    returns the step measurements summed over the epoch and every step's own [steps, columns]
-    (`step_columns`). `on_steps(k)`, a host function, hears every `every`-th step k of the epoch
+    returns the step measurements summed over the epoch, every step's own [steps, columns]
+    (`step_columns`) and [points, 2] λ_max, λ_min before every k-th step (--sharpness_unit=step:
+    the epoch is scanned in segments of k steps, each after an evaluation, with no conditional in
+    the program). `on_steps(k)`, a host function, hears every `every`-th step k of the epoch
     (progress inside long epochs)."""
     def step(s, xs):
         k, i = xs
-        s, sums = train_step(spec, s, data, i, k)
+        s, sums = train_step(spec, s, data, i)
         if on_steps is not None:
             jax.lax.cond((k + 1) % every == 0, lambda: jax.debug.callback(on_steps, k + 1), lambda: None)
         return s, sums
 
-    state, sums = jax.lax.scan(step, state, (jnp.arange(idx.shape[0]), idx))
-    return state, sums.sum(0), sums
+    ks = jnp.arange(idx.shape[0])
+    if not sharpness_points(spec, idx.shape[0]):
+        state, sums = jax.lax.scan(step, state, (ks, idx))
+        return state, sums.sum(0), sums, jnp.zeros((0, 2))
+
+    def segment(s, xs):
+        values, s = sharpness_of(spec, s, data)
+        s, sums = jax.lax.scan(step, s, xs)
+        return s, (sums, values)
+    k, full = spec.sharpness_every, idx.shape[0] // spec.sharpness_every * spec.sharpness_every
+    state, (sums, values) = jax.lax.scan(segment, state, (ks[:full].reshape(-1, k), idx[:full].reshape(-1, k, *idx.shape[1:])))
+    sums, values = sums.reshape(full, -1), values
+    if full < idx.shape[0]:  # the epoch's last, shorter segment
+        state, (rest, last) = segment(state, (ks[full:], idx[full:]))
+        sums, values = jnp.concatenate([sums, rest]), jnp.concatenate([values, last[None]])
+    return state, sums.sum(0), sums, values
 
 
 def evaluate(spec: GroupSpec, state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array,

@@ -103,6 +103,9 @@ def config_rows(records: list[dict]) -> list[dict]:
                      "final_train_loss": summary.finite_statistics([run_record.last(r, "train_loss") for r in done]),
                      "run_seconds": summary.finite_statistics([_later_mean(r, "run_seconds") for r in done]),
                      "loss_noise": summary.finite_statistics([run_record.last(r, "loss_noise") for r in done]),
+                     "b_simple_first": summary.finite_statistics([run_record.curve(r, "b_simple")[0] for r in done
+                                                                  if len(run_record.curve(r, "b_simple"))]),
+                     "b_simple_last": summary.finite_statistics([run_record.last(r, "b_simple") for r in done]),
                      **{f"{s}_acc": summary.finite_statistics([run_record.final(r, s)["acc"] for r in done
                                                    if run_record.final(r, s)]) for s in ("val", "test")}})
     return rows
@@ -125,18 +128,25 @@ def _best(record: dict, *keys: str) -> float:
 
 def configs_markdown(rows: list[dict], title: str) -> str:
     """The report's table: one row per configuration, accuracies mean ± std over seeds."""
+    noise = any(r["b_simple_last"]["n"] for r in rows)  # --noise_scale was on
     lines = [f"# {title}: accuracy per configuration (mean ± std over seeds)", "",
              "Final accuracies (train: the eval-mode pass over the training split when recorded), the best "
              "training and validation accuracy of any epoch, and the seeds that ended at chance (final test "
-             "accuracy below 1/classes + 1 point: the net did not learn).", "",
+             "accuracy below 1/classes + 1 point: the net did not learn)."
+             + (" B_simple: the gradient noise scale tr(Σ)/|G|² (McCandlish et al. 2018) of the first and the last "
+                "epoch, the batch size above which larger batches stop paying in steps." if noise else ""), "",
              "| config | hidden layers | norm | λ | init | dropout | noise σ / s&p | train acc (%) | val acc (%) | "
-             "test acc (%) | best train (%) | best val (%) | s/epoch per run | loss noise | at chance | n |",
-             "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|:---|"]
+             "test acc (%) | best train (%) | best val (%) | s/epoch per run | loss noise | "
+             + ("B_simple first → last | " if noise else "") + "at chance | n |",
+             "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if noise else "")
+             + "---:|:---|"]
     for r in rows:
         hidden = ", ".join(map(str, r["hidden"]))
         cells = [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc", "best_train_acc",
                                                          "best_val_acc")]
-        cells += [_plain(r["run_seconds"], 2), _plain(r["loss_noise"], 3), f"{r['n_at_chance']}/{r['test_acc']['n']}"]
+        cells += [_plain(r["run_seconds"], 2), _plain(r["loss_noise"], 3)]
+        cells += [f"{_plain(r['b_simple_first'], 0)} → {_plain(r['b_simple_last'], 0)}"] if noise else []
+        cells += [f"{r['n_at_chance']}/{r['test_acc']['n']}"]
         lines.append(f"| {r['config']} | ({hidden}) | {r['norm']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
                      f"{r['noise_std']:g} / {r['salt_pepper']:g} | " + " | ".join(cells)
                      + f" | {r['test_acc']['n']}/{r['n_runs']} |")
@@ -144,7 +154,9 @@ def configs_markdown(rows: list[dict], title: str) -> str:
     if len(scored) > 1:
         best = max(scored, key=lambda r: r["val_acc"]["mean"])
         lines += ["", f"Chosen by validation accuracy (final, mean over seeds): **{best['config']}**, validation "
-                      f"{summary.format_stat('acc', best['val_acc'])}%, test {summary.format_stat('acc', best['test_acc'])}%."]
+                      f"{summary.format_stat('acc', best['val_acc'])}%, test {summary.format_stat('acc', best['test_acc'])}%"
+                      + (f"; batch size {best['values']['batch_size']}, B_simple at the last epoch "
+                         f"{_plain(best['b_simple_last'], 0)}." if noise else ".")]
     return "\n".join(lines) + "\n"
 
 
