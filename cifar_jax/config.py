@@ -91,7 +91,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     f.DEFINE_enum("sharpness_unit", "epoch", train.SHARPNESS_UNITS, "Unit of --sharpness_every: epoch (after every "
                   "k-th epoch) or step (before every k-th step of each epoch, inside the compiled epoch: records' "
                   "sharpness_trace; for the early steps, where it moves fastest).")
-    f.DEFINE_integer("sharpness_iters", 10, "Lanczos iterations (Hessian-vector products) per sharpness evaluation, "
+    f.DEFINE_integer("sharpness_iters", 6, "Lanczos iterations (Hessian-vector products) per sharpness evaluation, "
                      "each started from the previous evaluation's top eigenvector.")
     f.DEFINE_integer("sharpness_examples", 256, "Size of the fixed training subset whose loss Hessian is measured "
                      "(dropout off, batch norm on the subset's own statistics; at most the training split).")

@@ -23,17 +23,14 @@ from jax.flatten_util import ravel_pytree
 
 
 def hvp(loss: Callable[[Any], jax.Array], params: Any) -> tuple[Callable[[jax.Array], jax.Array], jax.Array]:
-    """(v ↦ H v on flat vectors, the flat parameters): the gradient of ⟨∇loss, v⟩, reverse over
-    reverse, because the lab's max-pooling and `vjp_taps` convolution define their own VJPs,
-    which forward mode cannot differentiate (forward over reverse would fail on them)."""
+    """(v ↦ H v on flat vectors, the flat parameters): forward over reverse (`jax.jvp` of
+    `jax.grad`), about two gradients' memory; `loss` must be forward-differentiable (no custom
+    VJP inside: `train.GroupSpec.forward_net`)."""
     flat, unravel = ravel_pytree(params)
     grad = jax.grad(loss)
 
     def product(v: jax.Array) -> jax.Array:
-        direction = unravel(v.astype(flat.dtype))
-        inner = lambda p: sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad(p)),
-                                                              jax.tree_util.tree_leaves(direction)))
-        return ravel_pytree(jax.grad(inner)(params))[0]
+        return ravel_pytree(jax.jvp(grad, (params,), (unravel(v.astype(flat.dtype)),))[1])[0]
     return product, flat
 
 

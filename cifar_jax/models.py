@@ -110,6 +110,7 @@ class Net(nn.Module):
     conv_impl: str = "xla"
     dtype: Any = None
     frozen: tuple[str, ...] = ()  # layers whose batch norm uses running statistics in train mode too
+    pool: str = "vjp"  # max-pooling's differentiation rule (layers.POOLS): "jvp" for forward mode
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
@@ -118,7 +119,7 @@ class Net(nn.Module):
         for layer in self.layers:
             kind = layer[0]
             if kind == "pool":
-                x = max_pool(x, layer[1])
+                x = max_pool(x, layer[1], self.pool)
                 continue
             if kind == "dropout":
                 if self.use_dropout and train:
@@ -183,12 +184,12 @@ def layer_stack(cfg: ModelConfig) -> tuple[Layer, ...]:
 
 
 def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32",
-          frozen: tuple[str, ...] = ()) -> Net:
-    """The flax module for a model config, with a convolution implementation, precision and
-    the layers whose BN statistics are frozen."""
+          frozen: tuple[str, ...] = (), pool: str = "vjp") -> Net:
+    """The flax module for a model config, with a convolution implementation, precision, the
+    layers whose BN statistics are frozen and max-pooling's differentiation rule."""
     lookup(NORMS, cfg.norm, "norm"), lookup(INITS, cfg.init, "init")
     return Net(layer_stack(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout, conv_impl,
-               lookup(PRECISIONS, precision, "precision"), frozen)
+               lookup(PRECISIONS, precision, "precision"), frozen, pool)
 
 
 def scale_kernels(params: Any, scale: jax.Array) -> Any:

@@ -82,7 +82,7 @@ class GroupSpec:
     #                           training) or epoch (also after every epoch)
     sharpness_every: int = 0      # λ_max and λ_min of the loss Hessian every this many units (0: off)
     sharpness_unit: str = "epoch"  # epoch (after every k-th epoch) or step (before every k-th step of an epoch)
-    sharpness_iters: int = 10     # Lanczos iterations (Hessian-vector products) per evaluation
+    sharpness_iters: int = 6      # Lanczos iterations (Hessian-vector products) per evaluation
     sharpness_examples: int = 256  # the fixed training subset whose loss Hessian is measured
     noise_scale: bool = False     # the gradient noise scale B_simple (step batch vs a window of steps)
     noise_window: int = 2         # steps whose mean gradient is the big batch of --noise_scale
@@ -91,6 +91,14 @@ class GroupSpec:
     def net(self) -> models.Net:
         conv = layers.auto_conv_impl(self.precision) if self.conv_impl == "auto" else self.conv_impl
         return models.build(self.model, conv, self.precision, self.frozen)
+
+    @property
+    def forward_net(self) -> models.Net:
+        """The same function as `net` built for forward-mode differentiation (the sharpness's
+        Hessian-vector products): no layer with a custom VJP (max-pooling by its JVP, `vjp_taps`
+        as XLA's convolution)."""
+        conv = self.net.conv_impl
+        return models.build(self.model, "xla" if conv == "vjp_taps" else conv, self.precision, self.frozen, "jvp")
 
 
 def put_data(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -184,12 +192,13 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def objective(spec: GroupSpec, params: Any, batch_stats: Any, hp: dict[str, jax.Array], x: jax.Array,
-              y: jax.Array, k_drop: jax.Array, dropout_rate: jax.Array | float) -> tuple[jax.Array, tuple]:
+              y: jax.Array, k_drop: jax.Array, dropout_rate: jax.Array | float, net: models.Net | None = None
+              ) -> tuple[jax.Array, tuple]:
     """The training objective on normalised inputs x in train mode (batch norm on the batch's own
     statistics): mean cross-entropy + label smoothing + λ·ΣW²; with (per-example cross-entropy,
-    logits, the batch-norm updates)."""
+    logits, the batch-norm updates). `net`: the spec's own by default."""
     variables = {"params": params, "batch_stats": batch_stats}
-    logits, updates = spec.net.apply(variables, x, train=True, dropout_rate=dropout_rate,
+    logits, updates = (net or spec.net).apply(variables, x, train=True, dropout_rate=dropout_rate,
                                      rngs={"dropout": k_drop}, mutable=["batch_stats"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     smoothing = hp["label_smoothing"] * (-jax.nn.log_softmax(logits).mean(-1) - ce).mean()  # 0 at α = 0
@@ -210,7 +219,7 @@ def sharpness_of(spec: GroupSpec, state: TrainState, data: Data) -> tuple[jax.Ar
     the previous evaluation's top Ritz vector, which the returned state keeps for the next."""
     idx = sharpness_subset(spec, data.train_idx)
     x, y = preprocess.normalize(data.x[idx], data.mean, data.std), data.y[idx]
-    loss = lambda p: objective(spec, p, state.batch_stats, state.hp, x, y, jax.random.PRNGKey(0), 0.0)[0]
+    loss = lambda p: objective(spec, p, state.batch_stats, state.hp, x, y, jax.random.PRNGKey(0), 0.0, spec.forward_net)[0]
     top, bottom, ritz = dynamics.sharpness(loss, state.params, state.probes["lanczos"], spec.sharpness_iters)
     return jnp.stack([top, bottom]), state._replace(probes={**state.probes, "lanczos": ritz})
 

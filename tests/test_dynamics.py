@@ -11,7 +11,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from cifar_jax import config, dynamics, engine, models, splits, train
-from tests.test_engine import RUNS, Collect, noise_data  # noqa: F401 (a fixture)
+from tests.test_engine import RUNS, Collect
 
 
 def _tiny_data(classes: int = 3) -> train.Data:

@@ -52,17 +52,6 @@ def small_data():
     return train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
 
 
-@pytest.fixture(scope="module")
-def noise_data():
-    """Uniform-noise 8x8 images: no exact max-pool ties (where a rounding difference between
-    batched and single kernels could flip the selected element), and cheap conv steps."""
-    rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 256, (400, 8, 8, 3), np.uint8), rng.integers(0, 10, 400)
-    tr, va = splits.make_split(400, 320, 80, seed=0)
-    mean, std = splits.norm_stats(x, tr, "per_channel")
-    return train.put_data(x, y, x[:100], y[:100], tr, va, mean, std)
-
-
 def _train(spec, runs, data_, epochs, layout, **kw):
     cb = Collect()
     state = engine.train_group(spec, train.stack_hparams(runs), data_, epochs, cb, layout=layout, **kw)

@@ -119,3 +119,17 @@ def test_batchnorm_dropout_group_trains_the_same_with_every_convolution():
             for a, b in zip(jax.tree_util.tree_leaves((ours.params, ours.batch_stats)),
                             jax.tree_util.tree_leaves((ref.params, ref.batch_stats))):
                 np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10, err_msg=impl)
+
+
+def test_the_forward_mode_pool_routes_tangents_as_the_training_pool_routes_gradients():
+    """layers.max_pool(pool="jvp") (forward mode, for Hessian-vector products) is the transpose of
+    the training pool's VJP, ties included: <g, J t> by its JVP equals <Jᵀ g, t> by the VJP."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 3, (2, 6, 6, 3)), jnp.float32)  # many ties in each window
+    t, g = jnp.asarray(rng.normal(size=x.shape)), jnp.asarray(rng.normal(size=(2, 3, 3, 3)))
+    y, jt = jax.jvp(lambda v: layers.max_pool(v, 2, "jvp"), (x,), (t,))
+    y_vjp, back = jax.vjp(lambda v: layers.max_pool(v, 2), x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y_vjp))
+    np.testing.assert_allclose(float(jnp.vdot(g, jt)), float(jnp.vdot(back(g)[0], t)), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(jax.grad(lambda v: jnp.vdot(g, layers.max_pool(v, 2, "jvp")))(x)),
+                                  np.asarray(back(g)[0]))

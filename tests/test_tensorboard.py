@@ -79,10 +79,13 @@ def test_empty_and_one_event_files_round_trip(tmp_path):
 def test_epoch_scalars_names_and_non_finite_values():
     entry = {"epoch": 3, "lr": 0.05, "l2_penalty": 12.0, "train_loss": 0.5, "train_acc": 0.8, "train_top5": 1.0,
              "val_loss": math.nan, "val_acc": None, "val_top5": math.inf, "test_acc": 0.7,
-             "grad_norm": [1.5, math.nan, 2.5], "loss_trace": [0.4, 0.6], "seconds": 9.0, "run_seconds": 4.5}
+             "grad_norm": [1.5, math.nan, 2.5], "loss_trace": [0.4, 0.6], "seconds": 9.0, "run_seconds": 4.5,
+             "sharpness": 30.5, "sharpness_min": -2.0, "sharpness_trace": [20.0, 30.5], "b_simple": 812.0,
+             "b_simple_g2": 0.25, "b_simple_trace": None}
     assert tb.epoch_scalars(entry, ["a/kernel", "a/bias"]) == {
         "loss/train": 0.5, "acc/train": 0.8, "top5/train": 1.0, "acc/test": 0.7, "lr": 0.05, "l2_penalty": 12.0,
-        "grad_norm/a/kernel": 1.5, "grad_norm/2": 2.5}
+        "grad_norm/a/kernel": 1.5, "grad_norm/2": 2.5, "sharpness/max": 30.5, "sharpness/min": -2.0,
+        "noise_scale/b_simple": 812.0, "noise_scale/g2": 0.25}
 
 
 def test_a_resumed_run_appends_a_new_file_whose_points_win(tmp_path):
