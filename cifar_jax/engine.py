@@ -319,8 +319,12 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     else:
         run_step = prog["step"].lower(state, zeros(width), zeros(steps, width), data,
                                       prog["indices"](state, data, jnp.int32(0)), jnp.int32(0)).compile()
-    _check_fits(run_epoch if scan else run_step, len(hp["seed"]) // mesh.shape["runs"],
-                sum(x.nbytes for x in jax.tree_util.tree_leaves(data)), limit, mesh.shape["runs"])
+    compiled = [run_epoch if scan else run_step]
+    if spec.sharpness_every and not (scan and points):  # a program of its own: it must fit too
+        compiled.append(prog["sharpness"].lower(state, data).compile())
+    for program in compiled:
+        _check_fits(program, len(hp["seed"]) // mesh.shape["runs"],
+                    sum(x.nbytes for x in jax.tree_util.tree_leaves(data)), limit, mesh.shape["runs"])
     callbacks.on_compiled(time.perf_counter() - t0)
     every_epoch = ("val",) + ("train",) * (spec.eval_train == "epoch") + ("test",) * spec.eval_test
     before = ("train", "val", "test") if spec.eval_train != "none" else ("val", "test")

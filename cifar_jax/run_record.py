@@ -7,6 +7,9 @@ A record is one JSON object per run (`results.StudyDir` stores it atomically aft
     status                              "done", "diverged" or "incomplete"
     diverged_epoch                      the first epoch whose loss was not finite, or null
     untrained                           {split: {loss, acc, top5}} in eval mode before training
+                                        (a run continued from another's state after epoch k, as
+                                        a connectivity child: at that state; its epochs then
+                                        start at k + 1)
     epochs                              per epoch: epoch, lr, train_* (running averages over the
                                         epoch's batches, train mode), val_*, l2_penalty (ΣW² at
                                         the epoch's end: cost = loss + λ·l2_penalty), loss_noise

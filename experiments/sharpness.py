@@ -1,7 +1,7 @@
-"""The edge of stability on the seeds' nets (Cohen et al. 2021, arXiv 2103.00065): λ_max of the
-training-loss Hessian along training for each learning rate, against its stability threshold 2/η
-(2(1+β)/η with momentum), in SGD (the seeds' setting) or, with --full_batch, in full-batch gradient
-descent on a subset (Cohen's).
+"""The edge of stability on the seeds' nets: λ_max of the training-loss Hessian along training for
+each learning rate, against its stability threshold 2/η (2(1+β)/η with momentum), in SGD (the
+seeds' setting) or, with --full_batch, in full-batch gradient descent on a subset (the setting of
+Cohen et al. 2021, arXiv 2103.00065).
 
     python -m experiments.sharpness --flagfile=experiments/flags/sharpness.flags
 
