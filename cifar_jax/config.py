@@ -96,9 +96,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     f.DEFINE_integer("sharpness_examples", 256, "Size of the fixed training subset whose loss Hessian is measured "
                      "(dropout off, batch norm on the subset's own statistics; at most the training split).")
     f.DEFINE_bool("noise_scale", False, "Measure the gradient noise scale B_simple = tr(Σ)/|G|² per epoch (McCandlish "
-                  "et al. 2018) from the step's gradient and the mean gradient of --noise_window steps; records' "
-                  "b_simple, b_simple_g2, b_simple_trace.")
-    f.DEFINE_integer("noise_window", 2, "Steps whose mean gradient is the big batch of --noise_scale (batch × this).")
+                  "et al. 2018) from gradient norms at two batch sizes; records' b_simple, b_simple_g2, b_simple_trace "
+                  "(groups of batch size 1 with --noise_window=0 record none).")
+    f.DEFINE_integer("noise_window", 0, "The two batch sizes of --noise_scale: 0, each half of the step's batch against "
+                     "the whole, at the step's weights (one more backward pass a step); k >= 2, the step's batch against "
+                     "the mean gradient of k consecutive steps (free, but the weights move within the window).")
     f.DEFINE_bool("save_final", False, "Save every run's final variables as an orbax checkpoint with its provenance "
                   "(<study>/checkpoints/<run>/; experiments.loss_surface reads them); a finished run without one is "
                   "trained again.")
@@ -314,8 +316,8 @@ def from_flags(fl: Any = None) -> Config:
     _positive("sharpness_examples", fl.sharpness_examples)
     if fl.sharpness_iters < 2:
         raise ConfigError(f"--sharpness_iters={fl.sharpness_iters}: must be >= 2")
-    if fl.noise_window < 2:
-        raise ConfigError(f"--noise_window={fl.noise_window}: must be >= 2 (the big batch is this many steps' batches)")
+    if fl.noise_window < 0 or fl.noise_window == 1:
+        raise ConfigError(f"--noise_window={fl.noise_window}: must be 0 (the halves of each batch) or >= 2 (steps)")
     schedule = _choice("schedule", fl.schedule, schedules.SCHEDULES)
     if schedule == "cyclic" and fl.lr_min >= min(min(v["lrs"]) for v in variants):
         raise ConfigError(f"--lr_min={fl.lr_min}: must be below every --lr (η_max) for the cyclic schedule")
@@ -439,7 +441,7 @@ def instruments(cfg: Config) -> dict[str, Any]:
     if cfg.sharpness_every:
         out.update(sharpness_every=cfg.sharpness_every, sharpness_unit=cfg.sharpness_unit,
                    sharpness_iters=cfg.sharpness_iters, sharpness_examples=cfg.sharpness_examples)
-    if cfg.noise_scale:
+    if cfg.noise_scale and (cfg.noise_window or cfg.batch_size >= 2):  # a batch of 1 has no halves
         out.update(noise_scale=True, noise_window=cfg.noise_window)
     return out
 

@@ -11,7 +11,9 @@ converged as training moves it. Which loss and which examples is the caller's (`
 Noise scale (McCandlish et al. 2018, arXiv 1812.06162, appendix A.1): with E|G_B|² = |G|² +
 tr(Σ)/B for a batch of B examples, gradient norms at a small and a big batch size give unbiased
 estimates of |G|² and tr(Σ); `noise_scale` forms them from their means (the smoothing before the
-ratio) and B_simple = tr(Σ)/|G|².
+ratio) and B_simple = tr(Σ)/|G|². The two sizes come from the step itself at its own weights
+(`noise_halves`: each half of the batch against the whole), or from a window of consecutive steps
+(`noise_update`), whose weights move within the window.
 """
 from __future__ import annotations
 
@@ -92,6 +94,19 @@ NOISE_COLUMNS = ("small_sq", "big_sq", "windows")  # what a step adds to the epo
 def squared_norm(tree: Any) -> jax.Array:
     """|g|² of a pytree of arrays."""
     return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(tree))
+
+
+def noise_halves(half_grads: Any, grads: Any) -> jax.Array:
+    """The fixed-weight measurement: [mean of the two half-batch gradients' |g|² (batch B/2), the
+    step's |g|² (batch B), 1]; `half_grads` stacks the halves' gradients on a leading axis."""
+    halves = jax.vmap(squared_norm)(half_grads)
+    return jnp.stack([halves.mean(), squared_norm(grads), jnp.float32(1.0)])
+
+
+def noise_batches(batch_size: int, window: int) -> tuple[int, int]:
+    """(small, big) batch sizes of the two measurements: (B // 2, B) for the halves of the step's
+    batch (window 0), (B, window·B) for a window of steps."""
+    return (batch_size // 2, batch_size) if window == 0 else (batch_size, window * batch_size)
 
 
 def noise_update(window_sum: Any, grads: Any, step: jax.Array, window: int) -> tuple[Any, jax.Array]:

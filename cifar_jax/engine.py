@@ -246,11 +246,11 @@ def _window_stats(acc: np.ndarray, window: int, total_steps: int) -> tuple[np.nd
 
 
 def _noise_scale(sums: np.ndarray, steps: int, spec: GroupSpec) -> np.ndarray:
-    """[R, 3] (|G|², tr Σ, B_simple) of an epoch from its summed noise columns (the step's |g|²,
-    the windows' |G|² and their count): the epoch's means are the smoothing before the ratio."""
+    """[R, 3] (|G|², tr Σ, B_simple) of an epoch from its summed noise columns (the small batches'
+    |g|², the big ones' and their count): the epoch's means are the smoothing before the ratio."""
     small_sq, big_sq, windows = sums[:, 0] / steps, sums[:, 1] / np.maximum(sums[:, 2], 1), sums[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.stack(dynamics.noise_scale(small_sq, big_sq, spec.batch_size, spec.batch_size * spec.noise_window), -1)
+        out = np.stack(dynamics.noise_scale(small_sq, big_sq, *dynamics.noise_batches(spec.batch_size, spec.noise_window)), -1)
     return np.where(windows[:, None] > 0, out, np.nan)
 
 

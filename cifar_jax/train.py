@@ -85,7 +85,7 @@ class GroupSpec:
     sharpness_iters: int = 6      # Lanczos iterations (Hessian-vector products) per evaluation
     sharpness_examples: int = 256  # the fixed training subset whose loss Hessian is measured
     noise_scale: bool = False     # the gradient noise scale B_simple (step batch vs a window of steps)
-    noise_window: int = 2         # steps whose mean gradient is the big batch of --noise_scale
+    noise_window: int = 0         # 0: --noise_scale from the halves of the step's batch; k >= 2: a window of k steps
 
     @property
     def net(self) -> models.Net:
@@ -137,7 +137,7 @@ def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, 
     if spec.sharpness_every:
         n = sum(x.size for x in jax.tree_util.tree_leaves(params))
         probes["lanczos"] = jax.random.normal(_run_key(hp, 3), (n,))
-    if spec.noise_scale:
+    if spec.noise_scale and spec.noise_window:
         probes["noise"] = jax.tree_util.tree_map(jnp.zeros_like, params)
     return TrainState(params, variables.get("batch_stats", {}), opt_state, jnp.int32(0),
                       jnp.bool_(True), hp, jnp.zeros((2, n_tensors, 3)), probes)
@@ -249,10 +249,16 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array) -
     probes, measured = state.probes, []
     loss_fn = lambda params: objective(spec, params, state.batch_stats, hp, x, y, k_drop, hp["dropout"])
     grads, (ce, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-    if spec.noise_scale:
+    if spec.noise_scale and spec.noise_window:
         window_sum, noise = dynamics.noise_update(probes["noise"], grads, state.step, spec.noise_window)
         probes = {**probes, "noise": window_sum}
         measured.append(noise)
+    elif spec.noise_scale:  # the halves of this batch at these weights: a measurement apart from the update
+        half = idx.shape[0] // 2
+        split = lambda a: a[: 2 * half].reshape(2, half, *a.shape[1:])
+        half_grad = lambda xs, ys: jax.grad(lambda p: objective(spec, p, state.batch_stats, hp, xs, ys, k_drop,
+                                                                 hp["dropout"])[0])(state.params)
+        measured.append(dynamics.noise_halves(jax.vmap(half_grad)(split(x), split(y)), grads))
     tx = _optimizer(spec, schedules.learning_rate(hp, state.step), hp, state.params)
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
     new = (optax.apply_updates(state.params, deltas), updates.get("batch_stats", {}), opt_state)

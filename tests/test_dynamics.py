@@ -97,11 +97,12 @@ def test_a_vmapped_group_gives_each_run_its_own_sharpness(noise_data):
 
 @pytest.mark.parametrize("unit", ["epoch", "step"])
 def test_every_layout_records_the_same_instruments(noise_data, unit):
-    """Sharpness (per epoch, or before every 4th step) and the noise scale, recorded through the
-    engine in every layout, agree with one run at a time (seq_loop)."""
+    """Sharpness (per epoch, or before every 4th step) and the noise scale (from the halves of each
+    batch, or from windows of two steps), recorded through the engine in every layout, agree with
+    one run at a time (seq_loop)."""
     spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(24,), init="he", use_dropout=True), batch_size=32,
                            sharpness_every=1 if unit == "epoch" else 4, sharpness_unit=unit, sharpness_iters=5,
-                           sharpness_examples=64, noise_scale=True, noise_window=2)
+                           sharpness_examples=64, noise_scale=True, noise_window=0 if unit == "epoch" else 2)
     out = {}
     for layout in ("seq_loop", "seq_scan", "vmap_scan", "map_loop"):
         cb = Collect()
@@ -121,34 +122,39 @@ def test_every_layout_records_the_same_instruments(noise_data, unit):
                     assert entry["sharpness"] == entry["sharpness_trace"][-1]
 
 
-def test_the_noise_scale_of_linear_regression_is_the_analytic_one():
+@pytest.mark.parametrize("window", [0, 4])
+def test_the_noise_scale_of_linear_regression_is_the_analytic_one(window):
     """Linear regression y = x·w* + ε, x ~ N(0, I_d), ε ~ N(0, σ²), loss ½(x·θ − y)², at a fixed θ:
     with δ = θ − w*, G = δ and Σ = δδᵀ + (|δ|² + σ²)I, so |G|² = |δ|² and tr Σ = |δ|² + d(|δ|² + σ²).
-    The step's own measurement (dynamics.noise_update) over many batches, the window's mean gradient
-    as the big batch, and dynamics.noise_scale recover both within 10%."""
-    d, sigma, batch, window, steps = 20, 0.5, 32, 4, 4000
+    The step's own measurement over many batches (dynamics.noise_halves: each half of the batch
+    against the whole; or dynamics.noise_update: the mean gradient of `window` steps as the big
+    batch) and dynamics.noise_scale recover both within 10%."""
+    d, sigma, batch, steps = 20, 0.5, 32, 4000
     rng = np.random.default_rng(0)
     w_star = rng.normal(size=d)
     delta = rng.normal(size=d) * 0.3
     theta = {"w": jnp.asarray(w_star + delta, jnp.float32)}
 
-    def batch_grad(key):
+    def draw(key):
         kx, ke = jax.random.split(key)
         x = jax.random.normal(kx, (batch, d))
-        y = x @ jnp.asarray(w_star, jnp.float32) + sigma * jax.random.normal(ke, (batch,))
-        return jax.grad(lambda p: 0.5 * jnp.mean((x @ p["w"] - y) ** 2))(theta)
+        return x, x @ jnp.asarray(w_star, jnp.float32) + sigma * jax.random.normal(ke, (batch,))
 
-    def step(carry, i):
-        window_sum = carry
-        window_sum, parts = dynamics.noise_update(window_sum, batch_grad(jax.random.PRNGKey(i)), i, window)
-        return window_sum, parts
+    grad = lambda x, y: jax.grad(lambda p: 0.5 * jnp.mean((x @ p["w"] - y) ** 2))(theta)
+
+    def step(window_sum, i):
+        x, y = draw(jax.random.PRNGKey(i))
+        if window:
+            return dynamics.noise_update(window_sum, grad(x, y), i, window)
+        halves = jax.vmap(grad)(x.reshape(2, batch // 2, d), y.reshape(2, batch // 2))
+        return window_sum, dynamics.noise_halves(halves, grad(x, y))
 
     _, parts = jax.lax.scan(step, jax.tree_util.tree_map(jnp.zeros_like, theta), jnp.arange(steps))
     sums = np.asarray(parts).sum(0)
-    g2, trace, b_simple = dynamics.noise_scale(sums[0] / steps, sums[1] / sums[2], batch, batch * window)
+    g2, trace, b_simple = dynamics.noise_scale(sums[0] / steps, sums[1] / sums[2], *dynamics.noise_batches(batch, window))
     true_g2 = float(delta @ delta)
     true_trace = true_g2 + d * (true_g2 + sigma ** 2)
-    assert sums[2] == steps // window
+    assert sums[2] == (steps // window if window else steps)
     assert g2 == pytest.approx(true_g2, rel=0.10)
     assert trace == pytest.approx(true_trace, rel=0.10)
     assert b_simple == pytest.approx(true_trace / true_g2, rel=0.20)
@@ -177,7 +183,9 @@ def test_instruments_that_are_off_change_neither_the_program_nor_the_records(noi
     assert not {"sharpness_every", "noise_scale", "init_seed", "order_seed"} & set(run.config)
     cfg_on = config.parse("--seeds=1", "--dataset=synthetic", "--sharpness_every=2", "--noise_scale")
     run_on = config.grid(cfg_on, 640, 10)[0]
-    assert run_on.config["sharpness_every"] == 2 and run_on.config["noise_window"] == 2
+    assert run_on.config["sharpness_every"] == 2 and run_on.config["noise_window"] == 0
+    one = config.grid(config.parse("--seeds=1", "--dataset=synthetic", "--noise_scale", "--batch_size=1,2"), 640, 10)
+    assert [r.spec.noise_scale for r in one] == [False, True]  # a batch of one has no halves
     assert run_on.spec == dataclasses.replace(on, model=run_on.spec.model, batch_size=64, eval_batch_size=500,
                                               conv_impl="auto")
 
