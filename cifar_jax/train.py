@@ -258,7 +258,8 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array) -
         split = lambda a: a[: 2 * half].reshape(2, half, *a.shape[1:])
         half_grad = lambda xs, ys: jax.grad(lambda p: objective(spec, p, state.batch_stats, hp, xs, ys, k_drop,
                                                                  hp["dropout"])[0])(state.params)
-        measured.append(dynamics.noise_halves(jax.vmap(half_grad)(split(x), split(y)), grads))
+        halves = [half_grad(xs, ys) for xs, ys in zip(split(x), split(y))]  # not vmapped: XLA:CPU would group the convs
+        measured.append(dynamics.noise_halves(jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), *halves), grads))
     tx = _optimizer(spec, schedules.learning_rate(hp, state.step), hp, state.params)
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
     new = (optax.apply_updates(state.params, deltas), updates.get("batch_stats", {}), opt_state)
