@@ -1,9 +1,11 @@
 """Every GPU measurement in one command: the engine benchmark (every convolution implementation,
 fp32 and bf16, 25 and 100 runs; every layout), the PyTorch reference with all its variants, and
 the seeds/000 §1.1 sweep end to end in fp32 and in bf16 (its test accuracies side by side), and
-on request the layer equality tests on the device or a report at full protocol (`report_seed001`
-… `report_seed004`: `experiments.reproduce`, its studies packed into OUT_DIR/<part>.tar.gz); one
-JSONL record and a Markdown table in OUT_DIR.
+on request the layer equality tests on the device, a report at full protocol (`report_seed001`
+… `report_seed004`: `experiments.reproduce`, its studies packed into OUT_DIR/<part>.tar.gz) or an
+instrument study at its full preset (`sharpness`, `sharpness_gd`, `connectivity`,
+`connectivity_convnet`: packed the same way, figures included); one JSONL record and a Markdown
+table in OUT_DIR.
 
     PYTHONPATH=. python -m benchmarks.gpu OUT_DIR [--data_dir=DIR] [--shared=DIR] [--parts=a,b]
 
@@ -75,11 +77,21 @@ def _report(report: str) -> Callable[[argparse.Namespace], list[str]]:
     return command
 
 
-def pack_results(results_dir: pathlib.Path, archive: pathlib.Path) -> pathlib.Path | None:
+def _study(module: str, preset: str) -> Callable[[argparse.Namespace], list[str]]:
+    """An experiment at its full preset (with --smoke, the experiment's own smoke preset)."""
+    def command(o: argparse.Namespace) -> list[str]:
+        flagfile = f"experiments/flags/{f'{module}_smoke' if o.smoke else preset}.flags"
+        return [sys.executable, "-m", f"experiments.{module}", f"--flagfile={flagfile}", f"--data_dir={o.data_dir}",
+                f"--results_dir={o.results_dir}"]
+    return command
+
+
+def pack_results(results_dir: pathlib.Path, archive: pathlib.Path, figures: bool = False) -> pathlib.Path | None:
     """What a device call brings back of a report, finished or cut short, as one .tar.gz (a call
     returns at most 16 MiB a file): every study's records, summaries and tables, and the report
     folder with its figures re-encoded as 128-colour PNGs (a third of the size). Left out: resume
-    snapshots, checkpoints and the studies' own figures/ (the report holds a copy of each, and
+    snapshots, checkpoints, connectivity's spawned states and (unless `figures`: an instrument
+    study, which has no report) the studies' own figures/ (the report holds a copy of each, and
     reproduce run again redraws them from the records)."""
     if not results_dir.is_dir():
         return None
@@ -87,8 +99,8 @@ def pack_results(results_dir: pathlib.Path, archive: pathlib.Path) -> pathlib.Pa
         for path in sorted(p for p in results_dir.rglob("*") if p.is_file()):
             name = str(path.relative_to(results_dir.parent))
             parts = pathlib.PurePath(name).parts
-            in_report = any(part.endswith(("_report", "_report_smoke")) for part in parts)
-            if {"resume", "checkpoints"} & set(parts) or ("figures" in parts and not in_report):
+            in_report = figures or any(part.endswith(("_report", "_report_smoke")) for part in parts)
+            if {"resume", "checkpoints", "spawn"} & set(parts) or ("figures" in parts and not in_report):
                 continue
             if in_report and path.suffix == ".png":
                 data = _small_png(path)
@@ -124,7 +136,13 @@ PARTS: dict[str, tuple[Callable[[argparse.Namespace], list[str]], int]] = {
     "tests": (_tests, 150),
     # The reports at full protocol (issues 9 and 10): one per call, each packed into OUT/<part>.tar.gz
     **{f"report_{r}": (_report(r), 540) for r in ("seed001", "seed002", "seed003", "seed004")},
+    # issue 19's instrument studies at their full presets, each packed into OUT/<part>.tar.gz
+    "sharpness": (_study("sharpness", "sharpness"), 540),
+    "sharpness_gd": (_study("sharpness", "sharpness_gd"), 540),
+    "connectivity": (_study("connectivity", "connectivity"), 540),
+    "connectivity_convnet": (_study("connectivity", "connectivity_convnet"), 540),
 }
+INSTRUMENT_PARTS = ("sharpness", "sharpness_gd", "connectivity", "connectivity_convnet")
 DEFAULT_PARTS = ("engine_convs", "sweep_fp32", "torch", "sweep_bf16", "engine_layouts")  # ~10 minutes; no report
 
 
@@ -288,8 +306,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             status = f"cut at {limit} s"
         record["parts"][name] = {"status": status, "wall_s": time.perf_counter() - t0, "command": args}
         log(f"=== {name}: {status} in {record['parts'][name]['wall_s']:.0f} s")
-        if name.startswith("report_"):
-            packed = pack_results(o.results_dir, o.out / f"{name}.tar.gz")
+        if name.startswith("report_") or name in INSTRUMENT_PARTS:
+            packed = pack_results(o.results_dir, o.out / f"{name}.tar.gz", figures=name in INSTRUMENT_PARTS)
             record["parts"][name]["archive"] = packed and packed.name
             log(f"packed {o.results_dir} into {packed} ({packed.stat().st_size / 2**20:.1f} MiB)" if packed
                 else f"nothing under {o.results_dir} to pack")

@@ -219,3 +219,32 @@ def test_a_report_part_runs_reproduce_and_packs_its_studies_without_snapshots(tm
         assert tar.extractfile("r/study/runs/a.json").read() == b"study/runs/a.json"
         small = Image.open(io.BytesIO(tar.extractfile("r/seed001_report/figures/study__f.png").read()))
         assert small.size == (64, 64) and len(small.convert("RGB").getcolors(2**16)) <= 128
+
+
+def test_an_instrument_part_runs_its_preset_and_packs_its_figures_without_checkpoints_or_spawned_states(tmp_path):
+    from benchmarks import gpu
+
+    o = type("Options", (), {"data_dir": tmp_path / "data", "results_dir": tmp_path / "r", "smoke": False})()
+    for part, module in (("sharpness", "sharpness"), ("sharpness_gd", "sharpness"), ("connectivity", "connectivity"),
+                         ("connectivity_convnet", "connectivity")):
+        command = gpu.PARTS[part][0](o)
+        assert command[1:3] == ["-m", f"experiments.{module}"] and command[3] == f"--flagfile=experiments/flags/{part}.flags"
+        assert (ROOT / command[3].split("=", 1)[1]).exists()
+    o.smoke = True
+    for part in gpu.INSTRUMENT_PARTS:
+        flagfile = gpu.PARTS[part][0](o)[3].split("=", 1)[1]
+        assert flagfile.endswith("_smoke.flags") and (ROOT / flagfile).exists()
+    assert not set(gpu.DEFAULT_PARTS) & set(gpu.INSTRUMENT_PARTS)
+    for path in ("connectivity/parent/runs/a.json", "connectivity/parent/spawn/k1.npz",
+                 "connectivity/children/checkpoints/c/metadata.json", "connectivity/connectivity.md"):
+        (o.results_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (o.results_dir / path).write_text(path)
+    figure = o.results_dir / "connectivity" / "figures" / "connectivity.png"
+    figure.parent.mkdir()
+    matplotlib.image.imsave(figure, np.random.default_rng(0).random((64, 64, 3)))
+    with tarfile.open(gpu.pack_results(o.results_dir, tmp_path / "c.tar.gz", figures=True)) as tar:
+        files = sorted(m.name for m in tar.getmembers() if m.isfile())
+        assert files == ["r/connectivity/connectivity.md", "r/connectivity/figures/connectivity.png",
+                         "r/connectivity/parent/runs/a.json"]
+        small = Image.open(io.BytesIO(tar.extractfile("r/connectivity/figures/connectivity.png").read()))
+        assert len(small.convert("RGB").getcolors(2**16)) <= 128
