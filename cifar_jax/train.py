@@ -55,8 +55,9 @@ class TrainState(NamedTuple):
     grad_acc: jax.Array   # [2, tensors, 3]: Σ over the first / last grad_window steps of (mean |g|,
     #                       mean g², ‖g‖); [2, 0, 3] without --grad_stats
     probes: dict[str, Any] = {}  # the instruments' state: "lanczos" (--sharpness_every: the flat
-    #                       start vector of the next evaluation), "noise" (--noise_scale: Σ of the
-    #                       gradients of the current window, shaped like params); {} when off
+    #                       start vector of the next evaluation), "noise" (--noise_scale with a
+    #                       --noise_window of steps: Σ of the window's gradients, shaped like
+    #                       params); {} when off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,7 @@ class GroupSpec:
     sharpness_unit: str = "epoch"  # epoch (after every k-th epoch) or step (before every k-th step of an epoch)
     sharpness_iters: int = 6      # Lanczos iterations (Hessian-vector products) per evaluation
     sharpness_examples: int = 256  # the fixed training subset whose loss Hessian is measured
-    noise_scale: bool = False     # the gradient noise scale B_simple (step batch vs a window of steps)
+    noise_scale: bool = False     # the gradient noise scale B_simple, from gradient norms at two batch sizes
     noise_window: int = 0         # 0: --noise_scale from the halves of the step's batch; k >= 2: a window of k steps
 
     @property
@@ -199,7 +200,7 @@ def objective(spec: GroupSpec, params: Any, batch_stats: Any, hp: dict[str, jax.
     logits, the batch-norm updates). `net`: the spec's own by default."""
     variables = {"params": params, "batch_stats": batch_stats}
     logits, updates = (net or spec.net).apply(variables, x, train=True, dropout_rate=dropout_rate,
-                                     rngs={"dropout": k_drop}, mutable=["batch_stats"])
+                                              rngs={"dropout": k_drop}, mutable=["batch_stats"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     smoothing = hp["label_smoothing"] * (-jax.nn.log_softmax(logits).mean(-1) - ce).mean()  # 0 at α = 0
     return ce.mean() + smoothing + hp["l2"] * optim.l2_penalty(params), (ce, logits, updates)
@@ -321,7 +322,7 @@ def train_epoch(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array,
         return s, (sums, values)
     k, full = spec.sharpness_every, idx.shape[0] // spec.sharpness_every * spec.sharpness_every
     state, (sums, values) = jax.lax.scan(segment, state, (ks[:full].reshape(-1, k), idx[:full].reshape(-1, k, *idx.shape[1:])))
-    sums, values = sums.reshape(full, -1), values
+    sums = sums.reshape(full, -1)
     if full < idx.shape[0]:  # the epoch's last, shorter segment
         state, (rest, last) = segment(state, (ks[full:], idx[full:]))
         sums, values = jnp.concatenate([sums, rest]), jnp.concatenate([values, last[None]])
