@@ -113,7 +113,8 @@ class RecordWriter:
     def on_epoch(self, runs: np.ndarray, epoch: int, metrics: run_record.Epoch, seconds: float) -> None:
         for j, i in enumerate(runs):
             run_record.add_epoch(self.records[i], epoch, metrics, j, seconds)
-            self.study.write_record(self.records[i])
+            if epoch < self.runs[i].epochs:  # the last epoch is written with the final status (on_end), so a
+                self.study.write_record(self.records[i])  # record never holds every epoch yet lacks its end
             if self.events is not None:  # the record's own numbers, so TensorBoard shows exactly them
                 self.events.add_epoch(self.runs[i].run_id, self.records[i]["epochs"][-1], self.tensor_names)
         self.snapshots.prune(self._key(runs), epoch)
