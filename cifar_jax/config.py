@@ -39,6 +39,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                   "OPTIMIZER:LR entries give each optimiser its own (--optimizer=sgd,adam --lr=sgd:0.05,adam:0.001).")
     f.DEFINE_string("schedule", "constant", f"LR schedule: {', '.join(schedules.SCHEDULES)}.")
     f.DEFINE_float("lr_min", 0.0, "End LR of linear/cosine; η_min of cyclic.")
+    f.DEFINE_integer("lr_batch_scale", 0, "Scale the learning rates of each --batch_size by batch_size / this "
+                     "reference batch (the linear scaling rule; e.g. 64: lr 0.01 at batch 64 is 0.16 at 1024); 0: off.")
     f.DEFINE_string("decay_unit", "epoch", "Unit of t in the decay schedules: epoch (LR changes once per "
                     "epoch) or step (every step).")
     f.DEFINE_float("decay_every", 1.0, "t advances by one every this many decay units (step schedule: 10 = every 10 epochs).")
@@ -277,14 +279,16 @@ def _variants(fl: Any, dropouts: tuple[float, ...]) -> list[dict[str, Any]]:
     """Every combination of the program-changing flags (`options.GROUP_OPTIONS`; each combination
     is a group of its own) as Config field overrides, with the learning rates of its optimiser."""
     values = {name: o.parse(getattr(fl, name)) for name, o in options.GROUP_OPTIONS.items()}
+    model_axes = {"name" if k == "model" else k: values[k] for k in options.MODEL_OPTIONS}
     model_configs = list(dict.fromkeys(
-        models.ModelConfig(name, hidden, norm, init, any(d > 0 for d in dropouts), channels=channels, kernels=kernels)
-        for name in values["model"] for hidden in values["hidden"] for channels in values["channels"]
-        for kernels in values["kernels"] for norm in values["norm"] for init in values["init"]))
+        models.ModelConfig(**dict(zip(model_axes, combo)), use_dropout=any(d > 0 for d in dropouts))
+        for combo in itertools.product(*model_axes.values())))
     axes = {"model": model_configs, **{k: v for k, v in values.items() if k not in options.MODEL_OPTIONS}}
     lrs = _learning_rates(fl.lr, values["optimizer"])
     combos = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-    return [{**combo, "lrs": lrs[combo["optimizer"]]} for combo in combos]
+    scale = lambda combo: combo["batch_size"] / fl.lr_batch_scale if fl.lr_batch_scale else 1.0
+    return [{**combo, "lrs": tuple(float(f"{lr * scale(combo):.6g}") for lr in lrs[combo["optimizer"]])}
+            for combo in combos]
 
 
 def _option_values(option: options.Option, values: Sequence[str]) -> tuple[float, ...]:
@@ -305,7 +309,7 @@ def from_flags(fl: Any = None) -> Config:
         raise ConfigError(str(err)) from None
     _positive("eval_batch_size", fl.eval_batch_size)
     _positive("test_size", fl.test_size, strict=False)
-    for flag in ("lr_min", "half_cycle", "memory_limit_gb"):
+    for flag in ("lr_min", "half_cycle", "memory_limit_gb", "lr_batch_scale"):
         _positive(flag, getattr(fl, flag), strict=False)
     _positive("decay_every", fl.decay_every)
     _positive("zca_epsilon", fl.zca_epsilon)
@@ -402,6 +406,9 @@ class Run:
         """Everything that defines the run, as plain JSON values (stored in its record)."""
         spec = dataclasses.asdict(self.spec)
         del spec["conv_impl"]  # changes how, not what: the same numbers either way (tested)
+        for field, default in models.PROBE_FIELDS.items():  # a probe that is off is left out (records keep their form)
+            if spec["model"][field] == default:
+                del spec["model"][field]
         for switch, fields in INSTRUMENT_FIELDS.items():  # instruments that are off are left out (records keep their form)
             if not spec[switch]:
                 for field in fields:
@@ -478,7 +485,8 @@ def _shown(variant: dict[str, Any]) -> dict[str, str]:
         if field == "model":
             out.update(model=value.name, hidden="-".join(map(str, value.hidden)) or "none",
                        channels="-".join(map(str, value.channels)) or "none",
-                       kernels="-".join(map(str, value.kernels)) or "none", norm=value.norm, init=value.init)
+                       kernels="-".join(map(str, value.kernels)) or "none", norm=value.norm, init=value.init,
+                       **{k: str(getattr(value, k)).lower() for k in models.PROBE_FIELDS})
         elif field == "lrs":
             out["lr"] = "/".join(f"{lr:g}" for lr in value)
         else:

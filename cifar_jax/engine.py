@@ -129,7 +129,7 @@ def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axi
                 sharpness=jax.jit(batched(functools.partial(sharpness_of, spec), 0, None), donate_argnums=0,
                                   out_shardings=by_run),
                 lr=jax.jit(batched(schedules.learning_rate, 0, 0)),
-                l2=jax.jit(batched(optim.l2_penalty, 0)))
+                l2=jax.jit(batched(lambda params: optim.l2_penalty(params, spec.model.norm_l2), 0)))
 
 
 def make_mesh(n_runs: int, batch_size: int, devices: list | None = None) -> Mesh:

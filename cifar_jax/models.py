@@ -78,21 +78,37 @@ INITS: dict[str, Callable[[int], tuple[Any, Any]]] = {
     "normal": lambda fan_in: (nn.initializers.normal(1.0), nn.initializers.zeros),
 }
 
-# name → (train mode, compute dtype, layer name) → the normalisation after a layer (None: none).
-# Batch norm: momentum 0.9 = PyTorch's 0.1; statistics are per run because each run is its own apply.
-NORMS: dict[str, Callable[[bool, Any, str], nn.Module] | None] = {
+# name → (train mode, compute dtype, layer name, (scale init, shift init)) → the normalisation after
+# a layer (None: none). Batch norm: momentum 0.9 = PyTorch's 0.1; statistics are per run because
+# each run is its own apply.
+NORMS: dict[str, Callable[[bool, Any, str, tuple], nn.Module] | None] = {
     "none": None,
-    "batch": lambda train, dtype, name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                                     dtype=dtype, name=f"bn_{name}"),
-    "layer": lambda train, dtype, name: nn.LayerNorm(epsilon=1e-5, dtype=dtype, name=f"ln_{name}"),
+    "batch": lambda train, dtype, name, inits: nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, scale_init=inits[0],
+        bias_init=inits[1], name=f"bn_{name}"),
+    "layer": lambda train, dtype, name, inits: nn.LayerNorm(
+        epsilon=1e-5, dtype=dtype, scale_init=inits[0], bias_init=inits[1], name=f"ln_{name}"),
 }
+# name → the normalisation's (γ, β) init. weight_scale: N(0, 1), scaled per run by init_scale like the
+# weights (`scale_kernels`), a probe of seeds/002's small-σ batch-norm nets.
+NORM_INITS: dict[str, tuple[Any, Any]] = {
+    "ones": (nn.initializers.ones, nn.initializers.zeros),
+    "weight_scale": (nn.initializers.normal(1.0), nn.initializers.normal(1.0)),
+}
+# Dropout: inverted (kept units scaled by 1/(1 - rate) in training) or unscaled (zeroed, nothing
+# rescaled, in training or at test time: the test-time net sees larger activations than training).
+DROPOUTS = ("inverted", "unscaled")
+# Where a hidden layer's dropout acts: after its ReLU, or on its output before the normalisation
+# (so the batch statistics see the dropped units).
+DROPOUT_PLACES = ("after_relu", "before_norm")
 
 
-def dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
-    """Inverted dropout with a traced rate: E[out] = x in train mode; rate 0 returns x exactly."""
+def dropout(x: jax.Array, rate: jax.Array, key: jax.Array, kind: str = "inverted") -> jax.Array:
+    """Dropout with a traced rate (`DROPOUTS`): inverted keeps E[out] = x in train mode; rate 0
+    returns x exactly."""
     keep = 1.0 - rate
     mask = jax.random.bernoulli(key, keep, x.shape)
-    return jnp.where(mask, x / keep, 0.0)
+    return jnp.where(mask, x / keep if kind == "inverted" else x, 0.0)
 
 
 PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}  # None: compute in the parameters' dtype
@@ -111,19 +127,25 @@ class Net(nn.Module):
     dtype: Any = None
     frozen: tuple[str, ...] = ()  # layers whose batch norm uses running statistics in train mode too
     pool: str = "vjp"  # max-pooling's differentiation rule (layers.POOLS): "jvp" for forward mode
+    dropout_kind: str = "inverted"
+    dropout_place: str = "after_relu"
+    norm_init: str = "ones"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
         normalise = NORMS[self.norm]
+        drop = lambda x: dropout(x, dropout_rate, self.make_rng("dropout"), self.dropout_kind) \
+            if self.use_dropout and train else x
         n_conv = n_fc = 0
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             kind = layer[0]
             if kind == "pool":
                 x = max_pool(x, layer[1], self.pool)
                 continue
+            early = self.dropout_place == "before_norm"
             if kind == "dropout":
-                if self.use_dropout and train:
-                    x = dropout(x, dropout_rate, self.make_rng("dropout"))
+                if not (early and i and self.layers[i - 1][0] == "dense"):  # else it acted before the norm
+                    x = drop(x)
                 continue
             norm = normalise if layer[-1] else None
             bias = norm is None or self.norm != "batch"
@@ -140,8 +162,10 @@ class Net(nn.Module):
                 kinit, binit = INITS[self.init_kind](x.shape[-1])
                 x = nn.Dense(layer[1], use_bias=bias, kernel_init=kinit, bias_init=binit,
                              dtype=self.dtype, name=name)(x)
+                if early and self.layers[i + 1:i + 2] == (("dropout",),):
+                    x = drop(x)
             if norm is not None:
-                x = norm(train and name not in self.frozen, self.dtype, name)(x)
+                x = norm(train and name not in self.frozen, self.dtype, name, NORM_INITS[self.norm_init])(x)
             x = nn.relu(x)
         x = x.reshape(x.shape[0], -1)
         kinit, binit = INITS[self.init_kind](x.shape[-1])
@@ -163,6 +187,10 @@ class ModelConfig:
     num_classes: int = 10
     channels: tuple[int, ...] = ()
     kernels: tuple[int, ...] = ()
+    dropout_kind: str = "inverted"
+    dropout_place: str = "after_relu"
+    norm_init: str = "ones"
+    norm_l2: bool = False  # the L2 penalty also covers the normalisation's γ and β
 
     def __post_init__(self) -> None:
         arch = lookup(MODELS, self.name, "model")
@@ -176,6 +204,15 @@ class ModelConfig:
             raise ConfigError(f"--kernels={kernels} --channels={channels}: give one kernel size per conv layer")
         if any(k % 2 == 0 for k in self.kernels):
             raise ConfigError(f"--kernels={kernels}: kernel sizes must be odd ('same' padding)")
+        lookup(dict.fromkeys(DROPOUTS), self.dropout_kind, "dropout_kind")
+        lookup(dict.fromkeys(DROPOUT_PLACES), self.dropout_place, "dropout_place")
+        lookup(NORM_INITS, self.norm_init, "norm_init")
+        if self.norm_init == "weight_scale" and self.init != "normal":
+            raise ConfigError(f"--norm_init=weight_scale draws γ, β with --init=normal's σ; --init={self.init} has none")
+
+
+# ModelConfig fields that only a probe sets: left out of a run's stored config at their defaults
+PROBE_FIELDS = {"dropout_kind": "inverted", "dropout_place": "after_relu", "norm_init": "ones", "norm_l2": False}
 
 
 def layer_stack(cfg: ModelConfig) -> tuple[Layer, ...]:
@@ -189,13 +226,20 @@ def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32",
     layers whose BN statistics are frozen and max-pooling's differentiation rule."""
     lookup(NORMS, cfg.norm, "norm"), lookup(INITS, cfg.init, "init")
     return Net(layer_stack(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout, conv_impl,
-               lookup(PRECISIONS, precision, "precision"), frozen, pool)
+               lookup(PRECISIONS, precision, "precision"), frozen, pool, cfg.dropout_kind, cfg.dropout_place,
+               cfg.norm_init)
 
 
-def scale_kernels(params: Any, scale: jax.Array) -> Any:
-    """Multiply every weight matrix by `scale` (the per-run σ of a normal(σ) init)."""
+def is_norm_param(path: tuple) -> bool:
+    """A normalisation layer's γ or β (its module named bn_* or ln_*)."""
+    return len(path) > 1 and str(path[-2].key)[:3] in ("bn_", "ln_")
+
+
+def scale_kernels(params: Any, scale: jax.Array, norm_too: bool = False) -> Any:
+    """Multiply every weight matrix by `scale` (the per-run σ of a normal(σ) init), and with
+    `norm_too` the normalisations' γ and β (--norm_init=weight_scale)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, p: p * scale if path[-1].key == "kernel" else p, params)
+        lambda path, p: p * scale if path[-1].key == "kernel" or (norm_too and is_norm_param(path)) else p, params)
 
 
 def count_params(params: Any) -> int:

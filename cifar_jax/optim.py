@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cifar_jax import models
 from cifar_jax.registry import lookup
 
 Hparams = Mapping[str, jax.Array]
@@ -39,7 +40,9 @@ def make(name: str, lr: jax.Array | float, hp: Hparams, clip_norm: float | None 
     return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm else tx
 
 
-def l2_penalty(params: Any) -> jax.Array:
-    """Σ W² over weight matrices and conv kernels only (biases and norm parameters excluded)."""
+def l2_penalty(params: Any, norm_too: bool = False) -> jax.Array:
+    """Σ W² over weight matrices and conv kernels only (biases excluded, and the normalisations'
+    γ and β unless `norm_too`)."""
     leaves = jax.tree_util.tree_leaves_with_path(params)
-    return sum(jnp.sum(p ** 2) for path, p in leaves if path[-1].key == "kernel")
+    return sum(jnp.sum(p ** 2) for path, p in leaves
+               if path[-1].key == "kernel" or (norm_too and models.is_norm_param(path)))

@@ -70,7 +70,7 @@ class GroupOption:
 
     name: str
     default: str                       # as typed on the command line
-    kind: str                          # "choice", "int", "float" or "widths"
+    kind: str                          # "choice", "bool", "int", "float" or "widths"
     help: str
     choices: Sequence[str] = ()
     low: float = 0.0
@@ -95,6 +95,10 @@ class GroupOption:
             if item not in self.choices:
                 raise ValueError(f"{item!r} is unknown; allowed: {', '.join(self.choices)}")
             return item
+        if self.kind == "bool":
+            if item.lower() not in ("true", "false"):
+                raise ValueError(f"{item!r} is not true or false")
+            return item.lower() == "true"
         if self.kind == "widths":
             widths = tuple(int(w) for w in item.split(","))
             if not widths or min(widths) < 1:
@@ -123,10 +127,18 @@ GROUP_OPTIONS: dict[str, GroupOption] = {o.name: o for o in (
     GroupOption("norm", "none", "choice", "Normalisation layer after every layer but the last", tuple(models.NORMS)),
     GroupOption("init", "torch", "choice", "Weight init (torch: PyTorch's default uniform; normal: N(0, σ²) with σ "
                 "from --init_scale)", tuple(models.INITS)),
+    GroupOption("dropout_kind", "inverted", "choice", "Dropout: inverted (kept units ×1/(1 − rate) in training) or "
+                "unscaled (units zeroed, nothing rescaled in training or at test time)", models.DROPOUTS),
+    GroupOption("dropout_place", "after_relu", "choice", "Where a hidden dense layer's dropout acts: after its ReLU, "
+                "or before its normalisation (the batch statistics see the dropped units)", models.DROPOUT_PLACES),
+    GroupOption("norm_init", "ones", "choice", "Initial γ, β of the normalisation (ones: γ = 1, β = 0; weight_scale: "
+                "drawn N(0, σ²) like the weights, with --init=normal's σ)", tuple(models.NORM_INITS)),
+    GroupOption("norm_l2", "false", "bool", "The L2 penalty λ·Σθ² also covers the normalisation's γ and β"),
     GroupOption("optimizer", "sgd", "choice", "Optimiser", tuple(optim.OPTIMIZERS)),
     GroupOption("batch_size", "64", "int", "Training batch size (an epoch's last partial batch is dropped)", low=1),
     GroupOption("epochs", "50", "int", "Training epochs", low=1),
     GroupOption("augment", "none", "choice", "Training augmentation", tuple(preprocess.AUGMENTATIONS)),
     GroupOption("clip_norm", "0", "float", "Clip gradients to this global norm (0: off)"),
 )}
-MODEL_OPTIONS = ("model", "hidden", "channels", "kernels", "norm", "init")  # combined into one models.ModelConfig per group
+MODEL_OPTIONS = ("model", "hidden", "channels", "kernels", "norm", "init", "dropout_kind", "dropout_place", "norm_init",
+                 "norm_l2")  # combined into one models.ModelConfig per group

@@ -131,7 +131,7 @@ def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, 
     variables = spec.net.init(_run_key(hp, 0, "init_seed"), jnp.zeros((1, *image_shape)), train=False)
     params = variables["params"]
     if spec.model.init == "normal":
-        params = models.scale_kernels(params, hp["init_scale"])
+        params = models.scale_kernels(params, hp["init_scale"], spec.model.norm_init == "weight_scale")
     opt_state = _optimizer(spec, 0.0, hp, params).init(params)
     n_tensors = len(jax.tree_util.tree_leaves(params)) if spec.grad_stats else 0
     probes = {}
@@ -203,7 +203,7 @@ def objective(spec: GroupSpec, params: Any, batch_stats: Any, hp: dict[str, jax.
                                               rngs={"dropout": k_drop}, mutable=["batch_stats"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     smoothing = hp["label_smoothing"] * (-jax.nn.log_softmax(logits).mean(-1) - ce).mean()  # 0 at α = 0
-    return ce.mean() + smoothing + hp["l2"] * optim.l2_penalty(params), (ce, logits, updates)
+    return ce.mean() + smoothing + hp["l2"] * optim.l2_penalty(params, spec.model.norm_l2), (ce, logits, updates)
 
 
 def sharpness_subset(spec: GroupSpec, train_idx: jax.Array) -> jax.Array:

@@ -4,7 +4,9 @@
    the flags' network (batch norm in the report);
 2. fine: --fine_points λ log-spaced over the decade between the best coarse λ and its better
    neighbour, both chosen by mean final *validation* accuracy;
-3. final: the best λ of both searches, --final_cycles cycles, for every --final_norm.
+3. final: the best λ of both searches, --final_cycles cycles, for every --final_norm; with
+   --published_lambda also the same runs at that λ (part final_published: the source's choice
+   beside ours).
 
     python -m experiments.lambda_search --flagfile=experiments/flags/seed002_lambda.flags
 
@@ -27,6 +29,8 @@ flags.DEFINE_integer("fine_points", 5, "λ of the fine search, log-spaced over o
 flags.DEFINE_integer("search_cycles", 1, "Cyclic-LR cycles of every search run.")
 flags.DEFINE_integer("final_cycles", 3, "Cyclic-LR cycles of the final runs with the chosen λ.")
 flags.DEFINE_list("final_norm", ["none", "batch"], "Normalisation of the final runs (one group each).")
+flags.DEFINE_float("published_lambda", 0.0, "Also train the final runs at this λ (part final_published), e.g. the "
+                   "report's own choice 0.005623 beside ours; 0: no.")
 FLAGS = flags.FLAGS
 TITLE = "λ search (seeds/002)"
 
@@ -73,7 +77,7 @@ def markdown(done: dict, best: float) -> str:
         for r in sorted(rows, key=lambda r: (r["config"].split(",")[0], -r["values"]["l2"])):
             lam = f"{r['values']['l2']:.4g}"
             cells = [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc")]
-            if name != "final" and r["values"]["l2"] == best:
+            if not name.startswith("final") and r["values"]["l2"] == best:
                 lam, cells = f"**{lam}**", [f"**{c}**" for c in cells]
             out.append(f"| {r['config']} | {lam} | " + " | ".join(cells) + f" | {r['test_acc']['n']}/{r['n_runs']} |")
         out.append("")
@@ -93,9 +97,10 @@ def _lambdas(values: list[str]) -> tuple[float, ...]:
 
 def main(cfg: config.Config) -> None:
     coarse = _lambdas(FLAGS.coarse_lambdas)
-    if FLAGS.fine_points < 2 or FLAGS.search_cycles < 1 or FLAGS.final_cycles < 1:
+    if FLAGS.fine_points < 2 or FLAGS.search_cycles < 1 or FLAGS.final_cycles < 1 or not 0 <= FLAGS.published_lambda < np.inf:
         raise config.ConfigError(f"--fine_points={FLAGS.fine_points} --search_cycles={FLAGS.search_cycles} "
-                                 f"--final_cycles={FLAGS.final_cycles}: need >= 2, >= 1 and >= 1")
+                                 f"--final_cycles={FLAGS.final_cycles} --published_lambda={FLAGS.published_lambda}: "
+                                 "need >= 2, >= 1, >= 1 and a finite λ >= 0")
     norms = options.GROUP_OPTIONS["norm"].parse(FLAGS.final_norm)
     cfg.single_group("the search trains the flags' one network (the final part varies --final_norm)")
     done: dict[str, list[dict]] = {}
@@ -103,8 +108,11 @@ def main(cfg: config.Config) -> None:
     part(cfg.replace(l2=fine_lambdas(done["coarse"], FLAGS.fine_points)), "fine", f"{TITLE}: fine",
          FLAGS.search_cycles, done)
     best = best_lambda(done["coarse"] + done["fine"])
-    final = cfg.replace(l2=(best,)).vary("model", [dataclasses.replace(cfg.model, norm=n) for n in norms])
-    part(final, "final", f"{TITLE}: final, λ = {best:.4g}", FLAGS.final_cycles, done)
+    nets = [dataclasses.replace(cfg.model, norm=n) for n in norms]
+    part(cfg.replace(l2=(best,)).vary("model", nets), "final", f"{TITLE}: final, λ = {best:.4g}", FLAGS.final_cycles, done)
+    if FLAGS.published_lambda:
+        part(cfg.replace(l2=(FLAGS.published_lambda,)).vary("model", nets), "final_published",
+             f"{TITLE}: final at the report's λ = {FLAGS.published_lambda:.4g}", FLAGS.final_cycles, done)
     if not study.is_lead():
         return
     st = results.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or "lambda_search"))

@@ -23,6 +23,8 @@ from experiments import grid_study
 
 flags.DEFINE_list("depths", ["1", "2", "3", "4", "6"], "Numbers of hidden layers.")
 flags.DEFINE_list("widths", ["32", "64", "128", "256", "512"], "Widths of every hidden layer.")
+flags.DEFINE_list("nets", [], "Further nets beside the grid, each DEPTHxWIDTH (e.g. 6x32,10x16: the source's best and "
+                  "worst); in the tables, not in the heatmaps.")
 FLAGS = flags.FLAGS
 TITLE = "MLP depth × width (seeds/003)"
 
@@ -34,6 +36,17 @@ def _ints(flag: str, values: list[str]) -> list[int]:
         raise config.ConfigError(f"--{flag}={','.join(values)}: give integers") from None
     if not out or min(out) < 1:
         raise config.ConfigError(f"--{flag}={','.join(values)}: give one or more integers >= 1")
+    return out
+
+
+def _nets(values: list[str]) -> list[tuple[int, int]]:
+    """--nets as (depth, width) pairs."""
+    try:
+        out = [tuple(int(x) for x in v.lower().split("x")) for v in values]
+    except ValueError:
+        out = []
+    if len(out) != len(values) or any(len(n) != 2 or min(n) < 1 for n in out):
+        raise config.ConfigError(f"--nets={','.join(values)}: give DEPTHxWIDTH pairs of integers >= 1, e.g. 6x32")
     return out
 
 
@@ -54,7 +67,8 @@ def verdict(records: list[dict]) -> tuple[str, dict]:
 
 
 def analyse(st: results.StudyDir, records: list[dict], depths: list[int], widths: list[int]) -> None:
-    """The grid_study analysis, the heatmaps, the chosen net and its verdict (grid.md)."""
+    """The grid_study analysis, the heatmaps, the net chosen by validation accuracy (of the grid and
+    any --nets) and its verdict (grid.md)."""
     grid_study.analyse(st, records, 0, TITLE)
     rows = {tuple(r["hidden"]): r for r in grid_study.config_rows(records)}
     stat = lambda d, w, key: rows.get((w,) * d, {}).get(key, {}).get("mean")
@@ -66,13 +80,13 @@ def analyse(st: results.StudyDir, records: list[dict], depths: list[int], widths
                   f"{TITLE}: final validation accuracy (%)", "hidden layers", "width")
     plots.heatmap(gap, [str(d) for d in depths], [str(w) for w in widths], st.figures_dir / "grid_gap.png",
                   f"{TITLE}: train (eval mode) − validation accuracy (points)", "hidden layers", "width")
-    if not np.isfinite(val).any():
+    scored = [r for r in rows.values() if r["val_acc"]["mean"] is not None]  # the grid and any --nets
+    if not scored:
         return
-    d, w = np.unravel_index(np.nanargmax(val), val.shape)
-    best = rows[(widths[w],) * depths[d]]
+    best = max(scored, key=lambda r: r["val_acc"]["mean"])
     word, facts = verdict(run_record.group_by_config(records)[best["config"]])
     text = (f"# {TITLE}: the net chosen by validation accuracy\n\n"
-            f"**{depths[d]} hidden layer(s) of {widths[w]}** ({best['config']}): validation "
+            f"**{len(best['hidden'])} hidden layer(s) of {best['hidden'][0]}** ({best['config']}): validation "
             f"{summary.format_stat('val_acc', best['val_acc'])}%, test {summary.format_stat('test_acc', best['test_acc'])}%, "
             f"training (eval mode) {summary.format_stat('train_acc', best['train_acc'])}%.\n\n"
             f"Verdict: it **{word}** (train − validation gap {facts['gap_points']:.1f} points; final validation "
@@ -88,8 +102,9 @@ def analyse(st: results.StudyDir, records: list[dict], depths: list[int], widths
 
 def main(cfg: config.Config) -> None:
     depths, widths = _ints("depths", FLAGS.depths), _ints("widths", FLAGS.widths)
-    cfg.single_group("the grid sets the architectures (--depths, --widths)")
-    nets = [dataclasses.replace(cfg.model, hidden=(w,) * d) for d in depths for w in widths]
+    cfg.single_group("the grid sets the architectures (--depths, --widths, --nets)")
+    shapes = list(dict.fromkeys([(d, w) for d in depths for w in widths] + _nets(FLAGS.nets)))
+    nets = [dataclasses.replace(cfg.model, hidden=(w,) * d) for d, w in shapes]
     grid_cfg = cfg.vary("model", nets)
     study.run(grid_cfg, "mlp_grid", TITLE, lambda p: grid_study.grid_runs(grid_cfg, p, 0),
               report=lambda st, records: analyse(st, records, depths, widths))

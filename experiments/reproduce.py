@@ -24,41 +24,69 @@ from pathlib import Path
 
 from absl import app, flags
 
+from experiments import claims, verdicts
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """One table of a source report's numbers: what it is, the part of the study it is compared
+    with ("" for the study's own runs) and its accuracies (%) per configuration: (train, val, test),
+    None where not given."""
+
+    label: str
+    part: str
+    numbers: dict[str, tuple[float | None, float | None, float | None]]
+
 
 @dataclasses.dataclass(frozen=True)
 class Section:
     """One study of a report: its number, title, experiment module and flagfile / study name stem,
-    and the report's published accuracies (%) per configuration name: (train, val, test)."""
+    the source's published tables, the sizes of the source's train / val / test sets (for the
+    tolerance of its numbers), and the protocol choices made where the source is ambiguous."""
 
     number: str
     title: str
     module: str
     stem: str
-    published: dict[str, tuple[float | None, float | None, float | None]] = dataclasses.field(default_factory=dict)
+    published: tuple[Published, ...] = ()
+    n_source: tuple[int, int, int] = (45_000, 5_000, 10_000)
+    choices: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    """A source report: its title and its studies in order (declared in reports.toml)."""
+    """A source report: its title, its studies in order, the points every tolerance adds for the
+    data copy (and why), and the claims of its text (experiments.claims)."""
 
     title: str
     sections: tuple[Section, ...]
+    margin: float
+    margin_why: str
+    claims: tuple[claims.Claim, ...]
 
 
 # The tables a study writes, shown in this order where they exist.
 TABLES = ("model.md", "ladder.md", "gradient_check.md", "lambda_search.md", "grid.md", "at_epochs.md", "configs.md", "range_test.md",
           "test_table.md", "generalisation_gap.md", "transfer_comparison.md", "baselines.md", "gradient_stats.md",
           "pretrain/test_table.md", "retrain/test_table.md")
+# Figures of one configuration each (left out of a report unless --config_figures).
+CONFIG_FIGURES = ("curves_", "cost_")
+
+
+def _section(s: dict) -> Section:
+    published = tuple(Published(t["label"], t.get("part", ""),
+                                {k: tuple(None if x < 0 else x for x in v) for k, v in t["numbers"].items()})
+                      for t in s.get("published", []))
+    return Section(s["number"], s["title"], s["module"], s["stem"], published,
+                   tuple(s.get("n_source", Section.n_source)), s.get("choices", "").strip())
 
 
 def load_reports(path: Path = Path(__file__).with_name("reports.toml")) -> dict[str, Report]:
     """The reports declared in reports.toml (a published accuracy below 0 means not given)."""
     with open(path, "rb") as f:
         raw = tomllib.load(f)
-    return {name: Report(report["title"], tuple(
-        Section(s["number"], s["title"], s["module"], s["stem"],
-                {k: tuple(None if x < 0 else x for x in v) for k, v in s.get("published", {}).items()})
-        for s in report["sections"])) for name, report in raw.items()}
+    return {name: Report(r["title"], tuple(map(_section, r["sections"])), float(r["margin"]), r["margin_why"].strip(),
+                         claims.CLAIMS.get(name, ())) for name, r in raw.items()}
 
 
 REPORTS = load_reports()
@@ -75,6 +103,10 @@ def define_flags() -> None:
     flags.DEFINE_string("results_dir", "./results", "Root of the study directories and of the report.")
     flags.DEFINE_string("dataset", None, "Override every study's dataset (e.g. synthetic for an offline demo).")
     flags.DEFINE_list("only", [], "Run only these sections (e.g. 1.1,2.1); the report includes what exists.")
+    flags.DEFINE_bool("assemble_only", False, "Train nothing: write the report from the study directories as they are "
+                      "(e.g. records brought back from another machine).")
+    flags.DEFINE_bool("config_figures", False, "Also put every per-configuration figure (curves_*, cost_*) in the "
+                      "report; by default only the comparison figures, the others staying in each study's figures/.")
 
 FLAGFILES = Path(__file__).parent / "flags"
 
@@ -125,61 +157,87 @@ def run_section(section: Section) -> float:
     return time.perf_counter() - t0
 
 
+MACHINE_FLAGS = ("--data_dir=", "--results_dir=")  # where this machine keeps things: not part of a protocol
+
+
 def protocol(study: Path) -> str:
     """The study's protocol: the flags it set away from their defaults (its protocol.flags, or
-    its first part's for a study in parts, whose parts share the command line)."""
+    its first part's for a study in parts, whose parts share the command line), without the flags
+    that only say where this machine keeps its data and results."""
     paths = [study / "protocol.flags", *sorted(study.glob("*/protocol.flags"))]
     path = next((p for p in paths if p.exists()), None)
-    return f"```\n{path.read_text().strip()}\n```\n" if path else ""
-
-
-def _pct(stat: dict | None) -> str:
-    return "–" if not stat or stat.get("mean") is None else f"{100 * stat['mean']:.2f} ± {100 * stat['std']:.2f}"
-
-
-def published_table(section: Section, study: Path) -> str:
-    """Ours (mean ± std over seeds; train in eval mode) beside the report's numbers, per
-    configuration the report has, from the study's configs.json (every part's, for a study in parts)."""
-    if not section.published:
+    if not path:
         return ""
-    rows = {}
-    for path in [study / "configs.json", *sorted(study.glob("*/configs.json"))]:
-        if path.exists():
-            rows.update({r["config"]: r for r in json.loads(path.read_text())})
-    lines = ["#### Ours against the report (accuracy, %)", "",
-             "| config | train (ours) | train (report) | val (ours) | val (report) | test (ours) | test (report) |",
-             "|:---|---:|---:|---:|---:|---:|---:|"]
-    for name, numbers in section.published.items():
-        ours = rows.get(name, {})
-        cells = [c for split, ref in zip(("train", "val", "test"), numbers)
-                 for c in (_pct(ours.get(f"{split}_acc")), "–" if ref is None else f"{ref:.2f}")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    lines = [line for line in path.read_text().strip().splitlines() if not line.startswith(MACHINE_FLAGS)]
+    return "```\n" + "\n".join(lines) + "\n```\n"
 
 
-def section_markdown(section: Section, study: Path, report_dir: Path, seconds: float | None) -> str:
-    """One report section: protocol, ours against the published numbers, tables and figures
-    (copied beside the report)."""
+def published_tables(section: Section, ev: verdicts.Evidence) -> tuple[str, list[dict]]:
+    """Ours (mean ± std over seeds; train in eval mode where recorded) beside each published table,
+    with Δ, tolerance and verdict; and every row for the summary."""
+    out, every = [], []
+    for table in section.published:
+        study = f"{section.stem}/{table.part}" if table.part else section.stem
+        rows = verdicts.published_rows(ev, study, table.numbers, section.n_source)
+        every += rows
+        where = f" (our part `{table.part}`)" if table.part else ""
+        out += [f"#### {table.label}{where}\n", verdicts.published_markdown(rows)]
+    return "\n".join(out), every
+
+
+def section_markdown(section: Section, study: Path, report_dir: Path, seconds: float | None,
+                     ev: verdicts.Evidence, config_figures: bool = False) -> str:
+    """One report section: protocol, the choices made, ours against the published numbers, tables
+    and figures (copied beside the report)."""
     when = f"; this invocation took {seconds:.0f} s (finished runs are reused)" if seconds else ""
-    out = [f"## §{section.number} {section.title}\n", f"Study directory: `{study}`{when}\n"]
-    if not study.exists():
-        return "\n".join(out + ["*Not run.*\n"])
-    out.append("### Protocol\n" + protocol(study))
+    out = [f"## §{section.number} {section.title}\n", f"Study directory: `<results_dir>/{study.name}`{when}\n",
+           "### Protocol\n" + protocol(study)]
+    if section.choices:
+        out.append("### Protocol choices\n\n" + section.choices + "\n")
     if section.published:
-        out.append(published_table(section, study))
+        out.append("### Ours against the report\n\n" + published_tables(section, ev)[0])
     for name in TABLES:
         if (study / name).exists():
             text = (study / name).read_text().strip()  # its headings go three levels down, under the section's
             out.append("\n".join("###" + line if line.startswith("#") else line for line in text.splitlines()))
             out.append("")
     figures = sorted(study.glob("figures/*.png")) + sorted(study.glob("*/figures/*.png"))
-    for fig in figures:
+    left = [f for f in figures if f.name.startswith(CONFIG_FIGURES)] if not config_figures else []
+    for fig in (f for f in figures if f not in left):
         rel = fig.relative_to(study)
         dest = report_dir / "figures" / f"{study.name}__{str(rel).replace('/', '__')}"
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(fig, dest)
         out.append(f"![{rel}](figures/{dest.name})\n")
+    if left:
+        out.append(f"{len(left)} per-configuration figures (curves_*, cost_*) stay in the study's figures/ "
+                   "(`--config_figures` puts them here).\n")
     return "\n".join(out)
+
+
+def verdict_markdown(report: Report, ev: verdicts.Evidence) -> str:
+    """The report's opening: how many published numbers lie within their tolerance (and what the
+    tolerance is), and each claim of the source's text with its verdict and the numbers behind it."""
+    rows = [r for s in report.sections for r in published_tables(s, ev)[1]]
+    counted = verdicts.count(rows)
+    found = [(c, c.rule(ev)) for c in report.claims]
+    tally = {v: sum(f.verdict == v for _, f in found) for v in (verdicts.HOLDS, verdicts.FAILS, verdicts.NOT_RUN)}
+    out = ["## Verdicts\n"]
+    if rows:
+        out.append(f"**Published numbers: {counted[verdicts.WITHIN]} of {len(rows)} within tolerance**, "
+                   f"{counted[verdicts.OUTSIDE]} outside, {counted[verdicts.NOT_RUN]} not run. "
+                   f"The tolerance of a published accuracy p (%) is {report.margin:g} point(s) + 2·√(s² + p(100 − p)/N): "
+                   f"{report.margin_why} s is our standard deviation across seeds (a single run of the source "
+                   "spreads as much) and N the size of the set the source measured on (its own draw of a "
+                   "validation or test set adds binomial error). Δ is ours − published.\n")
+    else:
+        out.append("The source report publishes no accuracy table; its claims are judged below.\n")
+    out.append(f"**Claims of the report's text: {tally[verdicts.HOLDS]} hold, {tally[verdicts.FAILS]} do not, "
+               f"{tally[verdicts.NOT_RUN]} not run.** Each is decided by a rule over our records "
+               "(experiments/claims.py).\n")
+    out += ["| § | claim (the source) | verdict | ours |", "|:---|:---|:---|:---|"]
+    out += [f"| {c.section} | {c.text} | {f.verdict} | {f.evidence} |".replace("\n", " ") for c, f in found]
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str]) -> None:
@@ -191,19 +249,34 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: --only={','.join(FLAGS.only)}: the sections of {FLAGS.report} are {', '.join(sorted(known))}")
     times = {}
     for section in report.sections:
-        if not FLAGS.only or section.number in FLAGS.only:
+        if not FLAGS.assemble_only and (not FLAGS.only or section.number in FLAGS.only):
             times[section.number] = run_section(section)
     root = Path(FLAGS.results_dir)
     report_dir = root / study_name(f"{FLAGS.report}_report")
-    parts = [f"# {report.title} reproduced{' (smoke preset: toy size, not the published protocol)' if FLAGS.smoke else ''}\n",
-             "Each section: the protocol (flags), our numbers beside the report's where it gives them, "
-             "tables (mean ± std across seeds) and figures.\n"]
-    parts += [section_markdown(s, root / study_name(s.stem), report_dir, times.get(s.number)) for s in report.sections]
+    write_report(report, root, report_dir, times, FLAGS.smoke, FLAGS.config_figures)
+    print(f"\nreport: {report_dir / 'report.md'}  ({', '.join(f'§{k} {v:.0f} s' for k, v in times.items())})")
+
+
+def write_report(report: Report, root: Path, report_dir: Path, times: dict[str, float], smoke: bool = False,
+                 config_figures: bool = False) -> Path:
+    """report.md from the study directories under `root` (the *_smoke ones with `smoke`): the
+    verdicts, then every section that has run (the others named at the top)."""
+    suffix = "_smoke" if smoke else ""
+    ev = verdicts.Evidence.load(root, [s.stem for s in report.sections], suffix, report.margin)
+    ran = [s for s in report.sections if (root / f"{s.stem}{suffix}").is_dir()]
+    missing = [s for s in report.sections if s not in ran]
+    parts = [f"# {report.title} reproduced{' (smoke preset: toy size, not the published protocol)' if smoke else ''}\n",
+             f"This report holds §{', §'.join(s.number for s in ran) or ' none'}"
+             + (f"; §{', §'.join(s.number for s in missing)} have not run here and are left out" if missing else "")
+             + ". Each section: the protocol (flags), the choices made where the source is ambiguous, our numbers "
+             "beside the report's with their difference and verdict, tables (mean ± std across seeds) and figures.\n",
+             verdict_markdown(report, ev)]
+    parts += [section_markdown(s, root / f"{s.stem}{suffix}", report_dir, times.get(s.number), ev, config_figures)
+              for s in ran]
     report_dir.mkdir(parents=True, exist_ok=True)
     tmp = report_dir / ".report.md.tmp"
     tmp.write_text("\n".join(parts))
-    tmp.replace(report_dir / "report.md")
-    print(f"\nreport: {report_dir / 'report.md'}  ({', '.join(f'§{k} {v:.0f} s' for k, v in times.items())})")
+    return tmp.replace(report_dir / "report.md")
 
 
 if __name__ == "__main__":
