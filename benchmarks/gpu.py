@@ -1,7 +1,7 @@
 """Every GPU measurement in one command: the engine benchmark (every convolution implementation,
 fp32 and bf16, 25 and 100 runs; every layout), the PyTorch reference with all its variants, and
 the seeds/000 §1.1 sweep end to end in fp32 and in bf16 (its test accuracies side by side), and
-on request the layer equality tests on the device, a report at full protocol (`report_seed001`
+on request the layer equality tests on the device, a report at full protocol (`report_seed000`
 … `report_seed004`: `experiments.reproduce`, its studies packed into OUT_DIR/<part>.tar.gz) or an
 instrument study at its full preset (`sharpness`, `sharpness_gd`, `connectivity`,
 `connectivity_convnet`: packed the same way, figures included); one JSONL record and a Markdown
@@ -135,7 +135,7 @@ PARTS: dict[str, tuple[Callable[[argparse.Namespace], list[str]], int]] = {
     "engine_layouts": (_engine_layouts, 90),
     "tests": (_tests, 150),
     # The reports at full protocol (issues 9 and 10): one per call, each packed into OUT/<part>.tar.gz
-    **{f"report_{r}": (_report(r), 540) for r in ("seed001", "seed002", "seed003", "seed004")},
+    **{f"report_{r}": (_report(r), 540) for r in ("seed000", "seed001", "seed002", "seed003", "seed004")},
     # issue 19's instrument studies at their full presets, each packed into OUT/<part>.tar.gz
     "sharpness": (_study("sharpness", "sharpness"), 540),
     "sharpness_gd": (_study("sharpness", "sharpness_gd"), 540),

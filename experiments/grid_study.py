@@ -97,7 +97,7 @@ def config_rows(records: list[dict]) -> list[dict]:
                      "dropout": c["dropout"], "noise_std": c["noise_std"], "salt_pepper": c["salt_pepper"],
                      "lr": c["lr"], "values": {n: c.get(n) or 0 for n in AXES},
                      "n_runs": len(group), "n_at_chance": sum(map(run_record.at_chance, done)),
-                     "n_blew_up": sum(map(run_record.failed, done)),
+                     "n_blew_up": sum(map(run_record.blew_up, done)),
                      "n_diverged": sum(r["status"] == "diverged" for r in group),
                      "train_acc": summary.statistics(train),
                      "best_train_acc": summary.finite_statistics([_best(r, "train_eval_acc", "train_acc") for r in done]),
@@ -134,8 +134,8 @@ def configs_markdown(rows: list[dict], title: str) -> str:
     lines = [f"# {title}: accuracy per configuration (mean ± std over seeds)", "",
              "Final accuracies (train: the eval-mode pass over the training split when recorded), the best "
              "training and validation accuracy of any epoch, and the seeds that ended at chance (final test "
-             "accuracy below 1/classes + 1 point: the net did not learn) or whose loss blew up (final training loss not below the "
-             "untrained loss, though no value overflowed); diverged runs (a value overflowed) count in n as not done."
+             "accuracy below 1/classes + 1 point: the net did not learn) or whose loss blew up (final training loss above the "
+             "untrained loss ×1.1, though no value overflowed); diverged runs (a value overflowed) count in n as not done."
              + (" B_simple: the gradient noise scale tr(Σ)/|G|² (McCandlish et al. 2018) of the first and the last "
                 "epoch, the batch size above which larger batches stop paying in steps." if noise else ""), "",
              "| config | hidden layers | norm | λ | init | dropout | noise σ / s&p | train acc (%) | val acc (%) | "

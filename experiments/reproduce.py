@@ -13,7 +13,6 @@ pipeline at toy size (the *_smoke flagfiles).
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import signal
 import subprocess

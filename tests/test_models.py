@@ -144,3 +144,48 @@ def test_convnet_dropout_acts_on_the_flattened_conv_features_too():
 def test_model_options_refuse_what_the_model_cannot_take(kwargs, message):
     with pytest.raises(models.ConfigError, match=message):
         models.ModelConfig(**kwargs)
+
+
+def _train_logits(cfg, variables, x, rate, seed=1):
+    out, _ = models.build(cfg).apply(variables, x, train=True, dropout_rate=rate, rngs={"dropout": jax.random.PRNGKey(seed)},
+                                     mutable=["batch_stats"])
+    return out
+
+
+def test_unscaled_dropout_zeroes_without_rescaling_in_training_or_at_test():
+    x = jnp.ones((4, 1000))
+    kept = models.dropout(x, 0.5, jax.random.PRNGKey(0), "unscaled")
+    inverted = models.dropout(x, 0.5, jax.random.PRNGKey(0))
+    assert set(np.unique(kept).tolist()) == {0.0, 1.0} and set(np.unique(inverted).tolist()) == {0.0, 2.0}
+    assert np.array_equal(np.asarray(kept) > 0, np.asarray(inverted) > 0)  # the same mask
+
+
+def test_dropout_before_the_norm_is_the_same_net_without_a_norm_and_a_different_one_with_it():
+    """ReLU commutes with the mask (and its 1/(1 - p)), so without a normalisation the two places
+    give the same outputs for the same key; with batch norm the statistics see the dropped units."""
+    x = jax.random.normal(jax.random.PRNGKey(3), (16, 8, 8, 3))
+    for norm, same in (("none", True), ("batch", False)):
+        cfgs = [models.ModelConfig("mlp", hidden=(20, 10), norm=norm, init="he", use_dropout=True, dropout_place=p)
+                for p in models.DROPOUT_PLACES]
+        _, variables = _init(cfgs[0], (8, 8, 3))
+        a, b = (_train_logits(c, variables, x, 0.5) for c in cfgs)
+        assert np.allclose(a, b, atol=1e-5) == same, norm
+        eval_a, eval_b = (models.build(c).apply(variables, x, train=False) for c in cfgs)
+        assert np.allclose(eval_a, eval_b)  # no dropout at test time either way
+
+
+def test_norm_init_weight_scale_draws_gamma_beta_like_the_weights_and_norm_l2_penalises_them():
+    from cifar_jax import optim
+    cfg = models.ModelConfig("mlp", hidden=(400,), norm="batch", init="normal", norm_init="weight_scale")
+    _, variables = _init(cfg, (8, 8, 3))
+    params = models.scale_kernels(variables["params"], 1e-3, norm_too=True)
+    gamma, beta = params["bn_fc1"]["scale"], params["bn_fc1"]["bias"]
+    assert 0.7e-3 < float(jnp.std(gamma)) < 1.3e-3 and 0.7e-3 < float(jnp.std(beta)) < 1.3e-3
+    assert float(jnp.std(params["fc1"]["kernel"])) == pytest.approx(1e-3, rel=0.1)
+    weights = optim.l2_penalty(params)
+    assert float(optim.l2_penalty(params, norm_too=True)) == pytest.approx(
+        float(weights + jnp.sum(gamma ** 2) + jnp.sum(beta ** 2)), rel=1e-6)
+    with pytest.raises(models.ConfigError, match="norm_init=weight_scale"):
+        models.ModelConfig("mlp", norm="batch", init="he", norm_init="weight_scale")
+    with pytest.raises(models.ConfigError, match="dropout_kind"):
+        models.ModelConfig("mlp", dropout_kind="gaussian")

@@ -165,3 +165,19 @@ def test_comparison_smoothing_adapts_to_short_runs(tmp_path, drawn):
     titles = [fig._suptitle.get_text() for fig in drawn]
     assert "moving average" not in titles[0]  # 8 epochs: no smoothing
     assert "centred 2-epoch" in titles[1] and "centred 5-epoch" in titles[2]
+
+
+def test_accuracy_against_shows_every_seed_and_puts_exploding_losses_on_a_log_axis(tmp_path, drawn):
+    """seeds/004's weight-scale panels: a final loss that explodes to 1e7 at large scales gets a log
+    axis (not a linear one up to 1.7e7), and seeds that split into learners and non-learners are
+    drawn as dots beside the mean ± std bar that would cross chance."""
+    stat = lambda values: summary.statistics(values)
+    rows = [{"config": f"init_scale={s:g}", "values": {"init_scale": s},
+             "best_train_acc": stat([0.9, 0.1] if s == 0.1 else [0.5, 0.52]),
+             "best_val_acc": stat([0.4, 0.41]), "final_train_loss": stat([loss, loss * 1.1])}
+            for s, loss in ((1e-3, 2.3), (1e-2, 1.0), (1e-1, 1.5), (1.0, 1.7e7))]
+    plots.accuracy_against(rows, "init_scale", tmp_path / "best.png", "weight scale", panels=plots.BEST_PANELS)
+    train_ax, _, loss_ax = drawn[0].axes[:3]
+    assert loss_ax.get_yscale() == "log" and train_ax.get_yscale() == "linear" and train_ax.get_xscale() == "log"
+    dots = np.concatenate([c.get_offsets() for c in train_ax.collections if len(c.get_offsets()) == 8])
+    assert sorted(dots[:, 1].round(1).tolist()) == [10.0, 50.0, 50.0, 50.0, 52.0, 52.0, 52.0, 90.0]
