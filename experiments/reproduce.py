@@ -29,19 +29,22 @@ from experiments import claims, verdicts
 @dataclasses.dataclass(frozen=True)
 class Published:
     """One table of a source report's numbers: what it is, the part of the study it is compared
-    with ("" for the study's own runs) and its accuracies (%) per configuration: (train, val, test),
-    None where not given."""
+    with ("" for the study's own runs), its accuracies (%) per configuration: (train, val, test),
+    None where not given, and whether the verdict summary counts it (not when it repeats numbers
+    beside a variant of ours: another init, our own λ, a probe)."""
 
     label: str
     part: str
     numbers: dict[str, tuple[float | None, float | None, float | None]]
+    counted: bool = True  # False: the same numbers again beside a variant of ours (not counted in the summary)
 
 
 @dataclasses.dataclass(frozen=True)
 class Section:
     """One study of a report: its number, title, experiment module and flagfile / study name stem,
     the source's published tables, the sizes of the source's train / val / test sets (for the
-    tolerance of its numbers), and the protocol choices made where the source is ambiguous."""
+    tolerance of its numbers), the protocol choices made where the source is ambiguous, and what
+    the full-protocol run showed where words must say it (a probe's conclusion)."""
 
     number: str
     title: str
@@ -50,6 +53,7 @@ class Section:
     published: tuple[Published, ...] = ()
     n_source: tuple[int, int, int] = (45_000, 5_000, 10_000)
     choices: str = ""
+    findings: str = ""  # what a run at full protocol showed, in words (a probe's conclusion)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +78,11 @@ CONFIG_FIGURES = ("curves_", "cost_")
 
 def _section(s: dict) -> Section:
     published = tuple(Published(t["label"], t.get("part", ""),
-                                {k: tuple(None if x < 0 else x for x in v) for k, v in t["numbers"].items()})
+                                {k: tuple(None if x < 0 else x for x in v) for k, v in t["numbers"].items()},
+                                t.get("counted", True))
                       for t in s.get("published", []))
     return Section(s["number"], s["title"], s["module"], s["stem"], published,
-                   tuple(s.get("n_source", Section.n_source)), s.get("choices", "").strip())
+                   tuple(s.get("n_source", Section.n_source)), s.get("choices", "").strip(), s.get("findings", "").strip())
 
 
 def load_reports(path: Path = Path(__file__).with_name("reports.toml")) -> dict[str, Report]:
@@ -173,12 +178,12 @@ def protocol(study: Path) -> str:
 
 def published_tables(section: Section, ev: verdicts.Evidence) -> tuple[str, list[dict]]:
     """Ours (mean ± std over seeds; train in eval mode where recorded) beside each published table,
-    with Δ, tolerance and verdict; and every row for the summary."""
+    with Δ, tolerance and verdict; and the rows the verdict summary counts."""
     out, every = [], []
     for table in section.published:
         study = f"{section.stem}/{table.part}" if table.part else section.stem
         rows = verdicts.published_rows(ev, study, table.numbers, section.n_source)
-        every += rows
+        every += rows if table.counted else []
         where = f" (our part `{table.part}`)" if table.part else ""
         out += [f"#### {table.label}{where}\n", verdicts.published_markdown(rows)]
     return "\n".join(out), every
@@ -189,12 +194,14 @@ def section_markdown(section: Section, study: Path, report_dir: Path, seconds: f
     """One report section: protocol, the choices made, ours against the published numbers, tables
     and figures (copied beside the report)."""
     when = f"; this invocation took {seconds:.0f} s (finished runs are reused)" if seconds else ""
-    out = [f"## §{section.number} {section.title}\n", f"Study directory: `<results_dir>/{study.name}`{when}\n",
-           "### Protocol\n" + protocol(study)]
+    out = [f"## §{section.number} {section.title}\n", f"Study directory: `<results_dir>/{study.name}`{when}\n"]
+    out += ["### Protocol\n" + protocol(study)] if protocol(study) else []
     if section.choices:
         out.append("### Protocol choices\n\n" + section.choices + "\n")
     if section.published:
         out.append("### Ours against the report\n\n" + published_tables(section, ev)[0])
+    if section.findings:
+        out.append("### What the full-protocol run shows\n\n" + section.findings + "\n")
     for name in TABLES:
         if (study / name).exists():
             text = (study / name).read_text().strip()  # its headings go three levels down, under the section's
@@ -228,7 +235,9 @@ def verdict_markdown(report: Report, ev: verdicts.Evidence) -> str:
                    f"The tolerance of a published accuracy p (%) is {report.margin:g} point(s) + 2·√(s² + p(100 − p)/N): "
                    f"{report.margin_why} s is our standard deviation across seeds (a single run of the source "
                    "spreads as much) and N the size of the set the source measured on (its own draw of a "
-                   "validation or test set adds binomial error). Δ is ours − published.\n")
+                   "validation or test set adds binomial error). Δ is ours − published. The same numbers beside "
+                   "variants of ours (another init, our own λ, the probes) are judged in their sections and not "
+                   "counted here.\n")
     else:
         out.append("The source report publishes no accuracy table; its claims are judged below.\n")
     out.append(f"**Claims of the report's text: {tally[verdicts.HOLDS]} hold, {tally[verdicts.FAILS]} do not, "
@@ -261,6 +270,7 @@ def write_report(report: Report, root: Path, report_dir: Path, times: dict[str, 
     """report.md from the study directories under `root` (the *_smoke ones with `smoke`): the
     verdicts, then every section that has run (the others named at the top)."""
     suffix = "_smoke" if smoke else ""
+    shutil.rmtree(report_dir / "figures", ignore_errors=True)  # copies of the studies' figures, made anew
     ev = verdicts.Evidence.load(root, [s.stem for s in report.sections], suffix, report.margin)
     ran = [s for s in report.sections if (root / f"{s.stem}{suffix}").is_dir()]
     missing = [s for s in report.sections if s not in ran]

@@ -177,8 +177,7 @@ def greater(a: Ref, b: Ref, metric: str, margin: float = 0.0) -> Rule:
     def rule(ev: Evidence) -> Finding:
         x, y = ev.mean(*a, metric), ev.mean(*b, metric)
         return Finding(x - y > margin, f"{metric}: {a[1]} {_fmt(metric, x)} against {b[1]} {_fmt(metric, y)}"
-                                       f" (Δ {100 * (x - y) if summary.is_percent(metric) else x - y:+.2f}"
-                                       f"{' points' if summary.is_percent(metric) else ''})")
+                                       f" (Δ {f'{100 * (x - y):+.2f} points' if summary.is_percent(metric) else f'{x - y:+.4g}'})")
     return _decide(rule)
 
 
