@@ -245,16 +245,13 @@ def failed(record: dict) -> bool:
     return record["status"] == "diverged" or not np.isfinite(loss) or not loss < reference
 
 
-BLOW_UP = 1.1  # "blew up": a finished run's last training loss above its untrained loss by more than 10%
-
-
-def blew_up(record: dict) -> bool:
+def worse_than_uniform(record: dict) -> bool:
     """A run trained to the end (no value overflowed) whose last training loss is not finite or
-    grew beyond its untrained loss (validation, else test) ×1.1: e.g. seeds/004's nets without
-    batch norm at weight scale ≥ 0.4, which end near 10⁷."""
+    above 1.1·ln(classes), a uniform guess's loss: confidently wrong, as a run that blew up or one
+    that started at a huge weight scale (seeds/004's nets without batch norm at scale ≥ 0.2 end
+    at losses up to 10⁷, down from 10⁸)."""
     loss = last(record, "train_loss")
-    reference = (untrained(record, "val") or untrained(record, "test") or {}).get("loss", float("nan"))
-    return record["status"] == "done" and (not np.isfinite(loss) or loss > BLOW_UP * reference)
+    return record["status"] == "done" and not loss <= 1.1 * math.log(record["config"]["model"]["num_classes"])
 
 
 CHANCE_MARGIN = 0.01  # "at chance": final accuracy below 1/classes + this (a stuck net predicts ~one class)

@@ -97,7 +97,7 @@ def config_rows(records: list[dict]) -> list[dict]:
                      "dropout": c["dropout"], "noise_std": c["noise_std"], "salt_pepper": c["salt_pepper"],
                      "lr": c["lr"], "values": {n: c.get(n) or 0 for n in AXES},
                      "n_runs": len(group), "n_at_chance": sum(map(run_record.at_chance, done)),
-                     "n_blew_up": sum(map(run_record.blew_up, done)),
+                     "n_above_uniform": sum(map(run_record.worse_than_uniform, done)),
                      "n_diverged": sum(r["status"] == "diverged" for r in group),
                      "train_acc": summary.statistics(train),
                      "best_train_acc": summary.finite_statistics([_best(r, "train_eval_acc", "train_acc") for r in done]),
@@ -134,13 +134,14 @@ def configs_markdown(rows: list[dict], title: str) -> str:
     lines = [f"# {title}: accuracy per configuration (mean ± std over seeds)", "",
              "Final accuracies (train: the eval-mode pass over the training split when recorded), the best "
              "training and validation accuracy of any epoch, and the seeds that ended at chance (final test "
-             "accuracy below 1/classes + 1 point: the net did not learn) or whose loss blew up (final training loss above the "
-             "untrained loss ×1.1, though no value overflowed); diverged runs (a value overflowed) count in n as not done."
+             "accuracy below 1/classes + 1 point: the net did not learn) or whose final training loss is above 1.1·ln(classes), "
+             "worse than a uniform guess (it blew up, or started at a huge weight scale and is still far off); diverged "
+             "runs (a value overflowed) count in n as not done."
              + (" B_simple: the gradient noise scale tr(Σ)/|G|² (McCandlish et al. 2018) of the first and the last "
                 "epoch, the batch size above which larger batches stop paying in steps." if noise else ""), "",
              "| config | hidden layers | norm | λ | init | dropout | noise σ / s&p | train acc (%) | val acc (%) | "
              "test acc (%) | best train (%) | best val (%) | s/epoch per run | loss noise | "
-             + ("B_simple first → last | " if noise else "") + "at chance | blew up | n |",
+             + ("B_simple first → last | " if noise else "") + "at chance | loss > uniform | n |",
              "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if noise else "")
              + "---:|---:|:---|"]
     for r in rows:
@@ -149,7 +150,7 @@ def configs_markdown(rows: list[dict], title: str) -> str:
                                                          "best_val_acc")]
         cells += [_plain(r["run_seconds"], 2), _plain(r["loss_noise"], 3)]
         cells += [f"{_plain(r['b_simple_first'], 0)} → {_plain(r['b_simple_last'], 0)}"] if noise else []
-        cells += [f"{r['n_at_chance']}/{r['test_acc']['n']}", f"{r['n_blew_up']}/{r['test_acc']['n']}"]
+        cells += [f"{r['n_at_chance']}/{r['test_acc']['n']}", f"{r['n_above_uniform']}/{r['test_acc']['n']}"]
         lines.append(f"| {r['config']} | ({hidden}) | {r['norm']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
                      f"{r['noise_std']:g} / {r['salt_pepper']:g} | " + " | ".join(cells)
                      + f" | {r['test_acc']['n']}/{r['n_runs']}" + (f", {r['n_diverged']} diverged" if r["n_diverged"] else "")

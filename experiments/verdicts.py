@@ -274,13 +274,17 @@ def trend(study: str, configs: Sequence[str], metric: str, rising: bool, min_rho
     return _decide(rule)
 
 
+def _several(names: Sequence[str]) -> str:
+    return ", ".join(names) if len(names) <= 3 else f"the {len(names)} configurations {names[0]} … {names[-1]}"
+
+
 def spread(study: str, a: Sequence[str], b: Sequence[str], metric: str) -> Rule:
     """The range (max − min) of `metric` over configurations `a` is smaller than over `b`."""
     def rule(ev: Evidence) -> Finding:
         ra, rb = ([ev.mean(study, c, metric) for c in group] for group in (a, b))
         width = lambda xs: max(xs) - min(xs)
-        return Finding(width(ra) < width(rb), f"{metric} range {_fmt(metric, width(ra))} over {', '.join(a)} "
-                                              f"against {_fmt(metric, width(rb))} over {', '.join(b)}")
+        return Finding(width(ra) < width(rb), f"{metric} range {_fmt(metric, width(ra))} over {_several(a)} "
+                                              f"against {_fmt(metric, width(rb))} over {_several(b)}")
     return _decide(rule)
 
 

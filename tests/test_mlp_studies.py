@@ -97,11 +97,12 @@ def test_seeds_at_chance_are_counted_per_configuration():
     assert [run_record.at_chance(r) for r in recs] == [True, False, True, True, False]
     assert [run_record.failed(r) for r in recs] == [True, False, True, True, True]  # stuck runs end at ln 10
     (row,) = grid_study.config_rows(recs)
-    assert row["n_at_chance"] == 3 and row["test_acc"]["n"] == 4 and row["n_blew_up"] == 0
+    assert row["n_at_chance"] == 3 and row["test_acc"]["n"] == 4 and row["n_above_uniform"] == 0
     assert "| 3/4 | 0/4 | 4/5, 1 diverged |" in grid_study.configs_markdown([row], "T")
     exploded = _mlp_run(5, 0.13)
     exploded["epochs"][-1]["train_loss"] = 1.7e7  # seeds/004 at weight scale 1: no overflow, a huge loss
-    assert run_record.blew_up(exploded) and not run_record.blew_up(recs[0]) and not run_record.blew_up(recs[4])
+    assert run_record.worse_than_uniform(exploded)
+    assert not any(map(run_record.worse_than_uniform, recs))  # stuck at ln 10, learned, or diverged
     (row,) = grid_study.config_rows([exploded, recs[1]])
     assert "| 0/2 | 1/2 | 2/2 |" in grid_study.configs_markdown([row], "T")
     without_val = {**recs[1], "epochs": [{"epoch": 1, "train_loss": 1.5}], "untrained": {"test": {"loss": 2.3}}}
