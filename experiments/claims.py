@@ -15,6 +15,7 @@ FINE_TUNE = tuple(f"fine_tune,lr={lr}" for lr in ("1e-05", "0.0001", "0.001", "0
 PROBE = tuple(f"linear_probe,lr={lr}" for lr in ("1e-05", "0.0001", "0.001", "0.01", "0.1"))
 SCRATCH = tuple(f"scratch,lr={lr}" for lr in ("1e-05", "0.0001", "0.001", "0.01", "0.1"))
 LADDER = "seed001_ladder"
+SCALED = tuple(f"batch_size={b},lr={0.01 * b / 64:g}" for b in (1, 4, 16, 64, 256, 1024))  # seed003_batch_size_scaled
 
 CLAIMS: dict[str, tuple[Claim, ...]] = {
     "seed000": (
@@ -110,6 +111,9 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
         Claim("batch_noise", "6.1.4", "Larger batches give a less noisy loss curve",
               trend("seed003_batch_size", [f"batch_size={b}" for b in (1, 4, 16, 64, 256, 1024)], "loss_noise",
                     rising=False)),
+        Claim("batch_accuracy_scaled", "6.1.4b", "Larger batches give better test accuracy also at an LR scaled with "
+              "the batch (not the source's test: whether the batch size or the number of steps decides)",
+              trend("seed003_batch_size_scaled", SCALED, "test_acc", rising=True)),
         Claim("grid_best", "6.2", "6 hidden layers of 32 is the best net by validation accuracy (the report: 93.98%)",
               best("seed003_grid", "val_acc", "hidden=32-32-32-32-32-32")),
         Claim("grid_worst", "6.2", "10 hidden layers of 16 is the worst net by validation accuracy (89.49%)",

@@ -156,6 +156,8 @@ CASES = {
                        values("seed003_bn", "final_train", {"norm=batch": 0.7, "norm=none": 0.6})),
     "batch_accuracy": (values("seed003_batch_size", "test", rising(BATCH3)),
                        values("seed003_batch_size", "test", rising(BATCH3[::-1]))),
+    "batch_accuracy_scaled": (values("seed003_batch_size_scaled", "test", rising(claims.SCALED)),
+                              values("seed003_batch_size_scaled", "test", rising(claims.SCALED[::-1]))),
     "batch_speed": (values("seed003_batch_size", "seconds", rising(BATCH3[::-1], 1, 60)),
                     values("seed003_batch_size", "seconds", rising(BATCH3, 1, 60))),
     "batch_noise": (values("seed003_batch_size", "noise", rising(BATCH3[::-1], 0.01, 0.5)),
