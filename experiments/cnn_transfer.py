@@ -330,7 +330,7 @@ def config_rows(records: list[dict]) -> list[dict]:
 def published() -> dict[tuple[str, float], tuple[float | None, ...]]:
     """The report's (train, val, test) accuracy (fractions) per (baseline, LR), from reports.toml."""
     sections = [s for report in reproduce.REPORTS.values() for s in report.sections if s.module == "cnn_transfer"]
-    numbers = sections[0].published if sections else {}
+    numbers = {k: v for table in (sections[0].published if sections else ()) for k, v in table.numbers.items()}
     return {(baseline_of(k), float(k.split("lr=")[1].split(",")[0])): tuple(None if x is None else x / 100 for x in v)
             for k, v in numbers.items() if "lr=" in k}
 
