@@ -206,6 +206,21 @@ def curve(record: dict, key: str) -> np.ndarray:
     return arr
 
 
+def later_mean(record: dict, key: str) -> float:
+    """The mean of `key` over the epochs after the first (which carries one-off costs), else the first."""
+    values = curve(record, key)
+    return float(np.nanmean(values[1:] if len(values) > 1 else values)) if np.isfinite(values).any() else float("nan")
+
+
+def best(record: dict, *keys: str) -> float:
+    """The highest per-epoch value of the first of `keys` the record has (NaN when none)."""
+    for key in keys:
+        values = curve(record, key)
+        if np.isfinite(values).any():
+            return float(np.nanmax(values))
+    return float("nan")
+
+
 def cost_curve(record: dict, prefix: str) -> np.ndarray:
     """The training cost per epoch, loss + λ·ΣW², of "train", "train_eval" or "val" (λ: the run's l2)."""
     return curve(record, f"{prefix}_loss") + float(record["config"].get("l2", 0.0)) * curve(record, "l2_penalty")

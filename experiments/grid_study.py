@@ -100,10 +100,10 @@ def config_rows(records: list[dict]) -> list[dict]:
                      "n_above_uniform": sum(map(run_record.worse_than_uniform, done)),
                      "n_diverged": sum(r["status"] == "diverged" for r in group),
                      "train_acc": summary.statistics(train),
-                     "best_train_acc": summary.finite_statistics([_best(r, "train_eval_acc", "train_acc") for r in done]),
-                     "best_val_acc": summary.finite_statistics([_best(r, "val_acc") for r in done]),
+                     "best_train_acc": summary.finite_statistics([run_record.best(r, "train_eval_acc", "train_acc") for r in done]),
+                     "best_val_acc": summary.finite_statistics([run_record.best(r, "val_acc") for r in done]),
                      "final_train_loss": summary.finite_statistics([run_record.last(r, "train_loss") for r in done]),
-                     "run_seconds": summary.finite_statistics([_later_mean(r, "run_seconds") for r in done]),
+                     "run_seconds": summary.finite_statistics([run_record.later_mean(r, "run_seconds") for r in done]),
                      "loss_noise": summary.finite_statistics([run_record.last(r, "loss_noise") for r in done]),
                      "b_simple_first": summary.finite_statistics([run_record.curve(r, "b_simple")[0] for r in done
                                                                   if len(run_record.curve(r, "b_simple"))]),
@@ -111,21 +111,6 @@ def config_rows(records: list[dict]) -> list[dict]:
                      **{f"{s}_acc": summary.finite_statistics([run_record.final(r, s)["acc"] for r in done
                                                    if run_record.final(r, s)]) for s in ("val", "test")}})
     return rows
-
-
-def _later_mean(record: dict, key: str) -> float:
-    """The mean of `key` over the epochs after the first (which carries one-off costs), else the first."""
-    values = run_record.curve(record, key)
-    return float(np.nanmean(values[1:] if len(values) > 1 else values)) if np.isfinite(values).any() else float("nan")
-
-
-def _best(record: dict, *keys: str) -> float:
-    """The highest per-epoch value of the first of `keys` the record has (NaN when none)."""
-    for key in keys:
-        values = run_record.curve(record, key)
-        if np.isfinite(values).any():
-            return float(np.nanmax(values))
-    return float("nan")
 
 
 def configs_markdown(rows: list[dict], title: str) -> str:

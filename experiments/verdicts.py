@@ -94,11 +94,6 @@ class Evidence:
         return stat["mean"]
 
 
-def _later_mean(record: dict, key: str) -> float:
-    values = run_record.curve(record, key)
-    return float(np.nanmean(values[1:] if len(values) > 1 else values)) if np.isfinite(values).any() else math.nan
-
-
 def _wobble(record: dict) -> float:
     """The validation accuracy's spread (std) over the last quarter of the epochs."""
     values = run_record.curve(record, "val_acc")
@@ -109,18 +104,12 @@ def _train_acc(record: dict) -> float:
     return (run_record.final(record, "train") or {}).get("acc", run_record.last(record, "train_acc"))
 
 
-def _best_train(record: dict) -> float:
-    curves = [run_record.curve(record, k) for k in ("train_eval_acc", "train_acc")]
-    values = np.concatenate([c for c in curves if np.isfinite(c).any()] or [np.array([math.nan])])
-    return float(np.nanmax(values)) if np.isfinite(values).any() else math.nan
-
-
 # The metrics a rule reads, per run: the summary's (test_acc, val_loss, untrained_val_acc, ...) and these.
 METRICS: dict[str, Callable[[dict], float]] = {
     "train_acc": _train_acc,  # the eval-mode pass over the training split when recorded, else the last epoch's
     "gap": lambda r: _train_acc(r) - run_record.last(r, "val_acc"),  # train − validation accuracy
-    "best_train_acc": _best_train,
-    "run_seconds": lambda r: _later_mean(r, "run_seconds"),  # training seconds per epoch and run, first epoch left out
+    "best_train_acc": lambda r: run_record.best(r, "train_eval_acc", "train_acc"),  # as configs.md's
+    "run_seconds": lambda r: run_record.later_mean(r, "run_seconds"),  # training seconds per epoch and run, first epoch left out
     "loss_noise": lambda r: run_record.last(r, "loss_noise"),
     "val_wobble": _wobble,
     "val_cost": lambda r: float(run_record.cost_curve(r, "val")[-1]) if r.get("epochs") else math.nan,  # loss + λ·ΣW²
