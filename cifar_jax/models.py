@@ -89,11 +89,13 @@ NORMS: dict[str, Callable[[bool, Any, str, tuple], nn.Module] | None] = {
     "layer": lambda train, dtype, name, inits: nn.LayerNorm(
         epsilon=1e-5, dtype=dtype, scale_init=inits[0], bias_init=inits[1], name=f"ln_{name}"),
 }
-# name → the normalisation's (γ, β) init. weight_scale: N(0, 1), scaled per run by init_scale like the
-# weights (`scale_kernels`), a probe of seeds/002's small-σ batch-norm nets.
+# name → the normalisation's (γ, β) init, before `scale_kernels` multiplies the scaled ones by the
+# run's init_scale σ like the weights: probes of seeds/002's small-σ batch-norm nets.
+# weight_scale: γ, β ~ N(0, σ²), drawn like the weights; sigma: γ = σ, β = 0.
 NORM_INITS: dict[str, tuple[Any, Any]] = {
     "ones": (nn.initializers.ones, nn.initializers.zeros),
     "weight_scale": (nn.initializers.normal(1.0), nn.initializers.normal(1.0)),
+    "sigma": (nn.initializers.ones, nn.initializers.zeros),
 }
 # Dropout: inverted (kept units scaled by 1/(1 - rate) in training) or unscaled (zeroed, nothing
 # rescaled, in training or at test time: the test-time net sees larger activations than training).
@@ -207,8 +209,8 @@ class ModelConfig:
         lookup(dict.fromkeys(DROPOUTS), self.dropout_kind, "dropout_kind")
         lookup(dict.fromkeys(DROPOUT_PLACES), self.dropout_place, "dropout_place")
         lookup(NORM_INITS, self.norm_init, "norm_init")
-        if self.norm_init == "weight_scale" and self.init != "normal":
-            raise ConfigError(f"--norm_init=weight_scale draws γ, β with --init=normal's σ; --init={self.init} has none")
+        if self.norm_init != "ones" and self.init != "normal":
+            raise ConfigError(f"--norm_init={self.norm_init} scales γ, β by --init=normal's σ; --init={self.init} has none")
 
 
 # ModelConfig fields that only a probe sets: left out of a run's stored config at their defaults

@@ -132,7 +132,7 @@ GROUP_OPTIONS: dict[str, GroupOption] = {o.name: o for o in (
     GroupOption("dropout_place", "after_relu", "choice", "Where a hidden dense layer's dropout acts: after its ReLU, "
                 "or before its normalisation (the batch statistics see the dropped units)", models.DROPOUT_PLACES),
     GroupOption("norm_init", "ones", "choice", "Initial γ, β of the normalisation (ones: γ = 1, β = 0; weight_scale: "
-                "drawn N(0, σ²) like the weights, with --init=normal's σ)", tuple(models.NORM_INITS)),
+                "drawn N(0, σ²) like the weights; sigma: γ = σ, β = 0; both with --init=normal's σ)", tuple(models.NORM_INITS)),
     GroupOption("norm_l2", "false", "bool", "The L2 penalty λ·Σθ² also covers the normalisation's γ and β"),
     GroupOption("optimizer", "sgd", "choice", "Optimiser", tuple(optim.OPTIMIZERS)),
     GroupOption("batch_size", "64", "int", "Training batch size (an epoch's last partial batch is dropped)", low=1),

@@ -131,7 +131,7 @@ def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, 
     variables = spec.net.init(_run_key(hp, 0, "init_seed"), jnp.zeros((1, *image_shape)), train=False)
     params = variables["params"]
     if spec.model.init == "normal":
-        params = models.scale_kernels(params, hp["init_scale"], spec.model.norm_init == "weight_scale")
+        params = models.scale_kernels(params, hp["init_scale"], spec.model.norm_init != "ones")
     opt_state = _optimizer(spec, 0.0, hp, params).init(params)
     n_tensors = len(jax.tree_util.tree_leaves(params)) if spec.grad_stats else 0
     probes = {}

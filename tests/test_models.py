@@ -1,4 +1,6 @@
 """Models: parameter counts, layer tables, dropout semantics, train/eval mode."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,6 +187,9 @@ def test_norm_init_weight_scale_draws_gamma_beta_like_the_weights_and_norm_l2_pe
     weights = optim.l2_penalty(params)
     assert float(optim.l2_penalty(params, norm_too=True)) == pytest.approx(
         float(weights + jnp.sum(gamma ** 2) + jnp.sum(beta ** 2)), rel=1e-6)
+    _, variables = _init(dataclasses.replace(cfg, norm_init="sigma"), (8, 8, 3))
+    params = models.scale_kernels(variables["params"], 1e-3, norm_too=True)
+    assert np.allclose(params["bn_fc1"]["scale"], 1e-3) and np.allclose(params["bn_fc1"]["bias"], 0.0)
     with pytest.raises(models.ConfigError, match="norm_init=weight_scale"):
         models.ModelConfig("mlp", norm="batch", init="he", norm_init="weight_scale")
     with pytest.raises(models.ConfigError, match="dropout_kind"):
