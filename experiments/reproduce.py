@@ -276,7 +276,8 @@ def write_report(report: Report, root: Path, report_dir: Path, times: dict[str, 
     missing = [s for s in report.sections if s not in ran]
     parts = [f"# {report.title} reproduced{' (smoke preset: toy size, not the published protocol)' if smoke else ''}\n",
              f"This report holds §{', §'.join(s.number for s in ran) or ' none'}"
-             + (f"; §{', §'.join(s.number for s in missing)} have not run here and are left out" if missing else "")
+             + (f"; §{', §'.join(s.number for s in missing)} {('has', 'have')[len(missing) > 1]} not run here and "
+                f"{('is', 'are')[len(missing) > 1]} left out" if missing else "")
              + ". Each section: the protocol (flags), the choices made where the source is ambiguous, our numbers "
              "beside the report's with their difference and verdict, tables (mean ± std across seeds) and figures.\n",
              verdict_markdown(report, ev)]

@@ -57,7 +57,7 @@ def test_report_opens_with_verdicts_and_leaves_out_sections_that_did_not_run(tmp
     path = rep.write_report(report, tmp_path, tmp_path / "out", {})
     text = path.read_text()
     assert text.index("## Verdicts") < text.index("## §1 Nets")
-    assert "§2 have not run here and are left out" in text and "## §2" not in text and "Not run" not in text
+    assert "§2 has not run here and is left out" in text and "## §2" not in text and "Not run" not in text
     assert "**Published numbers: 2 of 4 within tolerance**, 1 outside, 1 not run" in text  # b's test: 45 vs 40
     assert "**Claims of the report's text: 1 hold, 0 do not, 0 not run.**" in text
     assert "| 1 | a beats b | ✓ holds | test_acc: a 53.00% against b 45.00% (Δ +8.00 points) |" in text
