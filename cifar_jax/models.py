@@ -138,13 +138,13 @@ class Net(nn.Module):
         normalise = NORMS[self.norm]
         drop = lambda x: dropout(x, dropout_rate, self.make_rng("dropout"), self.dropout_kind) \
             if self.use_dropout and train else x
+        early = self.dropout_place == "before_norm"
         n_conv = n_fc = 0
         for i, layer in enumerate(self.layers):
             kind = layer[0]
             if kind == "pool":
                 x = max_pool(x, layer[1], self.pool)
                 continue
-            early = self.dropout_place == "before_norm"
             if kind == "dropout":
                 if not (early and i and self.layers[i - 1][0] == "dense"):  # else it acted before the norm
                     x = drop(x)
@@ -214,7 +214,8 @@ class ModelConfig:
 
 
 # ModelConfig fields that only a probe sets: left out of a run's stored config at their defaults
-PROBE_FIELDS = {"dropout_kind": "inverted", "dropout_place": "after_relu", "norm_init": "ones", "norm_l2": False}
+PROBE_FIELDS = {f.name: f.default for f in dataclasses.fields(ModelConfig)
+                if f.name in ("dropout_kind", "dropout_place", "norm_init", "norm_l2")}
 
 
 def layer_stack(cfg: ModelConfig) -> tuple[Layer, ...]:
@@ -239,7 +240,7 @@ def is_norm_param(path: tuple) -> bool:
 
 def scale_kernels(params: Any, scale: jax.Array, norm_too: bool = False) -> Any:
     """Multiply every weight matrix by `scale` (the per-run σ of a normal(σ) init), and with
-    `norm_too` the normalisations' γ and β (--norm_init=weight_scale)."""
+    `norm_too` the normalisations' γ and β (--norm_init other than ones)."""
     return jax.tree_util.tree_map_with_path(
         lambda path, p: p * scale if path[-1].key == "kernel" or (norm_too and is_norm_param(path)) else p, params)
 
