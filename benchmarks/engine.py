@@ -23,7 +23,7 @@ FULL = {"conv": dict(runs=25, steps_per_epoch=703, epochs=2),
 QUICK = {"conv": dict(runs=5, steps_per_epoch=2, epochs=9),
          "mlp": dict(runs=25, steps_per_epoch=25, epochs=3)}
 QUICK_IMPLS = dict(steps_per_epoch=2, epochs=3)  # --quick: the conv-implementation table
-MEASURED = tuple(name for name in engine.LAYOUTS if name != "auto")
+MEASURED = tuple(name for name in train.LAYOUTS if name != "auto")
 TABLES = ("layouts", "convs")
 SLOW = dict(runs=2, epochs=1)  # --quick on CPU: vmapped or mapped conv layouts get 2 runs, 1 timed epoch
 

@@ -1,118 +1,132 @@
-"""The core flags every experiment shares, their validation, and the run grid they describe.
+"""The core options every experiment shares, the typed `Config` they make, and its run grid.
 
-Flags are parsed by absl; `from_flags` turns them into a validated `Config` (one-line
-`ConfigError` naming the flag and what is allowed), and `grid` expands the list-valued flags
-(× seeds) into runs. Nothing here touches data or disk.
+Options are declared once (`SINGLE` here; the grid's in `options`), with an experiment's own in a
+table of the same form. `from_flags` turns parsed flags into a validated `Config` (one-line
+`ConfigError` naming the flag and what is allowed); `parse` and `build` make one in Python,
+without absl's global flags; `grid` expands the list-valued options (× seeds) into runs. Nothing
+here touches data or disk.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
-import math
 import os
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 from absl import flags
 
-from cifar_jax import engine, layers, models, options, schedules, splits, train
-from cifar_jax.registry import ConfigError, lookup
+from cifar_jax import layers, models, options, schedules, splits, train
+from cifar_jax.registry import ConfigError
 
 
-FLAGS = flags.FLAGS
+def _study_name(name: str) -> str:
+    """--name as one plain folder name, so the study stays inside --results_dir."""
+    if name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name):
+        raise ValueError("must be one folder name inside --results_dir (no '/', '\\', '.' or '..')")
+    return name
 
 
-def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Define the core flags (once per process; on `flag_values`, absl's global FLAGS by default)."""
-    if "lr" in flag_values:
-        return
-    f = SimpleNamespace(**{name: functools.partial(getattr(flags, name), flag_values=flag_values)
-                           for name in ("DEFINE_string", "DEFINE_list", "DEFINE_float", "DEFINE_integer",
-                                        "DEFINE_bool", "DEFINE_enum")})
-    f.DEFINE_string("dataset", "cifar10", "cifar10, cifar100, synthetic, or a tfds catalogue name "
-                    "(mnist, fashion_mnist, svhn_cropped, ...; needs the [tfds] extra).")
-    f.DEFINE_string("data_dir", None, "Where datasets live; default $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax.")
-    f.DEFINE_string("results_dir", "./results", "Root of the study directories.")
-    f.DEFINE_string("name", None, "Study directory name under --results_dir (default: the experiment's name).")
-    f.DEFINE_list("lr", ["0.05"], "Learning rate (α0; η_max for --schedule=cyclic); a comma list is a grid axis; "
-                  "OPTIMIZER:LR entries give each optimiser its own (--optimizer=sgd,adam --lr=sgd:0.05,adam:0.001).")
-    f.DEFINE_string("schedule", "constant", f"LR schedule: {', '.join(schedules.SCHEDULES)}.")
-    f.DEFINE_float("lr_min", 0.0, "End LR of linear/cosine; η_min of cyclic.")
-    f.DEFINE_integer("lr_batch_scale", 0, "Scale the learning rates of each --batch_size by batch_size / this "
-                     "reference batch (the linear scaling rule; e.g. 64: lr 0.01 at batch 64 is 0.16 at 1024); 0: off.")
-    f.DEFINE_string("decay_unit", "epoch", "Unit of t in the decay schedules: epoch (LR changes once per "
-                    "epoch) or step (every step).")
-    f.DEFINE_float("decay_every", 1.0, "t advances by one every this many decay units (step schedule: 10 = every 10 epochs).")
-    f.DEFINE_integer("half_cycle", 0, "n_s of the cyclic schedule, in steps (0: 5 epochs' worth, as in seeds/002).")
-    f.DEFINE_list("seeds", ["5"], "A count n (seeds 0..n-1) or a comma list of seeds.")
-    f.DEFINE_list("init_seed", [], "Seed of the weight initialisation, apart from the run seed (empty: the run "
-                  "seed); a comma list is a grid axis.")
-    f.DEFINE_list("order_seed", [], "Seed of the data order, augmentation and input noise, apart from the run seed "
-                  "(which keeps dropout; empty: the run seed); a comma list is a grid axis.")
-    f.DEFINE_string("classes", "", "Train on a class subset, relabelled: the new classes in order, comma "
-                    "separated, each a source class or several joined by '+' (names or indices), e.g. cat,dog or "
-                    "airplane+ship,cat+dog ('': every class as it is).")
-    f.DEFINE_integer("test_size", 0, "Evaluate on this many test images drawn with --split_seed (0: the whole "
-                     "test set).")
-    f.DEFINE_string("split", "45000/5000", "train/validation sizes drawn from the official training set; "
-                    "append :swap to exchange them (transfer studies).")
-    f.DEFINE_integer("split_seed", 0, "Seed of the train/validation split (shared by every run).")
-    for g in options.GROUP_OPTIONS.values():
-        f.DEFINE_list(g.name, g.default.split(","), g.flag_help)
-    f.DEFINE_string("normalization", "per_channel", f"Input standardisation: {', '.join(splits.NORMALIZATIONS)} "
-                    "(statistics from the training split only; zca: ZCA whitening, see --zca_epsilon).")
-    f.DEFINE_float("zca_epsilon", splits.ZCA_EPSILON, "ε added to the covariance eigenvalues by "
-                   "--normalization=zca, in x/255 units (CIFAR-10's mean eigenvalue is ≈ 0.06).")
-    for o in options.RUN_OPTIONS.values():
-        f.DEFINE_list(o.name, [f"{o.default:g}"], f"{o.help} Allowed: {o.interval}; a comma list is a grid axis.")
-    f.DEFINE_string("layout", "auto", f"How a group runs: {', '.join(engine.LAYOUTS)} (auto: the measured-fastest "
-                    "for the backend and model; every layout gives the same numbers).")
-    f.DEFINE_string("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master "
-                    "weights, loss and BN statistics).")
-    f.DEFINE_string("conv_impl", "auto", f"Convolution implementation: {', '.join(layers.CONV_IMPLS)} (auto: the "
-                    "measured-fastest for the backend and precision; cifar_jax/layers.py describes each); the same numbers "
-                    "either way.")
-    f.DEFINE_float("memory_limit_gb", 0.0, "Per-device memory a group may use before it is split into chunks "
-                   "of runs (0: 90% of an accelerator's memory; no limit on CPU).")
-    f.DEFINE_string("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory, so "
-                    "a repeated study does not recompile ('' disables).")
-    f.DEFINE_integer("snapshot_every", 0, "Save each group's training state every this many epochs, so an "
-                     "interrupted study resumes mid-run (0: whenever 5 s of training passed since the last).")
-    f.DEFINE_integer("eval_batch_size", 500, "Batch size of evaluation passes.")
-    f.DEFINE_enum("eval_train", "none", train.EVAL_TRAIN, "Evaluate the whole training split in eval mode: none, "
-                  "final (before and after training) or epoch (also after every epoch: records' train_eval_*).")
-    f.DEFINE_bool("eval_test", False, "Also evaluate the test set after every epoch (records' test_* per epoch).")
-    f.DEFINE_bool("grad_stats", False, "Record |gradient| statistics per parameter tensor: ‖g‖ per epoch, and mean "
-                  "and std of |g| and mean ‖g‖ over the first and the last --grad_window steps.")
-    f.DEFINE_integer("grad_window", 5, "Steps in each window of --grad_stats.")
-    f.DEFINE_integer("loss_every", 0, "Record the mean training loss of every this many steps (records' loss_trace; "
-                     "0: off).")
-    f.DEFINE_integer("sharpness_every", 0, "Measure the sharpness, λ_max (and λ_min) of the Hessian of the training "
-                     "loss, every this many --sharpness_unit (0: off); records' sharpness, sharpness_min.")
-    f.DEFINE_enum("sharpness_unit", "epoch", train.SHARPNESS_UNITS, "Unit of --sharpness_every: epoch (after every "
-                  "k-th epoch) or step (before every k-th step of each epoch, inside the compiled epoch: records' "
-                  "sharpness_trace; for the early steps, where it moves fastest).")
-    f.DEFINE_integer("sharpness_iters", 6, "Lanczos iterations (Hessian-vector products) per sharpness evaluation, "
-                     "each started from the previous evaluation's top eigenvector.")
-    f.DEFINE_integer("sharpness_examples", 256, "Size of the fixed training subset whose loss Hessian is measured "
-                     "(dropout off, batch norm on the subset's own statistics; at most the training split).")
-    f.DEFINE_bool("noise_scale", False, "Measure the gradient noise scale B_simple = tr(Σ)/|G|² per epoch (McCandlish "
-                  "et al. 2018) from gradient norms at two batch sizes; records' b_simple, b_simple_g2, b_simple_trace "
-                  "(groups of batch size 1 with --noise_window=0 record none).")
-    f.DEFINE_integer("noise_window", 0, "The two batch sizes of --noise_scale: 0, each half of the step's batch against "
-                     "the whole, at the step's weights (one more backward pass a step); k >= 2, the step's batch against "
-                     "the mean gradient of k consecutive steps (free, but the weights move within the window).")
-    f.DEFINE_bool("save_final", False, "Save every run's final variables as an orbax checkpoint with its provenance "
-                  "(<study>/checkpoints/<run>/; experiments.loss_surface reads them); a finished run without one is "
-                  "trained again.")
-    f.DEFINE_bool("tensorboard", False, "Write every run's epoch metrics as TensorBoard scalars as epochs finish "
-                  "(<study>/tensorboard/<run>/; no TensorFlow needed; view with tensorboard --logdir).")
-    f.DEFINE_bool("download", True, "Download a missing CIFAR archive from its official address.")
-    f.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 for jax.distributed "
-                    "(default $CIFAR_JAX_COORDINATOR).")
-    f.DEFINE_integer("num_processes", None, "Multi-host: number of processes (default $CIFAR_JAX_NUM_PROCESSES, else 1).")
-    f.DEFINE_integer("process_id", None, "Multi-host: this process's index (default $CIFAR_JAX_PROCESS_ID, else 0).")
+def _split(text: str) -> tuple[int, int, bool]:
+    return splits.parse_split(text)
+
+
+O = options.Option
+# The options every experiment shares that are one value per study (the grid's are options.RUN,
+# options.MODEL and options.GROUP); `spec=True`: also a train.GroupSpec field.
+SINGLE = options.table(
+    O("dataset", "cifar10", "cifar10, cifar100, synthetic, or a tfds catalogue name (mnist, fashion_mnist, "
+      "svhn_cropped, ...; needs the [tfds] extra).", kind="str"),
+    O("data_dir", None, "Where datasets live; default $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax.", kind="str"),
+    O("results_dir", "./results", "Root of the study directories.", kind="str"),
+    O("name", None, "Study directory name under --results_dir (default: the experiment's name).", kind="str",
+      convert=_study_name),
+    O("lr", ("0.05",), "Learning rate (α0; η_max for --schedule=cyclic); a comma list is a grid axis; OPTIMIZER:LR "
+      "entries give each optimiser its own (--optimizer=sgd,adam --lr=sgd:0.05,adam:0.001).", kind="str", many=True),
+    O("schedule", "constant", "LR schedule.", kind="choice", choices=tuple(schedules.SCHEDULES)),
+    O("lr_min", 0.0, "End LR of linear/cosine; η_min of cyclic.", low=0.0),
+    O("lr_batch_scale", 0, "Scale the learning rates of each --batch_size by batch_size / this reference batch (the "
+      "linear scaling rule; e.g. 64: lr 0.01 at batch 64 is 0.16 at 1024); 0: off.", kind="int", low=0),
+    O("decay_unit", "epoch", "Unit of t in the decay schedules: epoch (LR changes once per epoch) or step (every step).",
+      kind="choice", choices=("epoch", "step")),
+    O("decay_every", 1.0, "t advances by one every this many decay units (step schedule: 10 = every 10 epochs).",
+      low=0.0, low_open=True),
+    O("half_cycle", 0, "n_s of the cyclic schedule, in steps (0: 5 epochs' worth, as in seeds/002).", kind="int", low=0),
+    O("seeds", ("5",), "A count n (seeds 0..n-1) or a comma list of seeds.", kind="str", many=True),
+    O("init_seed", (), "Seed of the weight initialisation, apart from the run seed (empty: the run seed); a comma "
+      "list is a grid axis.", kind="int", many=True, low=0, distinct=True),
+    O("order_seed", (), "Seed of the data order, augmentation and input noise, apart from the run seed (which keeps "
+      "dropout; empty: the run seed); a comma list is a grid axis.", kind="int", many=True, low=0,
+      distinct=True),
+    O("classes", "", "Train on a class subset, relabelled: the new classes in order, comma separated, each a source "
+      "class or several joined by '+' (names or indices), e.g. cat,dog or airplane+ship,cat+dog ('': every class as "
+      "it is).", kind="str", convert=str.strip),
+    O("test_size", 0, "Evaluate on this many test images drawn with --split_seed (0: the whole test set).", kind="int",
+      low=0),
+    O("split", "45000/5000", "train/validation sizes drawn from the official training set; append :swap to exchange "
+      "them (transfer studies).", kind="str", convert=_split),
+    O("split_seed", 0, "Seed of the train/validation split (shared by every run).", kind="int"),
+    O("normalization", "per_channel", "Input standardisation (statistics from the training split only; zca: ZCA "
+      "whitening, see --zca_epsilon).", kind="choice", choices=tuple(splits.NORMALIZATIONS)),
+    O("zca_epsilon", splits.ZCA_EPSILON, "ε added to the covariance eigenvalues by --normalization=zca, in x/255 "
+      "units (CIFAR-10's mean eigenvalue is ≈ 0.06).", low=0.0, low_open=True),
+    O("layout", "auto", "How a group runs (auto: the measured-fastest for the backend and model; every layout gives "
+      "the same numbers).", kind="choice", choices=train.LAYOUTS),
+    O("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master weights, loss and BN "
+      "statistics).", kind="choice", choices=tuple(models.PRECISIONS), spec=True),
+    O("conv_impl", "auto", "Convolution implementation (auto: the measured-fastest for the backend and precision; "
+      "cifar_jax/layers.py describes each); the same numbers either way.", kind="choice",
+      choices=tuple(layers.CONV_IMPLS), spec=True),
+    O("memory_limit_gb", 0.0, "Per-device memory a group may use before it is split into chunks of runs (0: 90% of "
+      "an accelerator's memory; no limit on CPU).", low=0.0),
+    O("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory, so a repeated study "
+      "does not recompile ('' disables).", kind="str"),
+    O("snapshot_every", 0, "Save each group's training state every this many epochs, so an interrupted study resumes "
+      "mid-run (0: whenever 5 s of training passed since the last).", kind="int", low=0),
+    O("eval_batch_size", 500, "Batch size of evaluation passes.", kind="int", low=1, spec=True),
+    O("eval_train", "none", "Evaluate the whole training split in eval mode: none, final (before and after training) "
+      "or epoch (also after every epoch: records' train_eval_*).", kind="choice", choices=train.EVAL_TRAIN, spec=True),
+    O("eval_test", False, "Also evaluate the test set after every epoch (records' test_* per epoch).", kind="bool",
+      spec=True),
+    O("grad_stats", False, "Record |gradient| statistics per parameter tensor: ‖g‖ per epoch, and mean and std of |g| "
+      "and mean ‖g‖ over the first and the last --grad_window steps.", kind="bool", spec=True),
+    O("grad_window", 5, "Steps in each window of --grad_stats.", kind="int", low=1),
+    O("loss_every", 0, "Record the mean training loss of every this many steps (records' loss_trace; 0: off).",
+      kind="int", low=0, spec=True),
+    O("sharpness_every", 0, "Measure the sharpness, λ_max (and λ_min) of the Hessian of the training loss, every "
+      "this many --sharpness_unit (0: off); records' sharpness, sharpness_min.", kind="int", low=0),
+    O("sharpness_unit", "epoch", "Unit of --sharpness_every: epoch (after every k-th epoch) or step (before every "
+      "k-th step of each epoch, inside the compiled epoch: records' sharpness_trace; for the early steps, where it "
+      "moves fastest).", kind="choice", choices=train.SHARPNESS_UNITS),
+    O("sharpness_iters", 6, "Lanczos iterations (Hessian-vector products) per sharpness evaluation, each started "
+      "from the previous evaluation's top eigenvector.", kind="int", low=2),
+    O("sharpness_examples", 256, "Size of the fixed training subset whose loss Hessian is measured (dropout off, "
+      "batch norm on the subset's own statistics; at most the training split).", kind="int", low=1),
+    O("noise_scale", False, "Measure the gradient noise scale B_simple = tr(Σ)/|G|² per epoch (McCandlish et al. "
+      "2018) from gradient norms at two batch sizes; records' b_simple, b_simple_g2, b_simple_trace (groups of batch "
+      "size 1 with --noise_window=0 record none).", kind="bool"),
+    O("noise_window", 0, "The two batch sizes of --noise_scale: 0, each half of the step's batch against the whole, "
+      "at the step's weights (one more backward pass a step); k >= 2, the step's batch against the mean gradient of "
+      "k consecutive steps (free, but the weights move within the window).", kind="int", low=0),
+    O("save_final", False, "Save every run's final variables as an orbax checkpoint with its provenance "
+      "(<study>/checkpoints/<run>/; experiments.loss_surface reads them); a finished run without one is trained "
+      "again.", kind="bool"),
+    O("tensorboard", False, "Write every run's epoch metrics as TensorBoard scalars as epochs finish "
+      "(<study>/tensorboard/<run>/; no TensorFlow needed; view with tensorboard --logdir).", kind="bool"),
+    O("download", True, "Download a missing CIFAR archive from its official address.", kind="bool"),
+    O("coordinator_address", None, "Multi-host: host:port of process 0 for jax.distributed (default "
+      "$CIFAR_JAX_COORDINATOR).", kind="str"),
+    O("num_processes", None, "Multi-host: number of processes (default $CIFAR_JAX_NUM_PROCESSES, else 1).",
+      kind="int", low=1),
+    O("process_id", None, "Multi-host: this process's index (default $CIFAR_JAX_PROCESS_ID, else 0).", kind="int",
+      low=0),
+)
+# Every core option: one table (names are unique across the levels).
+CORE = options.table(*SINGLE.values(), *options.RUN.values(), *options.MODEL.values(), *options.GROUP.values())
+
+
+def define_flags(flag_values: flags.FlagValues, own: dict[str, options.Option] | None = None) -> None:
+    """Define the core flags, and an experiment's `own`, on `flag_values` (once per name)."""
+    options.define([*CORE.values(), *(own or {}).values()], flag_values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,22 +178,25 @@ class Config:
     noise_scale: bool
     noise_window: int
     distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
-    per_run: tuple[tuple[str, tuple[float, ...]], ...]  # every options.RUN_OPTIONS name → its values
+    per_run: tuple[tuple[str, tuple[float, ...]], ...]  # every options.RUN name → its values
     # every combination of the program-changing flags (and the LRs of its optimiser) as
     # (field, value) pairs (see _variants); the scalar fields above hold the first
     variants: tuple[tuple[tuple[str, Any], ...], ...] = ((),)
     tensorboard: bool = False  # write TensorBoard scalars of every epoch (cifar_jax/tensorboard.py)
     save_final: bool = False   # save every run's final variables as a checkpoint (study.final_checkpoint)
+    own: Any = None            # the experiment's own options (a frozen dataclass: options.namespace)
+    # every option as given: (name, --flag=value, whether it differs from its default): flags.txt
+    given: tuple[tuple[str, str, bool], ...] = ()
 
     def values(self, option: str) -> tuple[float, ...]:
-        """The values of a per-run option (`options.RUN_OPTIONS`)."""
+        """The values of a per-run option (`options.RUN`)."""
         return dict(self.per_run)[option]
 
     def replace(self, **changes: Any) -> Config:
         """A copy with `changes` (fields, or per-run options by name with a tuple of values); a
         group-level field given here stops varying (every variant takes the new value)."""
-        per_run = {**dict(self.per_run), **{k: v for k, v in changes.items() if k in options.RUN_OPTIONS}}
-        fields = {k: v for k, v in changes.items() if k not in options.RUN_OPTIONS}
+        per_run = {**dict(self.per_run), **{k: v for k, v in changes.items() if k in options.RUN}}
+        fields = {k: v for k, v in changes.items() if k not in options.RUN}
         kept = dict.fromkeys(tuple((k, v) for k, v in variant if k not in fields) for variant in self.variants)
         return dataclasses.replace(self, variants=tuple(kept) or ((),), per_run=tuple(per_run.items()), **fields)
 
@@ -192,40 +209,14 @@ class Config:
             for variant in self.variants for value in values)
         return dataclasses.replace(self, variants=variants, **{field: values[0]})
 
+    def changed(self, option: str) -> bool:
+        """Whether an option was given a value other than its default."""
+        return any(changed for name, _, changed in self.given if name == option)
+
     def single_group(self, why: str) -> None:
         """Refuse several values of a group-level flag where a study sets its own architectures."""
         if len(self.variants) > 1:
-            raise ConfigError(f"{'/'.join('--' + name for name in options.GROUP_OPTIONS)}: give one value each; {why}")
-
-
-def _floats(flag: str, values: Sequence[str], lo: float, hi: float, *, lo_open: bool = False,
-            hi_open: bool = False, what: str = "") -> tuple[float, ...]:
-    """Parse and range-check a float list flag (NaN and ±inf are never allowed)."""
-    if not values:
-        raise ConfigError(f"--{flag} needs at least one value")
-    out = []
-    for v in values:
-        try:
-            x = float(v)
-        except ValueError:
-            raise ConfigError(f"--{flag}={','.join(values)}: {v!r} is not a number") from None
-        if not math.isfinite(x) or (x <= lo if lo_open else x < lo) or (x >= hi if hi_open else x > hi):
-            raise ConfigError(f"--{flag}={','.join(values)}: {what}")
-        out.append(x)
-    return tuple(out)
-
-
-def _choice(flag: str, value: str, allowed: Sequence[str]) -> str:
-    """`value` if it is one of `allowed` (names, or a registry's keys), else a ConfigError."""
-    lookup(dict.fromkeys(allowed), value, flag)
-    return value
-
-
-def _positive(flag: str, value: int | float, strict: bool = True) -> None:
-    """Refuse a value <= 0 (`strict`) or < 0, and NaN or ±inf."""
-    if not math.isfinite(value) or ((value <= 0) if strict else (value < 0)):
-        finite = " and finite" if isinstance(value, float) else ""
-        raise ConfigError(f"--{flag}={value}: must be {'> 0' if strict else '>= 0'}{finite}")
+            raise ConfigError(f"{'/'.join('--' + name for name in (*options.MODEL, *options.GROUP))}: give one value each; {why}")
 
 
 def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
@@ -245,133 +236,97 @@ def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
     return tuple(ints)
 
 
-def _seed_list(flag: str, values: Sequence[str]) -> tuple[int, ...]:
-    """--init_seed / --order_seed: distinct seeds >= 0 (empty: the run seed)."""
-    try:
-        ints = tuple(int(v) for v in values)
-    except ValueError:
-        raise ConfigError(f"--{flag}={','.join(values)}: give a comma list of integers") from None
-    if ints and (min(ints) < 0 or len(set(ints)) != len(ints)):
-        raise ConfigError(f"--{flag}={','.join(values)}: seeds must be distinct and >= 0")
-    return ints
-
-
 def _learning_rates(values: Sequence[str], optimizers: tuple[str, ...]) -> dict[str, tuple[float, ...]]:
     """--lr per optimiser: plain values apply to every one; OPTIMIZER:LR entries to that one."""
-    what = "learning rates must be > 0 and finite"
+    lr = options.Option("lr", 0.05, "", level="run", low=0.0, low_open=True)
     if not any(":" in v for v in values):
-        lrs = _floats("lr", values, 0.0, math.inf, lo_open=True, what=what)
+        lrs = lr.parse(values)
         return {o: lrs for o in optimizers}
     per: dict[str, list[str]] = {}
     for v in values:
-        name, sep, lr = v.partition(":")
+        name, sep, value = v.partition(":")
         if not sep or name not in optimizers:
             raise ConfigError(f"--lr={','.join(values)}: {v!r} is not OPTIMIZER:LR for one of --optimizer "
                               f"({', '.join(optimizers)})")
-        per.setdefault(name, []).append(lr)
+        per.setdefault(name, []).append(value)
     missing = [o for o in optimizers if o not in per]
     if missing:
         raise ConfigError(f"--lr={','.join(values)}: no learning rate for {', '.join(missing)}")
-    return {o: _floats("lr", per[o], 0.0, math.inf, lo_open=True, what=what) for o in optimizers}
+    return {o: lr.parse(per[o]) for o in optimizers}
 
 
-def _variants(fl: Any, dropouts: tuple[float, ...]) -> list[dict[str, Any]]:
-    """Every combination of the program-changing flags (`options.GROUP_OPTIONS`; each combination
-    is a group of its own) as Config field overrides, with the learning rates of its optimiser."""
-    values = {name: o.parse(getattr(fl, name)) for name, o in options.GROUP_OPTIONS.items()}
-    model_axes = {"name" if k == "model" else k: values[k] for k in options.MODEL_OPTIONS}
+def _variants(given: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the program-changing options (options.MODEL and options.GROUP; each
+    combination is a group of its own) as Config field overrides, with the learning rates of its
+    optimiser."""
+    model_axes = {"name" if k == "model" else k: given[k] for k in options.MODEL}
     model_configs = list(dict.fromkeys(
-        models.ModelConfig(**dict(zip(model_axes, combo)), use_dropout=any(d > 0 for d in dropouts))
+        models.ModelConfig(**dict(zip(model_axes, combo)), use_dropout=any(d > 0 for d in given["dropout"]))
         for combo in itertools.product(*model_axes.values())))
-    axes = {"model": model_configs, **{k: v for k, v in values.items() if k not in options.MODEL_OPTIONS}}
-    lrs = _learning_rates(fl.lr, values["optimizer"])
+    axes = {"model": model_configs, **{k: given[k] for k in options.GROUP}}
+    lrs = _learning_rates(given["lr"], given["optimizer"])
     combos = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-    scale = lambda combo: combo["batch_size"] / fl.lr_batch_scale if fl.lr_batch_scale else 1.0
+    scale = lambda combo: combo["batch_size"] / given["lr_batch_scale"] if given["lr_batch_scale"] else 1.0
     return [{**combo, "lrs": tuple(float(f"{lr * scale(combo):.6g}") for lr in lrs[combo["optimizer"]])}
             for combo in combos]
 
 
-def _option_values(option: options.Option, values: Sequence[str]) -> tuple[float, ...]:
-    """Parse and check a per-run option's comma list."""
-    return _floats(option.name, values, option.low, option.high, lo_open=option.low_open,
-                   hi_open=option.high_open or option.high == math.inf, what=f"must be {option.interval}")
-
-
-def from_flags(fl: Any = None) -> Config:
-    """Validate the parsed core flags into a Config (raises ConfigError, one line). The scalar
-    fields hold the first combination of the group-level flags; `variants` holds them all."""
-    fl = fl or FLAGS
-    per_run = {o.name: _option_values(o, getattr(fl, o.name)) for o in options.RUN_OPTIONS.values()}
-    variants = _variants(fl, per_run["dropout"])
-    try:
-        split = splits.parse_split(fl.split)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    _positive("eval_batch_size", fl.eval_batch_size)
-    _positive("test_size", fl.test_size, strict=False)
-    for flag in ("lr_min", "half_cycle", "memory_limit_gb", "lr_batch_scale"):
-        _positive(flag, getattr(fl, flag), strict=False)
-    _positive("decay_every", fl.decay_every)
-    _positive("zca_epsilon", fl.zca_epsilon)
-    _positive("grad_window", fl.grad_window)
-    _positive("snapshot_every", fl.snapshot_every, strict=False)
-    _positive("loss_every", fl.loss_every, strict=False)
-    _positive("sharpness_every", fl.sharpness_every, strict=False)
-    _positive("sharpness_examples", fl.sharpness_examples)
-    if fl.sharpness_iters < 2:
-        raise ConfigError(f"--sharpness_iters={fl.sharpness_iters}: must be >= 2")
-    if fl.noise_window < 0 or fl.noise_window == 1:
-        raise ConfigError(f"--noise_window={fl.noise_window}: must be 0 (the halves of each batch) or >= 2 (steps)")
-    schedule = _choice("schedule", fl.schedule, schedules.SCHEDULES)
-    if schedule == "cyclic" and fl.lr_min >= min(min(v["lrs"]) for v in variants):
-        raise ConfigError(f"--lr_min={fl.lr_min}: must be below every --lr (η_max) for the cyclic schedule")
+def from_flags(fl: Any, own: dict[str, options.Option] | None = None, own_name: str = "Options") -> Config:
+    """Validate the parsed flags (absl FlagValues, or any object with one attribute per option) into
+    a Config (raises ConfigError, one line): the core options, and the experiment's `own` as
+    `Config.own`. The scalar fields hold the first combination of the group-level options;
+    `variants` holds them all."""
+    given = options.values(CORE, fl)
+    mine = options.values(own or {}, fl)
+    variants = _variants(given)
+    if given["noise_window"] == 1:
+        raise ConfigError("--noise_window=1: must be 0 (the halves of each batch) or >= 2 (steps)")
+    if given["schedule"] == "cyclic" and given["lr_min"] >= min(min(v["lrs"]) for v in variants):
+        raise ConfigError(f"--lr_min={given['lr_min']}: must be below every --lr (η_max) for the cyclic schedule")
+    fields = {f.name for f in dataclasses.fields(Config)}
     return Config(
-        dataset=fl.dataset, data_dir=fl.data_dir, results_dir=fl.results_dir, name=_study_name(fl.name),
-        schedule=schedule, lr_min=fl.lr_min,
-        decay_unit=_choice("decay_unit", fl.decay_unit, ("epoch", "step")), decay_every=fl.decay_every,
-        half_cycle=fl.half_cycle,
-        seeds=parse_seeds(fl.seeds), init_seeds=_seed_list("init_seed", fl.init_seed),
-        order_seeds=_seed_list("order_seed", fl.order_seed), per_run=tuple(per_run.items()),
-        split=split, split_seed=fl.split_seed, classes=fl.classes.strip(), test_size=fl.test_size,
-        normalization=_choice("normalization", fl.normalization, splits.NORMALIZATIONS), zca_epsilon=fl.zca_epsilon,
-        layout=_choice("layout", fl.layout, engine.LAYOUTS),
-        precision=_choice("precision", fl.precision, models.PRECISIONS),
-        conv_impl=_choice("conv_impl", fl.conv_impl, layers.CONV_IMPLS),
-        memory_limit_gb=fl.memory_limit_gb, compile_cache=fl.compile_cache, eval_batch_size=fl.eval_batch_size, snapshot_every=fl.snapshot_every,
-        eval_train=fl.eval_train, eval_test=fl.eval_test, grad_stats=fl.grad_stats, grad_window=fl.grad_window, loss_every=fl.loss_every,
-        download=fl.download, distributed=_distributed(fl), tensorboard=fl.tensorboard,
-        save_final=fl.save_final, sharpness_every=fl.sharpness_every, sharpness_unit=fl.sharpness_unit,
-        sharpness_iters=fl.sharpness_iters, sharpness_examples=fl.sharpness_examples, noise_scale=fl.noise_scale,
-        noise_window=fl.noise_window,
-        variants=tuple(tuple(v.items()) for v in variants), **variants[0])
+        **{k: v for k, v in given.items() if k in fields and k not in (*options.MODEL, *options.GROUP, "seeds")},
+        seeds=parse_seeds(given["seeds"]), init_seeds=given["init_seed"], order_seeds=given["order_seed"],
+        per_run=tuple((k, given[k]) for k in options.RUN), distributed=_distributed(given),
+        variants=tuple(tuple(v.items()) for v in variants), **variants[0],
+        own=options.namespace(own_name, own or {}, mine),
+        given=tuple(options.serialized(CORE, fl) + options.serialized(own or {}, fl)))
 
 
-def parse(*args: str) -> Config:
+def parse(*args: str, own: dict[str, options.Option] | None = None) -> Config:
     """A Config from command-line flags ("--model=mlp", "--lr=0.01,0.1", ...) on flags of its own,
-    outside absl's app and its global FLAGS: for notebooks and scripts (and the tests)."""
+    outside absl's app and its global FLAGS: for notebooks, scripts and tests (`own`: an
+    experiment's options, e.g. experiments.lr_sweep.OPTIONS)."""
     fv = flags.FlagValues()
-    define_flags(fv)
+    define_flags(fv, own)
     try:
         fv(["cifar_jax", *args])
     except flags.Error as err:
         raise ConfigError(str(err)) from None
-    return from_flags(fv)
+    return from_flags(fv, own)
 
 
-def _study_name(name: str | None) -> str | None:
-    """--name as one plain folder name, so the study stays inside --results_dir."""
-    if name and (name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name)):
-        raise ConfigError(f"--name={name}: must be one folder name inside --results_dir (no '/', '\\', '.' or '..')")
-    return name or None
+def build(own: dict[str, options.Option] | None = None, **values: Any) -> Config:
+    """A Config from Python values by option name (build(lr_sweep.OPTIONS, model="mlp", lr=[0.01, 0.1],
+    epochs=2)); a list or tuple is a comma list, checked like the flags."""
+    def text(name: str, value: Any) -> str:
+        o = {**CORE, **(own or {})}.get(name)
+        if o is None:
+            raise ConfigError(f"{name}: no such option; known: {', '.join({**CORE, **(own or {})})}")
+        if isinstance(value, (list, tuple)) and o.kind != "widths" or (o.kind == "widths" and value and
+                                                                         isinstance(value[0], (list, tuple))):
+            return (o.sep if o.kind == "widths" else ",").join(o.text(v) for v in value)
+        return o.text(value)
+    return parse(*(f"--{k}={text(k, v)}" for k, v in values.items()), own=own)
 
 
-def _distributed(fl: Any) -> tuple[str | None, int, int]:
-    """(coordinator, process count, process index) from the flags, else the environment."""
+def _distributed(given: dict[str, Any]) -> tuple[str | None, int, int]:
+    """(coordinator, process count, process index) from the options, else the environment."""
     env = os.environ.get
-    address = fl.coordinator_address or env("CIFAR_JAX_COORDINATOR")
+    address = given["coordinator_address"] or env("CIFAR_JAX_COORDINATOR")
     try:
-        count = fl.num_processes if fl.num_processes is not None else int(env("CIFAR_JAX_NUM_PROCESSES", "1"))
-        index = fl.process_id if fl.process_id is not None else int(env("CIFAR_JAX_PROCESS_ID", "0"))
+        count = given["num_processes"] if given["num_processes"] is not None else int(env("CIFAR_JAX_NUM_PROCESSES", "1"))
+        index = given["process_id"] if given["process_id"] is not None else int(env("CIFAR_JAX_PROCESS_ID", "0"))
     except ValueError:
         raise ConfigError("$CIFAR_JAX_NUM_PROCESSES / $CIFAR_JAX_PROCESS_ID must be integers") from None
     if count < 1 or not 0 <= index < count:
@@ -506,6 +461,6 @@ def _grid_one(cfg: Config, n_train: int, num_classes: int, prefix: list[str]) ->
         v = dict(zip(axes, values))
         name = ",".join(prefix + [f"{k}={v[k]:g}" for k in varying]) or "default"
         hp = {**schedule_hparams(cfg, v["lr"], v["decay_rate"], spe),
-              **{name: v[name] for name in (*options.RUN_OPTIONS, "init_seed", "order_seed")}}
+              **{name: v[name] for name in (*options.RUN, "init_seed", "order_seed")}}
         runs += [Run(name, s, spec, {**hp, "seed": s}, cfg.epochs, data_config(cfg)) for s in cfg.seeds]
     return runs

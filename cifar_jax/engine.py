@@ -22,10 +22,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cifar_jax import dynamics, models, optim, run_record, schedules
 from cifar_jax.run_record import Metrics
-from cifar_jax.train import (Data, GroupSpec, TrainState, epoch_indices, evaluate, init_run, sharpness_of,
+from cifar_jax.train import (LAYOUTS, Data, GroupSpec, TrainState, epoch_indices, evaluate, init_run, sharpness_of,
                              sharpness_points, step_columns, train_epoch, train_step)
 
-LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
 PROGRESS_SECONDS = 10.0  # a progress line inside an epoch at most this often (epochs longer than this)
 PROGRESS_POINTS = 10     # a scanned epoch reports its step count to the host this many times (0: never)
 
@@ -61,7 +60,7 @@ def auto_layout(model: models.ModelConfig, backend: str | None = None) -> str:
     conv models host-loop their steps. Elsewhere the whole group is vmapped with scanned steps."""
     if (backend or jax.default_backend()) != "cpu":
         return "vmap_scan"
-    return "seq_scan" if model.name == "mlp" else "seq_loop"
+    return "seq_loop" if models.MODELS[model.name].convolutional else "seq_scan"
 
 
 class Callbacks(Protocol):

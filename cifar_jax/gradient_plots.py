@@ -18,13 +18,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cifar_jax import plots, run_record
+from cifar_jax import models, plots, run_record
 from cifar_jax.results import ResultsError
 
 # Okabe–Ito: distinguishable under the common colour-vision deficiencies (yellow last: weak on white).
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
 WINDOWS = ("first", "last")
-NORM_LAYERS = {"bn_": "BN", "ln_": "LN"}
+NORM_LAYERS = {n.prefix: n.label for n in models.NORMS.values() if n.prefix}
 PARAM_NAMES = {"kernel": "weight", "bias": "bias"}
 NORM_PARAM_NAMES = {"scale": "γ (scale)", "bias": "β (shift)"}
 NORM_SHADE = "0.92"

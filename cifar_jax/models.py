@@ -42,6 +42,11 @@ class Architecture:
     kernels: tuple[int, ...] = ()
     hidden: tuple[int, ...] = ()
 
+    @property
+    def convolutional(self) -> bool:
+        """Whether the family has conv layers (a dense-only net has none to freeze or to lay out as convs)."""
+        return bool(self.channels)
+
 
 # The architectures of STUDIES.md "Models" (the classifier layer is added by Net).
 MODELS: dict[str, Architecture] = {
@@ -78,17 +83,28 @@ INITS: dict[str, Callable[[int], tuple[Any, Any]]] = {
     "normal": lambda fan_in: (nn.initializers.normal(1.0), nn.initializers.zeros),
 }
 
-# name → (train mode, compute dtype, layer name, (scale init, shift init)) → the normalisation after
-# a layer (None: none). Batch norm: momentum 0.9 = PyTorch's 0.1; statistics are per run because
-# each run is its own apply.
-NORMS: dict[str, Callable[[bool, Any, str, tuple], nn.Module] | None] = {
-    "none": None,
-    "batch": lambda train, dtype, name, inits: nn.BatchNorm(
+@dataclasses.dataclass(frozen=True)
+class Norm:
+    """A normalisation: `make(train mode, compute dtype, layer name, (scale init, shift init))` →
+    the module after a layer (None: no normalisation), the prefix of its parameters' names, its
+    short label, and whether the layer it follows drops its bias (the shift makes it redundant)."""
+
+    make: Callable[[bool, Any, str, tuple], nn.Module] | None
+    prefix: str = ""
+    label: str = ""
+    drops_bias: bool = False
+
+
+# Batch norm: momentum 0.9 = PyTorch's 0.1; statistics are per run because each run is its own apply.
+NORMS: dict[str, Norm] = {
+    "none": Norm(None),
+    "batch": Norm(lambda train, dtype, name, inits: nn.BatchNorm(
         use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, scale_init=inits[0],
-        bias_init=inits[1], name=f"bn_{name}"),
-    "layer": lambda train, dtype, name, inits: nn.LayerNorm(
-        epsilon=1e-5, dtype=dtype, scale_init=inits[0], bias_init=inits[1], name=f"ln_{name}"),
+        bias_init=inits[1], name=f"bn_{name}"), "bn_", "BN", drops_bias=True),
+    "layer": Norm(lambda train, dtype, name, inits: nn.LayerNorm(
+        epsilon=1e-5, dtype=dtype, scale_init=inits[0], bias_init=inits[1], name=f"ln_{name}"), "ln_", "LN"),
 }
+NORM_PREFIXES = tuple(n.prefix for n in NORMS.values() if n.prefix)  # a normalisation's parameters: <prefix><layer>
 # name → the normalisation's (γ, β) init, before `scale_kernels` multiplies the scaled ones by the
 # run's init_scale σ like the weights: probes of seeds/002's small-σ batch-norm nets.
 # weight_scale: γ, β ~ N(0, σ²), drawn like the weights; sigma: γ = σ, β = 0.
@@ -135,7 +151,7 @@ class Net(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
-        normalise = NORMS[self.norm]
+        normalise = NORMS[self.norm].make
         drop = lambda x: dropout(x, dropout_rate, self.make_rng("dropout"), self.dropout_kind) \
             if self.use_dropout and train else x
         early = self.dropout_place == "before_norm"
@@ -150,7 +166,7 @@ class Net(nn.Module):
                     x = drop(x)
                 continue
             norm = normalise if layer[-1] else None
-            bias = norm is None or self.norm != "batch"
+            bias = norm is None or not NORMS[self.norm].drops_bias
             if kind == "conv":
                 n_conv += 1
                 name = f"conv{n_conv}"
@@ -235,7 +251,7 @@ def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32",
 
 def is_norm_param(path: tuple) -> bool:
     """A normalisation layer's γ or β (its module named bn_* or ln_*)."""
-    return len(path) > 1 and str(path[-2].key)[:3] in ("bn_", "ln_")
+    return len(path) > 1 and str(path[-2].key).startswith(NORM_PREFIXES)
 
 
 def scale_kernels(params: Any, scale: jax.Array, norm_too: bool = False) -> Any:
@@ -282,7 +298,7 @@ def layer_table(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> list[dic
             kind = "dense"
             rf = max(rf, image_shape[0], image_shape[1])  # a dense unit sees the whole image
         p = params[name]
-        norm = sum(int(v.size) for key in (f"bn_{name}", f"ln_{name}") if key in params
+        norm = sum(int(v.size) for key in (prefix + name for prefix in NORM_PREFIXES) if key in params
                    for v in jax.tree_util.tree_leaves(params[key]))
         rows.append(dict(layer=name, kind=kind, output=shape, weights=int(p["kernel"].size),
                          biases=int(p["bias"].size) if "bias" in p else 0, norm=norm,

@@ -1,144 +1,281 @@
-"""The options that make the grid, declared once.
+"""Options, declared once: each entry is a flag, its type and allowed values, its help and its level.
 
-`RUN_OPTIONS` vary inside one compiled program: each entry makes a flag (a comma list is a grid
-axis inside a group), its validation, its place in a configuration's name and a per-run array of
-the engine (`train.HP_DEFAULTS`). Adding a per-run knob is one entry here plus the code that reads
-`hp[name]` (the learning rate and the schedule's own parameters live in `config`/`schedules`).
+The level says where a value acts:
+  run     a per-run array of the engine (`train.HP_DEFAULTS`): a comma list is a grid axis inside one
+          compiled group; integers are stored as int32, floats as float32
+  model   a field of `models.ModelConfig`: each value is a group of its own (a comma list, or for the
+          width lists a ';' list, is a grid axis across groups)
+  group   a field of `train.GroupSpec` that changes the compiled program (a grid axis across groups),
+          or with `spec=False` another per-group value (--epochs)
+  single  one value for the whole study (`many=True`: one list); with `spec=True` also a
+          `train.GroupSpec` field (an instrument, the precision, ...)
+An option of the first three levels is named in a configuration's name when it varies and is
+shown in the configuration tables; `recorded="changed"` leaves it out of a run's stored config at
+its default, so the records of studies made before it existed keep their form.
 
-`GROUP_OPTIONS` change the compiled program: each value is a group of its own (a comma list, or
-for the width lists --hidden/--channels/--kernels a ';' list, is a grid axis across groups). Each entry makes the flag, its help and
-its validation; `config` combines them into groups and `config.group_spec` hands them to the
-engine's `train.GroupSpec`.
+`CORE` holds the options every experiment shares (`config` turns their flags into a `Config`);
+an experiment declares its own in a table of the same form (`Config.own`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
+
+from absl import flags
 
 from cifar_jax import models, optim, preprocess
 from cifar_jax.registry import ConfigError
 
+LEVELS = ("run", "model", "group", "single")
+KINDS = {"float": float, "int": int, "str": str, "bool": bool, "choice": str, "widths": tuple}
+
 
 @dataclasses.dataclass(frozen=True)
 class Option:
-    """A per-run float option: flag name, default, the allowed interval (never ±inf or NaN) and
-    the flag's help."""
+    """One option: flag name, default (a Python value; the first group's for the grid levels),
+    help, kind (`KINDS`), level (`LEVELS`) and the allowed values: a closed or open interval
+    (never NaN or ±inf), `choices`, or `check`, a function that raises ValueError with the reason."""
 
     name: str
-    default: float
-    low: float
+    default: Any
+    help: str
+    kind: str = "float"
+    level: str = "single"
+    low: float = -math.inf
     high: float = math.inf
-    low_open: bool = False   # low itself is not allowed
-    high_open: bool = False  # high itself is not allowed
-    help: str = ""
+    low_open: bool = False
+    high_open: bool = False
+    choices: Sequence[str] = ()
+    sep: str = ","            # what separates a grid axis' values (';' for the width lists)
+    many: bool = False        # a single-level option that takes a comma list
+    distinct: bool | None = None  # a list's values must differ (default: for choices)
+    spec: bool | None = None  # a train.GroupSpec field (default: the group level)
+    column: str = ""          # its header in the configuration tables (default: the name)
+    shown: bool = False       # always a column of the configuration tables (else only where it varies)
+    recorded: str = "always"  # "changed": left out of a run's stored config at its default
+    convert: Callable[[str], Any] | None = None  # text → value for kinds a plain type cannot parse
+
+    @property
+    def axis(self) -> bool:
+        """A grid axis: several values make several configurations."""
+        return self.level != "single"
+
+    @property
+    def in_spec(self) -> bool:
+        return self.level == "group" if self.spec is None else self.spec
 
     @property
     def interval(self) -> str:
         """The allowed values in words, for one-line errors."""
-        low, high = "(" if self.low_open else "[", ")" if self.high_open or self.high == math.inf else "]"
-        return f"in {low}{self.low:g}, {'inf' if self.high == math.inf else f'{self.high:g}'}{high}"
-
-
-RUN_OPTIONS: dict[str, Option] = {o.name: o for o in (
-    Option("decay_rate", 0.0, 0.0, help="k of inverse_time, γ of exponential/step."),
-    Option("dropout", 0.0, 0.0, 1.0, high_open=True, help="Dropout rate where the model has dropout (after hidden dense "
-           "layers; convnet: also on the flattened conv features)."),
-    Option("l2", 0.0, 0.0, help="L2 penalty λ·ΣW² added to the loss (weights only)."),
-    Option("label_smoothing", 0.0, 0.0, 1.0, high_open=True,
-           help="Label smoothing α of the training loss: targets (1 − α)·one-hot + α/classes."),
-    Option("momentum", 0.9, 0.0, 1.0, high_open=True, help="Momentum of --optimizer=momentum/nesterov."),
-    Option("rmsprop_decay", 0.9, 0.0, 1.0, low_open=True, high_open=True,
-           help="Decay of the squared-gradient average of --optimizer=rmsprop."),
-    Option("rmsprop_eps", 1e-8, 0.0, low_open=True, help="ε of --optimizer=rmsprop."),
-    Option("adam_b1", 0.9, 0.0, 1.0, high_open=True, help="β1 of --optimizer=adam/adamw."),
-    Option("adam_b2", 0.999, 0.0, 1.0, high_open=True, help="β2 of --optimizer=adam/adamw."),
-    Option("adam_eps", 1e-8, 0.0, low_open=True, help="ε of --optimizer=adam/adamw."),
-    Option("weight_decay", 0.0, 0.0, help="Weight decay as PyTorch's optimisers apply it: decoupled for "
-           "--optimizer=adamw, else added to the gradient (wd·θ, every parameter)."),
-    Option("init_scale", 0.01, 0.0, low_open=True, help="σ of --init=normal."),
-    Option("noise_std", 0.0, 0.0, help="Gaussian input noise σ on normalised training inputs."),
-    Option("salt_pepper", 0.0, 0.0, 1.0, high_open=True,
-           help="Fraction of training inputs set to salt-and-pepper noise."),
-)}
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupOption:
-    """A program-changing option: a name from a registry (`choices`), an integer or a float
-    (>= `low`), or a list of widths; its values are separated by `sep`."""
-
-    name: str
-    default: str                       # as typed on the command line
-    kind: str                          # "choice", "bool", "int", "float" or "widths"
-    help: str
-    choices: Sequence[str] = ()
-    low: float = 0.0
-    sep: str = ","
-
-    def parse(self, values: Sequence[str]) -> tuple[Any, ...]:
-        """The option's values from its absl list (split at commas), checked; ConfigError
-        (one line) on a bad value."""
-        text = ",".join(values)
-        if not text and self.kind == "widths":
-            return ((),)  # the model's own (models.MODELS)
-        items = text.split(self.sep) if text else []
-        if not items:
-            raise ConfigError(f"--{self.name} needs at least one value")
-        try:
-            return tuple(self._one(item.strip()) for item in items)
-        except ValueError as err:
-            raise ConfigError(f"--{self.name}={text}: {err}") from None
-
-    def _one(self, item: str) -> Any:
-        if self.kind == "choice":
-            if item not in self.choices:
-                raise ValueError(f"{item!r} is unknown; allowed: {', '.join(self.choices)}")
-            return item
-        if self.kind == "bool":
-            if item.lower() not in ("true", "false"):
-                raise ValueError(f"{item!r} is not true or false")
-            return item.lower() == "true"
-        if self.kind == "widths":
-            widths = tuple(int(w) for w in item.split(","))
-            if not widths or min(widths) < 1:
-                raise ValueError("give one or more integers >= 1 per list")
-            return widths
-        value = int(item) if self.kind == "int" else float(item)
-        if not math.isfinite(value) or value < self.low:
-            raise ValueError(f"must be >= {self.low:g}" + (" and finite" if self.kind == "float" else ""))
-        return value
+        finite = " and finite" if self.kind == "float" else ""
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}{finite}"
+        low, high = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {low}{self.low:g}, {self.high:g}{high}"
 
     @property
     def flag_help(self) -> str:
-        """The flag's help line, with the allowed names and how to make it a grid axis."""
+        """The flag's help line: the help, the allowed names or values, and how to make it an axis."""
         allowed = f" ({', '.join(self.choices)})" if self.choices else ""
+        if self.kind in ("int", "float") and self.low != -math.inf:
+            allowed += f" Allowed: {self.interval}."
+        if not self.axis:
+            return self.help + allowed
         axis = "several lists separated by ';'" if self.sep == ";" else "a comma list"
-        return f"{self.help}{allowed}; {axis} is a grid axis (one group per value)."
+        where = "one compiled group" if self.level == "run" else "one group per value"
+        return f"{self.help}{allowed}; {axis} is a grid axis ({where})."
+
+    @property
+    def flag_default(self) -> Any:
+        """The default as absl holds it: a list of strings for a list flag, else a plain value."""
+        if self.axis or self.many:
+            if isinstance(self.default, (tuple, list)) and self.kind != "widths":
+                return [self.text(d) for d in self.default]
+            return [self.text(self.default)] if self.text(self.default) else []
+        if self.convert is None and self.kind in ("int", "float", "bool") or self.default is None:
+            return self.default
+        return self.text(self.default)
+
+    def define(self, flag_values: flags.FlagValues) -> None:
+        """Define the option's absl flag on `flag_values`."""
+        define = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "bool": flags.DEFINE_bool}
+        if self.axis or self.many:
+            flags.DEFINE_list(self.name, self.flag_default, self.flag_help, flag_values=flag_values)
+        elif self.convert is None and self.kind in define:
+            define[self.kind](self.name, self.default, self.flag_help, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(self.name, self.flag_default, self.flag_help, flag_values=flag_values)
+
+    def text(self, value: Any) -> str:
+        """A value as typed on the command line."""
+        if self.kind == "widths":
+            return ",".join(map(str, value))
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float):
+            return f"{value:g}"
+        return "" if value is None else str(value)
+
+    def parse(self, raw: Any) -> Any:
+        """The option's value from its parsed flag (a tuple of values for a grid axis or a list
+        option), checked; ConfigError (one line naming the flag) on a bad value."""
+        if not (self.axis or self.many):
+            if raw is None or (self.convert is None and self.kind in ("int", "float", "bool")):
+                return raw if raw is None else self._checked(raw, self.text(raw))
+            return self._one(str(raw), str(raw))
+        text = ",".join(raw)
+        if not text and self.kind == "widths":
+            return ((),)  # the model's own (models.MODELS)
+        items = text.split(self.sep) if text else []
+        if not items and not self.many:
+            raise ConfigError(f"--{self.name} needs at least one value")
+        values = tuple(self._one(item.strip(), text) for item in items)
+        if (self.kind == "choice" if self.distinct is None else self.distinct) and len(set(values)) != len(values):
+            raise ConfigError(f"--{self.name}={text}: give each value once")
+        return values
+
+    def _one(self, item: str, text: str) -> Any:
+        try:
+            if self.convert is not None:
+                value = self.convert(item)
+            elif self.kind == "bool":
+                if item.lower() not in ("true", "false"):
+                    raise ValueError(f"{item!r} is not true or false")
+                value = item.lower() == "true"
+            elif self.kind == "widths":
+                value = tuple(int(w) for w in item.split(","))
+                if not value or min(value) < 1:
+                    raise ValueError("give one or more integers >= 1 per list")
+            else:
+                value = KINDS[self.kind](item)
+        except ValueError as err:
+            reason = str(err) if self.convert or self.kind in ("bool", "widths") else f"{item!r} is not a{'n' if self.kind == 'int' else ''} {'integer' if self.kind == 'int' else 'number'}"
+            raise ConfigError(f"--{self.name}={text}: {reason}") from None
+        return self._checked(value, text)
+
+    def _checked(self, value: Any, text: Any) -> Any:
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"--{self.name}={text}: {value!r} is unknown; allowed: {', '.join(self.choices)}")
+        if self.kind in ("int", "float") and self.convert is None:
+            below = value <= self.low if self.low_open else value < self.low
+            above = value >= self.high if self.high_open else value > self.high
+            if not math.isfinite(value) or below or above:
+                raise ConfigError(f"--{self.name}={text}: must be {self.interval}")
+        return value
+
+    def stored(self, value: Any) -> bool:
+        """Whether a run's stored config keeps this value (see `recorded`)."""
+        return self.recorded == "always" or value != self.default
 
 
-GROUP_OPTIONS: dict[str, GroupOption] = {o.name: o for o in (
-    GroupOption("model", "baseline", "choice", "Architecture", tuple(models.MODELS)),
-    GroupOption("hidden", "", "widths", "Hidden dense widths, comma separated (empty: the model's own, e.g. "
-                "50,50 for mlp, 1000 for convnet)", sep=";"),
-    GroupOption("channels", "", "widths", "Conv layer channels, comma separated (empty: the model's own)", sep=";"),
-    GroupOption("kernels", "", "widths", "Conv kernel sizes (odd), one per conv layer (empty: the model's own)",
-                sep=";"),
-    GroupOption("norm", "none", "choice", "Normalisation layer after every layer but the last", tuple(models.NORMS)),
-    GroupOption("init", "torch", "choice", "Weight init (torch: PyTorch's default uniform; normal: N(0, σ²) with σ "
-                "from --init_scale)", tuple(models.INITS)),
-    GroupOption("dropout_kind", "inverted", "choice", "Dropout: inverted (kept units ×1/(1 − rate) in training) or "
-                "unscaled (units zeroed, nothing rescaled in training or at test time)", models.DROPOUTS),
-    GroupOption("dropout_place", "after_relu", "choice", "Where a hidden dense layer's dropout acts: after its ReLU, "
-                "or before its normalisation (the batch statistics see the dropped units)", models.DROPOUT_PLACES),
-    GroupOption("norm_init", "ones", "choice", "Initial γ, β of the normalisation (ones: γ = 1, β = 0; weight_scale: "
-                "drawn N(0, σ²) like the weights; sigma: γ = σ, β = 0; both with --init=normal's σ)", tuple(models.NORM_INITS)),
-    GroupOption("norm_l2", "false", "bool", "The L2 penalty λ·Σθ² also covers the normalisation's γ and β"),
-    GroupOption("optimizer", "sgd", "choice", "Optimiser", tuple(optim.OPTIMIZERS)),
-    GroupOption("batch_size", "64", "int", "Training batch size (an epoch's last partial batch is dropped)", low=1),
-    GroupOption("epochs", "50", "int", "Training epochs", low=1),
-    GroupOption("augment", "none", "choice", "Training augmentation", tuple(preprocess.AUGMENTATIONS)),
-    GroupOption("clip_norm", "0", "float", "Clip gradients to this global norm (0: off)"),
-)}
-MODEL_OPTIONS = ("model", "hidden", "channels", "kernels", "norm", "init", "dropout_kind", "dropout_place", "norm_init",
-                 "norm_l2")  # combined into one models.ModelConfig per group
+def table(*entries: Option) -> dict[str, Option]:
+    """Options by name (a name declared twice is an error at import)."""
+    out: dict[str, Option] = {}
+    for o in entries:
+        if o.name in out or o.level not in LEVELS or o.kind not in KINDS:
+            raise ValueError(f"option {o.name}: declared twice, or an unknown level or kind")
+        out[o.name] = o
+    return out
+
+
+def define(options: Iterable[Option], flag_values: flags.FlagValues) -> None:
+    """Define the flags of `options` on `flag_values` (those already defined are left as they are)."""
+    for o in options:
+        if o.name not in flag_values:
+            o.define(flag_values)
+
+
+def values(options: dict[str, Option], flag_values: Any) -> dict[str, Any]:
+    """Every option's checked value from the parsed flags (see `Option.parse`)."""
+    return {name: o.parse(getattr(flag_values, name)) for name, o in options.items()}
+
+
+def namespace(name: str, options: dict[str, Option], given: dict[str, Any]) -> Any:
+    """A frozen dataclass instance (class `name`) with one typed field per option: an
+    experiment's own options as one value (`Config.own`)."""
+    fields = [(k, Any, dataclasses.field(default=None)) for k in options]
+    cls = dataclasses.make_dataclass(name, fields, frozen=True)
+    return cls(**{k: given[k] for k in options})
+
+
+def serialized(options: dict[str, Option], flag_values: Any) -> list[tuple[str, str, bool]]:
+    """(name, --flag=value, whether it differs from the default) per option that has a value, as
+    the command line gives it (a study's flags.txt and protocol.flags)."""
+    out = []
+    for name, o in options.items():
+        raw, default = getattr(flag_values, name), o.flag_default
+        if raw is None:
+            continue
+        if isinstance(raw, bool):
+            line = f"--{name}" if raw else f"--no{name}"
+        else:
+            line = f"--{name}={','.join(raw) if isinstance(raw, list) else raw}"
+        out.append((name, line, raw != default))
+    return out
+
+
+# A shortcut for the entries below: a float option of the run level from 0 up (or in [0, 1)).
+def _run(name: str, default: float, help: str, **kw: Any) -> Option:
+    return Option(name, default, help, level="run", low=kw.pop("low", 0.0), **kw)
+
+
+RUN = table(
+    _run("decay_rate", 0.0, "k of inverse_time, γ of exponential/step."),
+    _run("dropout", 0.0, "Dropout rate where the model has dropout (after hidden dense layers; convnet: also on "
+         "the flattened conv features).", high=1.0, high_open=True, shown=True),
+    _run("l2", 0.0, "L2 penalty λ·ΣW² added to the loss (weights only).", column="λ", shown=True),
+    _run("label_smoothing", 0.0, "Label smoothing α of the training loss: targets (1 − α)·one-hot + α/classes.",
+         high=1.0, high_open=True),
+    _run("momentum", 0.9, "Momentum of --optimizer=momentum/nesterov.", high=1.0, high_open=True),
+    _run("rmsprop_decay", 0.9, "Decay of the squared-gradient average of --optimizer=rmsprop.", low_open=True,
+         high=1.0, high_open=True),
+    _run("rmsprop_eps", 1e-8, "ε of --optimizer=rmsprop.", low_open=True),
+    _run("adam_b1", 0.9, "β1 of --optimizer=adam/adamw.", high=1.0, high_open=True),
+    _run("adam_b2", 0.999, "β2 of --optimizer=adam/adamw.", high=1.0, high_open=True),
+    _run("adam_eps", 1e-8, "ε of --optimizer=adam/adamw.", low_open=True),
+    _run("weight_decay", 0.0, "Weight decay as PyTorch's optimisers apply it: decoupled for --optimizer=adamw, else "
+         "added to the gradient (wd·θ, every parameter)."),
+    _run("init_scale", 0.01, "σ of --init=normal.", low_open=True, column="σ"),
+    _run("noise_std", 0.0, "Gaussian input noise σ on normalised training inputs.", column="noise σ", shown=True),
+    _run("salt_pepper", 0.0, "Fraction of training inputs set to salt-and-pepper noise.", high=1.0, high_open=True,
+         column="s&p", shown=True),
+)
+
+
+def _model(name: str, default: Any, help: str, **kw: Any) -> Option:
+    return Option(name, default, help, level="model", **kw)
+
+
+MODEL = table(
+    _model("model", "baseline", "Architecture", kind="choice", choices=tuple(models.MODELS), shown=True),
+    _model("hidden", (), "Hidden dense widths, comma separated (empty: the model's own, e.g. 50,50 for mlp, 1000 for "
+           "convnet)", kind="widths", sep=";", column="hidden layers", shown=True),
+    _model("channels", (), "Conv layer channels, comma separated (empty: the model's own)", kind="widths", sep=";"),
+    _model("kernels", (), "Conv kernel sizes (odd), one per conv layer (empty: the model's own)", kind="widths", sep=";"),
+    _model("norm", "none", "Normalisation layer after every layer but the last", kind="choice",
+           choices=tuple(models.NORMS), shown=True),
+    _model("init", "torch", "Weight init (torch: PyTorch's default uniform; normal: N(0, σ²) with σ from --init_scale)",
+           kind="choice", choices=tuple(models.INITS), shown=True),
+    _model("dropout_kind", "inverted", "Dropout: inverted (kept units ×1/(1 − rate) in training) or unscaled (units "
+           "zeroed, nothing rescaled in training or at test time)", kind="choice", choices=models.DROPOUTS,
+           recorded="changed"),
+    _model("dropout_place", "after_relu", "Where a hidden dense layer's dropout acts: after its ReLU, or before its "
+           "normalisation (the batch statistics see the dropped units)", kind="choice", choices=models.DROPOUT_PLACES,
+           recorded="changed"),
+    _model("norm_init", "ones", "Initial γ, β of the normalisation (ones: γ = 1, β = 0; weight_scale: drawn N(0, σ²) "
+           "like the weights; sigma: γ = σ, β = 0; both with --init=normal's σ)", kind="choice",
+           choices=tuple(models.NORM_INITS), recorded="changed"),
+    _model("norm_l2", False, "The L2 penalty λ·Σθ² also covers the normalisation's γ and β", kind="bool",
+           recorded="changed"),
+)
+
+GROUP = table(
+    Option("optimizer", "sgd", "Optimiser", kind="choice", level="group", choices=tuple(optim.OPTIMIZERS)),
+    Option("batch_size", 64, "Training batch size (an epoch's last partial batch is dropped)", kind="int",
+           level="group", low=1),
+    Option("epochs", 50, "Training epochs", kind="int", level="group", low=1, spec=False),
+    Option("augment", "none", "Training augmentation", kind="choice", level="group",
+           choices=tuple(preprocess.AUGMENTATIONS)),
+    Option("clip_norm", 0.0, "Clip gradients to this global norm (0: off)", level="group", low=0.0),
+)

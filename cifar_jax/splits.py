@@ -47,8 +47,8 @@ def parse_split(text: str) -> tuple[int, int, bool]:
     """Parses --split text: "45000/5000" -> (45000, 5000, False); "25000/25000:swap" -> swap True."""
     match = _SPLIT_FORM.fullmatch(text)
     if match is None:
-        raise ValueError(f"--split={text!r} is not of the form TRAIN/VAL or TRAIN/VAL:swap "
-                         f"(e.g. 45000/5000 or 25000/25000:swap)")
+        raise ValueError(f"{text!r} is not of the form TRAIN/VAL or TRAIN/VAL:swap (e.g. 45000/5000 or "
+                         "25000/25000:swap)")
     return int(match[1]), int(match[2]), match[3] is not None
 
 

@@ -14,7 +14,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -22,6 +23,7 @@ from absl import app, flags, logging
 
 from cifar_jax import checkpoint, config, data, engine, models, plots, results, run_record, splits, summary, tensorboard, train
 from cifar_jax.config import Config, ConfigError, Run
+from cifar_jax.options import Option
 from cifar_jax.snapshots import Snapshots
 
 
@@ -183,13 +185,11 @@ def write_preamble(study: results.StudyDir, cfg: Config, runs: list[Run], prepar
     """Flags, resolved config, environment and the class-distribution figure of the splits."""
     if not is_lead():
         return
-    # absl files the flags of a `python -m experiments.x` script under its path (sys.argv[0])
-    ours = [f for module, fl in flags.FLAGS.flags_by_module_dict().items()
-            if module.startswith(("cifar_jax", "experiments", "__main__")) or module == sys.argv[0] for f in fl]
-    study.write_text("flags.txt", "".join(f"{f.serialize()}\n" for f in ours if f.serialize()))
-    study.write_text("protocol.flags", "".join(f"{f.serialize()}\n" for f in ours
-                                               if f.serialize() and f.value != f.default))
-    study.write_json("config.json", {"flags": dataclasses.asdict(cfg), **(extra or {}),
+    given = sorted(cfg.given)
+    study.write_text("flags.txt", "".join(f"{line}\n" for _, line, _ in given))
+    study.write_text("protocol.flags", "".join(f"{line}\n" for _, line, changed in given if changed))
+    flat = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("own", "given")}
+    study.write_json("config.json", {"flags": {**flat, **dataclasses.asdict(cfg.own)}, **(extra or {}),
                                      "runs": [{"run_id": r.run_id, **r.config} for r in runs]})
     study.write_json("env.json", results.environment())
     plots.class_distribution(prepared.labels_by_split, prepared.dataset.classes,
@@ -353,23 +353,39 @@ def finish(study: results.StudyDir, runs: list[Run], title: str, figures: bool =
     return stats
 
 
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What `run` leaves: the study (part) directory, its planned runs, their records (None for a
+    run another process has not finished) and the data they were trained on."""
+
+    study: results.StudyDir
+    runs: list[Run]
+    records: list[dict | None]
+    prepared: Prepared
+
+    @property
+    def finished(self) -> list[dict]:
+        """The records there are."""
+        return [r for r in self.records if r is not None]
+
+
 def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]], *,
         report: Callable[[results.StudyDir, list[dict]], None] | None = None,
-        before: Callable[[results.StudyDir, Prepared], None] | None = None,
+        before: Callable[[results.StudyDir, Prepared, list[Run]], None] | None = None,
         extra: dict | None = None, figures: bool = True, part: str | None = None,
         initial_for: Callable[[Run], dict] | None = None,
         on_state: Callable[[Run, tuple], None] | None = None,
-        prepared: Prepared | None = None) -> results.StudyDir:
+        prepared: Prepared | None = None) -> Outcome:
     """A declared study, start to end: prepare the data (or take `prepared`, made by
     `prepare(cfg)` from these flags, e.g. by a notebook that built the runs from it), build
     `runs(prepared)`, check finished records against them (a changed configuration fails before
     anything is written), write the preamble (`extra` joins config.json), call `before(study,
-    prepared)` (e.g. a figure or a sub-study), train every unfinished run (`initial_for`,
+    prepared, runs)` (e.g. a figure or a sub-study), train every unfinished run (`initial_for`,
     `on_state`: see `execute`), and on the lead process write the summary, test table and the
     standard figures (per-configuration curves, their comparison, the test table and LR curves;
     only with `figures`) and call `report(study, records)`; other processes of a multi-host study
-    return once their own runs are done. The study directory is `--name` (default `name`), or its subfolder
-    `part` for a study in parts (e.g. pretraining and retraining)."""
+    return once their own runs are done. The study directory is `--name` (default `name`), or its
+    subfolder `part` for a study in parts (e.g. pretraining and retraining). Returns the `Outcome`."""
     st = study_dir(cfg, name)
     st = results.StudyDir(st.root / part) if part else st
     check_writable(st.root, "--results_dir/--name")
@@ -380,13 +396,13 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
         st.pending([(r.run_id, r.config) for r in planned])
         write_preamble(st, cfg, planned, prepared, extra)
         if before:
-            before(st, prepared)
+            before(st, prepared, planned)
         if cfg.save_final:
             on_state = _saving_final(st, planned, on_state)
         execute(st, planned, prepared, cfg, initial_for=initial_for, on_state=on_state)
         if finish(st, planned, title, figures=figures) is not None and report:
             report(st, [st.record(r.run_id) for r in planned])
-    return st
+    return Outcome(st, planned, [st.record(r.run_id) for r in planned], prepared)
 
 
 def show_project_flags(fl: flags.FlagValues = flags.FLAGS, main_module: str | None = None) -> None:
@@ -424,14 +440,26 @@ def full_help(fl: flags.FlagValues = flags.FLAGS) -> str:
     return "\n".join(parts)
 
 
-def main(experiment: Callable[[Config], Any]) -> None:
-    """absl entry point: define the core flags, validate, run; bad input → one line, exit 2;
-    Ctrl-C → one line, exit 130, and SIGTERM → one line, exit 143 (see `run_checked`)."""
-    config.define_flags()
+def main(experiment: Callable[[Config], Any], own: dict[str, Option] | None = None) -> None:
+    """The entry point of an experiment (`own`: its options table): define the core flags and its
+    own on absl's FLAGS, validate, run; bad input → one line, exit 2; Ctrl-C → one line, exit
+    130, and SIGTERM → one line, exit 143 (see `run_checked`)."""
+    config.define_flags(flags.FLAGS, own)
     show_project_flags()
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    app.run(lambda argv: run_checked(argv, experiment), flags_parser=parse_flags)
+    app.run(lambda argv: run_checked(argv, experiment, flags.FLAGS, own), flags_parser=parse_flags)
+
+
+def run_args(experiment: ModuleType, args: Sequence[str]) -> None:
+    """An experiment module (its `main` and `OPTIONS`) run in this process from command-line flags
+    (flagfiles included), on flags of its own: what its entry point does, without absl's app,
+    global flags or signal handlers, so that a notebook, a script or a test can run several.
+    Bad input → one line on stderr, SystemExit(2)."""
+    own = getattr(experiment, "OPTIONS", None)
+    fv = flags.FlagValues()
+    config.define_flags(fv, own)
+    run_checked(parse_flags(["experiment", *args], fv), experiment.main, fv, own)
 
 
 class Terminated(KeyboardInterrupt):
@@ -467,12 +495,12 @@ def check_writable(folder: Path | str, flag: str) -> None:
         raise ConfigError(f"{flag}={folder}: {problem}")
 
 
-def checked_config(argv: list[str], fl: Any = None) -> Config:
-    """The validated flags (absl's FLAGS, or `fl`), with every check that needs no data: values,
-    output folder, dataset name; one-line ConfigError/DataError."""
+def checked_config(argv: list[str], fl: Any, own: dict[str, Option] | None = None) -> Config:
+    """The validated flags `fl` (the core options and the experiment's `own`), with every check
+    that needs no data: values, output folder, dataset name; one-line ConfigError/DataError."""
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {' '.join(argv[1:])!r} (flags need the --name=value form)")
-    cfg = config.from_flags(fl)
+    cfg = config.from_flags(fl, own)
     check_writable(cfg.results_dir, "--results_dir")
     if cfg.name:
         check_writable(Path(cfg.results_dir).expanduser() / cfg.name, "--name")
@@ -480,15 +508,17 @@ def checked_config(argv: list[str], fl: Any = None) -> Config:
     return cfg
 
 
-def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any = None) -> None:
+def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any,
+                own: dict[str, Option] | None = None) -> None:
     """Validate the flags (`checked_config`), set up JAX and run `experiment(cfg)`. Bad input or
     a full disk → one line, exit 2; Ctrl-C or SIGTERM → one line saying what is kept and how to
     resume, exit 130 or 143, instead of a traceback."""
     logging.set_verbosity(logging.WARNING)  # keep backend-probing chatter out of the progress output
     cfg = None
     try:
-        cfg = checked_config(argv, fl)
-        if cfg.compile_cache:
+        cfg = checked_config(argv, fl, own)
+        if cfg.compile_cache and not jax.config.jax_compilation_cache_dir:  # else set already: by
+            # $JAX_COMPILATION_CACHE_DIR or by an earlier study of this process (the cache is process-wide)
             jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
         address, count, index = cfg.distributed

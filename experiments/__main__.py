@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FLAGS_DIR = HERE / "flags"
+FLAGFILE_DIR = HERE / "flags"
 _MAIN = re.compile(r'^if __name__ == "__main__":', re.M)
 _INCLUDE = re.compile(r"^\s*--flagfile=(\S+)", re.M)
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)\.(?=\s|$)")
@@ -59,7 +59,7 @@ def _prefix_match(name: str, stems: dict[str, object]) -> object | None:
     return stems[max(found, key=len)] if found else None
 
 
-def catalog(folder: Path = HERE, flags_dir: Path = FLAGS_DIR) -> tuple[list[Experiment], list[str]]:
+def catalog(folder: Path = HERE, flags_dir: Path = FLAGFILE_DIR) -> tuple[list[Experiment], list[str]]:
     """The experiments in name order, and the flagfile stems no experiment could be given."""
     experiments = {}
     for path in sorted(folder.glob("[a-z]*.py")):

@@ -13,6 +13,9 @@ from cifar_jax import config, study
 from experiments import model_family
 
 
+OPTIONS = model_family.OPTIONS
+
+
 def main(cfg: config.Config) -> None:
     rate = model_family.validate(cfg)
 
@@ -24,4 +27,4 @@ def main(cfg: config.Config) -> None:
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

@@ -43,54 +43,48 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
 from cifar_jax import checkpoint, config, data, models, plots, preprocess, results, run_record, splits, study, summary, train
+from cifar_jax.options import Option, table
 from experiments import pretraining, reproduce
 
 BASELINES = ("scratch", "linear_probe", "fine_tune")
 TITLE = "CNN transfer"
 
-flags.DEFINE_string("source_classes", "airplane,automobile,bird,deer,frog,horse,ship,truck",
-                    "The source task's classes (the --classes syntax); default: the 8 CIFAR-10 classes "
-                    "other than cat and dog.")
-flags.DEFINE_string("source_split", "36000/4000", "train/validation sizes of the source task.")
-flags.DEFINE_integer("source_epochs", 10, "Epochs of the source-task pretraining.")
-flags.DEFINE_float("source_lr", 1e-3, "Learning rate of the source-task pretraining (--optimizer's).")
-flags.DEFINE_list("baselines", list(BASELINES), f"Which target baselines to train: {', '.join(BASELINES)}.")
-flags.DEFINE_string("pretrained_study", "", "Share the pretraining of another cnn_transfer study of the same source "
-                    "protocol (its name in --results_dir, or its path): its finished pretraining runs and their "
-                    "checkpoints are reused, any missing ones trained there; default: this study's own.")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    *pretraining.OPTIONS.values(),
+    Option("source_classes", "airplane,automobile,bird,deer,frog,horse,ship,truck", "The source task's classes (the "
+           "--classes syntax); default: the 8 CIFAR-10 classes other than cat and dog.", kind="str"),
+    Option("source_split", "36000/4000", "train/validation sizes of the source task.", kind="str",
+           convert=splits.parse_split),
+    Option("source_epochs", 10, "Epochs of the source-task pretraining.", kind="int", low=1),
+    Option("source_lr", 1e-3, "Learning rate of the source-task pretraining (--optimizer's).", low=0.0, low_open=True),
+    Option("baselines", BASELINES, "Which target baselines to train.", kind="choice", many=True, choices=BASELINES),
+    Option("pretrained_study", "", "Share the pretraining of another cnn_transfer study of the same source protocol "
+           "(its name in --results_dir, or its path): its finished pretraining runs and their checkpoints are reused, "
+           "any missing ones trained there; default: this study's own.", kind="str"),
+)
 
 
 # ----------------------------------------------------------------------------- the runs
 
-def chosen_baselines() -> tuple[str, ...]:
-    """--baselines, checked (in the study's order)."""
-    unknown = [b for b in FLAGS.baselines if b not in BASELINES]
-    if unknown or not FLAGS.baselines:
-        raise config.ConfigError(f"--baselines={','.join(FLAGS.baselines)}: give one or more of {', '.join(BASELINES)}")
-    return tuple(b for b in BASELINES if b in FLAGS.baselines)
+def chosen_baselines(cfg: config.Config) -> tuple[str, ...]:
+    """--baselines in the study's order (one or more)."""
+    if not cfg.own.baselines:
+        raise config.ConfigError(f"--baselines: give one or more of {', '.join(BASELINES)}")
+    return tuple(b for b in BASELINES if b in cfg.own.baselines)
 
 
 def source_config(cfg: config.Config) -> config.Config:
     """The pretraining's flags: the target's, with the source task's classes, split, epochs and LR."""
-    try:
-        split = splits.parse_split(FLAGS.source_split)
-    except ValueError as err:
-        raise config.ConfigError(str(err).replace("--split=", "--source_split=")) from None
-    if FLAGS.source_epochs < 1:
-        raise config.ConfigError(f"--source_epochs={FLAGS.source_epochs}: must be >= 1")
-    if not 0 < FLAGS.source_lr < math.inf:  # NaN too
-        raise config.ConfigError(f"--source_lr={FLAGS.source_lr}: must be a finite number > 0")
-    return cfg.replace(classes=FLAGS.source_classes, split=split, test_size=0, epochs=FLAGS.source_epochs,
-                       lrs=(FLAGS.source_lr,))
+    own = cfg.own
+    return cfg.replace(classes=own.source_classes, split=own.source_split, test_size=0, epochs=own.source_epochs,
+                       lrs=(own.source_lr,))
 
 
 def pretraining_study(cfg: config.Config, parent: results.StudyDir) -> results.StudyDir:
     """The study whose pretrain/ part and checkpoints this one uses: --pretrained_study, else itself."""
-    name = FLAGS.pretrained_study.strip()
+    name = cfg.own.pretrained_study.strip()
     if not name:
         return parent
     path = Path(name).expanduser()
@@ -100,10 +94,11 @@ def pretraining_study(cfg: config.Config, parent: results.StudyDir) -> results.S
     return other
 
 
-def source_description() -> dict:
+def source_description(cfg: config.Config) -> dict:
     """What the pretrained backbone depends on (part of every transfer run's identity)."""
-    return {"classes": FLAGS.source_classes, "split": FLAGS.source_split, "epochs": FLAGS.source_epochs,
-            "lr": FLAGS.source_lr}
+    own = cfg.own
+    return {"classes": own.source_classes, "split": "/".join(map(str, own.source_split[:2])) +
+            (":swap" if own.source_split[2] else ""), "epochs": own.source_epochs, "lr": own.source_lr}
 
 
 def head_name(model: models.ModelConfig) -> str:
@@ -111,13 +106,14 @@ def head_name(model: models.ModelConfig) -> str:
     return f"fc{sum(layer[0] == 'dense' for layer in models.layer_stack(model)) + 1}"
 
 
-def as_baseline(run: config.Run, baseline: str, backbone: tuple[str, ...], pre: config.Run | None) -> config.Run:
+def as_baseline(run: config.Run, baseline: str, backbone: tuple[str, ...], pre: config.Run | None,
+                source: dict) -> config.Run:
     """A target run of the grid as one baseline: scratch as it is; a transfer run names its
     pretraining run and source; a linear probe also freezes the backbone."""
     if baseline == "scratch":
         return run
     spec = dataclasses.replace(run.spec, frozen=backbone) if baseline == "linear_probe" else run.spec
-    data = {**run.data, "pretrained": pre.run_id, "source": source_description(), "restored": list(backbone)}
+    data = {**run.data, "pretrained": pre.run_id, "source": source, "restored": list(backbone)}
     return dataclasses.replace(run, spec=spec, data=data)
 
 
@@ -203,106 +199,111 @@ def _backbone_path(st: results.StudyDir, run_id: str) -> Path:
 
 # ----------------------------------------------------------------------------- the study
 
+@dataclasses.dataclass(frozen=True)
+class Backbones:
+    """The pretraining a target task restores from: the study that holds it, and its run and
+    checkpoint per seed (none for a study of scratch runs only)."""
+
+    owner: results.StudyDir
+    runs: dict[int, config.Run] = dataclasses.field(default_factory=dict)
+    checkpoints: dict[int, Path] = dataclasses.field(default_factory=dict)
+
+
 def main(cfg: config.Config) -> None:
+    """The pretraining (unless only scratch runs are asked for), then the target task."""
     cfg.single_group("the CNN transfer study makes its own groups (the baselines)")
-    baselines = chosen_baselines()
+    baselines = chosen_baselines(cfg)
     parent = study.study_dir(cfg, "cnn_transfer")
     owner = pretraining_study(cfg, parent)  # the study that holds the pretraining: this one or another
-    source = source_config(cfg).replace(results_dir=str(owner.root.parent), name=owner.root.name)
-    plan: dict = {"pre": {}, "restored": {}, "owner": owner}
+    backbones = Backbones(owner)
     if baselines != ("scratch",):
         try:
-            pretrain(source, owner, pretraining.checkpoint_root(owner), plan)
+            backbones = pretrain(cfg, owner)
         except results.ResultsError as err:
             if owner is parent:
                 raise
-            raise results.ResultsError(f"--pretrained_study={FLAGS.pretrained_study}: {err}") from None
-    target(cfg, baselines, parent, plan)
+            raise results.ResultsError(f"--pretrained_study={cfg.own.pretrained_study}: {err}") from None
+    target(cfg, baselines, parent, backbones)
 
 
-def pretrain(source: config.Config, parent: results.StudyDir, ckpt_root: Path, plan: dict) -> None:
-    """The source task in study `parent` (this one, or the one given by --pretrained_study), one
+def pretrain(cfg: config.Config, owner: results.StudyDir) -> Backbones:
+    """The source task in study `owner` (this one, or the one given by --pretrained_study), one
     checkpoint per seed."""
-    pre_study = results.StudyDir(parent.root / "pretrain")
-
-    def runs(prepared: study.Prepared) -> list[config.Run]:
-        pre = config.grid(source, len(prepared.train_idx), prepared.dataset.num_classes, "source")
-        if len(pre) != len(source.seeds):
-            raise config.ConfigError("the pretraining takes one value of each per-run option (a list would "
-                                     f"make {len(pre) // len(source.seeds)} source models per seed)")
-        plan["pre"] = {r.seed: r for r in pre}
-        plan["ckpt"] = {r.seed: ckpt_root / results.run_file_stem(r.run_id) for r in pre}
-        return pre
-
-    def check_checkpoints(st: results.StudyDir, prepared: study.Prepared) -> None:
-        pretraining.check(parent, st, [(r, plan["ckpt"][seed]) for seed, r in plan["pre"].items()])
-
-    def save(run: config.Run, variables: tuple) -> None:
-        if pre_study.record(run.run_id)["status"] != "done":
-            study.log(f"warning: {run.run_id} diverged; its last finite weights are the backbone of seed {run.seed}")
-        pretraining.save(parent, pre_study, plan["ckpt"][run.seed], run, variables)
-
+    source = source_config(cfg).replace(results_dir=str(owner.root.parent), name=owner.root.name)
+    root = pretraining.checkpoint_root(cfg, owner)
+    path = lambda run: root / results.run_file_stem(run.run_id)
+    pre_study = results.StudyDir(owner.root / "pretrain")
     try:
-        study.run(source, "cnn_transfer", f"{TITLE}: pretraining on the source task", runs, part="pretrain",
-                  before=check_checkpoints, on_state=save, figures=source.epochs > 1,
-                  extra={"source": source_description()})
+        prepared = study.prepare(source)
     except (config.ConfigError, data.DataError) as err:  # name the source task's own flags
         text = str(err)
         for core, own in (("--classes=", "--source_classes="), ("--split=", "--source_split=")):
             if text.startswith(core):
                 raise type(err)(own + text[len(core):]) from None
         raise
+    runs = config.grid(source, len(prepared.train_idx), prepared.dataset.num_classes, "source")
+    if len(runs) != len(source.seeds):
+        raise config.ConfigError("the pretraining takes one value of each per-run option (a list would "
+                                 f"make {len(runs) // len(source.seeds)} source models per seed)")
+
+    def save(run: config.Run, variables: tuple) -> None:
+        if pre_study.record(run.run_id)["status"] != "done":
+            study.log(f"warning: {run.run_id} diverged; its last finite weights are the backbone of seed {run.seed}")
+        pretraining.save(owner, pre_study, path(run), run, variables)
+
+    study.run(source, "cnn_transfer", f"{TITLE}: pretraining on the source task", lambda p: runs, part="pretrain",
+              prepared=prepared, on_state=save, figures=source.epochs > 1, extra={"source": source_description(cfg)},
+              before=lambda st, p, planned: pretraining.check(cfg, owner, st, [(r, path(r)) for r in planned]))
+    return Backbones(owner, {r.seed: r for r in runs}, {r.seed: path(r) for r in runs})
 
 
-def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.StudyDir, plan: dict) -> None:
+def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.StudyDir,
+           backbones: Backbones) -> study.Outcome:
     """The target task: every baseline × LR × seed, with per-example predictions."""
     st = results.StudyDir(parent.root / "target")
-    extra: dict = {"source": source_description(), "baselines": list(baselines)}  # head and backbone join below
+    prepared = study.prepare(cfg)
+    shape = prepared.dataset.image_shape
+    grid = {b: config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, b) for b in baselines}
+    spec = next(iter(grid.values()))[0].spec
+    head = head_name(spec.model)
+    backbone = tuple(k for k in train.param_shapes(spec, shape) if k != head)
+    source = source_description(cfg)
+    planned = [as_baseline(r, b, backbone, backbones.runs.get(r.seed), source) for b, rs in grid.items() for r in rs]
+    restored: dict[int, dict] = {}  # per seed, restored once
 
-    def runs(prepared: study.Prepared) -> list[config.Run]:
-        n_train, classes = len(prepared.train_idx), prepared.dataset.num_classes
-        shape = prepared.dataset.image_shape
-        grid = {b: config.grid(cfg, n_train, classes, b) for b in baselines}
-        spec = next(iter(grid.values()))[0].spec
-        head = head_name(spec.model)
-        backbone = tuple(k for k in train.param_shapes(spec, shape) if k != head)
-        planned = [as_baseline(r, b, backbone, plan["pre"].get(r.seed)) for b, rs in grid.items() for r in rs]
-        plan.update(prepared=prepared, head=head, backbone=backbone, runs=planned)
-        extra.update(head=head, backbone=list(backbone))  # config.json is written after this call
-        return planned
-
-    def missing_outputs(st: results.StudyDir, prepared: study.Prepared) -> None:
+    def missing_outputs(st: results.StudyDir, prepared: study.Prepared, runs: list[config.Run]) -> None:
         labels = st.root / "predictions" / "labels.npy"
         if study.is_lead() and not labels.exists():
             _save_npy(labels, np.asarray(prepared.dataset.y_test, np.int32))
-        for r in pretraining.finished(st, plan["runs"]):
+        for r in pretraining.finished(st, runs):
             if not _predictions_path(st, r.run_id).exists():
                 study.train_again(st, r.run_id, "its test predictions are missing")
             elif "pretrained" in r.data and not _backbone_path(st, r.run_id).exists():
                 study.train_again(st, r.run_id, "its backbone check is missing")
 
     def initial(run: config.Run) -> dict:
-        shape = plan["prepared"].dataset.image_shape
         if "pretrained" not in run.data:
-            return fresh_backbone(run, shape, plan["head"])
-        if run.seed not in plan["restored"]:
-            plan["restored"][run.seed] = restored_backbone(plan["ckpt"][run.seed], run.spec, shape, plan["head"],
-                                                           study.provenance(plan["owner"], plan["pre"][run.seed]))
-        restored = plan["restored"][run.seed]
-        study.log(f"{run.run_id}: {', '.join(restored['params'])} restored from {plan['pre'][run.seed].run_id}"
-                  + (" and frozen" if run.spec.frozen else "") + f"; {plan['head']} initialised from seed {run.seed}")
-        return restored
+            return fresh_backbone(run, shape, head)
+        pre = backbones.runs[run.seed]
+        if run.seed not in restored:
+            restored[run.seed] = restored_backbone(backbones.checkpoints[run.seed], run.spec, shape, head,
+                                                   study.provenance(backbones.owner, pre))
+        study.log(f"{run.run_id}: {', '.join(restored[run.seed]['params'])} restored from {pre.run_id}"
+                  + (" and frozen" if run.spec.frozen else "") + f"; {head} initialised from seed {run.seed}")
+        return restored[run.seed]
 
     def outputs(run: config.Run, variables: tuple) -> None:
         params, batch_stats = variables
         if "pretrained" in run.data:
-            change = backbone_change(plan["restored"][run.seed], params, batch_stats)
+            change = backbone_change(restored[run.seed], params, batch_stats)
             results.atomic_write_json(_backbone_path(st, run.run_id), change)
-        _save_npy(_predictions_path(st, run.run_id), predict(run.spec, params, batch_stats, plan["prepared"].device))
+        _save_npy(_predictions_path(st, run.run_id), predict(run.spec, params, batch_stats, prepared.device))
 
-    study.run(cfg, "cnn_transfer", f"{TITLE}: the target task", runs, part="target", before=missing_outputs,
-              initial_for=initial, on_state=outputs, figures=cfg.epochs > 1, extra=extra,
-              report=lambda s, records: analyse(parent, s, records, plan["prepared"], plan["owner"]))
+    return study.run(cfg, "cnn_transfer", f"{TITLE}: the target task", lambda p: planned, part="target",
+                     prepared=prepared, before=missing_outputs, initial_for=initial, on_state=outputs,
+                     figures=cfg.epochs > 1,
+                     extra={"source": source, "baselines": list(baselines), "head": head, "backbone": list(backbone)},
+                     report=lambda s, records: analyse(parent, s, records, prepared, backbones.owner, source))
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -420,7 +421,7 @@ def right_and_wrong(best: np.ndarray, worst: np.ndarray, labels: np.ndarray, n: 
 
 
 def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict], prepared: study.Prepared,
-            owner: results.StudyDir) -> None:
+            owner: results.StudyDir, source_task: dict) -> None:
     """baselines.md, configs.json, accuracy against LR, and the best/worst image figure."""
     rows = config_rows(records)
     parent.write_json("configs.json", rows)
@@ -456,7 +457,7 @@ def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict],
     cfg0 = records[0]["config"]
     header = (f"Target: {ds.name}, {cfg0['split'][0]:,} train / {cfg0['split'][1]:,} val / {len(labels):,} test images, "
               f"{cfg0['epochs']} epoch(s), {cfg0['optimizer']}, batch {cfg0['batch_size']}, model {cfg0['model']['name']} "
-              f"(norm {cfg0['model']['norm']}). Backbone: pretrained on {source_description()['classes']} "
+              f"(norm {cfg0['model']['norm']}). Backbone: pretrained on {source_task['classes']} "
               + (f"(source test accuracy {_stat(source_acc)}%, {source_acc['n']} runs)." if source else "(not used)."))
     parent.write_text("baselines.md", baselines_markdown(rows, published(), checks, extremes, header))
     plots.accuracy_against(rows, "lr", parent.figures_dir / "accuracy_vs_lr.png",
@@ -465,4 +466,4 @@ def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict],
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

@@ -31,67 +31,56 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
 from cifar_jax import checkpoint, config, plots, results, run_record, study, summary, surfaces, train
+from cifar_jax.options import Option, table
 
 TITLE = "Linear mode connectivity"
 SPAWNED = ("params", "batch_stats", "opt_state", "step")  # what a child takes from its parent's state
 ORDER_SEED_BASE = 1000  # default order seed of child c: ORDER_SEED_BASE + c
 
-flags.DEFINE_list("spawn_epochs", ["0", "1", "2", "5"], "Epochs k after which children are spawned from the parent's "
-                  "state (0: its initialisation); each in [0, --epochs).")
-flags.DEFINE_integer("children", 2, "Children per parent and spawn epoch (every pair of them is a path).")
-flags.DEFINE_list("child_order_seeds", [], "The children's order seeds (data order, augmentation, noise), one per "
-                  f"child; default {ORDER_SEED_BASE} + child index. Equal seeds give equal children (a check: barrier 0).")
-flags.DEFINE_integer("interp_points", 11, "Coefficients t in [0, 1] on each path between two children.")
-flags.DEFINE_integer("interp_examples", 1000, "Training images (a seeded subset) evaluated along each path, beside "
-                     "the whole test set.")
-flags.DEFINE_integer("interp_chunk", 0, "Path points evaluated together in one vmapped pass (memory grows with it); 0: "
-                     "by backend (surfaces.auto_chunk: 1 on CPU, where vmapped convolutions are slower, 32 elsewhere).")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    Option("spawn_epochs", (0, 1, 2, 5), "Epochs k after which children are spawned from the parent's state (0: its "
+           "initialisation); each in [0, --epochs).", kind="int", many=True, low=0, distinct=True),
+    Option("children", 2, "Children per parent and spawn epoch (every pair of them is a path).", kind="int", low=2),
+    Option("child_order_seeds", (), "The children's order seeds (data order, augmentation, noise), one per child; "
+           f"default {ORDER_SEED_BASE} + child index. Equal seeds give equal children (a check: barrier 0).",
+           kind="int", many=True, low=0),
+    Option("interp_points", 11, "Coefficients t in [0, 1] on each path between two children.", kind="int", low=2),
+    Option("interp_examples", 1000, "Training images (a seeded subset) evaluated along each path, beside the whole "
+           "test set.", kind="int", low=1),
+    Option("interp_chunk", 0, "Path points evaluated together in one vmapped pass (memory grows with it); 0: by "
+           "backend (surfaces.auto_chunk: 1 on CPU, where vmapped convolutions are slower, 32 elsewhere).", kind="int",
+           low=0),
+)
 
 
 # ----------------------------------------------------------------------------- flags and runs
 
 def spawn_epochs(cfg: config.Config) -> tuple[int, ...]:
-    """--spawn_epochs, checked: distinct integers in [0, --epochs), ascending."""
-    text = ",".join(FLAGS.spawn_epochs)
-    try:
-        ks = sorted({int(k) for k in FLAGS.spawn_epochs})
-    except ValueError:
-        raise config.ConfigError(f"--spawn_epochs={text}: give a comma list of integers") from None
-    if not ks or ks[0] < 0 or ks[-1] >= cfg.epochs or len(ks) != len(FLAGS.spawn_epochs):
-        raise config.ConfigError(f"--spawn_epochs={text}: give distinct epochs in [0, --epochs={cfg.epochs})")
-    return tuple(ks)
+    """--spawn_epochs, checked: in [0, --epochs), ascending."""
+    ks = tuple(sorted(cfg.own.spawn_epochs))
+    if not ks or ks[-1] >= cfg.epochs:
+        raise config.ConfigError(f"--spawn_epochs={','.join(map(str, ks))}: give distinct epochs in "
+                                 f"[0, --epochs={cfg.epochs})")
+    return ks
 
 
-def order_seeds() -> tuple[int, ...]:
+def order_seeds(cfg: config.Config) -> tuple[int, ...]:
     """The children's order seeds (--child_order_seeds, else ORDER_SEED_BASE + index)."""
-    if FLAGS.children < 2:
-        raise config.ConfigError(f"--children={FLAGS.children}: need at least 2 (a path joins two children)")
-    if not FLAGS.child_order_seeds:
-        return tuple(ORDER_SEED_BASE + c for c in range(FLAGS.children))
-    text = ",".join(FLAGS.child_order_seeds)
-    try:
-        seeds = tuple(int(s) for s in FLAGS.child_order_seeds)
-    except ValueError:
-        raise config.ConfigError(f"--child_order_seeds={text}: give a comma list of integers") from None
-    if len(seeds) != FLAGS.children or min(seeds) < 0:
-        raise config.ConfigError(f"--child_order_seeds={text}: give {FLAGS.children} seeds >= 0, one per child")
+    seeds, n = cfg.own.child_order_seeds, cfg.own.children
+    if not seeds:
+        return tuple(ORDER_SEED_BASE + c for c in range(n))
+    if len(seeds) != n:
+        raise config.ConfigError(f"--child_order_seeds={','.join(map(str, seeds))}: give {n} seeds >= 0, one per child")
     return seeds
 
 
 def check_flags(cfg: config.Config) -> None:
-    """Every flag of the study, before any work (one-line ConfigError)."""
+    """What the options table cannot say, before any work (one-line ConfigError)."""
     cfg.single_group("connectivity trains one architecture")
     spawn_epochs(cfg)
-    order_seeds()
-    if FLAGS.interp_points < 2:
-        raise config.ConfigError(f"--interp_points={FLAGS.interp_points}: need at least 2 (the two children)")
-    if FLAGS.interp_examples < 1 or FLAGS.interp_chunk < 0:
-        raise config.ConfigError(f"--interp_examples={FLAGS.interp_examples} --interp_chunk={FLAGS.interp_chunk}: "
-                                 "need interp_examples >= 1 and interp_chunk >= 0")
+    order_seeds(cfg)
 
 
 def child(parent: config.Run, k: int, c: int, order_seed: int) -> config.Run:
@@ -179,7 +168,7 @@ def train_children(cfg: config.Config, pst: results.StudyDir, cst: results.Study
                    ks: tuple[int, ...], prepared: study.Prepared) -> dict[tuple[str, int], list[config.Run]]:
     """Every parent's children for every k (one group per k), each child's final variables saved as a checkpoint."""
     shape = tuple(prepared.dataset.image_shape)
-    seeds = order_seeds()
+    seeds = order_seeds(cfg)
     families = {(p.run_id, k): [child(p, k, c, s) for c, s in enumerate(seeds)] for k in ks for p in parents}
     runs = [r for fam in families.values() for r in fam]
     by_id = {p.run_id: p for p in parents}
@@ -212,12 +201,12 @@ def final_variables(cst: results.StudyDir, run: config.Run, shape: tuple[int, ..
                               train.batch_stats_shapes(run.spec, shape), expected=study.provenance(cst, run))
 
 
-def paths(cst: results.StudyDir, families: dict[tuple[str, int], list[config.Run]], prepared: study.Prepared,
-          seed: int) -> tuple[np.ndarray, list[dict]]:
+def paths(cfg: config.Config, cst: results.StudyDir, families: dict[tuple[str, int], list[config.Run]],
+          prepared: study.Prepared) -> tuple[np.ndarray, list[dict]]:
     """Every pair of children of the same parent and k: the [loss, top-1, top-5] along its path on
     the test set and the training subset, all paths' points in one vmapped evaluation per split."""
     shape, data = tuple(prepared.dataset.image_shape), prepared.device
-    ts = np.linspace(0.0, 1.0, FLAGS.interp_points)
+    ts = np.linspace(0.0, 1.0, cfg.own.interp_points)
     pairs, points = [], []
     for (parent, k), fam in families.items():
         variables = [final_variables(cst, r, shape) for r in fam]
@@ -225,13 +214,13 @@ def paths(cst: results.StudyDir, families: dict[tuple[str, int], list[config.Run
             pairs.append({"parent": parent, "k": k, "children": [fam[i].run_id, fam[j].run_id]})
             points.append(surfaces.line(variables[i], variables[j], ts))
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *points)
-    n = min(FLAGS.interp_examples, len(prepared.train_idx))
-    subset = np.sort(np.random.default_rng(seed).choice(prepared.train_idx, n, replace=False))
+    n = min(cfg.own.interp_examples, len(prepared.train_idx))
+    subset = np.sort(np.random.default_rng(cfg.split_seed).choice(prepared.train_idx, n, replace=False))
     splits = {"test": (data.x_test, data.y_test, jnp.arange(data.y_test.shape[0], dtype=jnp.int32)),
               "train": (data.x, data.y, jnp.asarray(subset, jnp.int32))}
     spec = next(iter(families.values()))[0].spec
     for split, (x, y, idx) in splits.items():
-        chunk = FLAGS.interp_chunk or surfaces.auto_chunk(jax.devices()[0].platform)
+        chunk = cfg.own.interp_chunk or surfaces.auto_chunk(jax.devices()[0].platform)
         values = surfaces.evaluate_points(spec, *stacked, x, y, idx, data.mean, data.std, chunk)
         for p, v in zip(pairs, values.reshape(len(pairs), len(ts), 3)):
             p[split] = {"loss": v[:, 0].tolist(), "acc": v[:, 1].tolist(), "top5": v[:, 2].tolist(),
@@ -279,11 +268,11 @@ def analyse(cfg: config.Config, root: results.StudyDir, cst: results.StudyDir, f
             prepared: study.Prepared) -> None:
     """The paths, connectivity.md/json and the two figures."""
     with root.lock() if study.is_lead() else contextlib.nullcontext():
-        ts, pairs = paths(cst, families, prepared, cfg.split_seed)
+        ts, pairs = paths(cfg, cst, families, prepared)
         check = end_point_check(pairs, cst)
-        header = (f"{len({p['parent'] for p in pairs})} parent(s) × {FLAGS.children} children per spawn epoch; model "
+        header = (f"{len({p['parent'] for p in pairs})} parent(s) × {cfg.own.children} children per spawn epoch; model "
                   f"{cfg.model.name}, {cfg.optimizer} lr {cfg.lrs[0]:g}, batch {cfg.batch_size}, {cfg.epochs} epochs; "
-                  f"{len(ts)} points per path, test set and {min(FLAGS.interp_examples, len(prepared.train_idx)):,} "
+                  f"{len(ts)} points per path, test set and {min(cfg.own.interp_examples, len(prepared.train_idx)):,} "
                   "training images.")
         root.write_json("connectivity.json", {"ts": ts.tolist(), "spawn_epochs": list(ks), "end_point_check": check,
                                               "pairs": pairs})
@@ -311,4 +300,4 @@ def main(cfg: config.Config) -> None:
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

@@ -100,4 +100,4 @@ def main(cfg: config.Config) -> None:
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, {})

@@ -17,14 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import flags
 
 from cifar_jax import config, data, gradcheck, models, optim, results, splits, study
+from cifar_jax.options import Option, table
 
-flags.DEFINE_integer("check_dims", 10, "Input dimensions kept (the first ones of each flattened image).")
-flags.DEFINE_integer("check_samples", 20, "Training images in the batch.")
-flags.DEFINE_float("check_h", 1e-6, "Step of the centred differences.")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    Option("check_dims", 10, "Input dimensions kept (the first ones of each flattened image).", kind="int", low=1),
+    Option("check_samples", 20, "Training images in the batch (two or more: batch norm).", kind="int", low=2),
+    Option("check_h", 1e-6, "Step of the centred differences.", low=0.0, low_open=True),
+)
 TITLE = "Gradient check"
 COLUMNS = (("W", "kernel", "fc"), ("b", "bias", "fc"), ("γ", "scale", "bn_fc"), ("β", "bias", "bn_fc"))
 
@@ -38,13 +39,14 @@ def batch(cfg: config.Config) -> tuple[np.ndarray, np.ndarray, int]:
     except ValueError as err:
         raise config.ConfigError(f"--split: {err}") from None
     mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization, cfg.zca_epsilon)
-    idx = train_idx[:FLAGS.check_samples]
+    idx = train_idx[:cfg.own.check_samples]
     x = ds.x_train[idx].astype(np.float64) / 255.0 - mean
     x = x.reshape(len(idx), -1) @ std if std.ndim == 2 else (x / std).reshape(len(idx), -1)  # a matrix: zca
-    return x[:, :FLAGS.check_dims], ds.y_train[idx], ds.num_classes
+    return x[:, :cfg.own.check_dims], ds.y_train[idx], ds.num_classes
 
 
-def layer_errors(model: models.ModelConfig, x: np.ndarray, y: np.ndarray, l2: float, seed: int) -> dict[str, float]:
+def layer_errors(model: models.ModelConfig, x: np.ndarray, y: np.ndarray, l2: float, seed: int,
+                 h: float) -> dict[str, float]:
     """Relative error per parameter tensor ("fc1/kernel", "bn_fc1/scale", ...) of one net."""
     net = models.build(model)
     with jax.enable_x64(True):
@@ -57,7 +59,7 @@ def layer_errors(model: models.ModelConfig, x: np.ndarray, y: np.ndarray, l2: fl
             logits, _ = net.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + l2 * optim.l2_penalty(p)
 
-        return gradcheck.relative_errors(cost, params, FLAGS.check_h)
+        return gradcheck.relative_errors(cost, params, h)
 
 
 def markdown(nets: list[tuple[models.ModelConfig, dict[str, float]]], dims: int, samples: int) -> str:
@@ -81,26 +83,22 @@ def markdown(nets: list[tuple[models.ModelConfig, dict[str, float]]], dims: int,
 
 
 def main(cfg: config.Config) -> None:
-    if FLAGS.check_dims < 1 or FLAGS.check_samples < 2:
-        raise config.ConfigError(f"--check_dims={FLAGS.check_dims} --check_samples={FLAGS.check_samples}: "
-                                 "need at least 1 dimension and 2 samples (batch norm)")
-    if not 0 < FLAGS.check_h < np.inf:
-        raise config.ConfigError(f"--check_h={FLAGS.check_h}: must be > 0 and finite")
+    """Every net's relative errors, as tables."""
     x, y, num_classes = batch(cfg)
     nets = []
     for variant in cfg.variants:
         model = dataclasses.replace(dict(variant)["model"], use_dropout=False, num_classes=num_classes)
-        errors = layer_errors(model, x, y, cfg.values("l2")[0], cfg.seeds[0])
+        errors = layer_errors(model, x, y, cfg.values("l2")[0], cfg.seeds[0], cfg.own.check_h)
         nets.append((model, errors))
         study.log(f"hidden {model.hidden}, norm {model.norm}: largest relative error {max(errors.values()):.3g}")
     st = results.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or "gradient_check"))
     text = markdown(nets, x.shape[1], len(y))
     st.write_text("gradient_check.md", text)
-    st.write_json("gradient_check.json", {"dims": x.shape[1], "samples": len(y), "h": FLAGS.check_h,
+    st.write_json("gradient_check.json", {"dims": x.shape[1], "samples": len(y), "h": cfg.own.check_h,
                                           "nets": [{"hidden": m.hidden, "norm": m.norm, "errors": e} for m, e in nets],
                                           "env": results.environment()})
     study.log("\n" + text + f"\nresults: {st.root}")
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

@@ -41,6 +41,9 @@ def write_gradients(st: results.StudyDir, records: dict[str, dict]) -> None:
     study.log("\n" + text)
 
 
+OPTIONS = model_family.OPTIONS
+
+
 def main(cfg: config.Config) -> None:
     rate = model_family.validate(cfg)
     by_model: dict[str, list[config.Run]] = {}
@@ -57,4 +60,4 @@ def main(cfg: config.Config) -> None:
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

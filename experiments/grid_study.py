@@ -16,15 +16,15 @@ import math
 
 import numpy as np
 
-from absl import flags
-
 from cifar_jax import config, gradient_plots, options, plots, results, run_record, study, summary
+from cifar_jax.options import Option, table
 
-flags.DEFINE_integer("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.")
-flags.DEFINE_string("title", "Grid study", "The study's title in its tables and figures.")
-flags.DEFINE_list("at_epochs", [], "Also tabulate train, validation and test accuracy at these epochs (test per "
-                  "epoch needs --eval_test), e.g. 1,2,5,10,20,50,100.")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    Option("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.", kind="int", low=0),
+    Option("title", "Grid study", "The study's title in its tables and figures.", kind="str"),
+    Option("at_epochs", (), "Also tabulate train, validation and test accuracy at these epochs (test per epoch needs "
+           "--eval_test), e.g. 1,2,5,10,20,50,100.", kind="int", many=True, low=1),
+)
 SPLIT_NAMES = {"train": "Training data", "val": "Validation data", "test": "Test data"}
 
 
@@ -68,7 +68,7 @@ def grid_runs(cfg: config.Config, prepared: study.Prepared, cycles: int) -> list
     return config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, label)
 
 
-AXES = ("lr", *options.RUN_OPTIONS, "batch_size", "clip_norm")  # the numeric options a figure can put on x
+AXES = ("lr", *options.RUN, "batch_size", "clip_norm")  # the numeric options a figure can put on x
 
 
 def varying_option(records: list[dict]) -> str | None:
@@ -173,7 +173,7 @@ def at_epochs_markdown(records: list[dict], epochs: list[int], title: str) -> st
     return "\n".join(lines) + "\n"
 
 
-def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str) -> None:
+def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str, at_epochs: tuple[int, ...] = ()) -> None:
     """Every run in the report's format, the configuration table, the curves of every configuration
     and, where one numeric option varies, accuracy against it."""
     blocks = [report(rec, cycles) for rec in records]
@@ -193,8 +193,8 @@ def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str) 
         first = {name: group[0] for name, group in by_config.items() if group[0].get("grad_stats")}
         gradient_plots.gradient_norms(first, st.figures_dir / "gradient_norms.png",
                                       f"{title}: gradient norm of each weight tensor per epoch (first seed)")
-    if FLAGS.at_epochs:
-        st.write_text("at_epochs.md", at_epochs_markdown(records, [int(e) for e in FLAGS.at_epochs], title))
+    if at_epochs:
+        st.write_text("at_epochs.md", at_epochs_markdown(records, list(at_epochs), title))
     option = varying_option(records)
     if option == "batch_size":
         plots.accuracy_against(rows, option, st.figures_dir / "batch_size.png",
@@ -214,12 +214,12 @@ def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str) 
 
 
 def main(cfg: config.Config) -> None:
-    if FLAGS.cycles < 0:
-        raise config.ConfigError(f"--cycles={FLAGS.cycles}: must be >= 0")
-    title = FLAGS.title
-    study.run(cfg, "grid_study", title, lambda p: grid_runs(cfg, p, FLAGS.cycles),
-              report=lambda st, records: analyse(st, records, FLAGS.cycles, title), extra={"cycles": FLAGS.cycles})
+    """The grid, trained, and its analysis."""
+    own = cfg.own
+    study.run(cfg, "grid_study", own.title, lambda p: grid_runs(cfg, p, own.cycles),
+              report=lambda st, records: analyse(st, records, own.cycles, own.title, own.at_epochs),
+              extra={"cycles": own.cycles})
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

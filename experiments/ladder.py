@@ -14,9 +14,9 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from absl import flags
 
 from cifar_jax import config, models, plots, run_record, study, summary
+from cifar_jax.options import Option, table
 
 # name → (the stage it builds on, its change to that stage's flags). A change sets Config fields,
 # per-run options (tuples) or, under "model", ModelConfig fields.
@@ -32,12 +32,14 @@ STAGES: dict[str, tuple[str | None, dict[str, Any]]] = {
     "batch_norm": ("dropout", {"model": {"norm": "batch"}}),
 }
 
-flags.DEFINE_list("stages", list(STAGES), f"Stages to train, in order; each needs the stage it builds on "
-                  f"({', '.join(f'{k} ← {v[0]}' for k, v in STAGES.items() if v[0])}).")
-flags.DEFINE_list("long_stages", ["dropout", "batch_norm"], "Stages also trained for --long_epochs (a "
-                  "'<stage>_long' variant).")
-flags.DEFINE_integer("long_epochs", 100, "Epochs of the long variants.")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    Option("stages", tuple(STAGES), "Stages to train, in order; each needs the stage it builds on "
+           f"({', '.join(f'{k} ← {v[0]}' for k, v in STAGES.items() if v[0])}).", kind="choice", many=True,
+           choices=tuple(STAGES)),
+    Option("long_stages", ("dropout", "batch_norm"), "Stages also trained for --long_epochs (a '<stage>_long' variant).",
+           kind="choice", many=True, choices=tuple(STAGES)),
+    Option("long_epochs", 100, "Epochs of the long variants.", kind="int", low=1),
+)
 TITLE = "ladder (seeds/001)"
 
 U_THRESHOLD = 0.05  # a final validation loss this far above its minimum is a U (overfitting)
@@ -47,7 +49,7 @@ def stage_config(cfg: config.Config, stage: str) -> config.Config:
     """The flags of `stage`: the flags as given, with every change up the chain applied in order."""
     parent, change = STAGES[stage.removesuffix("_long")]
     if stage.endswith("_long"):
-        return stage_config(cfg, stage.removesuffix("_long")).replace(epochs=FLAGS.long_epochs)
+        return stage_config(cfg, stage.removesuffix("_long")).replace(epochs=cfg.own.long_epochs)
     base = stage_config(cfg, parent) if parent else cfg
     fields = {k: v for k, v in change.items() if k != "model"}
     if "model" in change:
@@ -55,12 +57,13 @@ def stage_config(cfg: config.Config, stage: str) -> config.Config:
     return base.replace(**fields)
 
 
-def plan(stages: list[str], long_stages: list[str]) -> list[tuple[str, str | None]]:
+def plan(stages: tuple[str, ...], long_stages: tuple[str, ...]) -> list[tuple[str, str | None]]:
     """(stage, the stage it is compared with) in training order; ConfigError on unknown names or a
     stage whose parent is not trained."""
-    unknown = [s for s in stages + long_stages if s not in STAGES]
-    if unknown:
-        raise config.ConfigError(f"--stages/--long_stages: unknown {', '.join(unknown)}; known: {', '.join(STAGES)}")
+    unknown = [s for s in [*stages, *long_stages] if s not in STAGES]
+    if unknown or not stages:
+        raise config.ConfigError(f"--stages/--long_stages: unknown {', '.join(unknown) or 'none given'}; known: "
+                                 f"{', '.join(STAGES)}")
     out = []
     for s in stages:
         parent = STAGES[s][0]
@@ -88,7 +91,7 @@ def stage_row(name: str, parent: str | None, records: list[dict]) -> dict:
             "u_shape": bool(rise > U_THRESHOLD)}
 
 
-def ladder_markdown(rows: list[dict], title: str) -> str:
+def ladder_markdown(rows: list[dict], title: str, long_epochs: int) -> str:
     """One row per stage, the change it adds, and the numbers beside the stage it builds on."""
     lines = [f"# {title}: each stage against the stage it builds on (mean ± std over seeds)", "",
              f"U: the final validation loss ends more than {U_THRESHOLD} above its minimum (overfitting).", "",
@@ -96,7 +99,7 @@ def ladder_markdown(rows: list[dict], title: str) -> str:
              "at epoch | final val loss | U | n |", "|:---|:---|:---|---:|---:|---:|---:|---:|---:|:---|---:|"]
     for r in rows:
         stage = r["stage"].removesuffix("_long")
-        change = f"{FLAGS.long_epochs} epochs" if r["stage"].endswith("_long") else _change_text(STAGES[stage][1])
+        change = f"{long_epochs} epochs" if r["stage"].endswith("_long") else _change_text(STAGES[stage][1])
         cells = [summary.format_stat(metric, r[key]) for metric, key in (
             ("acc", "test_acc"), ("acc", "test_top5"), ("acc", "best_val_acc"), ("loss", "min_val_loss"))]
         epoch = "–" if r["min_val_epoch"]["mean"] is None else f"{r['min_val_epoch']['mean']:.0f}"
@@ -127,38 +130,35 @@ def model_markdown(model: models.ModelConfig, image_shape: tuple[int, ...], reco
     return "\n".join(lines) + "\n"
 
 
+def train_stage(cfg: config.Config, stage: str, parent: str | None, title: str) -> study.Outcome:
+    """One stage, a study of its own in part `stage`."""
+    scfg = stage_config(cfg, stage)
+    study.log(f"\n=== stage {stage}" + (f" (builds on {parent})" if parent else ""))
+    return study.run(scfg, "ladder", f"{title}: {stage}", part=stage,
+                     runs=lambda p: config.grid(scfg, len(p.train_idx), p.dataset.num_classes, stage))
+
+
 def main(cfg: config.Config) -> None:
+    """Every stage in order, then the ladder's table, figures and the model's table."""
     cfg.single_group("the ladder's stages set the model, optimiser and augmentation")
-    if FLAGS.long_epochs < 1:
-        raise config.ConfigError(f"--long_epochs={FLAGS.long_epochs}: must be >= 1")
-    stages = plan(FLAGS.stages, FLAGS.long_stages)
-    title, records, image_shape = f"{cfg.model.name} {TITLE}", {}, None
-    for stage, parent in stages:
-        scfg = stage_config(cfg, stage)
-        seen: dict = {}
-
-        def runs(prepared: study.Prepared, scfg=scfg, stage=stage, seen=seen) -> list[config.Run]:
-            seen.update(image_shape=prepared.dataset.image_shape,
-                        runs=config.grid(scfg, len(prepared.train_idx), prepared.dataset.num_classes, stage))
-            return seen["runs"]
-
-        study.log(f"\n=== stage {stage}" + (f" (builds on {parent})" if parent else ""))
-        st = study.run(scfg, "ladder", f"{title}: {stage}", runs, part=stage)
-        records[stage] = [r for r in (st.record(run.run_id) for run in seen["runs"]) if r]
-        image_shape = seen["image_shape"]
+    stages = plan(cfg.own.stages, cfg.own.long_stages)
+    title = f"{cfg.model.name} {TITLE}"
+    done = {stage: train_stage(cfg, stage, parent, title) for stage, parent in stages}
     if not study.is_lead():
         return
+    records = {stage: outcome.finished for stage, outcome in done.items()}
     root = study.study_dir(cfg, "ladder")
     rows = [stage_row(s, p, records[s]) for s, p in stages]
     root.write_json("ladder.json", rows)
-    root.write_text("ladder.md", ladder_markdown(rows, title))
-    root.write_text("model.md", model_markdown(cfg.model, image_shape, records[stages[0][0]]))
+    root.write_text("ladder.md", ladder_markdown(rows, title, cfg.own.long_epochs))
+    first = done[stages[0][0]]
+    root.write_text("model.md", model_markdown(cfg.model, first.prepared.dataset.image_shape, first.finished))
     for stage, parent in stages:
         if parent:
             plots.stage_comparison({parent: records[parent], stage: records[stage]},
                                    root.figures_dir / f"{stage}_vs_{parent}.png", f"{title}: {stage} against {parent}")
-    study.log("\n" + ladder_markdown(rows, title))
+    study.log("\n" + ladder_markdown(rows, title, cfg.own.long_epochs))
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

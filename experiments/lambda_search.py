@@ -19,19 +19,23 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-from absl import flags
 
 from cifar_jax import config, options, plots, results, study, summary
+from cifar_jax.options import Option, table
 from experiments import grid_study
 
-flags.DEFINE_list("coarse_lambdas", ["0.1", "0.01", "0.001", "0.0001", "0.00001"], "λ of the coarse search.")
-flags.DEFINE_integer("fine_points", 5, "λ of the fine search, log-spaced over one decade (ends included).")
-flags.DEFINE_integer("search_cycles", 1, "Cyclic-LR cycles of every search run.")
-flags.DEFINE_integer("final_cycles", 3, "Cyclic-LR cycles of the final runs with the chosen λ.")
-flags.DEFINE_list("final_norm", ["none", "batch"], "Normalisation of the final runs (one group each).")
-flags.DEFINE_float("published_lambda", 0.0, "Also train the final runs at this λ (part final_published), e.g. the "
-                   "report's own choice 0.005623 beside ours; 0: no.")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    *grid_study.OPTIONS.values(),  # the shared MLP protocols set --cycles and --title
+    Option("coarse_lambdas", (0.1, 0.01, 0.001, 0.0001, 0.00001), "λ of the coarse search (two or more).", many=True,
+           low=0.0, low_open=True),
+    Option("fine_points", 5, "λ of the fine search, log-spaced over one decade (ends included).", kind="int", low=2),
+    Option("search_cycles", 1, "Cyclic-LR cycles of every search run.", kind="int", low=1),
+    Option("final_cycles", 3, "Cyclic-LR cycles of the final runs with the chosen λ.", kind="int", low=1),
+    Option("final_norm", ("none", "batch"), "Normalisation of the final runs (one group each).", kind="choice",
+           many=True, choices=options.MODEL["norm"].choices),
+    Option("published_lambda", 0.0, "Also train the final runs at this λ (part final_published), e.g. the report's own "
+           "choice 0.005623 beside ours; 0: no.", low=0.0),
+)
 TITLE = "λ search (seeds/002)"
 
 
@@ -55,17 +59,12 @@ def best_lambda(rows: list[dict]) -> float:
     return max(scored, key=lambda r: r["val_acc"]["mean"])["values"]["l2"]
 
 
-def part(cfg: config.Config, name: str, title: str, cycles: int, done: dict) -> None:
-    """Train one part; its configuration rows go to done[name]."""
-    def analysis(st: results.StudyDir, records: list[dict]) -> None:
-        done[name] = grid_study.config_rows(records)
-        grid_study.analyse(st, records, cycles, title)
-
-    study.run(cfg, "lambda_search", title, lambda p: grid_study.grid_runs(cfg, p, cycles), part=name,
-              report=analysis, extra={"cycles": cycles}, figures=False)
-    if name not in done:  # another process of a multi-host study wrote the analysis
-        st = results.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or "lambda_search") / name)
-        done[name] = grid_study.config_rows(st.records())
+def part(cfg: config.Config, name: str, title: str, cycles: int) -> list[dict]:
+    """Train one part and analyse it; its configuration rows."""
+    done = study.run(cfg, "lambda_search", title, lambda p: grid_study.grid_runs(cfg, p, cycles), part=name,
+                     report=lambda st, records: grid_study.analyse(st, records, cycles, title, cfg.own.at_epochs),
+                     extra={"cycles": cycles}, figures=False)
+    return grid_study.config_rows(done.finished)
 
 
 def markdown(done: dict, best: float) -> str:
@@ -84,35 +83,22 @@ def markdown(done: dict, best: float) -> str:
     return "\n".join(out)
 
 
-def _lambdas(values: list[str]) -> tuple[float, ...]:
-    """--coarse_lambdas as floats > 0 (at least two)."""
-    try:
-        out = tuple(float(v) for v in values)
-    except ValueError:
-        raise config.ConfigError(f"--coarse_lambdas={','.join(values)}: give numbers") from None
-    if len(out) < 2 or min(out) <= 0 or not all(np.isfinite(out)):
-        raise config.ConfigError(f"--coarse_lambdas={','.join(values)}: give two or more finite values > 0")
-    return out
-
-
 def main(cfg: config.Config) -> None:
-    coarse = _lambdas(FLAGS.coarse_lambdas)
-    if FLAGS.fine_points < 2 or FLAGS.search_cycles < 1 or FLAGS.final_cycles < 1 or not 0 <= FLAGS.published_lambda < np.inf:
-        raise config.ConfigError(f"--fine_points={FLAGS.fine_points} --search_cycles={FLAGS.search_cycles} "
-                                 f"--final_cycles={FLAGS.final_cycles} --published_lambda={FLAGS.published_lambda}: "
-                                 "need >= 2, >= 1, >= 1 and a finite λ >= 0")
-    norms = options.GROUP_OPTIONS["norm"].parse(FLAGS.final_norm)
+    """The coarse and the fine search, then the final runs at the chosen λ."""
+    own = cfg.own
+    if len(own.coarse_lambdas) < 2 or not own.final_norm:
+        raise config.ConfigError("--coarse_lambdas/--final_norm: give two or more λ and one or more norms")
     cfg.single_group("the search trains the flags' one network (the final part varies --final_norm)")
-    done: dict[str, list[dict]] = {}
-    part(cfg.replace(l2=coarse), "coarse", f"{TITLE}: coarse", FLAGS.search_cycles, done)
-    part(cfg.replace(l2=fine_lambdas(done["coarse"], FLAGS.fine_points)), "fine", f"{TITLE}: fine",
-         FLAGS.search_cycles, done)
+    done = {"coarse": part(cfg.replace(l2=own.coarse_lambdas), "coarse", f"{TITLE}: coarse", own.search_cycles)}
+    done["fine"] = part(cfg.replace(l2=fine_lambdas(done["coarse"], own.fine_points)), "fine", f"{TITLE}: fine",
+                        own.search_cycles)
     best = best_lambda(done["coarse"] + done["fine"])
-    nets = [dataclasses.replace(cfg.model, norm=n) for n in norms]
-    part(cfg.replace(l2=(best,)).vary("model", nets), "final", f"{TITLE}: final, λ = {best:.4g}", FLAGS.final_cycles, done)
-    if FLAGS.published_lambda:
-        part(cfg.replace(l2=(FLAGS.published_lambda,)).vary("model", nets), "final_published",
-             f"{TITLE}: final at the report's λ = {FLAGS.published_lambda:.4g}", FLAGS.final_cycles, done)
+    nets = [dataclasses.replace(cfg.model, norm=n) for n in own.final_norm]
+    done["final"] = part(cfg.replace(l2=(best,)).vary("model", nets), "final", f"{TITLE}: final, λ = {best:.4g}",
+                         own.final_cycles)
+    if own.published_lambda:
+        done["final_published"] = part(cfg.replace(l2=(own.published_lambda,)).vary("model", nets), "final_published",
+                                       f"{TITLE}: final at the report's λ = {own.published_lambda:.4g}", own.final_cycles)
     if not study.is_lead():
         return
     st = results.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or "lambda_search"))
@@ -120,9 +106,9 @@ def main(cfg: config.Config) -> None:
     st.write_text("lambda_search.md", text)
     st.write_json("lambda_search.json", {"best_lambda": best, **done})
     plots.accuracy_against(done["coarse"] + done["fine"], "l2", st.figures_dir / "lambda_search.png",
-                           f"{TITLE}: final accuracy against λ ({FLAGS.search_cycles} cycle(s), coarse and fine)")
+                           f"{TITLE}: final accuracy against λ ({own.search_cycles} cycle(s), coarse and fine)")
     study.log("\n" + text + f"\nresults: {st.root}")
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

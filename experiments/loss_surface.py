@@ -21,60 +21,57 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import math
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
 from cifar_jax import checkpoint, config, models, plots, results, run_record, schedules, study, surfaces, train
+from cifar_jax.options import Option, table
 
 TITLE = "Loss surface"
 METRICS = ("loss", "acc", "top5")
 
-flags.DEFINE_string("source_study", "", "A finished study run with --save_final (its name in --results_dir, or its "
-                    "path) whose run to look at; default: train the core flags' runs as this study's part source/.")
-flags.DEFINE_string("run", "", "Run id of the source study at the surface's centre (default: its first finished run).")
-flags.DEFINE_string("other_run", "", "A second run of the same model for the 1-D path between the two; default: the "
-                    "next finished run of the same model, if any; 'none': no such path.")
-flags.DEFINE_integer("surface_points", 21, "Points per axis of the 2-D grid and of each 1-D path (odd, so the run "
-                     "itself is the grid's centre).")
-flags.DEFINE_float("surface_range", 1.0, "The plane spans [-range, range] along each filter-normalised direction.")
-flags.DEFINE_integer("surface_examples", 1000, "Training images (a subset seeded by --direction_seed) evaluated at "
-                     "every point; the whole test set is evaluated too.")
-flags.DEFINE_integer("direction_seed", 0, "Seed of the two random directions and of the training subset.")
-flags.DEFINE_integer("surface_chunk", 0, "Points evaluated together in one vmapped pass (memory grows with it); 0: "
-                     "by backend (surfaces.auto_chunk: 1 on CPU, where vmapped convolutions are slower, 32 elsewhere).")
-FLAGS = flags.FLAGS
+def _odd_points(text: str) -> int:
+    n = int(text)
+    if n < 3 or n % 2 == 0:
+        raise ValueError("must be odd and >= 3 (the run is the grid's centre)")
+    return n
+
+
+OPTIONS = table(
+    Option("source_study", "", "A finished study run with --save_final (its name in --results_dir, or its path) whose "
+           "run to look at; default: train the core flags' runs as this study's part source/.", kind="str"),
+    Option("run", "", "Run id of the source study at the surface's centre (default: its first finished run).",
+           kind="str"),
+    Option("other_run", "", "A second run of the same model for the 1-D path between the two; default: the next "
+           "finished run of the same model, if any; 'none': no such path.", kind="str"),
+    Option("surface_points", 21, "Points per axis of the 2-D grid and of each 1-D path (odd, so the run itself is the "
+           "grid's centre).", kind="int", convert=_odd_points),
+    Option("surface_range", 1.0, "The plane spans [-range, range] along each filter-normalised direction.", low=0.0,
+           low_open=True),
+    Option("surface_examples", 1000, "Training images (a subset seeded by --direction_seed) evaluated at every point; "
+           "the whole test set is evaluated too.", kind="int", low=1),
+    Option("direction_seed", 0, "Seed of the two random directions and of the training subset.", kind="int", low=0),
+    Option("surface_chunk", 0, "Points evaluated together in one vmapped pass (memory grows with it); 0: by backend "
+           "(surfaces.auto_chunk: 1 on CPU, where vmapped convolutions are slower, 32 elsewhere).", kind="int", low=0),
+)
 
 
 # ----------------------------------------------------------------------------- flags and runs
 
-def check_flags() -> None:
-    """The surface flags, before any work (one-line ConfigError)."""
-    n = FLAGS.surface_points
-    if n < 3 or n % 2 == 0:
-        raise config.ConfigError(f"--surface_points={n}: must be odd and >= 3 (the run is the grid's centre)")
-    if not 0 < FLAGS.surface_range < math.inf:  # NaN too
-        raise config.ConfigError(f"--surface_range={FLAGS.surface_range}: must be a finite number > 0")
-    if FLAGS.surface_examples < 1 or FLAGS.surface_chunk < 0:
-        raise config.ConfigError(f"--surface_examples={FLAGS.surface_examples} --surface_chunk={FLAGS.surface_chunk}: "
-                                 "need surface_examples >= 1 and surface_chunk >= 0")
-
-
 def source_dir(cfg: config.Config) -> results.StudyDir:
     """--source_study as a study directory (a name inside --results_dir, or a path)."""
-    path = Path(FLAGS.source_study).expanduser()
+    path = Path(cfg.own.source_study).expanduser()
     st = results.StudyDir(path if len(path.parts) > 1 else Path(cfg.results_dir).expanduser() / path)
     if not st.runs_dir.is_dir():
-        raise config.ConfigError(f"--source_study={FLAGS.source_study}: no study with run records at {st.root}")
+        raise config.ConfigError(f"--source_study={cfg.own.source_study}: no study with run records at {st.root}")
     return st
 
 
-def chosen_records(src: results.StudyDir) -> tuple[dict, dict | None]:
+def chosen_records(cfg: config.Config, src: results.StudyDir) -> tuple[dict, dict | None]:
     """The centre run's record (--run) and the other run's (--other_run), each finished."""
     done = [r for r in src.records() if r["status"] == "done"]
     ids = [r["run_id"] for r in done]
@@ -87,13 +84,14 @@ def chosen_records(src: results.StudyDir) -> tuple[dict, dict | None]:
             raise config.ConfigError(f"--{flag}={run_id}: no finished run of that id in {src.root} (finished: {shown})")
         return done[ids.index(run_id)]
 
-    centre = find("run", FLAGS.run) if FLAGS.run else done[0]
-    if FLAGS.other_run == "none":
+    own = cfg.own
+    centre = find("run", own.run) if own.run else done[0]
+    if own.other_run == "none":
         return centre, None
-    if FLAGS.other_run:
-        other = find("other_run", FLAGS.other_run)
+    if own.other_run:
+        other = find("other_run", own.other_run)
         if other["config"]["model"] != centre["config"]["model"]:
-            raise config.ConfigError(f"--other_run={FLAGS.other_run}: another model than --run's {centre['run_id']}")
+            raise config.ConfigError(f"--other_run={own.other_run}: another model than --run's {centre['run_id']}")
         return centre, other
     return centre, next((r for r in done if r is not centre and r["config"]["model"] == centre["config"]["model"]), None)
 
@@ -243,7 +241,8 @@ def write(st: results.StudyDir, out: dict[str, np.ndarray], s: dict, header: str
 
 def surface(cfg: config.Config, src: results.StudyDir) -> None:
     """The surface of the chosen run of study `src`, written into this study's folder."""
-    rec, other_rec = chosen_records(src)
+    rec, other_rec = chosen_records(cfg, src)
+    own = cfg.own
     spec = spec_of(rec, cfg)
     data_cfg = data_config(cfg, rec)
     st = study.study_dir(cfg, "loss_surface")
@@ -253,33 +252,33 @@ def surface(cfg: config.Config, src: results.StudyDir) -> None:
         variables = restored(src, rec, spec, shape)
         other = restored(src, other_rec, spec, shape) if other_rec else None
         init = _initialiser(spec, shape)(hparams_of(rec))
-        n = min(FLAGS.surface_examples, len(prepared.train_idx))
-        subset = np.sort(np.random.default_rng(FLAGS.direction_seed).choice(prepared.train_idx, n, replace=False))
+        n = min(own.surface_examples, len(prepared.train_idx))
+        subset = np.sort(np.random.default_rng(own.direction_seed).choice(prepared.train_idx, n, replace=False))
         study.write_preamble(st, data_cfg, [], prepared, {"source_study": str(src.root), "run": rec["run_id"],
                                                            "other_run": other_rec and other_rec["run_id"]})
-        study.log(f"{TITLE}: {rec['run_id']} of {src.root}: {FLAGS.surface_points}² plane and 1-D paths, "
+        study.log(f"{TITLE}: {rec['run_id']} of {src.root}: {own.surface_points}² plane and 1-D paths, "
                   f"{n} training images and {len(prepared.dataset.y_test)} test images per point")
         out = compute(spec, variables, (init.params, init.batch_stats), other, prepared.device, subset,
-                      FLAGS.surface_points, FLAGS.surface_range, FLAGS.direction_seed,
-                      FLAGS.surface_chunk or surfaces.auto_chunk(jax.devices()[0].platform))
+                      own.surface_points, own.surface_range, own.direction_seed,
+                      own.surface_chunk or surfaces.auto_chunk(jax.devices()[0].platform))
         header = (f"Source study {src.root}, model {spec.model.name} (norm {spec.model.norm}); "
-                  f"{FLAGS.surface_points} points per axis, plane α, β ∈ [−{FLAGS.surface_range:g}, "
-                  f"{FLAGS.surface_range:g}], direction seed {FLAGS.direction_seed}; {n:,} training images "
+                  f"{own.surface_points} points per axis, plane α, β ∈ [−{own.surface_range:g}, "
+                  f"{own.surface_range:g}], direction seed {own.direction_seed}; {n:,} training images "
                   f"(seeded subset) and {len(prepared.dataset.y_test):,} test images per point.")
         write(st, out, summarise(out, rec, other_rec), header)
 
 
 def main(cfg: config.Config) -> None:
-    check_flags()
-    if FLAGS.source_study:
+    """The source runs (unless --source_study gives them), then the surface of the chosen one."""
+    if cfg.own.source_study:
         src = source_dir(cfg)
     else:
         source = cfg.replace(save_final=True)
         src = study.run(source, "loss_surface", f"{TITLE}: source runs", part="source",
                         runs=lambda p: config.grid(source, len(p.train_idx), p.dataset.num_classes),
-                        figures=cfg.epochs > 1)
+                        figures=cfg.epochs > 1).study
     surface(cfg, src)
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

@@ -10,24 +10,24 @@ from __future__ import annotations
 
 
 import numpy as np
-from absl import flags
 
 from cifar_jax import config, plots, results, run_record, study, summary
+from cifar_jax.options import Option, table
 
-flags.DEFINE_float("landscape_max", 1.0, "Largest LR of the landscape grid (the grid replaces --lr).")
-flags.DEFINE_float("landscape_min", 1e-4, "Smallest LR of the landscape grid.")
-flags.DEFINE_integer("landscape_points", 40, "Number of LRs in the landscape grid (log-spaced).")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    Option("landscape_max", 1.0, "Largest LR of the landscape grid (the grid replaces --lr).", low=0.0, low_open=True),
+    Option("landscape_min", 1e-4, "Smallest LR of the landscape grid (below --landscape_max).", low=0.0, low_open=True),
+    Option("landscape_points", 40, "Number of LRs in the landscape grid (log-spaced).", kind="int", low=2),
+)
 
 TITLE = "LR landscape"
 
 
-def landscape_lrs() -> tuple[float, ...]:
+def landscape_lrs(cfg: config.Config) -> tuple[float, ...]:
     """The landscape's log grid, smallest first, each LR rounded to 3 significant digits."""
-    lo, hi, n = FLAGS.landscape_min, FLAGS.landscape_max, FLAGS.landscape_points
-    if not (0 < lo < hi and np.isfinite(hi)) or n < 2:
-        raise config.ConfigError(f"--landscape_min={lo:g} --landscape_max={hi:g} --landscape_points={n}: "
-                                 "need 0 < landscape_min < landscape_max (finite) and landscape_points >= 2")
+    lo, hi, n = cfg.own.landscape_min, cfg.own.landscape_max, cfg.own.landscape_points
+    if lo >= hi:
+        raise config.ConfigError(f"--landscape_min={lo:g} --landscape_max={hi:g}: need landscape_min < landscape_max")
     lrs = tuple(float(f"{x:.3g}") for x in np.geomspace(lo, hi, n))
     if len(set(lrs)) < n:
         raise config.ConfigError(f"--landscape_points={n}: too many points between {lo:g} and {hi:g} "
@@ -38,7 +38,7 @@ def landscape_lrs() -> tuple[float, ...]:
 def landscape_config(cfg: config.Config) -> config.Config:
     """The flags' config with the landscape grid as its only grid axis."""
     cfg.single_group("the landscape varies only the learning rate")
-    lrs = landscape_lrs()
+    lrs = landscape_lrs(cfg)
     varying = [name for name, values in cfg.per_run if len(values) > 1]
     if varying:
         raise config.ConfigError(f"--{varying[0]}: the landscape varies only the learning rate; give one value")
@@ -153,7 +153,7 @@ def write_landscape(st: results.StudyDir, records: list[dict], cfg: config.Confi
 
 def main(cfg: config.Config) -> None:
     cfg = landscape_config(cfg)  # validate before any work
-    if FLAGS["lr"].present:
+    if cfg.changed("lr"):
         study.log(f"--lr is ignored: the landscape grid sets the LRs ({len(cfg.lrs)} from {cfg.lrs[0]:g} "
                   f"to {cfg.lrs[-1]:g})")
     study.run(cfg, "lr_landscape", TITLE, lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
@@ -162,4 +162,4 @@ def main(cfg: config.Config) -> None:
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

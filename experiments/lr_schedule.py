@@ -6,15 +6,15 @@ shapes over the training length used to choose it.
 """
 from __future__ import annotations
 
-
 import numpy as np
-from absl import flags
 
 from cifar_jax import config, plots, schedules, study
+from cifar_jax.options import Option, table
 
-flags.DEFINE_float("compare_lr", 0.05, "The static LR to compare against (the best of §1.1); 0: none.")
-flags.DEFINE_integer("shape_epochs", 50, "Length of the decay-shapes figure, in epochs.")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    Option("compare_lr", 0.05, "The static LR to compare against (the best of §1.1); 0: none.", low=0.0),
+    Option("shape_epochs", 50, "Length of the decay-shapes figure, in epochs.", kind="int", low=1),
+)
 
 
 def shape_curves(lr: float, epochs: int) -> dict[str, np.ndarray]:
@@ -36,25 +36,24 @@ def schedule_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.R
     label = cfg.schedule + (f" lr0={cfg.lrs[0]:g}" if len(cfg.lrs) == 1 else "") + (
         f" k={cfg.values('decay_rate')[0]:g}" if len(cfg.values("decay_rate")) == 1 and cfg.schedule != "constant" else "")
     runs = config.grid(cfg, n_train, classes, label=label)
-    if FLAGS.compare_lr:
-        static = cfg.replace(schedule="constant", lrs=(FLAGS.compare_lr,), decay_rate=(0.0,))
-        runs = config.grid(static, n_train, classes, label=f"constant lr={FLAGS.compare_lr:g}") + runs
+    if cfg.own.compare_lr:
+        static = cfg.replace(schedule="constant", lrs=(cfg.own.compare_lr,), decay_rate=(0.0,))
+        runs = config.grid(static, n_train, classes, label=f"constant lr={cfg.own.compare_lr:g}") + runs
     return runs
 
 
 def main(cfg: config.Config) -> None:
-    if not 0 <= FLAGS.compare_lr < np.inf or FLAGS.shape_epochs < 1:
-        raise config.ConfigError(f"--compare_lr={FLAGS.compare_lr} / --shape_epochs={FLAGS.shape_epochs}: "
-                                 "need 0 <= compare_lr < inf and shape_epochs >= 1")
+    """The scheduled and the static runs, after the figure of decay shapes."""
+    epochs = cfg.own.shape_epochs
 
-    def shapes_figure(st, prepared) -> None:
+    def shapes_figure(st, prepared, runs) -> None:
         if study.is_lead():
-            plots.schedule_shapes(shape_curves(max(cfg.lrs), FLAGS.shape_epochs), st.figures_dir / "decay_shapes.png",
-                                  f"LR decay shapes from α0 = {max(cfg.lrs):g} over {FLAGS.shape_epochs} epochs")
+            plots.schedule_shapes(shape_curves(max(cfg.lrs), epochs), st.figures_dir / "decay_shapes.png",
+                                  f"LR decay shapes from α0 = {max(cfg.lrs):g} over {epochs} epochs")
 
     study.run(cfg, "lr_schedule", "LR schedule", lambda p: schedule_runs(cfg, p), before=shapes_figure,
-              extra={"compare_lr": FLAGS.compare_lr})
+              extra={"compare_lr": cfg.own.compare_lr})
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

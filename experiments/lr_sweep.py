@@ -8,24 +8,25 @@ from __future__ import annotations
 
 
 import numpy as np
-from absl import flags
 
 from cifar_jax import config, plots, results, run_record, study
+from cifar_jax.options import Option, table
 
-flags.DEFINE_bool("lr_range", False, "Also run the LR range test (log grid from --range_max down to --range_min).")
-flags.DEFINE_float("range_max", 0.5, "Largest LR of the range test.")
-flags.DEFINE_float("range_min", 1e-6, "Smallest LR of the range test.")
-flags.DEFINE_integer("range_points", 12, "Number of LRs in the range test (log-spaced).")
-flags.DEFINE_integer("range_epochs", 2, "Epochs per range-test run.")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    Option("lr_range", False, "Also run the LR range test (log grid from --range_max down to --range_min).", kind="bool"),
+    Option("range_max", 0.5, "Largest LR of the range test.", low=0.0, low_open=True),
+    Option("range_min", 1e-6, "Smallest LR of the range test (below --range_max).", low=0.0, low_open=True),
+    Option("range_points", 12, "Number of LRs in the range test (log-spaced).", kind="int", low=2),
+    Option("range_epochs", 2, "Epochs per range-test run.", kind="int", low=1),
+)
 
 
-def range_lrs() -> tuple[float, ...]:
+def range_lrs(cfg: config.Config) -> tuple[float, ...]:
     """The range test's log grid, largest first."""
-    if not 0 < FLAGS.range_min < FLAGS.range_max < np.inf or FLAGS.range_points < 2 or FLAGS.range_epochs < 1:
-        raise config.ConfigError("--range_min/--range_max/--range_points/--range_epochs: need "
-                                 "0 < range_min < range_max < inf, range_points >= 2, range_epochs >= 1")
-    return tuple(float(f"{x:.3g}") for x in np.geomspace(FLAGS.range_max, FLAGS.range_min, FLAGS.range_points))
+    own = cfg.own
+    if own.range_min >= own.range_max:
+        raise config.ConfigError(f"--range_min={own.range_min:g} --range_max={own.range_max:g}: need range_min < range_max")
+    return tuple(float(f"{x:.3g}") for x in np.geomspace(own.range_max, own.range_min, own.range_points))
 
 
 def range_ends(records: list[dict]) -> tuple[float | None, float | None]:
@@ -53,7 +54,7 @@ def _gain(rec: dict) -> float:
 
 def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results.StudyDir) -> None:
     """The range test: one seed per LR, all in one group, in a sub-study `range_test`."""
-    rcfg = cfg.replace(lrs=range_lrs(), epochs=FLAGS.range_epochs, seeds=cfg.seeds[:1])
+    rcfg = cfg.replace(lrs=range_lrs(cfg), epochs=cfg.own.range_epochs, seeds=cfg.seeds[:1])
     runs = config.grid(rcfg, len(prepared.train_idx), prepared.dataset.num_classes)
     sub = results.StudyDir(parent.root / "range_test")
     study.execute(sub, runs, prepared, rcfg)
@@ -71,12 +72,13 @@ def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results
 
 
 def main(cfg: config.Config) -> None:
-    if FLAGS.lr_range:
-        range_lrs()  # validate before any work
+    """The sweep (and with --lr_range the range test first)."""
+    if cfg.own.lr_range:
+        range_lrs(cfg)  # validate before any work
     study.run(cfg, "lr_sweep", "LR sweep",
               lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
-              before=(lambda st, p: run_range_test(cfg, p, st)) if FLAGS.lr_range else None)
+              before=(lambda st, p, _: run_range_test(cfg, p, st)) if cfg.own.lr_range else None)
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

@@ -16,38 +16,29 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from absl import flags
 
 from cifar_jax import config, plots, results, run_record, study, summary
+from cifar_jax.options import Option, table
 from experiments import grid_study
 
-flags.DEFINE_list("depths", ["1", "2", "3", "4", "6"], "Numbers of hidden layers.")
-flags.DEFINE_list("widths", ["32", "64", "128", "256", "512"], "Widths of every hidden layer.")
-flags.DEFINE_list("nets", [], "Further nets beside the grid, each DEPTHxWIDTH (e.g. 6x32,10x16: the source's best and "
-                  "worst); in the tables, not in the heatmaps.")
-FLAGS = flags.FLAGS
 TITLE = "MLP depth × width (seeds/003)"
 
 
-def _ints(flag: str, values: list[str]) -> list[int]:
-    try:
-        out = [int(v) for v in values]
-    except ValueError:
-        raise config.ConfigError(f"--{flag}={','.join(values)}: give integers") from None
-    if not out or min(out) < 1:
-        raise config.ConfigError(f"--{flag}={','.join(values)}: give one or more integers >= 1")
-    return out
+def _net(text: str) -> tuple[int, int]:
+    """One --nets entry, DEPTHxWIDTH, as (depth, width)."""
+    net = tuple(int(x) for x in text.lower().split("x"))
+    if len(net) != 2 or min(net) < 1:
+        raise ValueError("give DEPTHxWIDTH pairs of integers >= 1, e.g. 6x32")
+    return net
 
 
-def _nets(values: list[str]) -> list[tuple[int, int]]:
-    """--nets as (depth, width) pairs."""
-    try:
-        out = [tuple(int(x) for x in v.lower().split("x")) for v in values]
-    except ValueError:
-        out = []
-    if len(out) != len(values) or any(len(n) != 2 or min(n) < 1 for n in out):
-        raise config.ConfigError(f"--nets={','.join(values)}: give DEPTHxWIDTH pairs of integers >= 1, e.g. 6x32")
-    return out
+OPTIONS = table(
+    *grid_study.OPTIONS.values(),  # the shared MLP protocols set --cycles and --title
+    Option("depths", (1, 2, 3, 4, 6), "Numbers of hidden layers.", kind="int", many=True, low=1),
+    Option("widths", (32, 64, 128, 256, 512), "Widths of every hidden layer.", kind="int", many=True, low=1),
+    Option("nets", (), "Further nets beside the grid, each DEPTHxWIDTH (e.g. 6x32,10x16: the source's best and worst); "
+           "in the tables, not in the heatmaps.", kind="str", many=True, convert=_net),
+)
 
 
 def verdict(records: list[dict]) -> tuple[str, dict]:
@@ -66,10 +57,11 @@ def verdict(records: list[dict]) -> tuple[str, dict]:
     return "neither over- nor underfits", facts
 
 
-def analyse(st: results.StudyDir, records: list[dict], depths: list[int], widths: list[int]) -> None:
+def analyse(st: results.StudyDir, records: list[dict], depths: tuple[int, ...], widths: tuple[int, ...],
+            at_epochs: tuple[int, ...] = ()) -> None:
     """The grid_study analysis, the heatmaps, the net chosen by validation accuracy (of the grid and
     any --nets) and its verdict (grid.md)."""
-    grid_study.analyse(st, records, 0, TITLE)
+    grid_study.analyse(st, records, 0, TITLE, at_epochs)
     rows = {tuple(r["hidden"]): r for r in grid_study.config_rows(records)}
     stat = lambda d, w, key: rows.get((w,) * d, {}).get(key, {}).get("mean")
     val = np.array([[np.nan if stat(d, w, "val_acc") is None else 100 * stat(d, w, "val_acc") for w in widths]
@@ -101,14 +93,17 @@ def analyse(st: results.StudyDir, records: list[dict], depths: list[int], widths
 
 
 def main(cfg: config.Config) -> None:
-    depths, widths = _ints("depths", FLAGS.depths), _ints("widths", FLAGS.widths)
+    """Every net of the grid (and --nets), trained, and the grid's analysis."""
+    depths, widths = cfg.own.depths, cfg.own.widths
+    if not depths or not widths:
+        raise config.ConfigError("--depths/--widths: give one or more integers >= 1 each")
     cfg.single_group("the grid sets the architectures (--depths, --widths, --nets)")
-    shapes = list(dict.fromkeys([(d, w) for d in depths for w in widths] + _nets(FLAGS.nets)))
+    shapes = list(dict.fromkeys([(d, w) for d in depths for w in widths] + list(cfg.own.nets)))
     nets = [dataclasses.replace(cfg.model, hidden=(w,) * d) for d, w in shapes]
     grid_cfg = cfg.vary("model", nets)
     study.run(grid_cfg, "mlp_grid", TITLE, lambda p: grid_study.grid_runs(grid_cfg, p, 0),
-              report=lambda st, records: analyse(st, records, depths, widths))
+              report=lambda st, records: analyse(st, records, depths, widths, cfg.own.at_epochs))
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

@@ -5,24 +5,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import flags
-
 from cifar_jax import config
+from cifar_jax.options import Option, table
 
-flags.DEFINE_float("compare_dropout", 0.6, "DropoutNet's dropout rate on fc1 (the best rate of §2.1), in (0, 1).")
-FLAGS = flags.FLAGS
+OPTIONS = table(Option("compare_dropout", 0.6, "DropoutNet's dropout rate on fc1 (the best rate of §2.1).", low=0.0,
+                       low_open=True, high=1.0, high_open=True))
 
 
 def validate(cfg: config.Config) -> float:
     """The architectures are set here: refuse --norm/--dropout and several groups; return
     DropoutNet's rate."""
     cfg.single_group("this study sets its architectures itself")
-    if FLAGS["norm"].present or FLAGS["dropout"].present:
+    if cfg.changed("norm") or cfg.changed("dropout"):
         raise config.ConfigError("--norm/--dropout: this study sets the architectures itself "
                                  "(BaselineNet, DropoutNet at --compare_dropout, BatchNormNet)")
-    if not 0 < FLAGS.compare_dropout < 1:
-        raise config.ConfigError(f"--compare_dropout={FLAGS.compare_dropout}: must be in (0, 1)")
-    return FLAGS.compare_dropout
+    return cfg.own.compare_dropout
 
 
 def model_runs(cfg: config.Config, n_train: int, num_classes: int, rate: float) -> dict[str, list[config.Run]]:

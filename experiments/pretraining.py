@@ -11,21 +11,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import flags
-
 from cifar_jax import checkpoint, config, results, study
+from cifar_jax.options import Option, table
 
-flags.DEFINE_string("checkpoint_dir", None, "Root of the pretrained checkpoints, kept in <checkpoint_dir>/<study "
-                    "name>/; default: the study's own folder, <results_dir>/<study name>/checkpoints.")
-flags.DEFINE_bool("repair", False, "Pretrain a run again when its checkpoint is damaged or of another run "
-                  "(default: stop, naming the checkpoint).")
-FLAGS = flags.FLAGS
+OPTIONS = table(
+    Option("checkpoint_dir", None, "Root of the pretrained checkpoints, kept in <checkpoint_dir>/<study name>/; "
+           "default: the study's own folder, <results_dir>/<study name>/checkpoints.", kind="str"),
+    Option("repair", False, "Pretrain a run again when its checkpoint is damaged or of another run (default: stop, "
+           "naming the checkpoint).", kind="bool"),
+)
 
 
-def checkpoint_root(parent: results.StudyDir) -> Path:
+def checkpoint_root(cfg: config.Config, parent: results.StudyDir) -> Path:
     """Where the study keeps its pretrained checkpoints (--checkpoint_dir)."""
-    if FLAGS.checkpoint_dir:
-        return Path(FLAGS.checkpoint_dir).expanduser() / parent.root.name
+    if cfg.own.checkpoint_dir:
+        return Path(cfg.own.checkpoint_dir).expanduser() / parent.root.name
     return parent.root / "checkpoints"
 
 
@@ -35,10 +35,11 @@ def finished(st: results.StudyDir, runs: list[config.Run]) -> list[config.Run]:
     return [r for r in runs if r.run_id not in todo]
 
 
-def check(parent: results.StudyDir, st: results.StudyDir, pretrained: list[tuple[config.Run, Path]]) -> None:
+def check(cfg: config.Config, parent: results.StudyDir, st: results.StudyDir,
+          pretrained: list[tuple[config.Run, Path]]) -> None:
     """Before the pretraining part `st` trains (`study.run`'s `before`, under its lock): remove the
     leftovers of killed saves, then check the checkpoint of every finished (run, checkpoint path)."""
-    results.remove_leftovers(checkpoint_root(parent))
+    results.remove_leftovers(checkpoint_root(cfg, parent))
     paths = {run.run_id: path for run, path in pretrained}
     for run in finished(st, [run for run, _ in pretrained]):
         path = paths[run.run_id]
@@ -48,7 +49,7 @@ def check(parent: results.StudyDir, st: results.StudyDir, pretrained: list[tuple
         try:
             checkpoint.verify(path, study.provenance(parent, run))
         except checkpoint.CheckpointError as err:
-            if not FLAGS.repair:
+            if not cfg.own.repair:
                 raise checkpoint.CheckpointError(f"{err} (pass --repair to pretrain {run.run_id} again)") from None
             study.train_again(st, run.run_id, str(err))
 

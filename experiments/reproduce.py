@@ -21,8 +21,13 @@ import time
 import tomllib
 from pathlib import Path
 
+from typing import Any
+
 from absl import app, flags
 
+from cifar_jax import options
+from cifar_jax.options import Option
+from cifar_jax.registry import ConfigError
 from experiments import claims, verdicts
 
 
@@ -95,39 +100,38 @@ def load_reports(path: Path = Path(__file__).with_name("reports.toml")) -> dict[
 
 REPORTS = load_reports()
 
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    """The driver's flags, defined when it runs as a program (not on import: several of its names
-    are core study flags, which a process importing this module may define too)."""
-    flags.DEFINE_enum("report", "seed000", list(REPORTS), "Which source report to reproduce.")
-    flags.DEFINE_bool("smoke", False, "Toy-size preset (the *_smoke flagfiles): the same code path in minutes on a CPU.")
-    flags.DEFINE_string("data_dir", None, "Passed to every study (default: $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax).")
-    flags.DEFINE_string("results_dir", "./results", "Root of the study directories and of the report.")
-    flags.DEFINE_string("dataset", None, "Override every study's dataset (e.g. synthetic for an offline demo).")
-    flags.DEFINE_list("only", [], "Run only these sections (e.g. 1.1,2.1); the report includes what exists.")
-    flags.DEFINE_bool("assemble_only", False, "Train nothing: write the report from the study directories as they are "
-                      "(e.g. records brought back from another machine).")
-    flags.DEFINE_bool("config_figures", False, "Also put every per-configuration figure (curves_*, cost_*) in the "
-                      "report; by default only the comparison figures, the others staying in each study's figures/.")
-
+OPTIONS = options.table(
+    Option("report", "seed000", "Which source report to reproduce.", kind="choice", choices=tuple(REPORTS)),
+    Option("smoke", False, "Toy-size preset (the *_smoke flagfiles): the same code path in minutes on a CPU.",
+           kind="bool"),
+    Option("data_dir", None, "Passed to every study (default: $CIFAR_JAX_DATA_DIR, else ~/.cache/cifar_jax).",
+           kind="str"),
+    Option("results_dir", "./results", "Root of the study directories and of the report.", kind="str"),
+    Option("dataset", None, "Override every study's dataset (e.g. synthetic for an offline demo).", kind="str"),
+    Option("only", (), "Run only these sections (e.g. 1.1,2.1); the report includes what exists.", kind="str",
+           many=True),
+    Option("assemble_only", False, "Train nothing: write the report from the study directories as they are (e.g. "
+           "records brought back from another machine).", kind="bool"),
+    Option("config_figures", False, "Also put every per-configuration figure (curves_*, cost_*) in the report; by "
+           "default only the comparison figures, the others staying in each study's figures/.", kind="bool"),
+)
 FLAGFILES = Path(__file__).parent / "flags"
 
 
-def study_name(stem: str) -> str:
-    return f"{stem}_smoke" if FLAGS.smoke else stem
+def study_name(stem: str, smoke: bool) -> str:
+    return f"{stem}_smoke" if smoke else stem
 
 
-def command(section: Section) -> list[str]:
-    """The command line of one study, with the shared flags."""
-    flagfile = FLAGFILES / f"{study_name(section.stem)}.flags"
+def command(section: Section, opts: Any) -> list[str]:
+    """The command line of one study, with the shared flags (`opts`: this driver's options)."""
+    flagfile = FLAGFILES / f"{study_name(section.stem, opts.smoke)}.flags"
     cmd = [sys.executable, "-m", f"experiments.{section.module}", f"--flagfile={flagfile}",
-           f"--results_dir={FLAGS.results_dir}"]
-    cmd += [f"--data_dir={FLAGS.data_dir}"] * bool(FLAGS.data_dir) + [f"--dataset={FLAGS.dataset}"] * bool(FLAGS.dataset)
+           f"--results_dir={opts.results_dir}"]
+    cmd += [f"--data_dir={opts.data_dir}"] * bool(opts.data_dir) + [f"--dataset={opts.dataset}"] * bool(opts.dataset)
     if section.module == "transfer":
-        root = Path(FLAGS.results_dir)
-        cmd += [f"--dropout_study={root / study_name('dropout_sweep')}", f"--baseline_study={root / study_name('lr_sweep')}"]
+        root = Path(opts.results_dir)
+        cmd += [f"--dropout_study={root / study_name('dropout_sweep', opts.smoke)}",
+                f"--baseline_study={root / study_name('lr_sweep', opts.smoke)}"]
     return cmd
 
 
@@ -147,13 +151,13 @@ def run_child(cmd: list[str]) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_section(section: Section) -> float:
+def run_section(section: Section, opts: Any) -> float:
     """Run one study as its own process (its flags are its own); returns the wall time."""
-    print(f"\n=== §{section.number} {section.title}: {' '.join(command(section)[1:])}", flush=True)
+    print(f"\n=== §{section.number} {section.title}: {' '.join(command(section, opts)[1:])}", flush=True)
     t0 = time.perf_counter()
-    status = run_child(command(section))
+    status = run_child(command(section, opts))
     if status in (130, 143):  # the study said what it kept; the rest of the report is not written
-        print(f"reproduce --report={FLAGS.report}: stopped in §{section.number}; run the same command again "
+        print(f"reproduce --report={opts.report}: stopped in §{section.number}; run the same command again "
               "to resume", file=sys.stderr, flush=True)
         sys.exit(status)
     if status:
@@ -161,7 +165,7 @@ def run_section(section: Section) -> float:
     return time.perf_counter() - t0
 
 
-MACHINE_FLAGS = ("--data_dir=", "--results_dir=")  # where this machine keeps things: not part of a protocol
+MACHINE_PATHS = ("--data_dir=", "--results_dir=")  # where this machine keeps things: not part of a protocol
 
 
 def protocol(study: Path) -> str:
@@ -172,7 +176,7 @@ def protocol(study: Path) -> str:
     path = next((p for p in paths if p.exists()), None)
     if not path:
         return ""
-    lines = [line for line in path.read_text().strip().splitlines() if not line.startswith(MACHINE_FLAGS)]
+    lines = [line for line in path.read_text().strip().splitlines() if not line.startswith(MACHINE_PATHS)]
     return "```\n" + "\n".join(lines) + "\n```\n"
 
 
@@ -248,21 +252,32 @@ def verdict_markdown(report: Report, ev: verdicts.Evidence) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}")
-    report = REPORTS[FLAGS.report]
+def main(opts: Any) -> None:
+    """The report's studies in order (those of --only), then its report.md."""
+    report = REPORTS[opts.report]
     known = {s.number for s in report.sections}
-    if set(FLAGS.only) - known:
-        sys.exit(f"error: --only={','.join(FLAGS.only)}: the sections of {FLAGS.report} are {', '.join(sorted(known))}")
+    if set(opts.only) - known:
+        sys.exit(f"error: --only={','.join(opts.only)}: the sections of {opts.report} are {', '.join(sorted(known))}")
     times = {}
     for section in report.sections:
-        if not FLAGS.assemble_only and (not FLAGS.only or section.number in FLAGS.only):
-            times[section.number] = run_section(section)
-    root = Path(FLAGS.results_dir)
-    report_dir = root / study_name(f"{FLAGS.report}_report")
-    write_report(report, root, report_dir, times, FLAGS.smoke, FLAGS.config_figures)
+        if not opts.assemble_only and (not opts.only or section.number in opts.only):
+            times[section.number] = run_section(section, opts)
+    root = Path(opts.results_dir)
+    report_dir = root / study_name(f"{opts.report}_report", opts.smoke)
+    write_report(report, root, report_dir, times, opts.smoke, opts.config_figures)
     print(f"\nreport: {report_dir / 'report.md'}  ({', '.join(f'§{k} {v:.0f} s' for k, v in times.items())})")
+
+
+def _entry(argv: list[str]) -> None:
+    """The program: absl's parsed flags → this driver's options → `main`."""
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {' '.join(argv[1:])!r}")
+    try:
+        opts = options.namespace("Reproduce", OPTIONS, options.values(OPTIONS, flags.FLAGS))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    main(opts)
 
 
 def write_report(report: Report, root: Path, report_dir: Path, times: dict[str, float], smoke: bool = False,
@@ -290,9 +305,9 @@ def write_report(report: Report, root: Path, report_dir: Path, times: dict[str, 
 
 
 if __name__ == "__main__":
-    define_flags()
+    options.define(OPTIONS.values(), flags.FLAGS)
     try:
-        app.run(main)
+        app.run(_entry)
     except KeyboardInterrupt:  # between two studies: each finished study is kept
         print("reproduce: interrupted (Ctrl-C); run the same command again to resume", file=sys.stderr)
         sys.exit(130)

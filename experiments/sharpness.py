@@ -15,13 +15,12 @@ training loss.
 from __future__ import annotations
 
 import numpy as np
-from absl import flags
 
 from cifar_jax import config, plots, results, run_record, study, summary
+from cifar_jax.options import Option, table
 
-flags.DEFINE_bool("full_batch", False, "Full-batch gradient descent (Cohen's setting): every step is the whole "
-                  "training split (--split sets its size) and the sharpness is measured on all of it.")
-FLAGS = flags.FLAGS
+OPTIONS = table(Option("full_batch", False, "Full-batch gradient descent (Cohen's setting): every step is the whole "
+                       "training split (--split sets its size) and the sharpness is measured on all of it.", kind="bool"))
 
 TITLE = "Sharpness and the edge of stability"
 EDGE = 0.9  # λ_max at or above this fraction of 2/η counts as at the edge of stability
@@ -121,13 +120,13 @@ def main(cfg: config.Config) -> None:
 
     def runs(prepared: study.Prepared) -> list[config.Run]:
         c = cfg
-        if FLAGS.full_batch:
+        if cfg.own.full_batch:
             n = len(prepared.train_idx)
             c = cfg.replace(batch_size=n, sharpness_examples=n)
         return config.grid(c, len(prepared.train_idx), prepared.dataset.num_classes)
 
-    study.run(cfg, "sharpness", TITLE, runs, report=write_report, extra={"full_batch": FLAGS.full_batch})
+    study.run(cfg, "sharpness", TITLE, runs, report=write_report, extra={"full_batch": cfg.own.full_batch})
 
 
 if __name__ == "__main__":
-    study.main(main)
+    study.main(main, OPTIONS)

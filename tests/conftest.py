@@ -1,10 +1,51 @@
-"""Shared test fixtures: tests run on CPU, offline, on synthetic data or the shared CIFAR copy."""
+"""Shared test fixtures: tests run on CPU, offline, on synthetic data or the shared CIFAR copy.
+
+Studies run in this process (`run_experiment`) unless the behaviour under test is the process
+itself (the command line, signals, kill -9, locks between processes, multi-host); one persistent
+compilation cache serves the whole suite, its workers and the subprocesses they start."""
+import contextlib
+import dataclasses
+import importlib
+import io
 import os
 import pathlib
+import sys
 
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path("~/.cache/cifar_jax/xla-tests").expanduser()))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@dataclasses.dataclass
+class Finished:
+    """What a study run in-process left: its exit status (0, or a SystemExit's code) and output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_experiment(module: str, *args: str) -> Finished:
+    """experiments.<module> run in this process from its flags (as `python -m experiments.<module>
+    ARGS` would, without absl's app or global flags): bad input is exit status 2 and one line."""
+    from cifar_jax import study
+
+    experiment = importlib.import_module(f"experiments.{module}")
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            study.run_args(experiment, args)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            if not isinstance(stop.code, (int, type(None))):
+                print(stop.code, file=sys.stderr)
+    return Finished(code, out.getvalue(), err.getvalue())
 
 SHARED_CIFAR = pathlib.Path(os.environ.get("CIFAR_JAX_SHARED", "~/.cache/cifar10-shared")).expanduser()
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from absl import flags
 
 from cifar_jax import checkpoint, config, models, results, study, train
 
@@ -20,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from experiments import cnn_transfer  # noqa: E402
 
-FLAGS = flags.FLAGS
 TINY = ["--dataset=synthetic", "--model=baseline", "--norm=batch", "--channels=4,8", "--kernels=3,3", "--hidden=8",
         "--optimizer=adam", "--batch_size=32", "--epochs=1", "--seeds=1", "--eval_train=final",
         "--source_classes=class0,class1,class2", "--source_split=256/64", "--source_epochs=1",
@@ -30,7 +28,6 @@ BACKBONE = ("bn_conv1", "bn_conv2", "bn_fc1", "conv1", "conv2", "fc1")  # every 
 
 def run_study(tmp: Path, *more: str) -> dict:
     """Run the study in-process with TINY (and `more` flags); returns every run's final (params, batch_stats)."""
-    config.define_flags()
     captured = {}
     original = study.run
 
@@ -40,27 +37,18 @@ def run_study(tmp: Path, *more: str) -> dict:
             on_state(run, variables)
         return original(*args, on_state=both, **kwargs)
 
-    FLAGS.unparse_flags()
-    FLAGS(["cnn_transfer", *TINY, f"--results_dir={tmp}/results", f"--checkpoint_dir={tmp}/ckpt", *more])
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(study, "run", capturing)
-            cnn_transfer.main(config.from_flags())
-    finally:
-        FLAGS.unparse_flags()
+    cfg = config.parse(*TINY, f"--results_dir={tmp}/results", f"--checkpoint_dir={tmp}/ckpt", *more,
+                       own=cnn_transfer.OPTIONS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(study, "run", capturing)
+        cnn_transfer.main(cfg)
     return captured
 
 
 @pytest.mark.parametrize("lr", ["inf", "nan", "0"])
 def test_a_bad_source_lr_is_refused(tmp_path, lr):
-    config.define_flags()
-    FLAGS.unparse_flags()
-    FLAGS(["cnn_transfer", *TINY, f"--source_lr={lr}", f"--results_dir={tmp_path}"])
-    try:
-        with pytest.raises(config.ConfigError, match=rf"^--source_lr={float(lr)}: must be a finite number > 0$"):
-            cnn_transfer.source_config(config.from_flags())
-    finally:
-        FLAGS.unparse_flags()
+    with pytest.raises(config.ConfigError, match=rf"^--source_lr={lr}: must be > 0 and finite$"):
+        config.parse(*TINY, f"--source_lr={lr}", f"--results_dir={tmp_path}", own=cnn_transfer.OPTIONS)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,6 @@
 the same order seed end bit-identical with barrier 0 (and, with the parent's own order seed, equal
 the parent), a path's end points are the children's own recorded metrics, and bad flags are one line."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -12,16 +9,15 @@ import numpy as np
 import pytest
 
 from cifar_jax import checkpoint, results
+from conftest import Finished, run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ["--dataset=synthetic", "--split=512/256", "--epochs=3", "--seeds=1", "--model=mlp", "--hidden=16",
          "--norm=batch", "--interp_points=5", "--interp_examples=128", "--spawn_epochs=0,2"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "experiments.connectivity", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+def run(*args: str) -> Finished:
+    return run_experiment("connectivity", *args)
 
 
 def _variables(study: Path, run_id: str):
@@ -63,9 +59,9 @@ def test_same_order_seed_children_are_identical_with_barrier_zero_and_ends_are_t
 
 @pytest.mark.parametrize("flag, needle", [
     ("--spawn_epochs=0,3", "--spawn_epochs=0,3: give distinct epochs in [0, --epochs=3)"),
-    ("--children=1", "--children=1: need at least 2"),
+    ("--children=1", "--children=1: must be >= 2"),
     ("--child_order_seeds=1,2,3", "give 2 seeds >= 0, one per child"),
-    ("--interp_points=1", "--interp_points=1: need at least 2"),
+    ("--interp_points=1", "--interp_points=1: must be >= 2"),
 ])
 def test_bad_flags_are_one_line(tmp_path, flag, needle):
     out = run(*SYNTH, flag, f"--results_dir={tmp_path}")

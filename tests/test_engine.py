@@ -113,7 +113,7 @@ def test_batchnorm_conv_group_equals_runs_alone_in_float64(noise_data):
 def test_every_layout_gives_the_same_metrics(noise_data, model):
     spec = train.GroupSpec(model, batch_size=32, eval_train="epoch", eval_test=True, loss_every=3, grad_stats=True)
     results = {layout: _train(spec, RUNS[:2], noise_data, 2, layout)
-               for layout in engine.LAYOUTS if layout != "auto"}
+               for layout in train.LAYOUTS if layout != "auto"}
     ref_state, ref = results["seq_loop"]
     for layout, (state, cb) in results.items():
         _assert_close(state.params, ref_state.params, 1e-5)

@@ -1,20 +1,16 @@
 """Experiments end to end from the command line: results, figures, resume, and bad input."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import Finished, run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ["--dataset=synthetic", "--split=512/256", "--batch_size=64", "--epochs=1", "--seeds=2"]
 
 
-def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+def run(module: str, *args: str) -> Finished:
+    return run_experiment(module, *args)
 
 
 def records(study: Path) -> dict[str, dict]:

@@ -1,14 +1,12 @@
 """seeds/000 studies end to end on synthetic data: the dropout sweep (§2.1) and BatchNormNet (§3.4)."""
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from experiments import dropout_sweep
+from conftest import Finished, run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ["--dataset=synthetic", "--split=512/256", "--batch_size=64", "--epochs=2", "--seeds=2",
@@ -16,10 +14,8 @@ SYNTH = ["--dataset=synthetic", "--split=512/256", "--batch_size=64", "--epochs=
 RATES = [0.0, 0.2, 0.4, 0.6, 0.8]
 
 
-def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+def run(module: str, *args: str) -> Finished:
+    return run_experiment(module, *args)
 
 
 def test_dropout_sweep_writes_the_gap_per_rate_and_resumes_without_retraining(tmp_path):

@@ -3,14 +3,13 @@ diverged configuration, two unfinished runs and a part in a sub-folder, as plain
 pandas DataFrames."""
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from cifar_jax import results, run_record
+from conftest import run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ["--dataset=synthetic", "--split=300/100", "--test_size=100", "--model=mlp", "--hidden=8",
@@ -22,9 +21,7 @@ def study(tmp_path_factory) -> Path:
     """lr_sweep at toy size (lr 1e30 diverges in its first epoch), plus two unfinished runs as an
     interrupted study leaves them (one epoch recorded; none yet) and a copy of one run in a part."""
     out = tmp_path_factory.mktemp("frames")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "experiments.lr_sweep", *STUDY, f"--results_dir={out}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = run_experiment("lr_sweep", *STUDY, f"--results_dir={out}")
     assert done.returncode == 0, done.stderr
     st = results.StudyDir(out / "lr_sweep")
     first = st.record("lr=0.1,seed=0")

@@ -1,9 +1,6 @@
 """Gradient flow (seeds/000 §3.1–3.3): the experiment end to end on synthetic data, and the figure
 and table functions of cifar_jax.gradient_plots on synthetic records."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -12,6 +9,7 @@ import pytest
 
 from cifar_jax import gradient_plots as gp, models, train
 from cifar_jax.results import ResultsError
+from conftest import Finished, run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("gradients_BaselineNet", "gradients_DropoutNet", "gradients_BatchNormNet_shared",
@@ -34,16 +32,13 @@ def assert_png(path: Path, min_bytes: int = 10_000) -> tuple[int, int]:
     return image.shape[:2]
 
 
-def run_experiment(results_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    args = ["--dataset=synthetic", "--split=256/128", "--epochs=2", "--batch_size=64", "--seeds=1",
-            f"--results_dir={results_dir}"]
-    return subprocess.run([sys.executable, "-m", "experiments.gradient_flow", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+def run_study(results_dir: Path) -> Finished:
+    return run_experiment("gradient_flow", "--dataset=synthetic", "--split=256/128", "--epochs=2", "--batch_size=64",
+                          "--seeds=1", f"--results_dir={results_dir}")
 
 
 def test_experiment_writes_figures_records_and_table_then_resumes(tmp_path):
-    first = run_experiment(tmp_path)
+    first = run_study(tmp_path)
     assert first.returncode == 0, first.stderr
     study = tmp_path / "gradient_flow"
     for name in FIGURES:
@@ -65,7 +60,7 @@ def test_experiment_writes_figures_records_and_table_then_resumes(tmp_path):
     assert "| bn_conv1/scale |" in table and (study / "test_table.md").exists()
     stamps = {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")}
 
-    second = run_experiment(tmp_path)
+    second = run_study(tmp_path)
     assert second.returncode == 0, second.stderr
     assert "3 of 3 runs already finished" in second.stdout and "epoch 1/2" not in second.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in (study / "runs").glob("*.json")}

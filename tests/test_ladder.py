@@ -1,25 +1,17 @@
 """The seeds/001 ladder: each stage's flags are the previous stage's plus one change, the plan
 refuses a stage without the stage it builds on, the U verdict, and a tiny ladder end to end."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from absl import flags
 
 from cifar_jax import config
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from experiments import ladder  # noqa: E402
+from conftest import run_experiment
+from experiments import ladder
 
 
 @pytest.fixture
-def cfg(parse):
-    flags.FLAGS(["prog"], known_only=True)  # the ladder's own flags at their defaults
-    return parse("--model=convnet", "--normalization=none", "--lr=0.1")
+def cfg():
+    return config.parse("--seeds=1", "--model=convnet", "--normalization=none", "--lr=0.1", own=ladder.OPTIONS)
 
 
 def test_each_stage_adds_its_change_to_the_stage_it_builds_on(cfg):
@@ -30,7 +22,7 @@ def test_each_stage_adds_its_change_to_the_stage_it_builds_on(cfg):
     assert bn.model.norm == "batch" and bn.model.use_dropout and bn.lrs == (0.1,) and bn.model.name == "convnet"
     zca = ladder.stage_config(cfg, "zca")
     assert zca.normalization == "zca" and zca.augment == "none" and zca.optimizer == "sgd"
-    assert ladder.stage_config(cfg, "dropout_long").epochs == ladder.FLAGS.long_epochs
+    assert ladder.stage_config(cfg, "dropout_long").epochs == cfg.own.long_epochs == 100
     assert ladder.stage_config(cfg, "dropout_long").model.norm == "none"
 
 
@@ -56,11 +48,9 @@ def test_a_validation_loss_that_turns_up_is_a_u():
 
 
 def test_a_tiny_ladder_end_to_end(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "experiments.ladder", "--dataset=synthetic", "--model=mlp", "--hidden=16",
-           "--normalization=none", "--stages=baseline,standardised", "--long_stages=standardised", "--long_epochs=2",
-           "--epochs=1", "--seeds=2", "--split=400/100", f"--results_dir={tmp_path}", "--name=ladder", "--compile_cache="]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = run_experiment("ladder", "--dataset=synthetic", "--model=mlp", "--hidden=16", "--normalization=none",
+                         "--stages=baseline,standardised", "--long_stages=standardised", "--long_epochs=2", "--epochs=1",
+                         "--seeds=2", "--split=400/100", f"--results_dir={tmp_path}", "--name=ladder")
     assert out.returncode == 0, out.stderr[-3000:]
     root = tmp_path / "ladder"
     rows = json.loads((root / "ladder.json").read_text())

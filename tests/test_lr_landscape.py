@@ -1,16 +1,14 @@
 """The LR landscape (experiments.lr_landscape): end to end on synthetic data, the boundary and
 best-LR rules on hand-made records, and bad grid flags."""
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cifar_jax import run_record
 from experiments import lr_landscape
+from conftest import Finished, run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # an MLP keeps this fast on 2 cores; the experiment's code path is the same for BaselineNet
@@ -20,10 +18,8 @@ GRID = ["--landscape_min=0.01", "--landscape_max=30", "--landscape_points=4"]  #
 LRS = [0.01, 0.144, 2.08, 30.0]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "experiments.lr_landscape", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+def run(*args: str) -> Finished:
+    return run_experiment("lr_landscape", *args)
 
 
 def test_landscape_writes_figure_table_and_boundary(tmp_path):
@@ -99,7 +95,7 @@ def test_boundary_is_the_smallest_mostly_failed_lr_above_the_best():
 
 
 @pytest.mark.parametrize("flag,needle", [
-    ("--landscape_points=1", "--landscape_points=1"), ("--landscape_min=0", "--landscape_min=0 "),
+    ("--landscape_points=1", "--landscape_points=1"), ("--landscape_min=0", "--landscape_min=0: must be > 0"),
     ("--landscape_min=2", "landscape_min < landscape_max"), ("--landscape_points=100000", "distinct"),
     ("--dropout=0,0.5", "--dropout"),
 ])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cifar_jax import data, models, splits, surfaces, train
+from conftest import Finished, run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ["--dataset=synthetic", "--split=512/256", "--epochs=1", "--seeds=2", "--model=mlp", "--hidden=16",
@@ -98,10 +99,8 @@ def test_the_grids_centre_is_the_runs_own_evaluation(bn_case):
     np.testing.assert_allclose(values[[0, 8]], one_by_one, rtol=1e-5)
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "experiments.loss_surface", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+def run(*args: str) -> Finished:
+    return run_experiment("loss_surface", *args)
 
 
 def test_loss_surface_end_to_end_and_its_refusals(tmp_path):

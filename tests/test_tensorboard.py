@@ -2,10 +2,7 @@
 back by TensorBoard's own reader, and a real 2-run, 2-epoch study whose events equal its records."""
 import json
 import math
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from cifar_jax.results import run_file_stem
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing import event_accumulator, event_file_loader  # noqa: E402
 from tensorboard.compat.proto import event_pb2  # noqa: E402
+from conftest import run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,12 +107,9 @@ def test_study_events_equal_the_records(tmp_path):
     """A 2-run, 2-epoch study with --tensorboard: every scalar of every epoch entry (with the
     eval-mode train and test metrics and per-tensor gradient norms) reads back through
     TensorBoard's EventAccumulator equal to the run records, and nothing else is there."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "experiments.lr_sweep", "--dataset=synthetic", "--split=300/100",
-                          "--batch_size=50", "--model=mlp", "--hidden=16", "--init=he", "--epochs=2", "--seeds=2",
-                          "--lr=0.1", "--eval_train=epoch", "--eval_test", "--grad_stats", "--tensorboard",
-                          f"--results_dir={tmp_path}", "--compile_cache="],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = run_experiment("lr_sweep", "--dataset=synthetic", "--split=300/100", "--batch_size=50", "--model=mlp",
+                         "--hidden=16", "--init=he", "--epochs=2", "--seeds=2", "--lr=0.1", "--eval_train=epoch",
+                         "--eval_test", "--grad_stats", "--tensorboard", f"--results_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     study = tmp_path / "lr_sweep"
     records = [json.loads(p.read_text()) for p in sorted((study / "runs").glob("*.json"))]

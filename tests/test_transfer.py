@@ -4,13 +4,12 @@ line, --repair pretraining it again."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from cifar_jax import checkpoint
+from conftest import Finished, run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--dataset=synthetic", "--split=256/256", "--epochs=1", "--seeds=1", "--batch_size=64", "--lr=0.05",
@@ -19,19 +18,17 @@ BASELINE = "BaselineNet,seed=0"
 DROPOUT = "DropoutNet_p=0.5,seed=0-b1c48a5c"  # its checkpoint's folder
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "experiments.transfer", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+def run(*args: str) -> Finished:
+    return run_experiment("transfer", *args)
 
 
-def study(results: Path, *more: str) -> subprocess.CompletedProcess:
+def study(results: Path, *more: str) -> Finished:
     """The tiny transfer study into `results`."""
     return run(*ARGS, f"--results_dir={results}", *more)
 
 
 @pytest.fixture(scope="module")
-def done(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def done(tmp_path_factory) -> tuple[Path, Finished]:
     """One finished study, checkpoints in their default place; tests copy it before changing it."""
     results = tmp_path_factory.mktemp("transfer") / "results"
     return results, study(results)
@@ -105,5 +102,5 @@ def test_transfer_refuses_a_model_without_convolutions(tmp_path):
 def test_a_bad_dropout_rate_is_one_line(tmp_path, rate):
     out = run(*ARGS, f"--transfer_dropout={rate}", f"--results_dir={tmp_path}")
     assert out.returncode == 2 and out.stderr.splitlines() == [
-        f"error: --transfer_dropout={float(rate)}: must be in [0, 1), or -1 for the dropout study's best rate"]
+        f"error: --transfer_dropout={rate}: must be in [0, 1), or -1 for the dropout study's best rate"]
     assert not (tmp_path / "transfer" / "runs").exists()
