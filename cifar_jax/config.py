@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from cifar_jax import layers, models, options, schedules, splits, train
+from cifar_jax import models, options, schedules, splits, train
 from cifar_jax.registry import ConfigError
 
 
@@ -71,42 +71,12 @@ SINGLE = options.table(
       "units (CIFAR-10's mean eigenvalue is ≈ 0.06).", low=0.0, low_open=True),
     O("layout", "auto", "How a group runs (auto: the measured-fastest for the backend and model; every layout gives "
       "the same numbers).", kind="choice", choices=train.LAYOUTS),
-    O("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master weights, loss and BN "
-      "statistics).", kind="choice", choices=tuple(models.PRECISIONS), spec=True),
-    O("conv_impl", "auto", "Convolution implementation (auto: the measured-fastest for the backend and precision; "
-      "cifar_jax/layers.py describes each); the same numbers either way.", kind="choice",
-      choices=tuple(layers.CONV_IMPLS), spec=True),
     O("memory_limit_gb", 0.0, "Per-device memory a group may use before it is split into chunks of runs (0: 90% of "
       "an accelerator's memory; no limit on CPU).", low=0.0),
     O("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory, so a repeated study "
       "does not recompile ('' disables).", kind="str"),
     O("snapshot_every", 0, "Save each group's training state every this many epochs, so an interrupted study resumes "
       "mid-run (0: whenever 5 s of training passed since the last).", kind="int", low=0),
-    O("eval_batch_size", 500, "Batch size of evaluation passes.", kind="int", low=1, spec=True),
-    O("eval_train", "none", "Evaluate the whole training split in eval mode: none, final (before and after training) "
-      "or epoch (also after every epoch: records' train_eval_*).", kind="choice", choices=train.EVAL_TRAIN, spec=True),
-    O("eval_test", False, "Also evaluate the test set after every epoch (records' test_* per epoch).", kind="bool",
-      spec=True),
-    O("grad_stats", False, "Record |gradient| statistics per parameter tensor: ‖g‖ per epoch, and mean and std of |g| "
-      "and mean ‖g‖ over the first and the last --grad_window steps.", kind="bool", spec=True),
-    O("grad_window", 5, "Steps in each window of --grad_stats.", kind="int", low=1),
-    O("loss_every", 0, "Record the mean training loss of every this many steps (records' loss_trace; 0: off).",
-      kind="int", low=0, spec=True),
-    O("sharpness_every", 0, "Measure the sharpness, λ_max (and λ_min) of the Hessian of the training loss, every "
-      "this many --sharpness_unit (0: off); records' sharpness, sharpness_min.", kind="int", low=0),
-    O("sharpness_unit", "epoch", "Unit of --sharpness_every: epoch (after every k-th epoch) or step (before every "
-      "k-th step of each epoch, inside the compiled epoch: records' sharpness_trace; for the early steps, where it "
-      "moves fastest).", kind="choice", choices=train.SHARPNESS_UNITS),
-    O("sharpness_iters", 6, "Lanczos iterations (Hessian-vector products) per sharpness evaluation, each started "
-      "from the previous evaluation's top eigenvector.", kind="int", low=2),
-    O("sharpness_examples", 256, "Size of the fixed training subset whose loss Hessian is measured (dropout off, "
-      "batch norm on the subset's own statistics; at most the training split).", kind="int", low=1),
-    O("noise_scale", False, "Measure the gradient noise scale B_simple = tr(Σ)/|G|² per epoch (McCandlish et al. "
-      "2018) from gradient norms at two batch sizes; records' b_simple, b_simple_g2, b_simple_trace (groups of batch "
-      "size 1 with --noise_window=0 record none).", kind="bool"),
-    O("noise_window", 0, "The two batch sizes of --noise_scale: 0, each half of the step's batch against the whole, "
-      "at the step's weights (one more backward pass a step); k >= 2, the step's batch against the mean gradient of "
-      "k consecutive steps (free, but the weights move within the window).", kind="int", low=0),
     O("save_final", False, "Save every run's final variables as an orbax checkpoint with its provenance "
       "(<study>/checkpoints/<run>/; experiments.loss_surface reads them); a finished run without one is trained "
       "again.", kind="bool"),
@@ -120,8 +90,9 @@ SINGLE = options.table(
     O("process_id", None, "Multi-host: this process's index (default $CIFAR_JAX_PROCESS_ID, else 0).", kind="int",
       low=0),
 )
-# Every core option: one table (names are unique across the levels).
-CORE = options.table(*SINGLE.values(), *options.RUN.values(), *options.MODEL.values(), *options.GROUP.values())
+# Every core option: one table (names are unique across the levels), its flags filed under this module.
+CORE = options.table(*(dataclasses.replace(o, module=__name__) for table in (SINGLE, options.RUN, models.OPTIONS,
+                                                                               train.OPTIONS) for o in table.values()))
 
 
 def define_flags(flag_values: flags.FlagValues, own: dict[str, options.Option] | None = None) -> None:
@@ -129,25 +100,26 @@ def define_flags(flag_values: flags.FlagValues, own: dict[str, options.Option] |
     options.define([*CORE.values(), *(own or {}).values()], flag_values)
 
 
+# The options every group of a study has a value of (one combination per group: `Config.variants`).
+PER_GROUP = ("model", "lrs", *(k for k, o in train.OPTIONS.items() if o.level == "group"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The validated core flags."""
+    """A study's validated options: a field per core option of one value (`SINGLE`, and the
+    single-level ones of `train.OPTIONS`), the per-run values (`per_run`), every combination of
+    the group-level ones (`variants`; `cfg.model`, `cfg.batch_size`, `cfg.lrs`, ... read the
+    first) and the experiment's own options (`own`)."""
 
     dataset: str
     data_dir: str | None
     results_dir: str
     name: str | None
-    model: models.ModelConfig
-    lrs: tuple[float, ...]
     schedule: str
     lr_min: float
     decay_unit: str
     decay_every: float
     half_cycle: int
-    optimizer: str
-    clip_norm: float
-    batch_size: int
-    epochs: int
     seeds: tuple[int, ...]
     init_seeds: tuple[int, ...]   # () : the run seed
     order_seeds: tuple[int, ...]  # () : the run seed
@@ -157,7 +129,6 @@ class Config:
     test_size: int
     normalization: str
     zca_epsilon: float
-    augment: str
     layout: str
     precision: str
     conv_impl: str
@@ -179,35 +150,40 @@ class Config:
     noise_window: int
     distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
     per_run: tuple[tuple[str, tuple[float, ...]], ...]  # every options.RUN name → its values
-    # every combination of the program-changing flags (and the LRs of its optimiser) as
-    # (field, value) pairs (see _variants); the scalar fields above hold the first
-    variants: tuple[tuple[tuple[str, Any], ...], ...] = ((),)
+    # every combination of the group-level options (`PER_GROUP`: the model, the learning rates of
+    # its optimiser and every group option of train.OPTIONS) as (name, value) pairs
+    variants: tuple[tuple[tuple[str, Any], ...], ...]
     tensorboard: bool = False  # write TensorBoard scalars of every epoch (cifar_jax/tensorboard.py)
     save_final: bool = False   # save every run's final variables as a checkpoint (study.final_checkpoint)
     own: Any = None            # the experiment's own options (a frozen dataclass: options.namespace)
     # every option as given: (name, --flag=value, whether it differs from its default): flags.txt
     given: tuple[tuple[str, str, bool], ...] = ()
 
+    def __getattr__(self, name: str) -> Any:
+        """A group-level value (`PER_GROUP`) of the first variant."""
+        if name in PER_GROUP:
+            return dict(self.variants[0])[name]
+        raise AttributeError(f"Config has no option {name!r}")
+
     def values(self, option: str) -> tuple[float, ...]:
         """The values of a per-run option (`options.RUN`)."""
         return dict(self.per_run)[option]
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with `changes` (fields, or per-run options by name with a tuple of values); a
-        group-level field given here stops varying (every variant takes the new value)."""
+        """A copy with `changes`: fields, per-run options by name (a tuple of values) or group-level
+        values, which stop varying (every variant takes the new value)."""
         per_run = {**dict(self.per_run), **{k: v for k, v in changes.items() if k in options.RUN}}
-        fields = {k: v for k, v in changes.items() if k not in options.RUN}
-        kept = dict.fromkeys(tuple((k, v) for k, v in variant if k not in fields) for variant in self.variants)
-        return dataclasses.replace(self, variants=tuple(kept) or ((),), per_run=tuple(per_run.items()), **fields)
+        group = {k: v for k, v in changes.items() if k in PER_GROUP}
+        fields = {k: v for k, v in changes.items() if k not in options.RUN and k not in PER_GROUP}
+        variants = dict.fromkeys(tuple((k, group.get(k, v)) for k, v in variant) for variant in self.variants)
+        return dataclasses.replace(self, variants=tuple(variants), per_run=tuple(per_run.items()), **fields)
 
-    def vary(self, field: str, values: Sequence[Any]) -> Config:
-        """A copy whose group-level `field` takes each of `values` in turn (a grid axis: one
-        group per value, crossed with the variants there are)."""
-        variants = tuple(
-            tuple((k, value if k == field else v) for k, v in variant)
-            + (() if any(k == field for k, _ in variant) else ((field, value),))
-            for variant in self.variants for value in values)
-        return dataclasses.replace(self, variants=variants, **{field: values[0]})
+    def vary(self, name: str, values: Sequence[Any]) -> Config:
+        """A copy whose group-level `name` takes each of `values` in turn (a grid axis: one group
+        per value, crossed with the variants there are)."""
+        variants = tuple(tuple((k, value if k == name else v) for k, v in variant)
+                         for variant in self.variants for value in values)
+        return dataclasses.replace(self, variants=tuple(dict.fromkeys(variants)))
 
     def changed(self, option: str) -> bool:
         """Whether an option was given a value other than its default."""
@@ -216,7 +192,8 @@ class Config:
     def single_group(self, why: str) -> None:
         """Refuse several values of a group-level flag where a study sets its own architectures."""
         if len(self.variants) > 1:
-            raise ConfigError(f"{'/'.join('--' + name for name in (*options.MODEL, *options.GROUP))}: give one value each; {why}")
+            axes = (k for k, o in CORE.items() if o.level in ("model", "group"))
+            raise ConfigError(f"{'/'.join('--' + name for name in axes)}: give one value each; {why}")
 
 
 def parse_seeds(values: Sequence[str]) -> tuple[int, ...]:
@@ -256,14 +233,14 @@ def _learning_rates(values: Sequence[str], optimizers: tuple[str, ...]) -> dict[
 
 
 def _variants(given: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of the program-changing options (options.MODEL and options.GROUP; each
-    combination is a group of its own) as Config field overrides, with the learning rates of its
+    """Every combination of the program-changing options (models.OPTIONS, and the group level of
+    train.OPTIONS; each combination is a group of its own), with the learning rates of its
     optimiser."""
-    model_axes = {"name" if k == "model" else k: given[k] for k in options.MODEL}
+    model_axes = {o.field or k: given[k] for k, o in models.OPTIONS.items()}
     model_configs = list(dict.fromkeys(
         models.ModelConfig(**dict(zip(model_axes, combo)), use_dropout=any(d > 0 for d in given["dropout"]))
         for combo in itertools.product(*model_axes.values())))
-    axes = {"model": model_configs, **{k: given[k] for k in options.GROUP}}
+    axes = {"model": model_configs, **{k: given[k] for k, o in train.OPTIONS.items() if o.level == "group"}}
     lrs = _learning_rates(given["lr"], given["optimizer"])
     combos = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
     scale = lambda combo: combo["batch_size"] / given["lr_batch_scale"] if given["lr_batch_scale"] else 1.0
@@ -285,10 +262,10 @@ def from_flags(fl: Any, own: dict[str, options.Option] | None = None, own_name: 
         raise ConfigError(f"--lr_min={given['lr_min']}: must be below every --lr (η_max) for the cyclic schedule")
     fields = {f.name for f in dataclasses.fields(Config)}
     return Config(
-        **{k: v for k, v in given.items() if k in fields and k not in (*options.MODEL, *options.GROUP, "seeds")},
+        **{k: v for k, v in given.items() if k in fields and k != "seeds"},
         seeds=parse_seeds(given["seeds"]), init_seeds=given["init_seed"], order_seeds=given["order_seed"],
         per_run=tuple((k, given[k]) for k in options.RUN), distributed=_distributed(given),
-        variants=tuple(tuple(v.items()) for v in variants), **variants[0],
+        variants=tuple(tuple(v.items()) for v in variants),
         own=options.namespace(own_name, own or {}, mine),
         given=tuple(options.serialized(CORE, fl) + options.serialized(own or {}, fl)))
 
@@ -361,17 +338,24 @@ class Run:
         """Everything that defines the run, as plain JSON values (stored in its record)."""
         spec = dataclasses.asdict(self.spec)
         del spec["conv_impl"]  # changes how, not what: the same numbers either way (tested)
-        for field, default in models.PROBE_FIELDS.items():  # a probe that is off is left out (records keep their form)
-            if spec["model"][field] == default:
-                del spec["model"][field]
-        for switch, fields in INSTRUMENT_FIELDS.items():  # instruments that are off are left out (records keep their form)
+        # an option recorded only when changed, an instrument that is off and a seed of the run's
+        # own are left out, so that records keep their form
+        spec["model"] = {k: v for k, v in spec["model"].items() if _stored(models.OPTIONS, k, v)}
+        spec = {k: v for k, v in spec.items() if _stored(train.OPTIONS, k, v)}
+        for switch, fields in INSTRUMENT_FIELDS.items():
             if not spec[switch]:
                 for field in fields:
                     del spec[field]
-        hp = {k: v for k, v in self.hp.items()  # a seed of the run's own is left out (records keep their form)
-              if not (k in ("init_seed", "order_seed") and v == train.SEED_OF_RUN)}
+        hp = {k: v for k, v in self.hp.items() if _stored(options.RUN, k, v)
+              and not (k in ("init_seed", "order_seed") and v == train.SEED_OF_RUN)}
         hp["schedule"] = list(schedules.SCHEDULES)[hp["schedule"]]
         return {"epochs": self.epochs, **self.data, **spec, **hp}
+
+
+def _stored(table: dict[str, options.Option], field: str, value: Any) -> bool:
+    """Whether a run's stored config keeps this field (options.Option.recorded)."""
+    o = next((o for k, o in table.items() if (o.field or k) == field), None)
+    return o is None or o.stored(value)
 
 
 def schedule_hparams(cfg: Config, lr: float, decay_rate: float, steps_per_epoch: int,
@@ -385,15 +369,13 @@ def schedule_hparams(cfg: Config, lr: float, decay_rate: float, steps_per_epoch:
 
 
 def group_spec(cfg: Config, num_classes: int) -> train.GroupSpec:
-    """The static part shared by every run of the flags' grid."""
-    return train.GroupSpec(
-        model=dataclasses.replace(cfg.model, num_classes=num_classes), optimizer=cfg.optimizer,
-        batch_size=cfg.batch_size, augment=cfg.augment,
-        noise=max(cfg.values("noise_std") + cfg.values("salt_pepper")) > 0,
-        clip_norm=cfg.clip_norm or None, eval_batch_size=cfg.eval_batch_size, precision=cfg.precision,
-        conv_impl=cfg.conv_impl, grad_stats=cfg.grad_stats, grad_window=cfg.grad_window if cfg.grad_stats else 5,
-        loss_every=cfg.loss_every, eval_train=cfg.eval_train, eval_test=cfg.eval_test,
-        **instruments(cfg))
+    """The static part shared by every run of one group: every option of train.OPTIONS (an
+    instrument that is off at its defaults, so it adds nothing to the program or a run's config)."""
+    fields = {k: getattr(cfg, k) for k, o in train.OPTIONS.items() if o.in_spec}
+    fields.update({k: train.OPTIONS[k].default for names in INSTRUMENT_FIELDS.values() for k in names})
+    fields.update(instruments(cfg), clip_norm=cfg.clip_norm or None, grad_window=cfg.grad_window if cfg.grad_stats else 5)
+    return train.GroupSpec(model=dataclasses.replace(cfg.model, num_classes=num_classes),
+                           noise=max(cfg.values("noise_std") + cfg.values("salt_pepper")) > 0, **fields)
 
 
 def instruments(cfg: Config) -> dict[str, Any]:
@@ -429,7 +411,7 @@ def grid(cfg: Config, n_train: int, num_classes: int, label: str = "") -> list[R
         prefix = ([label] if label else []) + [f"{k}={names[k]}" for k in varying if k != "lr"]
         if "lr" in varying and len(variant["lrs"]) == 1:  # a learning rate per optimiser
             prefix.append(f"lr={variant['lrs'][0]:g}")
-        runs += _grid_one(dataclasses.replace(cfg, **variant), n_train, num_classes, prefix)
+        runs += _grid_one(cfg.replace(**variant), n_train, num_classes, prefix)
     return runs
 
 
@@ -438,15 +420,19 @@ def _shown(variant: dict[str, Any]) -> dict[str, str]:
     out = {}
     for field, value in variant.items():
         if field == "model":
-            out.update(model=value.name, hidden="-".join(map(str, value.hidden)) or "none",
-                       channels="-".join(map(str, value.channels)) or "none",
-                       kernels="-".join(map(str, value.kernels)) or "none", norm=value.norm, init=value.init,
-                       **{k: str(getattr(value, k)).lower() for k in models.PROBE_FIELDS})
+            out.update({k: _shown_value(o, getattr(value, o.field or k)) for k, o in models.OPTIONS.items()})
         elif field == "lrs":
             out["lr"] = "/".join(f"{lr:g}" for lr in value)
         else:
             out[field] = f"{value:g}" if isinstance(value, float) else str(value)
     return out
+
+
+def _shown_value(option: options.Option, value: Any) -> str:
+    """A model option's value in a configuration's name (a width list as 50-50, an empty one as none)."""
+    if option.kind == "widths":
+        return "-".join(map(str, value)) or "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _grid_one(cfg: Config, n_train: int, num_classes: int, prefix: list[str]) -> list[Run]:

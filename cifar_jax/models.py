@@ -17,7 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cifar_jax import options
 from cifar_jax.layers import Conv, max_pool
+from cifar_jax.options import Option
 from cifar_jax.registry import ConfigError, lookup
 
 Layer = tuple
@@ -136,25 +138,20 @@ class Net(nn.Module):
     """A conv/pool/dense stack, then a dense classifier. Parameters are float32;
     `dtype` is the compute precision (bf16: mixed precision, BN statistics still float32)."""
 
+    model: Any  # its ModelConfig
     layers: tuple[Layer, ...]
-    num_classes: int = 10
-    norm: str = "none"
-    init_kind: str = "torch"
-    use_dropout: bool = False
     conv_impl: str = "xla"
     dtype: Any = None
     frozen: tuple[str, ...] = ()  # layers whose batch norm uses running statistics in train mode too
     pool: str = "vjp"  # max-pooling's differentiation rule (layers.POOLS): "jvp" for forward mode
-    dropout_kind: str = "inverted"
-    dropout_place: str = "after_relu"
-    norm_init: str = "ones"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, dropout_rate: jax.Array | float = 0.0) -> jax.Array:
-        normalise = NORMS[self.norm].make
-        drop = lambda x: dropout(x, dropout_rate, self.make_rng("dropout"), self.dropout_kind) \
-            if self.use_dropout and train else x
-        early = self.dropout_place == "before_norm"
+        m = self.model
+        norm_kind = NORMS[m.norm]
+        drop = lambda x: dropout(x, dropout_rate, self.make_rng("dropout"), m.dropout_kind) \
+            if m.use_dropout and train else x
+        early = m.dropout_place == "before_norm"
         n_conv = n_fc = 0
         for i, layer in enumerate(self.layers):
             kind = layer[0]
@@ -165,50 +162,65 @@ class Net(nn.Module):
                 if not (early and i and self.layers[i - 1][0] == "dense"):  # else it acted before the norm
                     x = drop(x)
                 continue
-            norm = normalise if layer[-1] else None
-            bias = norm is None or not NORMS[self.norm].drops_bias
+            norm = norm_kind.make if layer[-1] else None
+            bias = norm is None or not norm_kind.drops_bias
             if kind == "conv":
                 n_conv += 1
                 name = f"conv{n_conv}"
                 k = layer[2]
-                kinit, binit = INITS[self.init_kind](k * k * x.shape[-1])
+                kinit, binit = INITS[m.init](k * k * x.shape[-1])
                 x = Conv(layer[1], k, bias, kinit, binit, self.conv_impl, self.dtype, name=name)(x)
             else:
                 n_fc += 1
                 name = f"fc{n_fc}"
                 x = x.reshape(x.shape[0], -1)
-                kinit, binit = INITS[self.init_kind](x.shape[-1])
+                kinit, binit = INITS[m.init](x.shape[-1])
                 x = nn.Dense(layer[1], use_bias=bias, kernel_init=kinit, bias_init=binit,
                              dtype=self.dtype, name=name)(x)
                 if early and self.layers[i + 1:i + 2] == (("dropout",),):
                     x = drop(x)
             if norm is not None:
-                x = norm(train and name not in self.frozen, self.dtype, name, NORM_INITS[self.norm_init])(x)
+                x = norm(train and name not in self.frozen, self.dtype, name, NORM_INITS[m.norm_init])(x)
             x = nn.relu(x)
         x = x.reshape(x.shape[0], -1)
-        kinit, binit = INITS[self.init_kind](x.shape[-1])
-        logits = nn.Dense(self.num_classes, kernel_init=kinit, bias_init=binit, dtype=self.dtype,
+        kinit, binit = INITS[m.init](x.shape[-1])
+        logits = nn.Dense(m.num_classes, kernel_init=kinit, bias_init=binit, dtype=self.dtype,
                           name=f"fc{n_fc + 1}")(x)
         return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bf16 → float32 loss
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """What defines a model: architecture name, its conv channels and kernel sizes and its hidden
-    dense widths (empty: the architecture's own, filled in here), norm, init, whether it uses dropout."""
+# The model options, declared once: each is a flag (a grid axis: one group per value), a field of
+# ModelConfig and of the network (`Net.model`), and a column of the configuration tables.
+def _model(name: str, default: Any, help: str, **kw: Any) -> Option:
+    return Option(name, default, help, level="model", **kw)
 
-    name: str = "baseline"
-    hidden: tuple[int, ...] = ()
-    norm: str = "none"
-    init: str = "torch"
-    use_dropout: bool = False
-    num_classes: int = 10
-    channels: tuple[int, ...] = ()
-    kernels: tuple[int, ...] = ()
-    dropout_kind: str = "inverted"
-    dropout_place: str = "after_relu"
-    norm_init: str = "ones"
-    norm_l2: bool = False  # the L2 penalty also covers the normalisation's γ and β
+
+OPTIONS = options.table(
+    _model("model", "baseline", "Architecture", kind="choice", choices=tuple(MODELS), field="name"),
+    _model("hidden", (), "Hidden dense widths, comma separated (empty: the model's own, e.g. 50,50 for mlp, 1000 for "
+           "convnet)", kind="widths", sep=";", column="hidden layers", shown=True),
+    _model("norm", "none", "Normalisation layer after every layer but the last", kind="choice", choices=tuple(NORMS),
+           shown=True),
+    _model("init", "torch", "Weight init (torch: PyTorch's default uniform; normal: N(0, σ²) with σ from --init_scale)",
+           kind="choice", choices=tuple(INITS), shown=True),
+    _model("channels", (), "Conv layer channels, comma separated (empty: the model's own)", kind="widths", sep=";"),
+    _model("kernels", (), "Conv kernel sizes (odd), one per conv layer (empty: the model's own)", kind="widths", sep=";"),
+    _model("dropout_kind", "inverted", "Dropout: inverted (kept units ×1/(1 − rate) in training) or unscaled (units "
+           "zeroed, nothing rescaled in training or at test time)", kind="choice", choices=DROPOUTS, recorded="changed"),
+    _model("dropout_place", "after_relu", "Where a hidden dense layer's dropout acts: after its ReLU, or before its "
+           "normalisation (the batch statistics see the dropped units)", kind="choice", choices=DROPOUT_PLACES,
+           recorded="changed"),
+    _model("norm_init", "ones", "Initial γ, β of the normalisation (ones: γ = 1, β = 0; weight_scale: drawn N(0, σ²) "
+           "like the weights; sigma: γ = σ, β = 0; both with --init=normal's σ)", kind="choice",
+           choices=tuple(NORM_INITS), recorded="changed"),
+    _model("norm_l2", False, "The L2 penalty λ·Σθ² also covers the normalisation's γ and β", kind="bool",
+           recorded="changed"),
+)
+
+
+class _ModelChecks:
+    """ModelConfig's checks: the architecture's own widths fill in empty ones, and the options
+    that depend on each other agree (ConfigError, one line)."""
 
     def __post_init__(self) -> None:
         arch = lookup(MODELS, self.name, "model")
@@ -222,16 +234,18 @@ class ModelConfig:
             raise ConfigError(f"--kernels={kernels} --channels={channels}: give one kernel size per conv layer")
         if any(k % 2 == 0 for k in self.kernels):
             raise ConfigError(f"--kernels={kernels}: kernel sizes must be odd ('same' padding)")
-        lookup(dict.fromkeys(DROPOUTS), self.dropout_kind, "dropout_kind")
-        lookup(dict.fromkeys(DROPOUT_PLACES), self.dropout_place, "dropout_place")
-        lookup(NORM_INITS, self.norm_init, "norm_init")
+        for name, o in OPTIONS.items():
+            if o.choices:
+                lookup(dict.fromkeys(o.choices), getattr(self, o.field or name), name)
         if self.norm_init != "ones" and self.init != "normal":
             raise ConfigError(f"--norm_init={self.norm_init} scales γ, β by --init=normal's σ; --init={self.init} has none")
 
 
-# ModelConfig fields that only a probe sets: left out of a run's stored config at their defaults
-PROBE_FIELDS = {f.name: f.default for f in dataclasses.fields(ModelConfig)
-                if f.name in ("dropout_kind", "dropout_place", "norm_init", "norm_l2")}
+# What defines a model: a field per option (`name` is --model; empty widths: the architecture's
+# own, filled in by the checks), its class count and whether it uses dropout.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig", options.fields(OPTIONS, after={"init": [("use_dropout", bool, False), ("num_classes", int, 10)]}),
+    bases=(_ModelChecks,), frozen=True, namespace={"__module__": __name__})
 
 
 def layer_stack(cfg: ModelConfig) -> tuple[Layer, ...]:
@@ -243,10 +257,7 @@ def build(cfg: ModelConfig, conv_impl: str = "xla", precision: str = "fp32",
           frozen: tuple[str, ...] = (), pool: str = "vjp") -> Net:
     """The flax module for a model config, with a convolution implementation, precision, the
     layers whose BN statistics are frozen and max-pooling's differentiation rule."""
-    lookup(NORMS, cfg.norm, "norm"), lookup(INITS, cfg.init, "init")
-    return Net(layer_stack(cfg), cfg.num_classes, cfg.norm, cfg.init, cfg.use_dropout, conv_impl,
-               lookup(PRECISIONS, precision, "precision"), frozen, pool, cfg.dropout_kind, cfg.dropout_place,
-               cfg.norm_init)
+    return Net(cfg, layer_stack(cfg), conv_impl, lookup(PRECISIONS, precision, "precision"), frozen, pool)
 
 
 def is_norm_param(path: tuple) -> bool:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import flags
 
-from cifar_jax import models, optim, preprocess
 from cifar_jax.registry import ConfigError
 
 LEVELS = ("run", "model", "group", "single")
@@ -55,6 +55,8 @@ class Option:
     shown: bool = False       # always a column of the configuration tables (else only where it varies)
     recorded: str = "always"  # "changed": left out of a run's stored config at its default
     convert: Callable[[str], Any] | None = None  # text → value for kinds a plain type cannot parse
+    module: str = ""          # the module that declares it (set by `table`; --helpfull groups flags by it)
+    field: str = ""           # the dataclass field it fills (default: its name)
 
     @property
     def axis(self) -> bool:
@@ -98,14 +100,16 @@ class Option:
         return self.text(self.default)
 
     def define(self, flag_values: flags.FlagValues) -> None:
-        """Define the option's absl flag on `flag_values`."""
+        """Define the option's absl flag on `flag_values`, filed under its module (a program's own
+        options under the main module's name, as absl names it: its path)."""
         define = {"int": flags.DEFINE_integer, "float": flags.DEFINE_float, "bool": flags.DEFINE_bool}
+        where = dict(flag_values=flag_values, module_name=sys.argv[0] if self.module == "__main__" else self.module or None)
         if self.axis or self.many:
-            flags.DEFINE_list(self.name, self.flag_default, self.flag_help, flag_values=flag_values)
+            flags.DEFINE_list(self.name, self.flag_default, self.flag_help, **where)
         elif self.convert is None and self.kind in define:
-            define[self.kind](self.name, self.default, self.flag_help, flag_values=flag_values)
+            define[self.kind](self.name, self.default, self.flag_help, **where)
         else:
-            flags.DEFINE_string(self.name, self.flag_default, self.flag_help, flag_values=flag_values)
+            flags.DEFINE_string(self.name, self.flag_default, self.flag_help, **where)
 
     def text(self, value: Any) -> str:
         """A value as typed on the command line."""
@@ -170,12 +174,25 @@ class Option:
 
 
 def table(*entries: Option) -> dict[str, Option]:
-    """Options by name (a name declared twice is an error at import)."""
+    """Options by name, each stamped with the module that declares it (a name declared twice is
+    an error at import)."""
+    caller = sys._getframe(1).f_globals.get("__name__", "")
     out: dict[str, Option] = {}
     for o in entries:
         if o.name in out or o.level not in LEVELS or o.kind not in KINDS:
             raise ValueError(f"option {o.name}: declared twice, or an unknown level or kind")
-        out[o.name] = o
+        out[o.name] = o if o.module else dataclasses.replace(o, module=caller)
+    return out
+
+
+def fields(options: dict[str, Option], after: dict[str, list[tuple]] | None = None) -> list[tuple[str, Any, Any]]:
+    """(field, type, default) per option, for `dataclasses.make_dataclass`: the structures whose
+    fields the options are (models.ModelConfig, train.GroupSpec); `after` puts fields that are no
+    option after the named option's (a stored config keeps its key order)."""
+    out: list[tuple[str, Any, Any]] = []
+    for name, o in options.items():
+        out.append((o.field or name, Any, dataclasses.field(default=o.default)))
+        out += [(f, t, dataclasses.field(default=d)) for f, t, d in (after or {}).get(name, ())]
     return out
 
 
@@ -242,40 +259,3 @@ RUN = table(
          column="s&p", shown=True),
 )
 
-
-def _model(name: str, default: Any, help: str, **kw: Any) -> Option:
-    return Option(name, default, help, level="model", **kw)
-
-
-MODEL = table(
-    _model("model", "baseline", "Architecture", kind="choice", choices=tuple(models.MODELS), shown=True),
-    _model("hidden", (), "Hidden dense widths, comma separated (empty: the model's own, e.g. 50,50 for mlp, 1000 for "
-           "convnet)", kind="widths", sep=";", column="hidden layers", shown=True),
-    _model("channels", (), "Conv layer channels, comma separated (empty: the model's own)", kind="widths", sep=";"),
-    _model("kernels", (), "Conv kernel sizes (odd), one per conv layer (empty: the model's own)", kind="widths", sep=";"),
-    _model("norm", "none", "Normalisation layer after every layer but the last", kind="choice",
-           choices=tuple(models.NORMS), shown=True),
-    _model("init", "torch", "Weight init (torch: PyTorch's default uniform; normal: N(0, σ²) with σ from --init_scale)",
-           kind="choice", choices=tuple(models.INITS), shown=True),
-    _model("dropout_kind", "inverted", "Dropout: inverted (kept units ×1/(1 − rate) in training) or unscaled (units "
-           "zeroed, nothing rescaled in training or at test time)", kind="choice", choices=models.DROPOUTS,
-           recorded="changed"),
-    _model("dropout_place", "after_relu", "Where a hidden dense layer's dropout acts: after its ReLU, or before its "
-           "normalisation (the batch statistics see the dropped units)", kind="choice", choices=models.DROPOUT_PLACES,
-           recorded="changed"),
-    _model("norm_init", "ones", "Initial γ, β of the normalisation (ones: γ = 1, β = 0; weight_scale: drawn N(0, σ²) "
-           "like the weights; sigma: γ = σ, β = 0; both with --init=normal's σ)", kind="choice",
-           choices=tuple(models.NORM_INITS), recorded="changed"),
-    _model("norm_l2", False, "The L2 penalty λ·Σθ² also covers the normalisation's γ and β", kind="bool",
-           recorded="changed"),
-)
-
-GROUP = table(
-    Option("optimizer", "sgd", "Optimiser", kind="choice", level="group", choices=tuple(optim.OPTIMIZERS)),
-    Option("batch_size", 64, "Training batch size (an epoch's last partial batch is dropped)", kind="int",
-           level="group", low=1),
-    Option("epochs", 50, "Training epochs", kind="int", level="group", low=1, spec=False),
-    Option("augment", "none", "Training augmentation", kind="choice", level="group",
-           choices=tuple(preprocess.AUGMENTATIONS)),
-    Option("clip_norm", 0.0, "Clip gradients to this global norm (0: off)", level="group", low=0.0),
-)

@@ -57,7 +57,7 @@ def prepare(cfg: Config) -> Prepared:
         train_idx, val_idx = splits.make_split(len(ds.y_train), n_train, n_val, seed=cfg.split_seed, swap=swap)
     except ValueError as err:
         raise ConfigError(f"--split={n_train}/{n_val}: {err}") from None
-    batch = max(dict(v).get("batch_size", cfg.batch_size) for v in cfg.variants)
+    batch = max(dict(v)["batch_size"] for v in cfg.variants)
     if batch > len(train_idx):
         raise ConfigError(f"--batch_size={batch}: larger than the training split ({len(train_idx)} images)")
     mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization, cfg.zca_epsilon)

@@ -63,33 +63,52 @@ class TrainState(NamedTuple):
     #                       params); {} when off
 
 
-@dataclasses.dataclass(frozen=True)
-class GroupSpec:
-    """What the compiled program depends on: shared by all runs of a group."""
+O = options.Option
+# The options of a group's compiled program, declared once: each is a flag (those of the group
+# level a grid axis across groups) and a field of GroupSpec; --epochs is a group's too, but not
+# part of its program.
+OPTIONS = options.table(*(dataclasses.replace(o, spec=o.name != "epochs") for o in (
+    O("optimizer", "sgd", "Optimiser", kind="choice", level="group", choices=tuple(optim.OPTIMIZERS)),
+    O("batch_size", 64, "Training batch size (an epoch's last partial batch is dropped)", kind="int", level="group",
+      low=1),
+    O("epochs", 50, "Training epochs", kind="int", level="group", low=1),
+    O("augment", "none", "Training augmentation", kind="choice", level="group", choices=tuple(preprocess.AUGMENTATIONS)),
+    O("clip_norm", 0.0, "Clip gradients to this global norm (0: off)", level="group", low=0.0),
+    O("eval_batch_size", 500, "Batch size of evaluation passes.", kind="int", low=1),
+    O("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master weights, loss and BN "
+      "statistics).", kind="choice", choices=tuple(models.PRECISIONS)),
+    O("conv_impl", "auto", "Convolution implementation (auto: the measured-fastest for the backend and precision; "
+      "cifar_jax/layers.py describes each); the same numbers either way.", kind="choice",
+      choices=tuple(layers.CONV_IMPLS)),
+    O("grad_stats", False, "Record |gradient| statistics per parameter tensor: ‖g‖ per epoch, and mean and std of |g| "
+      "and mean ‖g‖ over the first and the last --grad_window steps.", kind="bool"),
+    O("grad_window", 5, "Steps in each window of --grad_stats.", kind="int", low=1),
+    O("loss_every", 0, "Record the mean training loss of every this many steps (records' loss_trace; 0: off).",
+      kind="int", low=0),
+    O("eval_test", False, "Also evaluate the test set after every epoch (records' test_* per epoch).", kind="bool",
+      spec=True),
+    O("eval_train", "none", "Evaluate the whole training split in eval mode: none, final (before and after training) "
+      "or epoch (also after every epoch: records' train_eval_*).", kind="choice", choices=EVAL_TRAIN),
+    O("sharpness_every", 0, "Measure the sharpness, λ_max (and λ_min) of the Hessian of the training loss, every "
+      "this many --sharpness_unit (0: off); records' sharpness, sharpness_min.", kind="int", low=0),
+    O("sharpness_unit", "epoch", "Unit of --sharpness_every: epoch (after every k-th epoch) or step (before every "
+      "k-th step of each epoch, inside the compiled epoch: records' sharpness_trace; for the early steps, where it "
+      "moves fastest).", kind="choice", choices=SHARPNESS_UNITS),
+    O("sharpness_iters", 6, "Lanczos iterations (Hessian-vector products) per sharpness evaluation, each started "
+      "from the previous evaluation's top eigenvector.", kind="int", low=2),
+    O("sharpness_examples", 256, "Size of the fixed training subset whose loss Hessian is measured (dropout off, "
+      "batch norm on the subset's own statistics; at most the training split).", kind="int", low=1),
+    O("noise_scale", False, "Measure the gradient noise scale B_simple = tr(Σ)/|G|² per epoch (McCandlish et al. "
+      "2018) from gradient norms at two batch sizes; records' b_simple, b_simple_g2, b_simple_trace (groups of batch "
+      "size 1 with --noise_window=0 record none).", kind="bool"),
+    O("noise_window", 0, "The two batch sizes of --noise_scale: 0, each half of the step's batch against the whole, "
+      "at the step's weights (one more backward pass a step); k >= 2, the step's batch against the mean gradient of "
+      "k consecutive steps (free, but the weights move within the window).", kind="int", low=0),
+)))
 
-    model: models.ModelConfig
-    optimizer: str = "sgd"
-    batch_size: int = 64
-    augment: str = "none"
-    noise: bool = False
-    clip_norm: float | None = None
-    eval_batch_size: int = 500
-    precision: str = "fp32"
-    conv_impl: str = "auto"  # how convolutions execute; same numbers, so not part of a run's identity
-    frozen: tuple[str, ...] = ()  # layers (e.g. "conv1") whose parameters and BN statistics stay fixed
-    # in-step measurements (run_record.Epoch / run_record.Final), off by default:
-    grad_stats: bool = False  # |gradient| statistics per parameter tensor: per epoch and in two windows
-    grad_window: int = 5      # steps in each window: the first and the last of training
-    loss_every: int = 0       # a training-loss trace point every this many steps (0: none)
-    eval_test: bool = False   # also evaluate the test set after every epoch (not only at the end)
-    eval_train: str = "none"  # eval-mode pass over the training split: none, final (and before
-    #                           training) or epoch (also after every epoch)
-    sharpness_every: int = 0      # λ_max and λ_min of the loss Hessian every this many units (0: off)
-    sharpness_unit: str = "epoch"  # epoch (after every k-th epoch) or step (before every k-th step of an epoch)
-    sharpness_iters: int = 6      # Lanczos iterations (Hessian-vector products) per evaluation
-    sharpness_examples: int = 256  # the fixed training subset whose loss Hessian is measured
-    noise_scale: bool = False     # the gradient noise scale B_simple, from gradient norms at two batch sizes
-    noise_window: int = 0         # 0: --noise_scale from the halves of the step's batch; k >= 2: a window of k steps
+
+class _Program:
+    """GroupSpec's networks (its fields come from OPTIONS)."""
 
     @property
     def net(self) -> models.Net:
@@ -103,6 +122,16 @@ class GroupSpec:
         as XLA's convolution)."""
         conv = self.net.conv_impl
         return models.build(self.model, "xla" if conv == "vjp_taps" else conv, self.precision, self.frozen, "jvp")
+
+
+# What the compiled program depends on, shared by all runs of a group: the model, a field per
+# option of OPTIONS (conv_impl changes how, not what: the same numbers either way), whether the
+# inputs get noise, and the layers (e.g. "conv1") whose parameters and BN statistics stay fixed.
+GroupSpec = dataclasses.make_dataclass(
+    "GroupSpec", [("model", Any), *options.fields({k: o for k, o in OPTIONS.items() if o.in_spec},
+                                                 after={"augment": [("noise", bool, False)],
+                                                        "conv_impl": [("frozen", tuple, ())]})],
+    bases=(_Program,), frozen=True, namespace={"__module__": __name__})
 
 
 def put_data(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,

@@ -3,7 +3,7 @@ written; Ctrl-C and SIGTERM are one line too; run records are strict JSON; inter
 leave nothing behind on the next start.
 
 The table of bad inputs runs in-process through the entry point's own code path
-(`study.parse_flags` + `study.run_checked` with the real lr_sweep experiment: absl parsing, flag
+(`study.run_args`: `study.parse_flags` + `study.run_checked` with the real lr_sweep experiment: absl parsing, flag
 validation, output and dataset checks, and the experiment itself where a check needs the data);
 a few cases run as real subprocesses, as a user would start them."""
 import json
@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from absl import flags
 
 from cifar_jax import config, data, results, run_record, study
 
@@ -24,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from experiments import lr_sweep  # noqa: E402
 
-FLAGS = flags.FLAGS
 BASE = ["--dataset=synthetic", "--split=200/100", "--epochs=1", "--seeds=1", "--compile_cache="]
 DEAD_PID = 999_999_999  # above any pid_max: never a live process
 
@@ -79,21 +77,17 @@ def files(folder: Path) -> set[Path]:
 def start(tmp_path, capsys):
     """Run lr_sweep's entry point in-process on `args`; returns (exit status, stderr lines), or
     fails when the input was accepted (the experiment ran to its end)."""
-    config.define_flags()
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("not a folder")
     (tmp_path / "taken").write_text("not a folder")
 
     def start(*args: str) -> tuple[int, list[str]]:
-        FLAGS.unparse_flags()
         capsys.readouterr()
         with pytest.raises(SystemExit) as stopped:
-            argv = study.parse_flags(["lr_sweep", *BASE, f"--results_dir={tmp_path}/results", *args])
-            study.run_checked(argv, lr_sweep.main)
+            study.run_args(lr_sweep, [*BASE, f"--results_dir={tmp_path}/results", *args])
         return stopped.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
-    yield start
-    FLAGS.unparse_flags()
+    return start
 
 
 def test_the_table_has_forty_bad_inputs_or_more():
@@ -190,7 +184,7 @@ def test_diverged_records_are_strict_json_and_leftovers_go_at_start(tmp_path, pa
     cfg = parse("--dataset=synthetic", "--split=256/64", "--model=mlp", "--hidden=16", "--batch_size=64",
                 "--epochs=2", "--lr=1000,0.05", f"--results_dir={tmp_path}", "--compile_cache=")
     planted = plant_leftovers(tmp_path / "diverge")
-    st = study.run(cfg, "diverge", "Diverging", lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes))
+    st = study.run(cfg, "diverge", "Diverging", lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes)).study
     assert not planted["dead"].exists() and not planted["checkpoint"].exists() and planted["ours"].exists()
     paths = [*st.runs_dir.glob("*.json"), *(st.root / name for name in ("summary.json", "config.json", "env.json"))]
     parsed = {p.name: strict_loads(p.read_text()) for p in paths}  # no NaN/Infinity tokens anywhere

@@ -56,7 +56,7 @@ def test_launch_sh_list():
 
 def test_short_help_lists_the_project_flags():
     fl = flags.FlagValues()
-    config.define_flags(fl)
+    config.define_flags(fl, {})
     flags.DEFINE_bool("own_flag", False, "The experiment's own.", flag_values=fl, module_name="experiment.py")
     assert "--epochs" not in fl.module_help("experiment.py")  # absl's --help: the main module's flags only
     study.show_project_flags(fl, "experiment.py")
@@ -68,7 +68,7 @@ def test_short_help_lists_the_project_flags():
 
 def test_full_help_puts_the_project_flags_apart_from_absl(monkeypatch):
     fl = flags.FlagValues()
-    config.define_flags(fl)
+    config.define_flags(fl, {})
     flags.DEFINE_bool("own_flag", False, "The experiment's own.", flag_values=fl, module_name="experiment.py")
     flags.DEFINE_bool("verbosity_like", False, "A library's.", flag_values=fl, module_name="absl.logging")
     flags.DEFINE_bool("shared_flag", False, "A shared module's.", flag_values=fl, module_name="experiments.pretraining")
