@@ -131,6 +131,7 @@ def dropout(x: jax.Array, rate: jax.Array, key: jax.Array, kind: str = "inverted
     return jnp.where(mask, x / keep if kind == "inverted" else x, 0.0)
 
 
+ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh}  # after every layer but the classifier
 PRECISIONS = {"fp32": None, "bf16": jnp.bfloat16}  # None: compute in the parameters' dtype
 
 
@@ -181,7 +182,7 @@ class Net(nn.Module):
                     x = drop(x)
             if norm is not None:
                 x = norm(train and name not in self.frozen, self.dtype, name, NORM_INITS[m.norm_init])(x)
-            x = nn.relu(x)
+            x = ACTIVATIONS[m.activation](x)
         x = x.reshape(x.shape[0], -1)
         kinit, binit = INITS[m.init](x.shape[-1])
         logits = nn.Dense(m.num_classes, kernel_init=kinit, bias_init=binit, dtype=self.dtype,
@@ -215,6 +216,8 @@ OPTIONS = options.table(
            choices=tuple(NORM_INITS), recorded="changed"),
     _model("norm_l2", False, "The L2 penalty λ·Σθ² also covers the normalisation's γ and β", kind="bool",
            recorded="changed"),
+    _model("activation", "relu", "Nonlinearity after every layer but the classifier", kind="choice",
+           choices=tuple(ACTIVATIONS), recorded="changed"),
 )
 
 

@@ -30,14 +30,16 @@ OPTIMIZERS: dict[str, Callable[[Any, Hparams], optax.GradientTransformation]] = 
 }
 
 
-def make(name: str, lr: jax.Array | float, hp: Hparams, clip_norm: float | None = None) -> optax.GradientTransformation:
+def make(name: str, lr: jax.Array | float, hp: Hparams, clip_norm: float | None = None,
+         clip_value: float = 0.0) -> optax.GradientTransformation:
     """The optax transformation `name` at learning rate `lr` with the run's hyperparameters:
-    gradient clipping, then (all but adamw) PyTorch's coupled weight decay g + wd·θ, then the
-    optimiser (wd = 0 adds exactly nothing)."""
+    gradient clipping (each element to ±clip_value, then the global norm), then (all but adamw)
+    PyTorch's coupled weight decay g + wd·θ, then the optimiser (wd = 0 adds exactly nothing)."""
     tx = lookup(OPTIMIZERS, name, "optimizer")(lr, hp)
     if name != "adamw":
         tx = optax.chain(optax.add_decayed_weights(hp["weight_decay"]), tx)
-    return optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm else tx
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx) if clip_norm else tx
+    return optax.chain(optax.clip(clip_value), tx) if clip_value else tx
 
 
 def l2_penalty(params: Any, norm_too: bool = False) -> jax.Array:

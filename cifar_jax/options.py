@@ -257,5 +257,7 @@ RUN = table(
     _run("noise_std", 0.0, "Gaussian input noise σ on normalised training inputs.", column="noise σ", shown=True),
     _run("salt_pepper", 0.0, "Fraction of training inputs set to salt-and-pepper noise.", high=1.0, high_open=True,
          column="s&p", shown=True),
+    _run("warmup_steps", 0, "Linear learning-rate warmup: the LR rises from 1/k of the schedule's to all of it over the "
+         "first k steps (0: none).", kind="int", recorded="changed"),
 )
 

@@ -74,6 +74,8 @@ OPTIONS = options.table(*(dataclasses.replace(o, spec=o.name != "epochs") for o 
     O("epochs", 50, "Training epochs", kind="int", level="group", low=1),
     O("augment", "none", "Training augmentation", kind="choice", level="group", choices=tuple(preprocess.AUGMENTATIONS)),
     O("clip_norm", 0.0, "Clip gradients to this global norm (0: off)", level="group", low=0.0),
+    O("clip_value", 0.0, "Clip every gradient element to [−c, c], before --clip_norm (0: off)", level="group", low=0.0,
+      recorded="changed"),
     O("eval_batch_size", 500, "Batch size of evaluation passes.", kind="int", low=1),
     O("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master weights, loss and BN "
       "statistics).", kind="choice", choices=tuple(models.PRECISIONS)),
@@ -179,7 +181,7 @@ def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, 
 def _optimizer(spec: GroupSpec, lr: jax.Array | float, hp: dict[str, jax.Array], params: Any
                ) -> optax.GradientTransformation:
     """The run's optimiser; frozen layers get zero updates (optax.multi_transform)."""
-    tx = optim.make(spec.optimizer, lr, hp, spec.clip_norm)
+    tx = optim.make(spec.optimizer, lr, hp, spec.clip_norm, spec.clip_value)
     if not spec.frozen:
         return tx
     labels = {k: jax.tree_util.tree_map(lambda _: "frozen" if k in spec.frozen else "train", v)

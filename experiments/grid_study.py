@@ -13,6 +13,7 @@ other configuration.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +70,26 @@ def grid_runs(cfg: config.Config, prepared: study.Prepared, cycles: int) -> list
 
 
 AXES = ("lr", *options.RUN, "batch_size", "clip_norm")  # the numeric options a figure can put on x
+# every option that can be a grid axis: model, then group, then per-run options (configs.md's columns)
+GRID_OPTIONS = {k: o for level in ("model", "group", "run") for k, o in config.CORE.items() if o.level == level}
+
+
+def option_values(c: dict) -> dict[str, Any]:
+    """Every grid option's value in a run's stored config (its default where the config leaves it
+    out), and the learning rate."""
+    return {"lr": c["lr"], **{k: c["model"].get(o.field or k, o.default) if o.level == "model" else c.get(k, o.default)
+                              for k, o in GRID_OPTIONS.items()}}
+
+
+def _cell(option: options.Option, value: Any) -> str:
+    if option.kind == "widths":
+        return f"({', '.join(map(str, value))})"
+    return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def option_columns(rows: list[dict]) -> list[str]:
+    """The options configs.md shows: those always shown (`Option.shown`) and those that vary."""
+    return [k for k, o in GRID_OPTIONS.items() if o.shown or len({_cell(o, r["options"][k]) for r in rows}) > 1]
 
 
 def varying_option(records: list[dict]) -> str | None:
@@ -92,10 +113,7 @@ def config_rows(records: list[dict]) -> list[dict]:
         c = group[0]["config"]
         done = [r for r in group if r["status"] == "done"]
         train = [(run_record.final(r, "train") or {}).get("acc", run_record.last(r, "train_acc")) for r in done]
-        rows.append({"config": name, "hidden": c["model"]["hidden"], "norm": c["model"]["norm"],
-                     "l2": c["l2"], "init": c["init_scale"] if c["model"]["init"] == "normal" else c["model"]["init"],
-                     "dropout": c["dropout"], "noise_std": c["noise_std"], "salt_pepper": c["salt_pepper"],
-                     "lr": c["lr"], "values": {n: c.get(n) or 0 for n in AXES},
+        rows.append({"config": name, "options": option_values(c), "values": {n: c.get(n) or 0 for n in AXES},
                      "n_runs": len(group), "n_at_chance": sum(map(run_record.at_chance, done)),
                      "n_above_uniform": sum(map(run_record.worse_than_uniform, done)),
                      "n_diverged": sum(r["status"] == "diverged" for r in group),
@@ -114,8 +132,10 @@ def config_rows(records: list[dict]) -> list[dict]:
 
 
 def configs_markdown(rows: list[dict], title: str) -> str:
-    """The report's table: one row per configuration, accuracies mean ± std over seeds."""
+    """The report's table: one row per configuration, its options (`option_columns`) and
+    accuracies mean ± std over seeds."""
     noise = any(r["b_simple_last"]["n"] for r in rows)  # --noise_scale was on
+    shown = option_columns(rows)
     lines = [f"# {title}: accuracy per configuration (mean ± std over seeds)", "",
              "Final accuracies (train: the eval-mode pass over the training split when recorded), the best "
              "training and validation accuracy of any epoch, and the seeds that ended at chance (final test "
@@ -124,20 +144,20 @@ def configs_markdown(rows: list[dict], title: str) -> str:
              "runs (a value overflowed) count in n as not done."
              + (" B_simple: the gradient noise scale tr(Σ)/|G|² (McCandlish et al. 2018) of the first and the last "
                 "epoch, the batch size above which larger batches stop paying in steps." if noise else ""), "",
-             "| config | hidden layers | norm | λ | init | dropout | noise σ / s&p | train acc (%) | val acc (%) | "
-             "test acc (%) | best train (%) | best val (%) | s/epoch per run | loss noise | "
+             "| config | " + "".join(f"{GRID_OPTIONS[k].column or k} | " for k in shown)
+             + "train acc (%) | val acc (%) | test acc (%) | best train (%) | best val (%) | s/epoch per run | loss noise | "
              + ("B_simple first → last | " if noise else "") + "at chance | loss > uniform | n |",
-             "|:---|:---|:---|---:|:---|---:|:---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if noise else "")
-             + "---:|---:|:---|"]
+             "|:---|" + "".join(":---|" if GRID_OPTIONS[k].kind in ("widths", "choice", "str", "bool") else "---:|"
+                                for k in shown)
+             + "---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if noise else "") + "---:|---:|:---|"]
     for r in rows:
-        hidden = ", ".join(map(str, r["hidden"]))
-        cells = [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc", "best_train_acc",
-                                                         "best_val_acc")]
+        cells = [_cell(GRID_OPTIONS[k], r["options"][k]) for k in shown]
+        cells += [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc", "best_train_acc",
+                                                          "best_val_acc")]
         cells += [_plain(r["run_seconds"], 2), _plain(r["loss_noise"], 3)]
         cells += [f"{_plain(r['b_simple_first'], 0)} → {_plain(r['b_simple_last'], 0)}"] if noise else []
         cells += [f"{r['n_at_chance']}/{r['test_acc']['n']}", f"{r['n_above_uniform']}/{r['test_acc']['n']}"]
-        lines.append(f"| {r['config']} | ({hidden}) | {r['norm']} | {r['l2']:g} | {r['init']} | {r['dropout']:g} | "
-                     f"{r['noise_std']:g} / {r['salt_pepper']:g} | " + " | ".join(cells)
+        lines.append(f"| {r['config']} | " + " | ".join(cells)
                      + f" | {r['test_acc']['n']}/{r['n_runs']}" + (f", {r['n_diverged']} diverged" if r["n_diverged"] else "")
                      + " |")
     scored = [r for r in rows if r["val_acc"]["mean"] is not None]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_jax import config, options, plots, results, study, summary
+from cifar_jax import config, models, plots, results, study, summary
 from cifar_jax.options import Option, table
 from experiments import grid_study
 
@@ -32,7 +32,7 @@ OPTIONS = table(
     Option("search_cycles", 1, "Cyclic-LR cycles of every search run.", kind="int", low=1),
     Option("final_cycles", 3, "Cyclic-LR cycles of the final runs with the chosen λ.", kind="int", low=1),
     Option("final_norm", ("none", "batch"), "Normalisation of the final runs (one group each).", kind="choice",
-           many=True, choices=options.MODEL["norm"].choices),
+           many=True, choices=models.OPTIONS["norm"].choices),
     Option("published_lambda", 0.0, "Also train the final runs at this λ (part final_published), e.g. the report's own "
            "choice 0.005623 beside ours; 0: no.", low=0.0),
 )

@@ -62,7 +62,7 @@ def analyse(st: results.StudyDir, records: list[dict], depths: tuple[int, ...], 
     """The grid_study analysis, the heatmaps, the net chosen by validation accuracy (of the grid and
     any --nets) and its verdict (grid.md)."""
     grid_study.analyse(st, records, 0, TITLE, at_epochs)
-    rows = {tuple(r["hidden"]): r for r in grid_study.config_rows(records)}
+    rows = {tuple(r["options"]["hidden"]): r for r in grid_study.config_rows(records)}
     stat = lambda d, w, key: rows.get((w,) * d, {}).get(key, {}).get("mean")
     val = np.array([[np.nan if stat(d, w, "val_acc") is None else 100 * stat(d, w, "val_acc") for w in widths]
                     for d in depths])

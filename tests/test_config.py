@@ -59,3 +59,45 @@ def test_vary_adds_a_group_axis(parse):
 def test_group_options_refuse_bad_values_in_one_line(parse, flag, message):
     with pytest.raises(options.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse("--model=mlp", flag)
+
+
+def test_an_option_of_each_level_is_one_table_entry_and_its_use(parse):
+    """--activation (model), --clip_value (group) and --warmup_steps (an integer per-run option),
+    each declared once in its table: grid axes named in the configurations, fields of
+    ModelConfig / GroupSpec / the int32 per-run arrays, left out of a run's config at their
+    defaults; and each acts: the nonlinearity, the clipped gradient, the ramped-up LR."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from cifar_jax import models, optim, schedules, train
+
+    cfg = parse("--model=mlp", "--hidden=8", "--activation=relu,tanh", "--clip_value=0,0.5", "--warmup_steps=0,10")
+    runs = config.grid(cfg, 640, 10)
+    assert [r.config_name for r in runs[:4]] == [
+        "activation=relu,clip_value=0,warmup_steps=0", "activation=relu,clip_value=0,warmup_steps=10",
+        "activation=relu,clip_value=0.5,warmup_steps=0", "activation=relu,clip_value=0.5,warmup_steps=10"]
+    assert len(runs) == 8 and len({r.spec for r in runs}) == 4  # warmup_steps is per run, not per group
+    plain, tanh = runs[0], runs[-1]
+    assert "activation" not in plain.config["model"] and "clip_value" not in plain.config and "warmup_steps" not in plain.config
+    assert tanh.config["model"]["activation"] == "tanh" and tanh.config["clip_value"] == 0.5
+    assert tanh.config["warmup_steps"] == 10 and train.stack_hparams([tanh.hp])["warmup_steps"].dtype == np.int32
+
+    x = jnp.linspace(-3, 3, 24).reshape(2, 12)
+    outputs = {}
+    for activation in models.ACTIVATIONS:
+        model = models.ModelConfig("mlp", hidden=(8,), activation=activation)
+        net = models.build(model)
+        params = net.init(jax.random.PRNGKey(0), x, train=False)  # the same weights: the init draws no differently
+        outputs[activation] = np.asarray(net.apply(params, x, train=False))
+    assert len({o.tobytes() for o in outputs.values()}) == 3
+
+    grads = {"w": jnp.array([3.0, -0.2, -4.0])}
+    hp = {k: jnp.asarray(v) for k, v in train.HP_DEFAULTS.items()}
+    tx = optim.make("sgd", 1.0, hp, clip_value=0.5)
+    updates, _ = tx.update(grads, tx.init(grads), grads)
+    np.testing.assert_allclose(updates["w"], [-0.5, 0.2, 0.5])
+
+    p = {**hp, "lr": jnp.float32(0.1), "warmup_steps": jnp.int32(10)}
+    np.testing.assert_allclose([schedules.learning_rate(p, s) for s in (0, 4, 9, 50)], [0.01, 0.05, 0.1, 0.1], rtol=1e-6)
+    assert schedules.learning_rate({**p, "warmup_steps": jnp.int32(0)}, 0) == jnp.float32(0.1)

@@ -101,6 +101,20 @@ def test_flags_that_change_the_program_are_grid_axes_one_group_each(tmp_path):
     assert (study / "figures" / "val_comparison.png").exists()
     models = {r["config_name"]: r["config"]["model"] for r in records(study).values()}
     assert models["hidden=8-8,norm=batch"]["hidden"] == [8, 8] and models["hidden=8-8,norm=batch"]["norm"] == "batch"
+    # configs.md: the options always shown (the table's `shown`), none that does not vary
+    header = next(line for line in (study / "configs.md").read_text().splitlines() if line.startswith("| config |"))
+    assert header.startswith("| config | hidden layers | norm | init | dropout | λ | noise σ | s&p | train acc (%) |")
+
+
+def test_a_new_option_reaches_the_run_names_and_the_configuration_table(tmp_path):
+    """An option that varies is a column of configs.md beside the always-shown ones, in its
+    table's order: model (--activation), group (--clip_value), per-run (--warmup_steps)."""
+    out = run("grid_study", *SYNTH, "--seeds=1", "--model=mlp", "--hidden=8", "--activation=relu,tanh",
+              "--clip_value=0,0.5", "--warmup_steps=0,4", f"--results_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "grid_study" / "configs.md").read_text()
+    assert "| config | hidden layers | norm | init | activation | clip_value | dropout | λ | noise σ | s&p | warmup_steps |" in text
+    assert "| activation=tanh,clip_value=0.5,warmup_steps=4 | (8) | none | torch | tanh | 0.5 | 0 | 0 | 0 | 0 | 4 |" in text
 
 
 def test_a_learning_rate_per_optimizer_and_optimizer_options_as_axes(tmp_path):
