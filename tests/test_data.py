@@ -402,7 +402,7 @@ def test_parse_split():
     assert splits.parse_split("25000/25000:swap") == (25_000, 25_000, True)
     assert splits.parse_split(" 100/0 ") == (100, 0, False)
     for bad in ("", "45000", "45000/", "a/b", "45000/5000:swapped", "-1/5", "45000-5000"):
-        with pytest.raises(ValueError, match="--split"):
+        with pytest.raises(ValueError, match="not of the form TRAIN/VAL"):
             splits.parse_split(bad)
 
 

@@ -66,7 +66,7 @@ def test_normalize_applies_a_zca_matrix(correlated):
 
 def test_zca_epsilon_flag(parse):
     for bad in ("0", "-0.1"):
-        with pytest.raises(ConfigError, match=f"--zca_epsilon={float(bad)}: must be > 0"):
+        with pytest.raises(ConfigError, match=f"--zca_epsilon={bad}: must be > 0"):
             parse("--normalization=zca", f"--zca_epsilon={bad}")
     assert config.data_config(parse("--normalization=zca", "--zca_epsilon=0.05"))["zca_epsilon"] == 0.05
     assert config.data_config(parse("--normalization=zca"))["zca_epsilon"] == splits.ZCA_EPSILON
