@@ -166,8 +166,7 @@ def _masked(metrics: Metrics | None, alive: np.ndarray) -> Metrics | None:
 
 
 def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: int,
-                callbacks: Callbacks, *, layout: str = "auto", devices: list | None = None,
-                max_chunk: int | None = None, memory_limit: int | None = None,
+                callbacks: Callbacks, *, layout: str = "auto", memory_limit: int | None = None,
                 initial: dict | None = None, first_epoch: int = 0) -> TrainState:
     """Train a group of runs for `epochs`, reporting through `callbacks`; returns the final
     state of every run (stacked along the run axis).
@@ -175,7 +174,7 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
     vmap layouts train the runs together, sharded over the local devices; map layouts train
     them one after another inside one program; seq layouts one per device at a time. A group
     whose compiled program needs more than `memory_limit` bytes per device (default: 90% of an
-    accelerator's memory) is split into chunks of runs that fit; `max_chunk` caps a chunk.
+    accelerator's memory) is split into chunks of runs that fit.
     `initial` ({"params": {layer: [R, ...]}, "batch_stats": {...}}) replaces those layers of the
     fresh initialisation, e.g. restored pretrained layers to freeze; with "opt_state" and "step"
     too it is a whole state to continue from, after `first_epoch` epochs (e.g. children spawned
@@ -183,10 +182,9 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
     layout = auto_layout(spec.model) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"--layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
-    devices = list(devices or jax.local_devices())
+    devices = jax.local_devices()
     n = len(hp["seed"])
     chunk = min(n, len(devices)) if layout.startswith("seq") else n
-    chunk = max(1, min(chunk, max_chunk or chunk))
     limit = memory_limit or _device_memory(devices[0])
     states, start = [], 0
     while start < n:

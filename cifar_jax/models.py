@@ -275,11 +275,6 @@ def scale_kernels(params: Any, scale: jax.Array, norm_too: bool = False) -> Any:
         lambda path, p: p * scale if path[-1].key == "kernel" or (norm_too and is_norm_param(path)) else p, params)
 
 
-def count_params(params: Any) -> int:
-    """Total number of scalars in a parameter pytree."""
-    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
-
-
 def layer_table(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> list[dict]:
     """Per layer: output shape, weights, biases, norm parameters and receptive field (in pixels)."""
     net = build(cfg)

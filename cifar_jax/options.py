@@ -185,13 +185,15 @@ def table(*entries: Option) -> dict[str, Option]:
     return out
 
 
-def fields(options: dict[str, Option], after: dict[str, list[tuple]] | None = None) -> list[tuple[str, Any, Any]]:
+def fields(options: dict[str, Option], after: dict[str, list[tuple]] | None = None,
+           defaults: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
     """(field, type, default) per option, for `dataclasses.make_dataclass`: the structures whose
     fields the options are (models.ModelConfig, train.GroupSpec); `after` puts fields that are no
-    option after the named option's (a stored config keeps its key order)."""
+    option after the named option's (a stored config keeps its key order); `defaults` replaces an
+    option's default as the field's."""
     out: list[tuple[str, Any, Any]] = []
     for name, o in options.items():
-        out.append((o.field or name, Any, dataclasses.field(default=o.default)))
+        out.append((o.field or name, Any, dataclasses.field(default=(defaults or {}).get(name, o.default))))
         out += [(f, t, dataclasses.field(default=d)) for f, t, d in (after or {}).get(name, ())]
     return out
 

@@ -281,9 +281,14 @@ def at_chance(record: dict) -> bool:
     return record["status"] == "done" and not final_acc >= chance + CHANCE_MARGIN
 
 
+def group_by(items: Iterable[dict], key: str) -> dict[Any, list[dict]]:
+    """Dicts grouped by their value of `key`, in order of first appearance."""
+    groups: dict[Any, list[dict]] = {}
+    for item in items:
+        groups.setdefault(item[key], []).append(item)
+    return groups
+
+
 def group_by_config(records: Iterable[dict]) -> dict[str, list[dict]]:
     """Records grouped by config_name in order of first appearance (the seeds of one config)."""
-    groups: dict[str, list[dict]] = {}
-    for rec in records:
-        groups.setdefault(rec["config_name"], []).append(rec)
-    return groups
+    return group_by(records, "config_name")

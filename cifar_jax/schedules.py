@@ -72,9 +72,10 @@ PARAM_DEFAULTS = dict(lr=0.01, lr_min=0.0, decay_rate=0.0, decay_every=1.0, stai
 
 def learning_rate(p: Params, step: jax.Array) -> jax.Array:
     """The LR of one run at `step`; p["schedule"] is an int id into SCHEDULES; over the first
-    p["warmup_steps"] steps it ramps up linearly from 1/warmup_steps of the schedule's."""
+    p["warmup_steps"] steps (none where p has no such entry) it ramps up linearly from
+    1/warmup_steps of the schedule's."""
     step = jnp.asarray(step, jnp.float32)
-    warmup = jnp.minimum(1.0, (step + 1) / jnp.maximum(p["warmup_steps"], 1))
+    warmup = jnp.minimum(1.0, (step + 1) / jnp.maximum(p.get("warmup_steps", 0), 1))
     return warmup * jax.lax.switch(p["schedule"], list(SCHEDULES.values()), p, step)
 
 

@@ -72,6 +72,12 @@ def study_dir(cfg: Config, default_name: str) -> results.StudyDir:
     return results.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or default_name))
 
 
+def named_study(cfg: Config, text: str) -> results.StudyDir:
+    """Another study, given by its name inside --results_dir or by its path."""
+    path = Path(text).expanduser()
+    return results.StudyDir(path if len(path.parts) > 1 else Path(cfg.results_dir).expanduser() / path)
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
@@ -82,10 +88,6 @@ def _mean(x: Any) -> float:
     """Mean of the finite values (NaN, without a warning, when there are none: all runs diverged)."""
     x = np.asarray(x, dtype=np.float64)
     return float(x[np.isfinite(x)].mean()) if np.isfinite(x).any() else float("nan")
-
-
-def _pct(x: Any) -> str:
-    return f"{100 * _mean(x):.1f}%" if np.isfinite(_mean(x)) else "nan"
 
 
 class RecordWriter:
@@ -127,8 +129,8 @@ class RecordWriter:
         n_div = int((~metrics.alive).sum())
         val = metrics.val or run_record.Metrics(np.nan, np.nan, np.nan)
         log(f"{self.label} [{first}] epoch {epoch}/{self.runs[runs[0]].epochs}  "
-            f"train loss {_mean(metrics.train.loss):.3f} acc {_pct(metrics.train.acc)}  "
-            f"val loss {_mean(val.loss):.3f} acc {_pct(val.acc)}  "
+            f"train loss {_mean(metrics.train.loss):.3f} acc {summary.percent(_mean(metrics.train.acc), 1)}%  "
+            f"val loss {_mean(val.loss):.3f} acc {summary.percent(_mean(val.acc), 1)}%  "
             f"{seconds:.1f} s/epoch  ETA {_fmt_time(left)}" + (f"  ({n_div} diverged)" if n_div else ""))
 
     def on_progress(self, runs: np.ndarray, epoch: int, done: int, seconds: float, *, steps: int) -> None:
@@ -338,18 +340,30 @@ def finish(study: results.StudyDir, runs: list[Run], title: str, figures: bool =
         log(f"process {jax.process_index()}: my runs are finished; process 0 writes the summary")
         return None
     records = [r for r in (_checked_record(study, run) for run in runs) if r is not None]
-    stats = summary.summarize(records)
-    study.write_json("summary.json", stats)
-    table = summary.test_table_markdown(stats)
-    study.write_text("test_table.md", f"# {title}: test set (mean ± std over seeds)\n\n{table}\n")
+    stats = write_summary(study, records, title, figures=figures)
     if figures:
-        fig, by_config = study.figures_dir, run_record.group_by_config(records)
-        for name, recs in by_config.items():
+        fig = study.figures_dir
+        for name, recs in run_record.group_by_config(records).items():
             plots.four_panel(recs, fig / f"curves_{results.run_file_stem(name)}.png", f"{title}: {name}")
-        plots.val_comparison(by_config, fig / "val_comparison.png", f"{title}: mean validation (smoothed)")
-        plots.test_table(stats, fig / "test_table.png", f"{title}: test set")
         plots.lr_curves(records, fig / "lr_curves.png")
-    log(f"\n{title}: test set (mean ± std over seeds)\n{table}\nresults and figures: {study.root}")
+    log(f"results and figures: {study.root}")
+    return stats
+
+
+def write_summary(st: results.StudyDir, records: list[dict], title: str, *, figures: bool = True,
+                  table_file: str = "test_table.md", figure_prefix: str = "", note: str = "") -> dict:
+    """summary.json, the test table (`table_file`, `note` below it) and with `figures` the
+    configurations' mean validation curves and the table as figures (figures/<figure_prefix>
+    val_comparison.png and test_table.png)."""
+    stats = summary.summarize(records)
+    st.write_json("summary.json", stats)
+    table = summary.test_table_markdown(stats)
+    st.write_text(table_file, f"# {title}: test set (mean ± std over seeds)\n\n{table}\n{note}")
+    if figures:
+        plots.val_comparison(run_record.group_by_config(records), st.figures_dir / f"{figure_prefix}val_comparison.png",
+                             f"{title}: mean validation (smoothed)")
+        plots.test_table(stats, st.figures_dir / f"{figure_prefix}test_table.png", f"{title}: test set")
+    log(f"\n{title}: test set (mean ± std over seeds)\n{table}{note}")
     return stats
 
 

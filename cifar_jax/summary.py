@@ -95,6 +95,11 @@ def _display_mean(metric: str, stat: dict) -> float | None:
     return round(stat["mean"] * 100, 2) if is_percent(metric) else round(stat["mean"], 3)
 
 
+def percent(x: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage without the sign ("–" for none or NaN)."""
+    return "–" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}"
+
+
 def format_stat(metric: str, stat: dict) -> str:
     """'mean ± std' with accuracies in % (2 decimals) and losses with 3 decimals; '–' when empty."""
     if stat["mean"] is None:

@@ -132,7 +132,8 @@ class _Program:
 GroupSpec = dataclasses.make_dataclass(
     "GroupSpec", [("model", Any), *options.fields({k: o for k, o in OPTIONS.items() if o.in_spec},
                                                  after={"augment": [("noise", bool, False)],
-                                                        "conv_impl": [("frozen", tuple, ())]})],
+                                                        "conv_impl": [("frozen", tuple, ())]},
+                                                 defaults={"clip_norm": None})],  # None: off (as records hold it)
     bases=(_Program,), frozen=True, namespace={"__module__": __name__})
 
 
@@ -363,13 +364,32 @@ def train_epoch(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array,
     return state, sums.sum(0), sums, values
 
 
+def eval_batches(idx: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """`idx` in batches of at most `batch_size`, the last padded (with index 0): the batches
+    [B, bs] and the weight of each slot [B, bs] (1 for a real example, 0 for padding)."""
+    n, bs = idx.shape[0], min(batch_size, idx.shape[0])
+    pad = -n % bs
+    return (jnp.pad(idx, (0, pad)).reshape(-1, bs),
+            (jnp.arange(n + pad) < n).reshape(-1, bs).astype(jnp.float32))
+
+
+def predict(spec: GroupSpec, variables: dict, x: jax.Array, idx: jax.Array, mean: jax.Array,
+            std: jax.Array) -> jax.Array:
+    """Eval-mode predicted class (int32) of every x[idx], in padded batches."""
+    batches, _ = eval_batches(idx, spec.eval_batch_size)
+
+    def body(_, i):
+        logits = spec.net.apply(variables, preprocess.normalize(x[i], mean, std), train=False)
+        return None, jnp.argmax(logits, -1).astype(jnp.int32)
+
+    return jax.lax.scan(body, None, batches)[1].reshape(-1)[:idx.shape[0]]
+
+
 def evaluate(spec: GroupSpec, state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array,
              mean: jax.Array, std: jax.Array) -> jax.Array:
     """Eval-mode [loss, top-1 acc, top-5 acc] of one run over x[idx], in padded batches."""
-    n, bs = idx.shape[0], min(spec.eval_batch_size, idx.shape[0])
-    pad = -n % bs
-    batches = jnp.pad(idx, (0, pad)).reshape(-1, bs)
-    valid = (jnp.arange(n + pad) < n).reshape(-1, bs).astype(jnp.float32)
+    n = idx.shape[0]
+    batches, valid = eval_batches(idx, spec.eval_batch_size)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
     def body(total, b):

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import checkpoint, config, data, models, plots, preprocess, results, run_record, splits, study, summary, train
+from cifar_jax import checkpoint, config, data, models, plots, results, run_record, splits, study, summary, train
 from cifar_jax.options import Option, table
 from experiments import pretraining, reproduce
 
@@ -87,8 +87,7 @@ def pretraining_study(cfg: config.Config, parent: results.StudyDir) -> results.S
     name = cfg.own.pretrained_study.strip()
     if not name:
         return parent
-    path = Path(name).expanduser()
-    other = results.StudyDir(path if len(path.parts) > 1 else Path(cfg.results_dir).expanduser() / name)
+    other = study.named_study(cfg, name)
     if not other.root.is_dir():
         raise config.ConfigError(f"--pretrained_study={name}: no study at {other.root}")
     return other
@@ -149,21 +148,14 @@ def restored_backbone(path: Path, spec: train.GroupSpec, image_shape: tuple[int,
 
 @functools.lru_cache(maxsize=None)
 def _predictor(spec: train.GroupSpec):
-    def classes(params, batch_stats, x, mean, std):
-        logits = spec.net.apply({"params": params, "batch_stats": batch_stats},
-                                preprocess.normalize(x, mean, std), train=False)
-        return jnp.argmax(logits, -1).astype(jnp.int32)
-    return jax.jit(classes)
+    return jax.jit(functools.partial(train.predict, spec))
 
 
 def predict(spec: train.GroupSpec, params, batch_stats, data: train.Data) -> np.ndarray:
     """The predicted class of every test image (eval mode, in batches of --eval_batch_size)."""
-    n = int(data.y_test.shape[0])
-    bs = min(spec.eval_batch_size, n)
-    x = jnp.pad(data.x_test, ((0, -n % bs),) + ((0, 0),) * (data.x_test.ndim - 1))
-    fn = _predictor(spec)
-    out = [np.asarray(fn(params, batch_stats, x[i:i + bs], data.mean, data.std)) for i in range(0, n, bs)]
-    return np.concatenate(out)[:n]
+    idx = jnp.arange(data.y_test.shape[0], dtype=jnp.int32)
+    return np.asarray(_predictor(spec)({"params": params, "batch_stats": batch_stats}, data.x_test, idx,
+                                       data.mean, data.std))
 
 
 def backbone_change(restored: dict, params: dict, batch_stats: dict) -> dict:
@@ -340,10 +332,6 @@ def _reported(ref: dict, baseline: str, lr: float) -> tuple[float | None, ...]:
     return next((v for (b, x), v in ref.items() if b == baseline and math.isclose(x, lr)), (None, None, None))
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.2f}"
-
-
 def _stat(s: dict) -> str:
     return summary.format_stat("acc", s)
 
@@ -367,16 +355,16 @@ def baselines_markdown(rows: list[dict], ref: dict, checks: dict[str, list[dict]
     for r in rows:
         rep = _reported(ref, r["baseline"], r["lr"])
         lines.append(f"| {r['baseline']} | {r['lr']:g} | {_stat(r['train_acc'])} | {_stat(r['val_acc'])} | "
-                     f"{_stat(r['test_acc'])} | {' | '.join(_pct(x) for x in rep)} | {r['n_done']}/{r['n_runs']} |")
+                     f"{_stat(r['test_acc'])} | {' | '.join(summary.percent(x) for x in rep)} | {r['n_done']}/{r['n_runs']} |")
     lines += ["", "## Two best and the worst model per baseline (by mean test accuracy)", "",
               "| baseline | model | lr (ours) | test (ours) | lr (report) | test (report) |", "|:---|:---|---:|---:|---:|---:|"]
-    for baseline, group in _by_baseline(rows).items():
+    for baseline, group in run_record.group_by(rows, "baseline").items():
         ours = ranked(group)
         theirs = sorted(((lr, v[2]) for (b, lr), v in ref.items() if b == baseline and v[2] is not None),
                         key=lambda t: -t[1])
         for label, i in PICKS:
             ours_cells = (f"{ours[i]['lr']:g}", _stat(ours[i]["test_acc"])) if -len(ours) <= i < len(ours) else ("–", "–")
-            their_cells = (f"{theirs[i][0]:g}", _pct(theirs[i][1])) if -len(theirs) <= i < len(theirs) else ("–", "–")
+            their_cells = (f"{theirs[i][0]:g}", summary.percent(theirs[i][1])) if -len(theirs) <= i < len(theirs) else ("–", "–")
             lines.append(f"| {baseline} | {label} | {' | '.join(ours_cells + their_cells)} |")
     if checks:
         lines += ["", "## The backbone after training, against the restored pretrained weights", "",
@@ -394,17 +382,10 @@ def baselines_markdown(rows: list[dict], ref: dict, checks: dict[str, list[dict]
             rec = extremes[label]
             train_acc = (rec.get("final_train") or {}).get("acc", run_record.last(rec, "train_acc"))
             val = (run_record.final(rec, "val") or {}).get("acc")
-            lines.append(f"| {label} | {rec['run_id']} | {run_record.last(rec, 'train_loss'):.4f} | {_pct(train_acc)} | "
-                         f"{_pct(val)} | {_pct(rec['test']['acc'])} |")
+            lines.append(f"| {label} | {rec['run_id']} | {run_record.last(rec, 'train_loss'):.4f} | {summary.percent(train_acc)} | "
+                         f"{summary.percent(val)} | {summary.percent(rec['test']['acc'])} |")
         lines += ["", f"{extremes['shown_text']}"]
     return "\n".join(lines) + "\n"
-
-
-def _by_baseline(rows: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for r in rows:
-        out.setdefault(r["baseline"], []).append(r)
-    return out
 
 
 def best_and_worst(records: list[dict]) -> tuple[dict, dict] | None:

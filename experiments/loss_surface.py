@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -64,8 +63,7 @@ OPTIONS = table(
 
 def source_dir(cfg: config.Config) -> results.StudyDir:
     """--source_study as a study directory (a name inside --results_dir, or a path)."""
-    path = Path(cfg.own.source_study).expanduser()
-    st = results.StudyDir(path if len(path.parts) > 1 else Path(cfg.results_dir).expanduser() / path)
+    st = study.named_study(cfg, cfg.own.source_study)
     if not st.runs_dir.is_dir():
         raise config.ConfigError(f"--source_study={cfg.own.source_study}: no study with run records at {st.root}")
     return st

@@ -78,7 +78,7 @@ def analyse(st: results.StudyDir, records: list[dict], depths: tuple[int, ...], 
     best = max(scored, key=lambda r: r["val_acc"]["mean"])
     word, facts = verdict(run_record.group_by_config(records)[best["config"]])
     text = (f"# {TITLE}: the net chosen by validation accuracy\n\n"
-            f"**{len(best['hidden'])} hidden layer(s) of {best['hidden'][0]}** ({best['config']}): validation "
+            f"**{len(best['options']['hidden'])} hidden layer(s) of {best['options']['hidden'][0]}** ({best['config']}): validation "
             f"{summary.format_stat('val_acc', best['val_acc'])}%, test {summary.format_stat('test_acc', best['test_acc'])}%, "
             f"training (eval mode) {summary.format_stat('train_acc', best['train_acc'])}%.\n\n"
             f"Verdict: it **{word}** (train − validation gap {facts['gap_points']:.1f} points; final validation "

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from cifar_jax import checkpoint, config, models, plots, results, run_record, study, summary, train
+from cifar_jax import checkpoint, config, models, results, study, train
 from cifar_jax.options import Option, table
 from experiments import pretraining
 
@@ -126,15 +126,8 @@ def compare(cfg: config.Config, parent: results.StudyDir, retrained: list[dict])
             if r["config_name"] == name and r["status"] == "done"] if baseline_dir.exists() else []
     note = "" if base else f"\n(no §1.1 baseline found at {baseline_dir}: run experiments.lr_sweep first)\n"
     base = [{**r, "config_name": f"§1.1 {name}"} for r in base]
-    records = retrained + base
-    stats = summary.summarize(records)
-    parent.write_json("summary.json", stats)
-    table_md = summary.test_table_markdown(stats)
-    parent.write_text("transfer_comparison.md", f"# Transfer: test set (mean ± std over seeds)\n\n{table_md}\n{note}")
-    plots.val_comparison(run_record.group_by_config(records), parent.figures_dir / "transfer_val_comparison.png",
-                         "Retraining vs the §1.1 baseline: mean validation (smoothed)")
-    plots.test_table(stats, parent.figures_dir / "transfer_test_table.png", "Transfer: test set")
-    study.log(f"\nTransfer vs §1.1 baseline (test set)\n{table_md}{note}")
+    study.write_summary(parent, retrained + base, "Transfer, retrained against the §1.1 baseline",
+                        table_file="transfer_comparison.md", figure_prefix="transfer_", note=note)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,30 @@ def shared_cifar() -> pathlib.Path:
     return SHARED_CIFAR
 
 
+def reproduce_in_process(report: str, sections: list[str], results_dir: pathlib.Path, *more: str) -> None:
+    """experiments.reproduce --smoke --only=SECTIONS, each study run in this process with the
+    command line the driver gives it (`more` added), then the report (the driver's own process
+    and its signals: test_reproduce, test_bad_inputs)."""
+    import types
+
+    from experiments import reproduce
+
+    opts = types.SimpleNamespace(report=report, smoke=True, results_dir=str(results_dir), data_dir=None, dataset=None)
+    chosen = [s for s in reproduce.REPORTS[report].sections if s.number in sections]
+    assert len(chosen) == len(sections), sections
+    for section in chosen:
+        out = run_experiment(section.module, *reproduce.command(section, opts)[3:], *more)
+        assert out.returncode == 0, out.stderr[-3000:]
+    reproduce.write_report(reproduce.REPORTS[report], results_dir, results_dir / f"{report}_report_smoke", {}, smoke=True)
+
+
+def count_params(params) -> int:
+    """Total number of scalars in a parameter pytree."""
+    import jax
+
+    return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+
+
 @pytest.fixture
 def parse():
     """Parse a command line into a Config (one seed unless given): parse("--model=mlp", ...)."""

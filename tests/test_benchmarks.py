@@ -17,6 +17,7 @@ from PIL import Image
 from benchmarks import common
 from benchmarks import engine as engine_bench
 from cifar_jax import engine, models, schedules
+from conftest import count_params  # noqa: E402
 
 RECORD_KEYS = {"benchmark", "date_utc", "git_commit", "args", "device", "versions", "environment", "loadavg"}
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def test_torch_models_have_cifar_jax_sizes():
         variables = jax.eval_shape(lambda: models.build(cfg).init(
             jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.float32), train=False))
         net = torch_reference.build_model(cfg, (32, 32, 3))
-        assert sum(p.numel() for p in net.parameters()) == models.count_params(variables["params"])
+        assert sum(p.numel() for p in net.parameters()) == count_params(variables["params"])
 
 
 def test_reference_learning_rate_matches_cifar_jax_schedule():

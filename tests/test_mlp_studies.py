@@ -1,8 +1,6 @@
 """The MLP studies' analysis (seeds/002, 003, 004): the option a figure puts on its x axis, accuracy
 at chosen epochs, the depth × width verdict and heatmap, and one smoke section of each report."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from cifar_jax import plots, run_record
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from experiments import grid_study, mlp_grid  # noqa: E402
+from conftest import reproduce_in_process  # noqa: E402
 
 
 def record(name, seed, config, epochs, status="done"):
@@ -63,12 +62,8 @@ def test_heatmap_writes_a_png_with_blank_cells(tmp_path):
 def test_one_smoke_section_of_seed003_and_seed004_runs(tmp_path):
     """The depth × width grid (seeds/003) and the 50-image overfit grid (seeds/004) end to end on
     synthetic data, then their reports."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     for report, section in (("seed003", "6.2"), ("seed004", "1.1")):
-        cmd = [sys.executable, "-m", "experiments.reproduce", f"--report={report}", "--smoke", "--dataset=synthetic",
-               f"--only={section}", f"--results_dir={tmp_path}"]
-        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        assert out.returncode == 0, out.stderr[-3000:]
+        reproduce_in_process(report, [section], tmp_path, "--dataset=synthetic")
     grid = json.loads((tmp_path / "seed003_grid_smoke" / "grid.json").read_text())
     assert np.array(grid["val_acc"]).shape == (2, 2) and grid["verdict"]
     assert "grid_val_acc.png" in (tmp_path / "seed003_report_smoke" / "report.md").read_text()

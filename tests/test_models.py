@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cifar_jax import models
+from conftest import count_params  # noqa: E402
 
 
 def _init(cfg, shape=(32, 32, 3)):
@@ -17,13 +18,13 @@ def _init(cfg, shape=(32, 32, 3)):
 
 def test_baseline_net_has_89834_parameters():
     _, variables = _init(models.ModelConfig("baseline"))
-    assert models.count_params(variables["params"]) == 89_834
+    assert count_params(variables["params"]) == 89_834
     assert variables["params"]["fc1"]["kernel"].shape == (1024, 64)
 
 
 def test_convnet_parameter_count():
     _, variables = _init(models.ModelConfig("convnet"))
-    assert models.count_params(variables["params"]) == 1_191_170
+    assert count_params(variables["params"]) == 1_191_170
 
 
 @pytest.mark.parametrize("cfg", [models.ModelConfig("baseline"), models.ModelConfig("baseline", norm="batch"),
@@ -31,7 +32,7 @@ def test_convnet_parameter_count():
 def test_layer_table_matches_parameters(cfg):
     rows = models.layer_table(cfg, (32, 32, 3))
     _, variables = _init(cfg)
-    assert sum(r["weights"] + r["biases"] + r["norm"] for r in rows) == models.count_params(variables["params"])
+    assert sum(r["weights"] + r["biases"] + r["norm"] for r in rows) == count_params(variables["params"])
     assert rows[-1]["output"] == (10,)
     assert "total parameters" in models.format_layer_table(rows)
 
@@ -117,7 +118,7 @@ def test_convnet_layer_table_reports_weights_and_receptive_fields():
 ])
 def test_model_options_set_kernels_widths_and_where_norm_goes(cfg, count):
     _, variables = _init(cfg)
-    assert models.count_params(variables["params"]) == count
+    assert count_params(variables["params"]) == count
     assert sum(r["weights"] + r["biases"] + r["norm"] for r in models.layer_table(cfg, (32, 32, 3))) == count
     assert not any(k.startswith("bn_fc") for k in variables["params"])  # no norm on the dense layers
 

@@ -1,8 +1,6 @@
 """The seeds/002 studies: the gradient check can pass and fail, the λ search picks its fine decade
 by validation accuracy, and the report's sections run end to end (synthetic data)."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from cifar_jax import gradcheck
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from experiments import lambda_search  # noqa: E402
+from conftest import reproduce_in_process  # noqa: E402
 
 
 def _mlp_cost(scale_grad: float = 1.0):
@@ -67,11 +66,7 @@ def test_fine_search_spans_the_decade_between_the_best_and_its_better_neighbour(
 def test_seed002_smoke_sections_run_and_report_beside_the_published_numbers(tmp_path):
     """The gradient check, the λ search and the init study at smoke size on synthetic data, then
     the report (that a second invocation trains nothing is study.run's, tested in test_experiments)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "experiments.reproduce", "--report=seed002", "--smoke", "--dataset=synthetic",
-           "--only=1,3,4", f"--results_dir={tmp_path}"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
+    reproduce_in_process("seed002", ["1", "3", "4"], tmp_path, "--dataset=synthetic")
     report = (tmp_path / "seed002_report_smoke" / "report.md").read_text()
     assert "Largest relative error over every net and tensor" in report
     check = json.loads((tmp_path / "seed002_gradient_check_smoke" / "gradient_check.json").read_text())
