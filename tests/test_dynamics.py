@@ -42,15 +42,16 @@ def test_sharpness_equals_the_extreme_eigenvalues_of_the_dense_hessian(model):
         state = state._replace(params=f64(state.params), batch_stats=f64(state.batch_stats),
                                opt_state=f64(state.opt_state), probes=f64(state.probes))
         idx = train.epoch_indices(hp, 0, data.train_idx, 16)
+        step = jax.jit(functools.partial(train.train_step, spec))
         for s in range(4):
-            state, _ = train.train_step(spec, state, data, idx[s])
+            state, _ = step(state, data, idx[s])
         values, _ = jax.jit(functools.partial(train.sharpness_of, spec))(state, data)
 
         sub = train.sharpness_subset(spec, data.train_idx)
         x, y = train.preprocess.normalize(data.x[sub], data.mean, data.std), data.y[sub]
         flat, unravel = ravel_pytree(state.params)
         loss = lambda f: train.objective(spec, unravel(f), state.batch_stats, hp, x, y, jax.random.PRNGKey(0), 0.0)[0]
-        dense = np.linalg.eigvalsh(np.asarray(jax.jacrev(jax.jacrev(loss))(flat)))
+        dense = np.linalg.eigvalsh(np.asarray(jax.jit(jax.jacrev(jax.jacrev(loss)))(flat)))
         assert flat.dtype == jnp.float64 and flat.size < 150
         np.testing.assert_allclose(float(values[0]), dense[-1], rtol=1e-3)
         np.testing.assert_allclose(float(values[1]), dense[0], rtol=1e-3)
@@ -84,7 +85,8 @@ def test_lanczos_is_exact_past_the_dimension():
 
 
 def test_a_vmapped_group_gives_each_run_its_own_sharpness(noise_data):
-    spec = train.GroupSpec(models.ModelConfig("baseline", norm="batch", use_dropout=True), batch_size=16,
+    spec = train.GroupSpec(models.ModelConfig("baseline", (16,), "batch", channels=(4, 8), kernels=(3, 3),
+                                              use_dropout=True), batch_size=16,
                            sharpness_every=1, sharpness_iters=6, sharpness_examples=64)
     hp = jax.device_put(train.stack_hparams(RUNS))
     state = jax.vmap(lambda h: train.init_run(spec, h, (8, 8, 3)))(hp)

@@ -109,7 +109,7 @@ def test_batchnorm_conv_group_equals_runs_alone_in_float64(noise_data):
 
 
 @pytest.mark.parametrize("model", [models.ModelConfig("mlp", hidden=(24,), init="he", use_dropout=True),
-                                   models.ModelConfig("baseline", use_dropout=True)])
+                                   models.ModelConfig("baseline", (16,), channels=(4, 8), kernels=(3, 3), use_dropout=True)])
 def test_every_layout_gives_the_same_metrics(noise_data, model):
     spec = train.GroupSpec(model, batch_size=32, eval_train="epoch", eval_test=True, loss_every=3, grad_stats=True)
     results = {layout: _train(spec, RUNS[:2], noise_data, 2, layout)

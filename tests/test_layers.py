@@ -98,7 +98,7 @@ def test_batchnorm_dropout_group_trains_the_same_with_every_convolution():
                                np.arange(0), np.full(3, 0.5), np.full(3, 0.25))
         data = data._replace(mean=data.mean.astype(jnp.float64), std=data.std.astype(jnp.float64))
         hp = jax.device_put(train.stack_hparams(runs))
-        model = models.ModelConfig("baseline", norm="batch", use_dropout=True)
+        model = models.ModelConfig("baseline", (16,), "batch", channels=(4, 8), kernels=(3, 3), use_dropout=True)
 
         def three_steps(conv_impl):
             spec = train.GroupSpec(model, "momentum", 16, conv_impl=conv_impl)
