@@ -327,7 +327,8 @@ class Run:
     spec: train.GroupSpec
     hp: dict[str, Any]
     epochs: int
-    data: dict[str, Any]
+    inputs: dict[str, Any]  # what it is trained from: the data settings (data_config) and, where a study
+    #                         sets them, its start (a pretrained run and its checkpoint, a parent run)
 
     @property
     def run_id(self) -> str:
@@ -349,7 +350,7 @@ class Run:
         hp = {k: v for k, v in self.hp.items() if _stored(options.RUN, k, v)
               and not (k in ("init_seed", "order_seed") and v == train.SEED_OF_RUN)}
         hp["schedule"] = list(schedules.SCHEDULES)[hp["schedule"]]
-        return {"epochs": self.epochs, **self.data, **spec, **hp}
+        return {"epochs": self.epochs, **self.inputs, **spec, **hp}
 
 
 def _stored(table: dict[str, options.Option], field: str, value: Any) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -277,110 +277,175 @@ def _pad_runs(tree: Any, width: int) -> Any:
     return jax.tree_util.tree_map(lambda x: np.concatenate([x, np.repeat(x[-1:], width - len(x), 0)]), tree)
 
 
+class _Chunk(NamedTuple):
+    """A chunk of a group's runs laid out on a mesh: its programs, data and sharding, its runs'
+    count and the padded count the mesh holds."""
+
+    spec: GroupSpec
+    runs: np.ndarray       # the chunk's run indices within the group (the callbacks' names for them)
+    mesh: Mesh
+    prog: dict[str, Callable]
+    data: Data
+    by_run: NamedSharding
+    scan: bool             # an epoch is one compiled scan (else a Python loop of compiled steps)
+    steps: int             # steps per epoch
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def first(self, tree: Any) -> Any:
+        """The chunk's own runs of a padded, run-stacked pytree, on the host."""
+        return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x))[:self.n], tree)
+
+
 def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
                  epochs: int, callbacks: Callbacks, layout: str, devices: list, limit: int | None,
                  initial: dict | None, first_epoch: int = 0) -> TrainState:
-    n, scan, run_axis = len(runs), layout.endswith("scan"), layout.split("_")[0]
-    mesh = make_mesh(1 if run_axis == "map" else n, spec.batch_size, devices)
-    data = jax.device_put(data, NamedSharding(mesh, P()))
-    prog = _programs(spec, tuple(data.x.shape[1:]), mesh, run_axis)
-    by_run = NamedSharding(mesh, P("runs"))
-    hp = jax.device_put(_padded(hp, mesh.shape["runs"]), by_run)
-    state = prog["init"](hp)
-    width = len(hp["seed"])
-    if initial:
-        merged = {k: {**getattr(state, k), **_pad_runs(initial.get(k, {}), width)} for k in ("params", "batch_stats")}
-        merged.update((k, _pad_runs(initial[k], width)) for k in ("opt_state", "step") if k in initial)
-        state = state._replace(**merged)
-    resume = getattr(callbacks, "resume", None)
-    resumed = resume(runs, jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct((n, *x.shape[1:]), x.dtype), state)) if resume else None
-    done = first_epoch
+    """One chunk of a group's runs, in phases: lay it out on a mesh, start its state (fresh, from
+    `initial`, or resumed from a snapshot), compile (refusing a program that does not fit), train
+    epoch by epoch, and evaluate the end."""
+    chunk, hp = _lay_out(spec, hp, runs, data, layout, devices)
+    state, done, resumed = _start(chunk, hp, initial, first_epoch, callbacks)
+    t0 = time.perf_counter()
+    run = _compile(chunk, state, len(hp["seed"]), limit)
+    callbacks.on_compiled(time.perf_counter() - t0)
     if resumed:
-        done, saved = resumed
-        state = _pad_runs(saved, width)
-    state = jax.device_put(state, by_run)
+        callbacks.on_resume(runs, done)
+    else:
+        before = ("train", "val", "test") if spec.eval_train != "none" else ("val", "test")
+        callbacks.on_start(runs, _eval_splits(chunk.prog, state, chunk.data, before, chunk.n))
+    on_state = getattr(callbacks, "on_state", None)
+    for epoch in range(done, epochs):
+        state, metrics, seconds = _epoch(chunk, run, state, epoch, callbacks)
+        if on_state:  # before the epoch's records: a saved state is never behind them
+            on_state(runs, epoch + 1, lambda: chunk.first(state))
+        callbacks.on_epoch(runs, epoch + 1, metrics, seconds)
+    callbacks.on_end(runs, _final(chunk, state, epochs))
+    return jax.tree_util.tree_map(lambda x: jax.device_get(x)[:chunk.n], state)
+
+
+def _lay_out(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data, layout: str,
+             devices: list) -> tuple[_Chunk, dict[str, jax.Array]]:
+    """The chunk on its mesh, and its per-run arrays padded to the mesh and sharded by run."""
+    run_axis = layout.split("_")[0]
+    mesh = make_mesh(1 if run_axis == "map" else len(runs), spec.batch_size, devices)
+    data = jax.device_put(data, NamedSharding(mesh, P()))
     steps = data.train_idx.shape[0] // spec.batch_size
     if steps == 0:
         raise ValueError(f"--batch_size={spec.batch_size} is larger than the training split "
                          f"({data.train_idx.shape[0]} images)")
     if spec.loss_every > steps:
         raise ValueError(f"--loss_every={spec.loss_every} is more than the {steps} steps of an epoch")
-    columns = step_columns(spec, state.grad_acc.shape[2])  # grad_acc: [runs, 2, tensors, 3]
-    width = columns["noise"].stop
-    points = sharpness_points(spec, steps)
-    zeros = lambda *shape: jax.device_put(jnp.zeros((len(hp["seed"]), *shape)), by_run)
-    t0 = time.perf_counter()
-    if scan:
-        run_epoch = prog["epoch"].lower(state, data, jnp.int32(0)).compile()
+    by_run = NamedSharding(mesh, P("runs"))
+    chunk = _Chunk(spec, runs, mesh, _programs(spec, tuple(data.x.shape[1:]), mesh, run_axis), data, by_run,
+                   layout.endswith("scan"), steps)
+    return chunk, jax.device_put(_padded(hp, mesh.shape["runs"]), by_run)
+
+
+def _start(chunk: _Chunk, hp: dict[str, jax.Array], initial: dict | None, first_epoch: int,
+           callbacks: Callbacks) -> tuple[TrainState, int, bool]:
+    """The chunk's starting state (fresh, with `initial`'s layers or whole state, or its newest
+    snapshot when the callbacks have one), the epochs already done and whether it resumed."""
+    state = chunk.prog["init"](hp)
+    padded = len(hp["seed"])
+    if initial:
+        merged = {k: {**getattr(state, k), **_pad_runs(initial.get(k, {}), padded)} for k in ("params", "batch_stats")}
+        merged.update((k, _pad_runs(initial[k], padded)) for k in ("opt_state", "step") if k in initial)
+        state = state._replace(**merged)
+    resume = getattr(callbacks, "resume", None)
+    resumed = resume(chunk.runs, jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct((chunk.n, *x.shape[1:]), x.dtype), state)) if resume else None
+    done = first_epoch
+    if resumed:
+        done, saved = resumed
+        state = _pad_runs(saved, padded)
+    return jax.device_put(state, chunk.by_run), done, bool(resumed)
+
+
+def _compile(chunk: _Chunk, state: TrainState, padded: int, limit: int | None) -> Callable:
+    """The chunk's epoch program (scan layouts) or step program, compiled ahead of time so that a
+    program too big for the device's memory is refused before it runs (with the sharpness's, which
+    runs as a program of its own unless a scanned epoch holds it)."""
+    spec, prog, data = chunk.spec, chunk.prog, chunk.data
+    if chunk.scan:
+        run = prog["epoch"].lower(state, data, jnp.int32(0)).compile()
     else:
-        run_step = prog["step"].lower(state, zeros(width), zeros(steps, width), data,
-                                      prog["indices"](state, data, jnp.int32(0)), jnp.int32(0)).compile()
-    compiled = [run_epoch if scan else run_step]
-    if spec.sharpness_every and not (scan and points):  # a program of its own: it must fit too
+        n_columns = step_columns(spec, state.grad_acc.shape[2])["noise"].stop  # grad_acc: [runs, 2, tensors, 3]
+        zeros = lambda *shape: jax.device_put(jnp.zeros((padded, *shape)), chunk.by_run)
+        run = prog["step"].lower(state, zeros(n_columns), zeros(chunk.steps, n_columns), data,
+                                 prog["indices"](state, data, jnp.int32(0)), jnp.int32(0)).compile()
+    compiled = [run]
+    if spec.sharpness_every and not (chunk.scan and sharpness_points(spec, chunk.steps)):
         compiled.append(prog["sharpness"].lower(state, data).compile())
     for program in compiled:
-        _check_fits(program, len(hp["seed"]) // mesh.shape["runs"],
-                    sum(x.nbytes for x in jax.tree_util.tree_leaves(data)), limit, mesh.shape["runs"])
-    callbacks.on_compiled(time.perf_counter() - t0)
-    every_epoch = ("val",) + ("train",) * (spec.eval_train == "epoch") + ("test",) * spec.eval_test
-    before = ("train", "val", "test") if spec.eval_train != "none" else ("val", "test")
-    if resumed:
-        callbacks.on_resume(runs, done)
-    else:
-        callbacks.on_start(runs, _eval_splits(prog, state, data, before, n))
-    on_state = getattr(callbacks, "on_state", None)
+        _check_fits(program, padded // chunk.mesh.shape["runs"],
+                    sum(x.nbytes for x in jax.tree_util.tree_leaves(data)), limit, chunk.mesh.shape["runs"])
+    return run
+
+
+def _epoch(chunk: _Chunk, run: Callable, state: TrainState, epoch: int,
+           callbacks: Callbacks) -> tuple[TrainState, run_record.Epoch, float]:
+    """One epoch of training (a compiled scan, or compiled steps with the sharpness between them
+    and progress reports), then its evaluations and measurements; the seconds of training."""
+    spec, prog, data, steps, n = chunk.spec, chunk.prog, chunk.data, chunk.steps, chunk.n
+    columns = step_columns(spec, state.grad_acc.shape[2])
+    points = sharpness_points(spec, steps)
     on_progress = getattr(callbacks, "on_progress", None)
-    for epoch in range(done, epochs):
-        t0 = time.perf_counter()
-        lr = np.asarray(prog["lr"](state.hp, state.step))[:n]
-        _PROGRESS.start(functools.partial(on_progress, runs, epoch + 1, steps=steps) if on_progress else None)
-        if scan:
-            state, sums, per_step, in_epoch = run_epoch(state, data, jnp.int32(epoch))
-        else:
-            idx = prog["indices"](state, data, jnp.int32(epoch))
-            sums, per_step, in_epoch = zeros(width), zeros(steps, width), []
-            for s in range(steps):
-                if points and s % spec.sharpness_every == 0:  # --sharpness_unit=step, between the steps
-                    values, state = prog["sharpness"](state, data)
-                    in_epoch.append(values)
-                state, sums, per_step = run_step(state, sums, per_step, data, idx, jnp.int32(s))
-                if on_progress and time.perf_counter() - _PROGRESS.last >= PROGRESS_SECONDS:
-                    sums.block_until_ready()  # the steps dispatched so far have run
-                    _PROGRESS.heard(s + 1)
-        sums, per_step = np.asarray(sums)[:n], np.asarray(per_step)[:n]  # waits for the epoch's steps
-        _PROGRESS.start(None)
-        seconds = time.perf_counter() - t0  # training only: evaluation below is not counted
-        step_losses = per_step[..., 0]
-        alive = np.asarray(state.alive)[:n]
-        sharpness = sharpness_trace = None
-        if points:
-            sharpness_trace = np.asarray(in_epoch if scan else jnp.stack(in_epoch, 1))[:n]
-            sharpness_trace = np.where(alive[:, None, None], sharpness_trace, np.nan)
-            sharpness = sharpness_trace[:, -1]
-        elif spec.sharpness_every and (epoch + 1) % spec.sharpness_every == 0:
-            values, state = prog["sharpness"](state, data)
-            sharpness = np.where(alive[:, None], np.asarray(values)[:n], np.nan)
-        evals = _eval_splits(prog, state, data, every_epoch, n)
-        metrics = run_record.Epoch(
-            lr=lr, alive=alive, l2_penalty=np.asarray(prog["l2"](state.params))[:n],
-            train=Metrics(*(sums[:, columns["metrics"]] / (steps * spec.batch_size)).T),
-            val=_masked(evals.get("val"), alive), train_eval=_masked(evals.get("train"), alive),
-            test=_masked(evals.get("test"), alive), loss_noise=_loss_noise(step_losses, spec.batch_size),
-            grad_norm=sums[:, columns["grad_norm"]] / steps if spec.grad_stats else None,
-            loss_trace=_loss_trace(step_losses, spec.loss_every, spec.batch_size) if spec.loss_every else None,
-            sharpness=sharpness, sharpness_trace=sharpness_trace,
-            noise_scale=_noise_scale(sums[:, columns["noise"]], steps, spec) if spec.noise_scale else None)
-        if on_state:  # before the epoch's records: a saved state is never behind them
-            on_state(runs, epoch + 1, lambda: jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x))[:n], state))
-        callbacks.on_epoch(runs, epoch + 1, metrics, seconds)
+    t0 = time.perf_counter()
+    lr = np.asarray(prog["lr"](state.hp, state.step))[:n]
+    _PROGRESS.start(functools.partial(on_progress, chunk.runs, epoch + 1, steps=steps) if on_progress else None)
+    if chunk.scan:
+        state, sums, per_step, in_epoch = run(state, data, jnp.int32(epoch))
+    else:
+        zeros = lambda *shape: jax.device_put(jnp.zeros((len(state.alive), *shape)), chunk.by_run)
+        idx = prog["indices"](state, data, jnp.int32(epoch))
+        sums, per_step, in_epoch = zeros(columns["noise"].stop), zeros(steps, columns["noise"].stop), []
+        for s in range(steps):
+            if points and s % spec.sharpness_every == 0:  # --sharpness_unit=step, between the steps
+                values, state = prog["sharpness"](state, data)
+                in_epoch.append(values)
+            state, sums, per_step = run(state, sums, per_step, data, idx, jnp.int32(s))
+            if on_progress and time.perf_counter() - _PROGRESS.last >= PROGRESS_SECONDS:
+                sums.block_until_ready()  # the steps dispatched so far have run
+                _PROGRESS.heard(s + 1)
+    sums, per_step = np.asarray(sums)[:n], np.asarray(per_step)[:n]  # waits for the epoch's steps
+    _PROGRESS.start(None)
+    seconds = time.perf_counter() - t0  # training only: evaluation below is not counted
+    step_losses = per_step[..., 0]
     alive = np.asarray(state.alive)[:n]
-    after = _eval_splits(prog, state, data, ("train", "test") if spec.eval_train != "none" else ("test",), n)
+    sharpness = sharpness_trace = None
+    if points:
+        sharpness_trace = np.asarray(in_epoch if chunk.scan else jnp.stack(in_epoch, 1))[:n]
+        sharpness_trace = np.where(alive[:, None, None], sharpness_trace, np.nan)
+        sharpness = sharpness_trace[:, -1]
+    elif spec.sharpness_every and (epoch + 1) % spec.sharpness_every == 0:
+        values, state = prog["sharpness"](state, data)
+        sharpness = np.where(alive[:, None], np.asarray(values)[:n], np.nan)
+    every_epoch = ("val",) + ("train",) * (spec.eval_train == "epoch") + ("test",) * spec.eval_test
+    evals = _eval_splits(prog, state, data, every_epoch, n)
+    metrics = run_record.Epoch(
+        lr=lr, alive=alive, l2_penalty=np.asarray(prog["l2"](state.params))[:n],
+        train=Metrics(*(sums[:, columns["metrics"]] / (steps * spec.batch_size)).T),
+        val=_masked(evals.get("val"), alive), train_eval=_masked(evals.get("train"), alive),
+        test=_masked(evals.get("test"), alive), loss_noise=_loss_noise(step_losses, spec.batch_size),
+        grad_norm=sums[:, columns["grad_norm"]] / steps if spec.grad_stats else None,
+        loss_trace=_loss_trace(step_losses, spec.loss_every, spec.batch_size) if spec.loss_every else None,
+        sharpness=sharpness, sharpness_trace=sharpness_trace,
+        noise_scale=_noise_scale(sums[:, columns["noise"]], steps, spec) if spec.noise_scale else None)
+    return state, metrics, seconds
+
+
+def _final(chunk: _Chunk, state: TrainState, epochs: int) -> run_record.Final:
+    """The end of training: the test set (and the training split in eval mode), and the gradient
+    statistics of the first and the last window."""
+    spec, n = chunk.spec, chunk.n
+    alive = np.asarray(state.alive)[:n]
+    after = _eval_splits(chunk.prog, state, chunk.data, ("train", "test") if spec.eval_train != "none" else ("test",), n)
     grad_first = grad_last = None
     if spec.grad_stats:
-        grad_first, grad_last = _window_stats(np.asarray(state.grad_acc)[:n], spec.grad_window, epochs * steps)
-    callbacks.on_end(runs, run_record.Final(
-        alive=alive, l2_penalty=np.asarray(prog["l2"](state.params))[:n], test=_masked(after.get("test"), alive),
+        grad_first, grad_last = _window_stats(np.asarray(state.grad_acc)[:n], spec.grad_window, epochs * chunk.steps)
+    return run_record.Final(
+        alive=alive, l2_penalty=np.asarray(chunk.prog["l2"](state.params))[:n], test=_masked(after.get("test"), alive),
         train=_masked(after.get("train"), alive), grad_first=grad_first, grad_last=grad_last,
-        grad_window=spec.grad_window if spec.grad_stats else 0))
-    return jax.tree_util.tree_map(lambda x: jax.device_get(x)[:n], state)
+        grad_window=spec.grad_window if spec.grad_stats else 0)

@@ -39,7 +39,7 @@ class Prepared:
     dataset: data.Dataset
     train_idx: np.ndarray
     val_idx: np.ndarray
-    device: train.Data
+    data: train.Data  # on the device
 
     @property
     def labels_by_split(self) -> dict[str, np.ndarray]:
@@ -61,10 +61,10 @@ def prepare(cfg: Config) -> Prepared:
     if batch > len(train_idx):
         raise ConfigError(f"--batch_size={batch}: larger than the training split ({len(train_idx)} images)")
     mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization, cfg.zca_epsilon)
-    device = train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, train_idx, val_idx, mean, std)
+    on_device = train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, train_idx, val_idx, mean, std)
     log(f"data: {ds.name} train {len(train_idx)} / val {len(val_idx)} / test {len(ds.y_test)}, "
         f"images {ds.image_shape}, {ds.num_classes} classes, normalization {cfg.normalization}")
-    return Prepared(ds, train_idx, val_idx, device)
+    return Prepared(ds, train_idx, val_idx, on_device)
 
 
 def study_dir(cfg: Config, default_name: str) -> results.StudyDir:
@@ -296,19 +296,19 @@ def _train_groups(study: results.StudyDir, runs: list[Run], groups: dict, prepar
         group_runs = [runs[i] for i in ids]
         layout = engine.auto_layout(spec.model) if cfg.layout == "auto" else cfg.layout
         label = f"[{study.root.name} group {g + 1}/{len(groups)}]"
-        names = ", ".join(r.run_id for r in group_runs) if len(ids) <= 6 else f"{group_runs[0].run_id} … {group_runs[-1].run_id}"
+        shown = ", ".join(r.run_id for r in group_runs) if len(ids) <= 6 else f"{group_runs[0].run_id} … {group_runs[-1].run_id}"
         log(f"{label} {len(ids)} runs, model {spec.model.name}, batch {spec.batch_size}, "
-            f"{epochs} epochs, layout {layout}: {names}")
+            f"{epochs} epochs, layout {layout}: {shown}")
         log(models.format_layer_table(models.layer_table(spec.model, prepared.dataset.image_shape)))
         hp = train.stack_hparams([r.hp for r in group_runs])
         t0 = time.perf_counter()
-        names = train.param_names(train.param_shapes(spec, prepared.dataset.image_shape))
-        recorder = RecordWriter(study, group_runs, total, label, progress, names,
+        tensors = train.param_names(train.param_shapes(spec, prepared.dataset.image_shape))
+        recorder = RecordWriter(study, group_runs, total, label, progress, tensors,
                                 Snapshots(study.root / "resume", cfg.snapshot_every),
                                 tensorboard.StudyWriter(study.root / tensorboard.FOLDER) if cfg.tensorboard else None,
                                 on_epoch)
         initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
-        states = engine.train_group(spec, hp, prepared.device, epochs, recorder, layout=layout,
+        states = engine.train_group(spec, hp, prepared.data, epochs, recorder, layout=layout,
                                     memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial,
                                     first_epoch=first_epoch)
         if on_state:
@@ -384,7 +384,7 @@ class Outcome:
 
 
 def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]], *,
-        report: Callable[[results.StudyDir, list[dict]], None] | None = None,
+        analysis: Callable[[results.StudyDir, list[dict]], None] | None = None,
         before: Callable[[results.StudyDir, Prepared, list[Run]], None] | None = None,
         extra: dict | None = None, figures: bool = True, part: str | None = None,
         initial_for: Callable[[Run], dict] | None = None,
@@ -397,7 +397,7 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
     prepared, runs)` (e.g. a figure or a sub-study), train every unfinished run (`initial_for`,
     `on_state`: see `execute`), and on the lead process write the summary, test table and the
     standard figures (per-configuration curves, their comparison, the test table and LR curves;
-    only with `figures`) and call `report(study, records)`; other processes of a multi-host study
+    only with `figures`) and call `analysis(study, records)`; other processes of a multi-host study
     return once their own runs are done. The study directory is `--name` (default `name`), or its
     subfolder `part` for a study in parts (e.g. pretraining and retraining). Returns the `Outcome`."""
     st = study_dir(cfg, name)
@@ -414,8 +414,8 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[Prepared], list[Run]
         if cfg.save_final:
             on_state = _saving_final(st, planned, on_state)
         execute(st, planned, prepared, cfg, initial_for=initial_for, on_state=on_state)
-        if finish(st, planned, title, figures=figures) is not None and report:
-            report(st, [st.record(r.run_id) for r in planned])
+        if finish(st, planned, title, figures=figures) is not None and analysis:
+            analysis(st, [st.record(r.run_id) for r in planned])
     return Outcome(st, planned, [st.record(r.run_id) for r in planned], prepared)
 
 

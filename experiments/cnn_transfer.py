@@ -112,8 +112,8 @@ def as_baseline(run: config.Run, baseline: str, backbone: tuple[str, ...], pre: 
     if baseline == "scratch":
         return run
     spec = dataclasses.replace(run.spec, frozen=backbone) if baseline == "linear_probe" else run.spec
-    data = {**run.data, "pretrained": pre.run_id, "source": source, "restored": list(backbone)}
-    return dataclasses.replace(run, spec=spec, data=data)
+    inputs = {**run.inputs, "pretrained": pre.run_id, "source": source, "restored": list(backbone)}
+    return dataclasses.replace(run, spec=spec, inputs=inputs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -270,11 +270,11 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
         for r in pretraining.finished(st, runs):
             if not _predictions_path(st, r.run_id).exists():
                 study.train_again(st, r.run_id, "its test predictions are missing")
-            elif "pretrained" in r.data and not _backbone_path(st, r.run_id).exists():
+            elif "pretrained" in r.inputs and not _backbone_path(st, r.run_id).exists():
                 study.train_again(st, r.run_id, "its backbone check is missing")
 
     def initial(run: config.Run) -> dict:
-        if "pretrained" not in run.data:
+        if "pretrained" not in run.inputs:
             return fresh_backbone(run, shape, head)
         pre = backbones.runs[run.seed]
         if run.seed not in restored:
@@ -286,16 +286,16 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
 
     def outputs(run: config.Run, variables: tuple) -> None:
         params, batch_stats = variables
-        if "pretrained" in run.data:
+        if "pretrained" in run.inputs:
             change = backbone_change(restored[run.seed], params, batch_stats)
             results.atomic_write_json(_backbone_path(st, run.run_id), change)
-        _save_npy(_predictions_path(st, run.run_id), predict(run.spec, params, batch_stats, prepared.device))
+        _save_npy(_predictions_path(st, run.run_id), predict(run.spec, params, batch_stats, prepared.data))
 
     return study.run(cfg, "cnn_transfer", f"{TITLE}: the target task", lambda p: planned, part="target",
                      prepared=prepared, before=missing_outputs, initial_for=initial, on_state=outputs,
                      figures=cfg.epochs > 1,
                      extra={"source": source, "baselines": list(baselines), "head": head, "backbone": list(backbone)},
-                     report=lambda s, records: analyse(parent, s, records, prepared, backbones.owner, source))
+                     analysis=lambda s, records: analyse(parent, s, records, prepared, backbones.owner, source))
 
 
 # ----------------------------------------------------------------------------- analysis

@@ -87,7 +87,7 @@ def child(parent: config.Run, k: int, c: int, order_seed: int) -> config.Run:
     """Child c of `parent` spawned after epoch k: the parent's run but for its order seed."""
     prefix = "" if parent.config_name == "default" else f"{parent.config_name},"
     return dataclasses.replace(parent, config_name=f"{prefix}k={k},child={c}", hp={**parent.hp, "order_seed": order_seed},
-                               data={**parent.data, "parent": parent.run_id, "spawn_epoch": k})
+                               inputs={**parent.inputs, "parent": parent.run_id, "spawn_epoch": k})
 
 
 # ----------------------------------------------------------------------------- spawn states
@@ -174,7 +174,7 @@ def train_children(cfg: config.Config, pst: results.StudyDir, cst: results.Study
     by_id = {p.run_id: p for p in parents}
 
     def spawned(run: config.Run) -> dict:
-        parent, k = by_id[run.data["parent"]], run.data["spawn_epoch"]
+        parent, k = by_id[run.inputs["parent"]], run.inputs["spawn_epoch"]
         template = initial_state(parent, shape)
         return template if k == 0 else load_spawn(spawn_path(pst, parent.run_id, k), template)
 
@@ -205,7 +205,7 @@ def paths(cfg: config.Config, cst: results.StudyDir, families: dict[tuple[str, i
           prepared: study.Prepared) -> tuple[np.ndarray, list[dict]]:
     """Every pair of children of the same parent and k: the [loss, top-1, top-5] along its path on
     the test set and the training subset, all paths' points in one vmapped evaluation per split."""
-    shape, data = tuple(prepared.dataset.image_shape), prepared.device
+    shape, data = tuple(prepared.dataset.image_shape), prepared.data
     ts = np.linspace(0.0, 1.0, cfg.own.interp_points)
     pairs, points = [], []
     for (parent, k), fam in families.items():

@@ -96,7 +96,7 @@ def write_gap(st: results.StudyDir, records: list[dict]) -> dict:
 
 def main(cfg: config.Config) -> None:
     study.run(cfg, "dropout_sweep", "Dropout sweep",
-              lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes), report=write_gap)
+              lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes), analysis=write_gap)
 
 
 if __name__ == "__main__":

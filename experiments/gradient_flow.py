@@ -11,7 +11,7 @@ value); BatchNormNet is its own. With several seeds the gradient figures show ea
 """
 from __future__ import annotations
 
-from cifar_jax import config, gradient_plots, results, study
+from cifar_jax import config, gradient_plots, results, run_record, study
 from experiments import model_family
 
 TITLE = "Gradient flow"
@@ -45,18 +45,18 @@ OPTIONS = model_family.OPTIONS
 
 
 def main(cfg: config.Config) -> None:
+    """The three models with --grad_stats, then their gradients (the first seed of each)."""
     rate = model_family.validate(cfg)
-    by_model: dict[str, list[config.Run]] = {}
 
     def runs(prepared: study.Prepared) -> list[config.Run]:
-        by_model.update(model_family.model_runs(cfg.replace(grad_stats=True), len(prepared.train_idx),
-                                                prepared.dataset.num_classes, rate))
+        by_model = model_family.model_runs(cfg.replace(grad_stats=True), len(prepared.train_idx),
+                                           prepared.dataset.num_classes, rate)
         return [r for model in by_model.values() for r in model]
 
-    def report(st: results.StudyDir, records: list[dict]) -> None:
-        write_gradients(st, {model: st.record(rs[0].run_id) for model, rs in by_model.items()})
-
-    study.run(cfg, "gradient_flow", TITLE, runs, report=report, extra={"compare_dropout": rate})
+    done = study.run(cfg, "gradient_flow", TITLE, runs, extra={"compare_dropout": rate})
+    if study.is_lead():  # a configuration's name opens with its model's (DropoutNet p=0.6)
+        write_gradients(done.study, {name.split()[0]: recs[0]
+                                     for name, recs in run_record.group_by_config(done.finished).items()})
 
 
 if __name__ == "__main__":

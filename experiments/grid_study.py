@@ -29,7 +29,7 @@ OPTIONS = table(
 SPLIT_NAMES = {"train": "Training data", "val": "Validation data", "test": "Test data"}
 
 
-def report(rec: dict, cycles: int) -> str:
+def run_block(rec: dict, cycles: int) -> str:
     """One run in the seeds/002 report's format (cost = cross-entropy + λ·ΣW²)."""
     c = rec["config"]
     model = c["model"]
@@ -196,7 +196,7 @@ def at_epochs_markdown(records: list[dict], epochs: list[int], title: str) -> st
 def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str, at_epochs: tuple[int, ...] = ()) -> None:
     """Every run in the report's format, the configuration table, the curves of every configuration
     and, where one numeric option varies, accuracy against it."""
-    blocks = [report(rec, cycles) for rec in records]
+    blocks = [run_block(rec, cycles) for rec in records]
     st.write_text("runs.txt", "\n\n".join(f"run {r['run_id']}\n{b}" for r, b in zip(records, blocks)) + "\n")
     for block in blocks:
         study.log("\n" + block)
@@ -237,7 +237,7 @@ def main(cfg: config.Config) -> None:
     """The grid, trained, and its analysis."""
     own = cfg.own
     study.run(cfg, "grid_study", own.title, lambda p: grid_runs(cfg, p, own.cycles),
-              report=lambda st, records: analyse(st, records, own.cycles, own.title, own.at_epochs),
+              analysis=lambda st, records: analyse(st, records, own.cycles, own.title, own.at_epochs),
               extra={"cycles": own.cycles})
 
 

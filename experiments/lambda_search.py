@@ -62,7 +62,7 @@ def best_lambda(rows: list[dict]) -> float:
 def part(cfg: config.Config, name: str, title: str, cycles: int) -> list[dict]:
     """Train one part and analyse it; its configuration rows."""
     done = study.run(cfg, "lambda_search", title, lambda p: grid_study.grid_runs(cfg, p, cycles), part=name,
-                     report=lambda st, records: grid_study.analyse(st, records, cycles, title, cfg.own.at_epochs),
+                     analysis=lambda st, records: grid_study.analyse(st, records, cycles, title, cfg.own.at_epochs),
                      extra={"cycles": cycles}, figures=False)
     return grid_study.config_rows(done.finished)
 

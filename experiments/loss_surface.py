@@ -256,7 +256,7 @@ def surface(cfg: config.Config, src: results.StudyDir) -> None:
                                                            "other_run": other_rec and other_rec["run_id"]})
         study.log(f"{TITLE}: {rec['run_id']} of {src.root}: {own.surface_points}² plane and 1-D paths, "
                   f"{n} training images and {len(prepared.dataset.y_test)} test images per point")
-        out = compute(spec, variables, (init.params, init.batch_stats), other, prepared.device, subset,
+        out = compute(spec, variables, (init.params, init.batch_stats), other, prepared.data, subset,
                       own.surface_points, own.surface_range, own.direction_seed,
                       own.surface_chunk or surfaces.auto_chunk(jax.devices()[0].platform))
         header = (f"Source study {src.root}, model {spec.model.name} (norm {spec.model.norm}); "

@@ -158,7 +158,7 @@ def main(cfg: config.Config) -> None:
                   f"to {cfg.lrs[-1]:g})")
     study.run(cfg, "lr_landscape", TITLE, lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
               figures=False, extra={"landscape_lrs": list(cfg.lrs)},
-              report=lambda st, records: write_landscape(st, records, cfg))
+              analysis=lambda st, records: write_landscape(st, records, cfg))
 
 
 if __name__ == "__main__":

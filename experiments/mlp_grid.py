@@ -102,7 +102,7 @@ def main(cfg: config.Config) -> None:
     nets = [dataclasses.replace(cfg.model, hidden=(w,) * d) for d, w in shapes]
     grid_cfg = cfg.vary("model", nets)
     study.run(grid_cfg, "mlp_grid", TITLE, lambda p: grid_study.grid_runs(grid_cfg, p, 0),
-              report=lambda st, records: analyse(st, records, depths, widths, cfg.own.at_epochs))
+              analysis=lambda st, records: analyse(st, records, depths, widths, cfg.own.at_epochs))
 
 
 if __name__ == "__main__":

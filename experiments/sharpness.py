@@ -125,7 +125,7 @@ def main(cfg: config.Config) -> None:
             c = cfg.replace(batch_size=n, sharpness_examples=n)
         return config.grid(c, len(prepared.train_idx), prepared.dataset.num_classes)
 
-    study.run(cfg, "sharpness", TITLE, runs, report=write_report, extra={"full_batch": cfg.own.full_batch})
+    study.run(cfg, "sharpness", TITLE, runs, analysis=write_report, extra={"full_batch": cfg.own.full_batch})
 
 
 if __name__ == "__main__":

@@ -95,16 +95,16 @@ def retrain(cfg: config.Config, rate: float, parent: results.StudyDir, pretraine
     shapes = (train.param_shapes(runs[0].spec, image_shape), train.batch_stats_shapes(runs[0].spec, image_shape))
 
     def pretrained_layers(run: config.Run) -> dict:
-        params, stats = checkpoint.restore(run.data["checkpoint"], *shapes, strict=True,
-                                           expected=study.provenance(parent, by_id[run.data["pretrained"]]))
-        study.log(f"{run.run_id}: restored {run.data['checkpoint']} (strict); frozen {', '.join(frozen)}; "
+        params, stats = checkpoint.restore(run.inputs["checkpoint"], *shapes, strict=True,
+                                           expected=study.provenance(parent, by_id[run.inputs["pretrained"]]))
+        study.log(f"{run.run_id}: restored {run.inputs['checkpoint']} (strict); frozen {', '.join(frozen)}; "
                   f"{', '.join(k for k in params if k not in frozen)} re-initialised from seed {run.seed}")
         return {"params": {k: params[k] for k in frozen},
                 "batch_stats": {k: stats[k] for k in frozen if k in stats}}
 
     return study.run(swapped, "transfer", "Transfer: retraining the dense layers (swapped split)", lambda p: runs,
                      part="retrain", initial_for=pretrained_layers, extra={"dropout_rate": rate, "frozen": frozen},
-                     report=lambda st, records: compare(cfg, parent, records))
+                     analysis=lambda st, records: compare(cfg, parent, records))
 
 
 def main(cfg: config.Config) -> None:
