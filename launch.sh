@@ -56,6 +56,6 @@ case "$command" in
   test) # one pytest worker per core, at most 4 (the tests are mostly compilation and study
         # subprocesses, each single-threaded); CIFAR_JAX_TEST_WORKERS overrides, 0 runs in-process
         workers=${CIFAR_JAX_TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 1) < 4 ? $(nproc 2>/dev/null || echo 1) : 4 ))}
-        exec "$venv/bin/python" -m pytest -n "$workers" "$@" ;;
+        exec "$venv/bin/python" -m pytest -n "$workers" --dist worksteal "$@" ;;
   *) exec "$venv/bin/python" -m "experiments.$command" "$@" ;;
 esac

@@ -14,11 +14,6 @@ import sys
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Tests compile far more than they compute: XLA:CPU's code generation without LLVM's optimisation
-# passes compiles about a third faster and computes the same numbers (IEEE semantics either way;
-# the benchmarks measure speed with the defaults). A test that sets XLA_FLAGS for a subprocess of
-# its own (many host devices) sets them whole.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(pathlib.Path("~/.cache/cifar_jax/xla-tests").expanduser()))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
