@@ -369,19 +369,32 @@ def _compile(chunk: _Chunk, state: TrainState, padded: int, limit: int | None) -
     runs as a program of its own unless a scanned epoch holds it)."""
     spec, prog, data = chunk.spec, chunk.prog, chunk.data
     if chunk.scan:
-        run = prog["epoch"].lower(state, data, jnp.int32(0)).compile()
+        run = _aot(prog["epoch"], state, data, jnp.int32(0))
     else:
         n_columns = step_columns(spec, state.grad_acc.shape[2])["noise"].stop  # grad_acc: [runs, 2, tensors, 3]
         zeros = lambda *shape: jax.device_put(jnp.zeros((padded, *shape)), chunk.by_run)
-        run = prog["step"].lower(state, zeros(n_columns), zeros(chunk.steps, n_columns), data,
-                                 prog["indices"](state, data, jnp.int32(0)), jnp.int32(0)).compile()
+        run = _aot(prog["step"], state, zeros(n_columns), zeros(chunk.steps, n_columns), data,
+                   prog["indices"](state, data, jnp.int32(0)), jnp.int32(0))
     compiled = [run]
     if spec.sharpness_every and not (chunk.scan and sharpness_points(spec, chunk.steps)):
-        compiled.append(prog["sharpness"].lower(state, data).compile())
+        compiled.append(_aot(prog["sharpness"], state, data))
     for program in compiled:
         _check_fits(program, padded // chunk.mesh.shape["runs"],
                     sum(x.nbytes for x in jax.tree_util.tree_leaves(data)), limit, chunk.mesh.shape["runs"])
     return run
+
+
+_COMPILED: dict = {}
+
+
+def _aot(program: Callable, *args: Any) -> Any:
+    """A jitted program lowered and compiled for the shapes, types and shardings of `args`, once
+    per process (a study's later parts, or a study run again, reuse it)."""
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    key = (program, tree, tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in leaves))
+    if key not in _COMPILED:
+        _COMPILED[key] = program.lower(*args).compile()
+    return _COMPILED[key]
 
 
 def _epoch(chunk: _Chunk, run: Callable, state: TrainState, epoch: int,
