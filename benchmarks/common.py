@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import data, engine, models, results, run_record, schedules, splits, train
+from cifar_jax import data, engine, files, models, results, run_record, schedules, splits, train
 
 DEFAULT_DATA_DIR = "~/.cache/cifar10-shared"
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -364,7 +364,7 @@ def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
     """Append the record to `path` as one line of JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        f.write(results.to_json(record, indent=None))
+        f.write(files.to_json(record, indent=None))
 
 
 def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,7 @@ study directory, the run id, the run's full config, the code version: git commit
 versions; and where it was written), the metrics, a manifest of every leaf's path, shape and
 dtype, and a SHA-256 of every file orbax wrote. `save` writes it into a temporary directory next to
 its destination and renames it into place, so a crash never leaves half a checkpoint (the
-`.<name>.*tmp-*` directories a killed save leaves are what `results.remove_leftovers` deletes).
+`.<name>.*tmp-*` directories a killed save leaves are what `files.remove_leftovers` deletes).
 `restore` checks the provenance against what the caller expects, naming the first differing
 field, and is strict (same leaf paths, shapes and dtypes as the model); `restore_partial` loads
 only chosen layers, for transfer: keep the pretrained convolutions, re-initialise the dense
@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax import results
+from cifar_jax import files, results
 
 ARRAYS = "arrays"
 METADATA = "metadata.json"
@@ -85,7 +85,7 @@ def _normalised(fields: dict) -> dict:
 
 def _replace_dir(new: Path, dest: Path) -> None:
     """Move a finished directory to `dest`, replacing any existing one (never leaving it half-written;
-    the old one waits in a `.<name>.old.tmp-*` directory, a leftover `results.remove_leftovers` knows)."""
+    the old one waits in a `.<name>.old.tmp-*` directory, a leftover `files.remove_leftovers` knows)."""
     if dest.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.tmp-", dir=dest.parent))
         dest.rename(old / dest.name)
@@ -112,7 +112,7 @@ def save(path: str | Path, params: Any, batch_stats: Any, *, study: str | Path, 
     try:
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
             ckptr.save(tmp / ARRAYS, args=ocp.args.StandardSave(tree))
-        (tmp / METADATA).write_text(results.to_json({**meta, "files": _files(tmp)}))
+        (tmp / METADATA).write_text(files.to_json({**meta, "files": _files(tmp)}))
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

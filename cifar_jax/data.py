@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from cifar_jax import results
+from cifar_jax import files
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 
@@ -134,7 +134,7 @@ def load(name: str, data_dir: str | None = None, *, download: bool = True) -> Da
         return synthetic()
     root = resolve_data_dir(data_dir)
     if root.is_dir():  # temp files of interrupted cache writes and downloads (of dead processes)
-        results.remove_leftovers(root, recursive=False)
+        files.remove_leftovers(root, recursive=False)
     cache = _cache_path(name, root)
     if cache.is_file():
         return _read_npz(cache, name)
@@ -333,7 +333,7 @@ def _download(source: _Cifar, root: pathlib.Path) -> pathlib.Path:
     dest = root / source.python.tar
     digest = hashlib.sha256()
     with urllib.request.urlopen(source.url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
-        with results.atomic_file(dest) as out:  # the folder is made once the server has answered
+        with files.atomic_file(dest) as out:  # the folder is made once the server has answered
             size = 0
             while chunk := response.read(1 << 20):
                 out.write(chunk)
@@ -477,7 +477,7 @@ def _read_npz(path: pathlib.Path, name: str) -> Dataset:
 def _write_npz(path: pathlib.Path, ds: Dataset) -> None:
     """Caches a dataset atomically (temp file, then rename); a failure only costs speed later."""
     try:
-        with results.atomic_file(path) as f:
+        with files.atomic_file(path) as f:
             np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
                      y_test=ds.y_test, classes=np.array(ds.classes, dtype=str))
     except OSError as e:

@@ -18,8 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cifar_jax import results, run_record, summary
-from cifar_jax.results import ResultsError
+from cifar_jax import files, run_record, summary
+from cifar_jax.run_record import ResultsError
 
 DPI = 150
 STYLE = {
@@ -138,7 +138,7 @@ def save(fig: Figure, path: Path | str, crop: bool = False) -> Path:
     """Render to PNG in memory (cropped to content when the figure has no layout engine), write atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if crop else None)
-    return results.atomic_write_bytes(path, buffer.getvalue())
+    return files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def styled(fn: Callable[..., Path]) -> Callable[..., Path]:

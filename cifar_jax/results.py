@@ -1,6 +1,7 @@
-"""Study results on disk: atomic files, the study directory (run records, its lock, resume
-bookkeeping), the environment, and a study as tidy rows or pandas DataFrames (`frames`). The run
-record itself is `run_record`; statistics across seeds and their tables are `summary`."""
+"""Study results on disk: the study directory (run records, its lock, resume bookkeeping), the
+environment, and a study as tidy rows or pandas DataFrames (`frames`). Its files are written
+atomically (`files`); the run record itself is `run_record`; statistics across seeds and their
+tables are `summary`."""
 
 from __future__ import annotations
 
@@ -13,17 +14,14 @@ import math
 import os
 import platform
 import re
-import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
-import numpy as np
 
-from cifar_jax import run_record
+from cifar_jax import files, run_record
 from cifar_jax.run_record import ResultsError  # noqa: F401 (raised here; imported from here by callers)
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
@@ -32,153 +30,6 @@ _MAX_STEM = 120
 
 
 # ----------------------------------------------------------------------------- atomic writes
-
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy (or array-like) values for json.dumps, which only knows Python types."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "__array__"):
-        return np.asarray(obj).tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _strict(obj: Any) -> Any:
-    """The value with every NaN or ±inf float (numpy's and those inside arrays too) as None, so
-    it serialises as JSON's null: strict JSON that every language's parser reads."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, (np.generic, Path)) or hasattr(obj, "__array__"):
-        return _strict(_jsonable(obj))
-    return obj
-
-
-def to_json(obj: Any, indent: int | None = 2) -> str:
-    """Serialise to strict JSON (one line with `indent` None): NaN and ±inf become null, numpy
-    values are converted; the one JSON encoder of the project."""
-    try:
-        return json.dumps(_strict(obj), indent=indent, default=_jsonable, allow_nan=False) + "\n"
-    except (TypeError, ValueError) as err:
-        raise ResultsError(f"cannot serialise to JSON: {err}") from None
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
-    """A binary file that appears at `path` only once the block has finished: written to a
-    temp file beside it (.<name>.<pid>.<random>.tmp, which `remove_leftovers` recognises), synced
-    and renamed; on an error the temp file is removed. The one way the project writes a file
-    atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
-    """Write bytes atomically, so readers never see a partial file."""
-    with atomic_file(path) as f:
-        f.write(data)
-    return Path(path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename by syncing its directory (best effort: not every OS allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path | str, text: str) -> Path:
-    """Write UTF-8 text atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path | str, obj: Any) -> Path:
-    """Write JSON atomically (serialised first, so a bad object leaves the old file untouched)."""
-    return atomic_write_text(path, to_json(obj))
-
-
-def read_json(path: Path | str) -> Any:
-    """Read a JSON file, turning a corrupt file into a one-line ResultsError."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ResultsError(f"cannot read {path}: {err}") from None
-
-
-# ----------------------------------------------------------------------------- leftovers and output folders
-
-# atomic_file's .<name>.<pid>.<random>.tmp (older versions: no pid, or no random part)
-_TEMP_FILE = re.compile(r"^\..+?(?:\.(?P<pid>\d+))?(?:\.\w+)?\.tmp$")
-_TEMP_DIR = re.compile(r"^\..+\.tmp-\w+$")  # checkpoint.save's
-LEFTOVER_AGE_S = 2.0
-
-
-def remove_leftovers(root: Path | str, *, recursive: bool = True, min_age_s: float = LEFTOVER_AGE_S) -> list[Path]:
-    """Remove the temp files of interrupted atomic writes (`atomic_file`) and the temp folders of
-    interrupted checkpoint saves under `root` (only its top level without `recursive`); returns
-    them. One that may still be written is kept: its name's pid is a live process on this host, or
-    it changed in the last `min_age_s` seconds (a writer on another host of a shared folder)."""
-    removed = []
-    for folder, dirs, files in os.walk(root):
-        for name in [d for d in dirs if _TEMP_DIR.match(d)]:
-            dirs.remove(name)
-            if _idle(Path(folder, name), min_age_s):
-                shutil.rmtree(Path(folder, name), ignore_errors=True)
-                removed.append(Path(folder, name))
-        for name in files:
-            match = _TEMP_FILE.match(name)
-            if match and not (match["pid"] and _alive(int(match["pid"]))) and _idle(Path(folder, name), min_age_s):
-                with contextlib.suppress(OSError):
-                    Path(folder, name).unlink()
-                    removed.append(Path(folder, name))
-        if not recursive:
-            break
-    return removed
-
-
-def _idle(path: Path, seconds: float) -> bool:
-    """Whether nothing in `path` (a file, or a folder's whole tree) changed in the last `seconds`."""
-    try:
-        newest = max(p.stat().st_mtime for p in [path, *(path.rglob("*") if path.is_dir() else [])])
-    except OSError:
-        return False
-    return time.time() - newest >= seconds
-
-
-def unwritable(folder: Path | str) -> str | None:
-    """Why files cannot be written under `folder` (made when first written), or None; checked with
-    nothing created, so bad output flags fail before any work."""
-    folder = Path(folder).expanduser()
-    existing = next(p for p in [folder, *folder.parents] if p.exists() or p.is_symlink())
-    if not existing.is_dir():
-        return f"{existing} is {'a file' if existing.exists() else 'a broken link'}, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return None
-
 
 # ----------------------------------------------------------------------------- study directory
 
@@ -193,7 +44,7 @@ def run_file_stem(run_id: str) -> str:
 
 def plain(obj: Any) -> Any:
     """The value as it reads back from JSON (tuples → lists, numpy → Python)."""
-    return json.loads(to_json(obj))
+    return json.loads(files.to_json(obj))
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -255,7 +106,7 @@ class StudyDir:
         path = self._record_path(run_id)
         if not path.is_file():
             return None
-        rec = run_record.check(read_json(path), str(path))
+        rec = run_record.check(files.read_json(path), str(path))
         if rec["run_id"] != run_id:
             raise ResultsError(f"{path}: holds run {rec['run_id']!r}, expected {run_id!r}")
         return rec
@@ -265,7 +116,7 @@ class StudyDir:
         if not self.runs_dir.is_dir():
             return []
         paths = sorted(p for p in self.runs_dir.glob("*.json") if not p.name.startswith("."))
-        loaded = [run_record.check(read_json(p), str(p)) for p in paths]
+        loaded = [run_record.check(files.read_json(p), str(p)) for p in paths]
         groups = run_record.group_by_config(loaded)
         return [rec for group in groups.values() for rec in sorted(group, key=lambda r: r["seed"])]
 
@@ -293,7 +144,7 @@ class StudyDir:
     def write_record(self, record: dict) -> Path:
         """Store a run record atomically (replacing an older one of the same run)."""
         run_record.check(record, "write_record")
-        return atomic_write_json(self._record_path(record["run_id"]), record)
+        return files.atomic_write_json(self._record_path(record["run_id"]), record)
 
     def _root_file(self, name: str) -> Path:
         """Path of a root-level file; names with directories are refused."""
@@ -303,11 +154,11 @@ class StudyDir:
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write a root-level JSON file (config.json, env.json, summary.json, ...) atomically."""
-        return atomic_write_json(self._root_file(name), obj)
+        return files.atomic_write_json(self._root_file(name), obj)
 
     def write_text(self, name: str, text: str) -> Path:
         """Write a root-level text file (flags.txt, report tables, ...) atomically."""
-        return atomic_write_text(self._root_file(name), text)
+        return files.atomic_write_text(self._root_file(name), text)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -365,24 +216,11 @@ def _stale(path: Path, owner: dict | None, host: str) -> bool:
     """Whether a study lock may be taken over: its process on this host is gone, or it stayed
     unreadable (a lock whose writer was killed) for more than 10 s."""
     if owner is not None:
-        return owner.get("host") == host and not _alive(owner.get("pid"))
+        return owner.get("host") == host and not files.pid_alive(owner.get("pid"))
     try:
         return time.time() - path.stat().st_mtime > 10
     except FileNotFoundError:
         return True
-
-
-def _alive(pid: Any) -> bool:
-    """Whether a process with this pid runs on this host."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ----------------------------------------------------------------------------- environment

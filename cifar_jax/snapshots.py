@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cifar_jax import results
+from cifar_jax import files
 
 
 class Snapshots:
@@ -33,7 +33,7 @@ class Snapshots:
     @staticmethod
     def key(runs: list[tuple[str, dict]]) -> str:
         """The name of the snapshot of these runs (id and config of each, in order)."""
-        return hashlib.sha256(results.to_json(runs, indent=None).encode()).hexdigest()[:20]
+        return hashlib.sha256(files.to_json(runs, indent=None).encode()).hexdigest()[:20]
 
     def _path(self, key: str, epoch: int) -> Path:
         return self.directory / f"{key}-{epoch}.npz"
@@ -54,7 +54,7 @@ class Snapshots:
         """Keep the (host) state after `epoch` epochs (atomically; the older snapshot stays until
         `prune`, so a kill between this and the records' write still finds one they have reached)."""
         leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
-        with results.atomic_file(self._path(key, epoch)) as f:
+        with files.atomic_file(self._path(key, epoch)) as f:
             np.savez(f, **{f"leaf{i}": x for i, x in enumerate(leaves)})
         self._last = time.monotonic()
 

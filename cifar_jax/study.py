@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from cifar_jax import checkpoint, config, data, engine, models, plots, results, run_record, splits, summary, tensorboard, train
+from cifar_jax import checkpoint, config, data, engine, files, models, plots, results, run_record, splits, summary, tensorboard, train
 from cifar_jax.config import Config, ConfigError, Run
 from cifar_jax.options import Option
 from cifar_jax.snapshots import Snapshots
@@ -177,7 +177,7 @@ def is_lead() -> bool:
 def remove_leftovers(root: Path) -> None:
     """Remove the temp files and folders that interrupted writes left in a study (by its owner,
     the lead process, while it holds the study's lock)."""
-    removed = results.remove_leftovers(root) if is_lead() else []
+    removed = files.remove_leftovers(root) if is_lead() else []
     if removed:
         log(f"{root}: removed {len(removed)} temporary file(s) left by an interrupted run")
 
@@ -255,7 +255,7 @@ def save_checkpoint(path: Path, st: results.StudyDir, run: Run, variables: tuple
 def _saving_final(st: results.StudyDir, planned: list[Run], on_state: Callable | None) -> Callable:
     """--save_final: train again the finished runs without a checkpoint; the hook that saves
     each run's final variables (after `on_state`, the study's own hook)."""
-    results.remove_leftovers(st.root / "checkpoints")
+    files.remove_leftovers(st.root / "checkpoints")
     todo = set(st.pending([(r.run_id, r.config) for r in planned]))
     for run in planned:
         if run.run_id not in todo and not final_checkpoint(st, run.run_id).exists():
@@ -504,7 +504,7 @@ def parse_flags(argv: list[str], fl: flags.FlagValues = flags.FLAGS) -> list[str
 def check_writable(folder: Path | str, flag: str) -> None:
     """Refuse an output folder that cannot be written (a file, under a file, read-only), naming
     `flag`, before anything is loaded or written."""
-    problem = results.unwritable(folder)
+    problem = files.unwritable(folder)
     if problem:
         raise ConfigError(f"{flag}={folder}: {problem}")
 

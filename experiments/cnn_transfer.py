@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import checkpoint, config, data, models, plots, results, run_record, splits, study, summary, train
+from cifar_jax import checkpoint, config, data, files, models, plots, results, run_record, splits, study, summary, train
 from cifar_jax.options import Option, table
 from experiments import pretraining, reproduce
 
@@ -178,7 +178,7 @@ def backbone_change(restored: dict, params: dict, batch_stats: dict) -> dict:
 def _save_npy(path: Path, array: np.ndarray) -> None:
     buffer = io.BytesIO()
     np.save(buffer, array)
-    results.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
 
 
 def _predictions_path(st: results.StudyDir, run_id: str) -> Path:
@@ -288,7 +288,7 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
         params, batch_stats = variables
         if "pretrained" in run.inputs:
             change = backbone_change(restored[run.seed], params, batch_stats)
-            results.atomic_write_json(_backbone_path(st, run.run_id), change)
+            files.atomic_write_json(_backbone_path(st, run.run_id), change)
         _save_npy(_predictions_path(st, run.run_id), predict(run.spec, params, batch_stats, prepared.data))
 
     return study.run(cfg, "cnn_transfer", f"{TITLE}: the target task", lambda p: planned, part="target",

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import checkpoint, config, plots, results, run_record, study, summary, surfaces, train
+from cifar_jax import checkpoint, config, files, plots, results, run_record, study, summary, surfaces, train
 from cifar_jax.options import Option, table
 
 TITLE = "Linear mode connectivity"
@@ -109,7 +109,7 @@ def spawn_path(pst: results.StudyDir, run_id: str, k: int) -> Path:
 
 def save_spawn(path: Path, state: dict) -> None:
     """One run's spawn state, as the leaves of SPAWNED in order (atomic)."""
-    with results.atomic_file(path) as f:
+    with files.atomic_file(path) as f:
         np.savez(f, *[np.asarray(x) for x in jax.tree_util.tree_leaves(state)])
 
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import checkpoint, config, models, plots, results, run_record, schedules, study, surfaces, train
+from cifar_jax import checkpoint, config, files, models, plots, results, run_record, schedules, study, surfaces, train
 from cifar_jax.options import Option, table
 
 TITLE = "Loss surface"
@@ -222,7 +222,7 @@ def write(st: results.StudyDir, out: dict[str, np.ndarray], s: dict, header: str
     """surface.md, surface.json, surface.npz and the two figures."""
     buffer = io.BytesIO()
     np.savez(buffer, **out)
-    results.atomic_write_bytes(st.root / "surface.npz", buffer.getvalue())
+    files.atomic_write_bytes(st.root / "surface.npz", buffer.getvalue())
     st.write_json("surface.json", s)
     st.write_text("surface.md", markdown(s, header))
     paths = {"initial (t=0) → final (t=1)": "init"} | ({f"this run (t=0) → {s['other_run']} (t=1)": "other"} if s["other_run"] else {})

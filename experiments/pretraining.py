@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cifar_jax import checkpoint, config, results, study
+from cifar_jax import checkpoint, config, files, results, study
 from cifar_jax.options import Option, table
 
 OPTIONS = table(
@@ -39,7 +39,7 @@ def check(cfg: config.Config, parent: results.StudyDir, st: results.StudyDir,
           pretrained: list[tuple[config.Run, Path]]) -> None:
     """Before the pretraining part `st` trains (`study.run`'s `before`, under its lock): remove the
     leftovers of killed saves, then check the checkpoint of every finished (run, checkpoint path)."""
-    results.remove_leftovers(checkpoint_root(cfg, parent))
+    files.remove_leftovers(checkpoint_root(cfg, parent))
     paths = {run.run_id: path for run, path in pretrained}
     for run in finished(st, [run for run, _ in pretrained]):
         path = paths[run.run_id]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cifar_jax import config, data, results, run_record, study
+from cifar_jax import config, data, files, run_record, study
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,7 +69,7 @@ BAD = [  # (flags, what the one line must name); {tmp} is the test's folder, {fi
 ]
 
 
-def files(folder: Path) -> set[Path]:
+def tree(folder: Path) -> set[Path]:
     return set(folder.rglob("*"))
 
 
@@ -96,12 +96,12 @@ def test_the_table_has_forty_bad_inputs_or_more():
 
 @pytest.mark.parametrize("args,needle", BAD)
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, start, args, needle):
-    before = files(tmp_path)
+    before = tree(tmp_path)
     fill = dict(tmp=tmp_path, file=tmp_path / "file")
     code, lines = start(*args.format(**fill).split())
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: ") and needle.format(**fill) in lines[0], lines[0]
-    assert files(tmp_path) == before  # no study folder, no results folder, no cache
+    assert tree(tmp_path) == before  # no study folder, no results folder, no cache
 
 
 def test_a_read_only_results_dir_is_refused_before_any_work(tmp_path, start):
@@ -119,10 +119,10 @@ def test_a_read_only_results_dir_is_refused_before_any_work(tmp_path, start):
 
 
 def test_unwritable_output_folders_are_named(tmp_path):
-    assert results.unwritable(tmp_path / "new" / "deeper") is None  # made when first written
+    assert files.unwritable(tmp_path / "new" / "deeper") is None  # made when first written
     assert not (tmp_path / "new").exists()
-    assert results.unwritable(__file__) == f"{__file__} is a file, not a folder"
-    assert results.unwritable(f"{__file__}/a/b") == f"{__file__} is a file, not a folder"
+    assert files.unwritable(__file__) == f"{__file__} is a file, not a folder"
+    assert files.unwritable(f"{__file__}/a/b") == f"{__file__} is a file, not a folder"
 
 
 # ----------------------------------------------------------------------------- strict JSON and leftovers
@@ -163,7 +163,7 @@ def plant_leftovers(root: Path) -> dict[str, Path]:
 
 def test_remove_leftovers_keeps_what_may_still_be_written(tmp_path):
     planted = plant_leftovers(tmp_path)
-    removed = results.remove_leftovers(tmp_path)
+    removed = files.remove_leftovers(tmp_path)
     assert set(removed) == {planted["dead"], planted["old_format"], planted["checkpoint"]}
     assert {name for name, path in planted.items() if path.exists()} == {"live", "fresh", "ours", "hidden"}
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import checkpoint, models, results
+from cifar_jax import checkpoint, files, models, results
 
 ROOT = Path(__file__).resolve().parents[1]
 DROPOUT = models.ModelConfig("baseline", use_dropout=True)
@@ -274,6 +274,6 @@ def test_the_leftovers_of_killed_saves_are_what_results_removes(tmp_path, monkey
             checkpoint.save(tmp_path / "ck2", params, stats, **OF, metrics={"bad": object()}, config={})
     leftovers = sorted(p.name.split("-")[0] for p in tmp_path.iterdir() if p.name.startswith("."))
     assert leftovers == [".ck.old.tmp", ".ck2.tmp"]
-    removed = results.remove_leftovers(tmp_path, min_age_s=0)
+    removed = files.remove_leftovers(tmp_path, min_age_s=0)
     assert len(removed) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
     checkpoint.verify(path, OF)

@@ -7,7 +7,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cifar_jax import plots, results, run_record, summary
+from cifar_jax import files, plots, results, run_record, summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -120,7 +120,7 @@ def diverged_at(record: dict, epoch: int) -> dict:
     for entry in record["epochs"][epoch - 1:]:
         entry.update(train_loss=nan, val_loss=nan, train_acc=nan, val_acc=nan)
     record.update(status="diverged", diverged_epoch=epoch, test={"loss": nan, "acc": nan, "top5": nan})
-    return json.loads(results.to_json(record))
+    return json.loads(files.to_json(record))
 
 
 @pytest.fixture

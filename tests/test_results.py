@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cifar_jax import results, summary
+from cifar_jax import files, results, summary
 from cifar_jax.results import ResultsError, StudyDir
 
 
@@ -37,7 +37,7 @@ def test_atomic_json_round_trip_with_nan_and_numpy(tmp_path):
     path = tmp_path / "sub" / "x.json"
     obj = {"nan": float("nan"), "f32": np.float32(0.5), "i": np.int64(3), "arr": np.arange(3), "t": (1, 2),
            "inf": np.float32("-inf"), "arr_nan": np.array([1.5, np.nan, np.inf])}
-    results.atomic_write_json(path, obj)
+    files.atomic_write_json(path, obj)
     back = strict_json(path.read_text())  # non-finite numbers are JSON's null
     assert back["nan"] is None and back["inf"] is None and back["arr_nan"] == [1.5, None, None]
     assert back["f32"] == 0.5 and back["i"] == 3
@@ -47,10 +47,10 @@ def test_atomic_json_round_trip_with_nan_and_numpy(tmp_path):
 
 def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path):
     path = tmp_path / "x.json"
-    results.atomic_write_json(path, {"a": 1})
+    files.atomic_write_json(path, {"a": 1})
     with pytest.raises(ResultsError):
-        results.atomic_write_json(path, {"bad": object()})
-    results.atomic_write_text(tmp_path / "t.txt", "héllo\n")
+        files.atomic_write_json(path, {"bad": object()})
+    files.atomic_write_text(tmp_path / "t.txt", "héllo\n")
     assert json.loads(path.read_text()) == {"a": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt", "x.json"]
     assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "héllo\n"
@@ -171,6 +171,6 @@ def test_environment_keys_and_git(monkeypatch, tmp_path):
     assert env["backend"] and env["devices"]
     git = env["git"]
     assert git is None or (re.fullmatch(r"[0-9a-f]{40}", git["commit"]) and isinstance(git["dirty"], bool))
-    json.loads(results.to_json(env))
+    json.loads(files.to_json(env))
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable
     assert results.environment()["git"] is None
