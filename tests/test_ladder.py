@@ -1,11 +1,9 @@
 """The seeds/001 ladder: each stage's flags are the previous stage's plus one change, the plan
-refuses a stage without the stage it builds on, the U verdict, and a tiny ladder end to end."""
-import json
-
+refuses a stage without the stage it builds on, and the U verdict (a tiny ladder end to end:
+tests/test_in_process.py)."""
 import pytest
 
 from cifar_jax import config
-from conftest import run_experiment
 from experiments import ladder
 
 
@@ -45,17 +43,3 @@ def test_a_validation_loss_that_turns_up_is_a_u():
     u = ladder.stage_row("baseline", None, [_record([1.2, 0.9, 1.1, 1.4])])
     assert u["u_shape"] and u["min_val_loss"]["mean"] == pytest.approx(0.9) and u["min_val_epoch"]["mean"] == 2
     assert not ladder.stage_row("bn", "x", [_record([1.2, 0.9, 0.8, 0.82])])["u_shape"]
-
-
-def test_a_tiny_ladder_end_to_end(tmp_path):
-    out = run_experiment("ladder", "--dataset=synthetic", "--model=mlp", "--hidden=16", "--normalization=none",
-                         "--stages=baseline,standardised", "--long_stages=standardised", "--long_epochs=2", "--epochs=1",
-                         "--seeds=2", "--split=400/100", f"--results_dir={tmp_path}", "--name=ladder")
-    assert out.returncode == 0, out.stderr[-3000:]
-    root = tmp_path / "ladder"
-    rows = json.loads((root / "ladder.json").read_text())
-    assert [r["stage"] for r in rows] == ["baseline", "standardised", "standardised_long"]
-    assert all(r["n"] == 2 for r in rows)
-    assert {p.name for p in (root / "figures").glob("*.png")} == {"standardised_vs_baseline.png",
-                                                                  "standardised_long_vs_standardised.png"}
-    assert "total parameters" in (root / "model.md").read_text()
