@@ -39,14 +39,17 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from matplotlib.figure import Figure
 import numpy as np
 
 from cifar_jax import checkpoint, config, data, files, models, plots, results, run_record, splits, study, summary, train
 from cifar_jax.options import Option, table
 from experiments import pretraining, reproduce
+
 
 BASELINES = ("scratch", "linear_probe", "fine_tune")
 TITLE = "CNN transfer"
@@ -422,7 +425,7 @@ def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict],
         n_all = int(((pb == labels) & (pw != labels)).sum())
         captions = [f"test image {i}\ntrue: {ds.classes[labels[i]]}\nbest: {ds.classes[pb[i]]} ✓\n"
                     f"worst: {ds.classes[pw[i]]} ✗" for i in shown]
-        plots.image_examples(ds.x_test[shown], captions, figure,
+        image_examples(ds.x_test[shown], captions, figure,
                              f"Right by the best model, wrong by the worst\nbest {best['run_id']} "
                              f"(test {100 * best['test']['acc']:.2f}%), worst {worst['run_id']} "
                              f"(test {100 * worst['test']['acc']:.2f}%)",
@@ -444,6 +447,28 @@ def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict],
     plots.accuracy_against(rows, "lr", parent.figures_dir / "accuracy_vs_lr.png",
                            f"{TITLE}: accuracy against the learning rate per baseline (mean ± std over seeds)")
     study.log("\n" + (parent.root / "baselines.md").read_text())
+
+
+# ----------------------------------------------------------------------------- figures
+
+@plots.styled
+def image_examples(images: np.ndarray, captions: Sequence[str], path: Path | str, title: str,
+                   note: str = "no images") -> Path:
+    """Images (uint8 [n, H, W, C]) in one row, each titled by its caption (e.g. its true label and
+    two models' predictions); with no image, a panel saying `note`."""
+    images = np.asarray(images)
+    fig = Figure(figsize=(2.5 * max(len(images), 2), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(len(images), 1)))
+    for ax, image, caption in zip(axes, images, captions):
+        gray = image.shape[-1] == 1
+        ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, interpolation="nearest")
+        ax.set_title(caption, fontsize=10)
+    for ax in axes:
+        ax.axis("off")
+    if not len(images):
+        axes[0].text(0.5, 0.5, note, transform=axes[0].transAxes, ha="center", va="center", color="0.4")
+    fig.suptitle(title)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from matplotlib.figure import Figure
 import numpy as np
 
 from cifar_jax import checkpoint, config, files, plots, results, run_record, study, summary, surfaces, train
 from cifar_jax.options import Option, table
+
 
 TITLE = "Linear mode connectivity"
 SPAWNED = ("params", "batch_stats", "opt_state", "step")  # what a child takes from its parent's state
@@ -280,7 +282,7 @@ def analyse(cfg: config.Config, root: results.StudyDir, cst: results.StudyDir, f
         for split, name in (("test", "connectivity.png"), ("train", "connectivity_train.png")):
             errors = {k: np.array([1 - np.asarray(p[split]["acc"]) for p in pairs if p["k"] == k]) for k in ks}
             barriers = {k: [p[split]["error_barrier"] for p in pairs if p["k"] == k] for k in ks}
-            plots.connectivity(ts, errors, barriers, root.figures_dir / name,
+            connectivity(ts, errors, barriers, root.figures_dir / name,
                                f"{TITLE} ({split} {'set' if split == 'test' else 'subset'}): {cfg.model.name}, "
                                f"{cfg.epochs} epochs")
         study.log("\n" + markdown(pairs, ks, header, check))
@@ -297,6 +299,41 @@ def main(cfg: config.Config) -> None:
     train_parents(cfg, pst, parents, ks, prepared)
     families = train_children(cfg, pst, cst, parents, ks, prepared)
     analyse(cfg, root, cst, families, ks, prepared)
+
+
+# ----------------------------------------------------------------------------- figures
+
+@plots.styled
+def connectivity(ts: np.ndarray, errors_by_k: dict[int, np.ndarray], barriers_by_k: dict[int, np.ndarray],
+                 path: Path | str, title: str) -> Path:
+    """Frankle et al.'s instability figures: test error along the linear path between two children
+    for each spawn epoch k (mean over pairs, band ± std; errors_by_k[k]: [pairs, points]), and the
+    error barrier against k (mean ± std over pairs, each pair a faint dot)."""
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_path, ax_k = fig.subplots(1, 2)
+    for i, (k, errors) in enumerate(errors_by_k.items()):
+        mean, std = 100 * np.nanmean(errors, 0), 100 * np.nanstd(errors, 0)
+        ax_path.plot(ts, mean, color=plots.PALETTE[i % len(plots.PALETTE)], lw=2, label=f"k = {k}")
+        ax_path.fill_between(ts, mean - std, mean + std, color=plots.PALETTE[i % len(plots.PALETTE)], alpha=0.15, lw=0)
+    ks = np.array(list(barriers_by_k), dtype=np.float64)
+    for k, values in barriers_by_k.items():
+        ax_k.scatter(np.full(len(values), k), 100 * np.asarray(values), s=14, color=plots.PALETTE[0], alpha=0.35)
+    ax_k.errorbar(ks, [100 * np.nanmean(v) for v in barriers_by_k.values()],
+                  yerr=[100 * np.nanstd(v) for v in barriers_by_k.values()], fmt="-o", color=plots.PALETTE[0], lw=2,
+                  capsize=4)
+    ax_k.axhline(0.0, color="0.3", lw=1, ls=":")
+    if len(ks) and ks.min() >= 0 and ks.max() > 0:
+        ax_k.set_xscale("symlog", linthresh=1)
+    ax_k.set_xticks(ks, [f"{k:g}" for k in ks])
+    ax_path.legend(frameon=False, title="spawn epoch")
+    for ax, name, xlabel, unit in ((ax_path, "Test error along the path between two children", "t", "test error (%)"),
+                                   (ax_k, "Error barrier against the spawn epoch k", "k (epochs)",
+                                    "barrier (percentage points)")):
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(unit)
+    fig.suptitle(title)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,15 @@ instead. generalisation_gap.md/.json and figures/generalisation_gap.png say whic
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+import numpy as np
 
 from cifar_jax import config, plots, results, run_record, study, summary
+from cifar_jax.run_record import ResultsError
+
 
 TRAIN_SOURCES = {
     "final_train": "eval-mode pass over the training split after the last epoch (--eval_train)",
@@ -87,7 +94,7 @@ def write_gap(st: results.StudyDir, records: list[dict]) -> dict:
     st.write_json("generalisation_gap.json", out)
     text = gap_markdown(rows, best, source)
     st.write_text("generalisation_gap.md", text)
-    plots.generalisation_gap(rows, st.figures_dir / "generalisation_gap.png",
+    generalisation_gap(rows, st.figures_dir / "generalisation_gap.png",
                              "Dropout sweep: generalisation gap at the end of training (train side: "
                              + ("eval-mode pass)" if source == "final_train" else "running averages)"))
     study.log("\n" + text)
@@ -97,6 +104,37 @@ def write_gap(st: results.StudyDir, records: list[dict]) -> dict:
 def main(cfg: config.Config) -> None:
     study.run(cfg, "dropout_sweep", "Dropout sweep",
               lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes), analysis=write_gap)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _gap_panel(ax: Axes, rows: list[dict], key: str, scale: float, color: tuple) -> None:
+    """One gap against the dropout rate: mean ± std across seeds as error bars, each seed a faint dot."""
+    kept = [r for r in rows if r[key]["mean"] is not None]
+    if not kept:
+        plots.no_data(ax, "no finished runs")
+        return
+    for r in kept:
+        seeds = scale * np.asarray(r[key]["values"], dtype=np.float64)
+        ax.scatter(np.full(seeds.size, r["rate"]), seeds, s=14, color=color, alpha=0.35, label="seed")
+    rates = np.array([r["rate"] for r in kept])
+    ax.errorbar(rates, [scale * r[key]["mean"] for r in kept], yerr=[scale * r[key]["std"] for r in kept],
+                fmt="-o", color=color, lw=2, ms=5, capsize=4, label="mean ± std across seeds")
+    ax.axhline(0.0, color="0.3", lw=1, ls=":")
+    ax.set_xticks(np.unique(rates))
+
+
+@plots.styled
+def generalisation_gap(rows: list[dict], path: Path | str, title: str) -> Path:
+    """Final train − val accuracy and loss gaps vs dropout rate (rows: rate, acc_gap and loss_gap statistics)."""
+    if not rows:
+        raise ResultsError("generalisation_gap: no rows")
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2, sharex=True)
+    _gap_panel(ax_acc, rows, "acc_gap", 100.0, plots.PALETTE[0])
+    _gap_panel(ax_loss, rows, "loss_gap", 1.0, plots.PALETTE[1])
+    return plots.finish_pair(fig, title, "dropout rate", ((ax_acc, "Accuracy gap (train − val)", "percentage points"),
+                                                      (ax_loss, "Loss gap (train − val)", "cross-entropy difference")), path)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,16 @@ other configuration.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from cifar_jax import config, gradient_plots, options, plots, results, run_record, study, summary
 from cifar_jax.options import Option, table
+
 
 OPTIONS = table(
     Option("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.", kind="int", low=0),
@@ -204,10 +208,10 @@ def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str, 
     st.write_json("configs.json", rows)
     st.write_text("configs.md", configs_markdown(rows, title))
     for name, group in run_record.group_by_config(records).items():
-        plots.cost_loss_accuracy(group, st.figures_dir / f"cost_{results.run_file_stem(name)}.png", f"{title}: {name}")
+        cost_loss_accuracy(group, st.figures_dir / f"cost_{results.run_file_stem(name)}.png", f"{title}: {name}")
     by_config = run_record.group_by_config(records)
     if len(by_config) > 1:
-        plots.training_comparison(by_config, st.figures_dir / "training_comparison.png",
+        training_comparison(by_config, st.figures_dir / "training_comparison.png",
                                   f"{title}: training loss, training and validation accuracy")
     if any(r.get("grad_stats") for r in records):
         first = {name: group[0] for name, group in by_config.items() if group[0].get("grad_stats")}
@@ -239,6 +243,82 @@ def main(cfg: config.Config) -> None:
     study.run(cfg, "grid_study", own.title, lambda p: grid_runs(cfg, p, own.cycles),
               analysis=lambda st, records: analyse(st, records, own.cycles, own.title, own.at_epochs),
               extra={"cycles": own.cycles})
+
+
+# ----------------------------------------------------------------------------- figures
+
+@plots.styled
+def cost_loss_accuracy(records: list[dict], path: Path | str, title: str) -> Path:
+    """seeds/002's figure for the seeds of ONE configuration: cost (loss + λ·ΣW²), loss and
+    accuracy per epoch, training (eval mode where recorded, else running averages) and
+    validation; each seed thin, the mean of the non-diverged seeds bold."""
+    train = "train_eval" if any(np.isfinite(run_record.curve(r, "train_eval_loss")).any() for r in records) else "train"
+    panels = (("cost", "cost (loss + λ·ΣW²)"), ("loss", "cross-entropy loss"), ("acc", "accuracy (%)"))
+    fig = Figure(figsize=(14, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3, sharex=True)
+    for ax, (metric, label) in zip(axes, panels):
+        for k, (prefix, name) in enumerate(((train, "training"), ("val", "validation"))):
+            kept = []
+            for rec in records:
+                values = run_record.cost_curve(rec, prefix) if metric == "cost" else plots.plotted(rec, f"{prefix}_{metric}")
+                values = plots.until_divergence(rec, values)
+                if np.isfinite(values).any():
+                    ax.plot(plots.epochs_axis(values), values, color=plots.PALETTE[k], lw=0.8, alpha=0.35)
+                    if rec.get("status") != "diverged":
+                        kept.append(values)
+            if kept:
+                mean, _ = plots.mean_std(kept)
+                ax.plot(plots.epochs_axis(mean), mean, color=plots.PALETTE[k], lw=2.4, label=f"{name} (mean of {len(kept)})")
+        ax.set_title(label)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title + ("" if train == "train_eval" else " (training: running averages, train mode)"))
+    plots.figure_legend(fig, axes, ncol=2)
+    return plots.save(fig, path)
+
+
+@plots.styled
+def training_comparison(records_by_config: dict[str, list[dict]], path: Path | str, title: str,
+                        smooth: int = 1) -> Path:
+    """The optimiser-comparison figure: training loss per iteration (the --loss_every trace,
+    else per epoch), training accuracy (eval mode where recorded) and validation accuracy per
+    epoch; one line per configuration, the mean over its non-diverged seeds."""
+    fig = Figure(figsize=(14, 4.6), layout="constrained")
+    axes = fig.subplots(1, 3)
+    traced = any(run_record.loss_trace(r).size for recs in records_by_config.values() for r in recs)
+    train = "train_eval_acc" if any(np.isfinite(run_record.curve(r, "train_eval_acc")).any()
+                                    for recs in records_by_config.values() for r in recs) else "train_acc"
+    for i, (name, records) in enumerate(records_by_config.items()):
+        kept = [r for r in records if plots.diverged_at(r) is None]
+        style, diverged = plots.line_style(i), plots.diverged_epochs(records)
+        label = f"{name} ({plots.diverged_note(diverged, len(records))})" if diverged else name
+        if not kept:  # no line, but the legend says when its seeds diverged
+            axes[0].plot([], [], lw=2, label=label, **style)
+            continue
+        if traced:
+            every = kept[0]["config"].get("loss_every") or 1
+            mean, _ = plots.mean_std([run_record.loss_trace(r) for r in kept])
+            mean = plots.moving_average(mean, smooth)
+            axes[0].plot(every * np.arange(1, len(mean) + 1), mean, lw=1.2, label=label, **style)
+        else:
+            mean, _ = plots.mean_std([run_record.curve(r, "train_loss") for r in kept])
+            axes[0].plot(plots.epochs_axis(mean), mean, lw=2, label=label, **style)
+        for ax, key in ((axes[1], train), (axes[2], "val_acc")):
+            mean, _ = plots.mean_std([100 * run_record.curve(r, key) for r in kept])
+            ax.plot(plots.epochs_axis(mean), mean, lw=2, marker="o", ms=3, label=label, **style)
+    axes[0].set_xlabel("iteration" if traced else "epoch")
+    axes[0].set_ylabel("training loss")
+    axes[0].set_title("training loss" + (f" per iteration (moving average of {smooth})" if traced and smooth > 1
+                                         else " per iteration" if traced else " per epoch (running average)"))
+    for ax, what in ((axes[1], "training accuracy" + (" (eval mode)" if train == "train_eval_acc" else "")),
+                     (axes[2], "validation accuracy")):
+        ax.set_title(what)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    plots.figure_legend(fig, axes, ncol=4)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,16 @@ loss and top-1/top-5 accuracy.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from cifar_jax import config, models, plots, run_record, study, summary
 from cifar_jax.options import Option, table
+
 
 # name → (the stage it builds on, its change to that stage's flags). A change sets Config fields,
 # per-run options (tuples) or, under "model", ModelConfig fields.
@@ -155,9 +159,38 @@ def main(cfg: config.Config) -> None:
     root.write_text("model.md", model_markdown(cfg.model, first.prepared.dataset.image_shape, first.finished))
     for stage, parent in stages:
         if parent:
-            plots.stage_comparison({parent: records[parent], stage: records[stage]},
+            stage_comparison({parent: records[parent], stage: records[stage]},
                                    root.figures_dir / f"{stage}_vs_{parent}.png", f"{title}: {stage} against {parent}")
     study.log("\n" + ladder_markdown(rows, title, cfg.own.long_epochs))
+
+
+# ----------------------------------------------------------------------------- figures
+
+@plots.styled
+def stage_comparison(records_by_config: dict[str, list[dict]], path: Path | str, title: str) -> Path:
+    """Two or more configurations (e.g. a ladder stage and the stage it builds on) side by side:
+    loss, top-1 and top-5 accuracy per epoch, training (running average, dashed) and validation
+    (solid), the mean over each configuration's non-diverged seeds with a ±1 std band."""
+    fig = Figure(figsize=(14, 4.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for i, (name, records) in enumerate(records_by_config.items()):
+        kept = [r for r in records if r.get("status") != "diverged"]
+        color = plots.PALETTE[i % len(plots.PALETTE)]
+        for ax, metric in zip(axes, ("loss", "acc", "top5")):
+            scale = 1.0 if metric == "loss" else 100.0
+            for split, ls in (("train", "--"), ("val", "-")):
+                mean, std = plots.mean_std([scale * run_record.curve(r, f"{split}_{metric}") for r in kept])
+                if np.isfinite(mean).any():
+                    ax.plot(plots.epochs_axis(mean), mean, color=color, ls=ls, lw=1.8, label=f"{name} ({split})")
+                    ax.fill_between(plots.epochs_axis(mean), mean - std, mean + std, color=color, alpha=0.12, lw=0)
+    for ax, what in zip(axes, ("cross-entropy loss", "top-1 accuracy (%)", "top-5 accuracy (%)")):
+        ax.set_title(what)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    plots.figure_legend(fig, axes, ncol=4)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

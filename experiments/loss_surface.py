@@ -21,14 +21,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from matplotlib.figure import Figure
 import numpy as np
 
 from cifar_jax import checkpoint, config, files, models, plots, results, run_record, schedules, study, surfaces, train
 from cifar_jax.options import Option, table
+
 
 TITLE = "Loss surface"
 METRICS = ("loss", "acc", "top5")
@@ -226,10 +229,10 @@ def write(st: results.StudyDir, out: dict[str, np.ndarray], s: dict, header: str
     st.write_json("surface.json", s)
     st.write_text("surface.md", markdown(s, header))
     paths = {"initial (t=0) → final (t=1)": "init"} | ({f"this run (t=0) → {s['other_run']} (t=1)": "other"} if s["other_run"] else {})
-    plots.surface_paths({label: {split: out[f"{key}_{split}"] for split in ("train", "test")}
+    surface_paths({label: {split: out[f"{key}_{split}"] for split in ("train", "test")}
                          for label, key in paths.items()}, out["ts"], st.figures_dir / "surface_1d.png",
                         f"{TITLE}: linear paths from {s['run']}")
-    plots.surface_contours(out["coords"], {"train loss (subset)": out["train_plane"][..., 0],
+    surface_contours(out["coords"], {"train loss (subset)": out["train_plane"][..., 0],
                                            "test loss": out["test_plane"][..., 0],
                                            "test accuracy (%)": 100 * out["test_plane"][..., 1]},
                            st.figures_dir / "surface_2d.png",
@@ -276,6 +279,43 @@ def main(cfg: config.Config) -> None:
                         runs=lambda p: config.grid(source, len(p.train_idx), p.dataset.num_classes),
                         figures=cfg.epochs > 1).study
     surface(cfg, src)
+
+
+# ----------------------------------------------------------------------------- figures
+
+@plots.styled
+def surface_paths(paths: dict[str, dict[str, np.ndarray]], ts: np.ndarray, path: Path | str, title: str) -> Path:
+    """Loss and top-1 accuracy along 1-D linear paths: `paths` maps a label to {split: [points, 3]}
+    (loss, top-1, top-5) at the coefficients `ts`; training subset solid, test dashed."""
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2, sharex=True)
+    for i, (label, by_split) in enumerate(paths.items()):
+        for split, ls in (("train", "-"), ("test", "--")):
+            values = by_split[split]
+            ax_loss.plot(ts, values[:, 0], ls, color=plots.PALETTE[i], lw=2, label=f"{label}, {split}")
+            ax_acc.plot(ts, 100 * values[:, 1], ls, color=plots.PALETTE[i], lw=2, label=f"{label}, {split}")
+    return plots.finish_pair(fig, title, "t (0: start, 1: end)", ((ax_loss, "Loss", "cross-entropy loss"),
+                                                             (ax_acc, "Top-1 accuracy", "accuracy (%)")), path)
+
+
+@plots.styled
+def surface_contours(coords: np.ndarray, grids: dict[str, np.ndarray], path: Path | str, title: str) -> Path:
+    """Contour panels of 2-D grids over (α, β) ∈ coords² (grids[name][i, j] at α = coords[i],
+    β = coords[j]), the centre (the run itself) marked."""
+    fig = Figure(figsize=(5.2 * len(grids), 4.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(grids)))
+    for ax, (name, grid) in zip(axes, grids.items()):
+        finite = np.where(np.isfinite(grid), grid, np.nan)
+        filled = ax.contourf(coords, coords, finite.T, levels=20, cmap="viridis")
+        ax.contour(coords, coords, finite.T, levels=10, colors="white", linewidths=0.5, alpha=0.6)
+        fig.colorbar(filled, ax=ax)
+        ax.plot([0], [0], "*", color="red", ms=12, label="the run")
+        ax.set_xlabel("α (direction 1)")
+        ax.set_ylabel("β (direction 2)")
+        ax.set_title(name)
+        ax.grid(False)
+    fig.suptitle(title)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

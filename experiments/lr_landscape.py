@@ -8,11 +8,15 @@ LR (by validation accuracy) and the divergence boundary.
 """
 from __future__ import annotations
 
+from pathlib import Path
 
+from matplotlib.figure import Figure
 import numpy as np
 
 from cifar_jax import config, plots, results, run_record, study, summary
 from cifar_jax.options import Option, table
+from cifar_jax.run_record import ResultsError
+
 
 OPTIONS = table(
     Option("landscape_max", 1.0, "Largest LR of the landscape grid (the grid replaces --lr).", low=0.0, low_open=True),
@@ -137,7 +141,7 @@ def write_landscape(st: results.StudyDir, records: list[dict], cfg: config.Confi
     best, edge = best_lr(rows), boundary(rows)
     st.write_json("landscape.json", {"rows": rows, "best_lr": best, "boundary": edge})
     st.write_text("landscape.md", landscape_markdown(rows, best, edge))
-    plots.lr_landscape(rows, st.figures_dir / "lr_landscape.png",
+    lr_landscape(rows, st.figures_dir / "lr_landscape.png",
                        f"{TITLE}: {cfg.model.name}, {len(rows)} LRs × {len(cfg.seeds)} seeds, {cfg.epochs} epochs",
                        best_lr=best, boundary=edge, chance=100.0 / num_classes)
     by_config = run_record.group_by_config(records)
@@ -159,6 +163,77 @@ def main(cfg: config.Config) -> None:
     study.run(cfg, "lr_landscape", TITLE, lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
               figures=False, extra={"landscape_lrs": list(cfg.lrs)},
               analysis=lambda st, records: write_landscape(st, records, cfg))
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _band(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and 95% t-interval (in %) of one statistic per row, NaN where a row has no finished seed."""
+    mean = np.array([np.nan if r[key]["mean"] is None else 100 * r[key]["mean"] for r in rows])
+    lo = np.array([np.nan if not r[key].get("ci95") else 100 * r[key]["ci95"][0] for r in rows])
+    hi = np.array([np.nan if not r[key].get("ci95") else 100 * r[key]["ci95"][1] for r in rows])
+    return mean, lo, hi
+
+
+@plots.styled
+def lr_landscape(rows: list[dict], path: Path | str, title: str, best_lr: float | None = None,
+                 boundary: float | None = None, chance: float | None = None) -> Path:
+    """Final validation and test accuracy against learning rate (log axis), mean across the seeds
+    that did not diverge with its 95% t-interval as a band, and below it the fraction of seeds per
+    LR that diverged (and that diverged or ended at or above the untrained loss); the best LR
+    starred and the divergence boundary a dashed line. `rows`, one per LR: lr, n_runs, n_diverged,
+    n_failed, and val_acc / test_acc statistics as `summary.statistics` gives them."""
+    if not rows:
+        raise ResultsError("lr_landscape: no rows")
+    rows = sorted(rows, key=lambda r: r["lr"])
+    lrs = np.array([r["lr"] for r in rows], dtype=np.float64)
+    if not (lrs > 0).all():
+        raise ResultsError("lr_landscape: learning rates must be positive for a log axis")
+    fig = Figure(figsize=(10, 7.5), layout="constrained")
+    ax_acc, ax_div = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
+    drawn = False
+    for i, (key, name) in enumerate((("val_acc", "validation"), ("test_acc", "test"))):
+        mean, lo, hi = _band(rows, key)
+        if not np.isfinite(mean).any():
+            continue
+        n = max((r[key]["n"] for r in rows), default=0)
+        ax_acc.plot(lrs, mean, "-o", color=plots.PALETTE[i], lw=2, ms=3.5, label=f"{name} accuracy (mean, up to {n} seeds)")
+        ax_acc.fill_between(lrs, np.clip(lo, 0, 100), np.clip(hi, 0, 100), color=plots.PALETTE[i], alpha=0.2, lw=0,
+                            label=f"{name}: 95% t-interval of the mean")
+        drawn = True
+    if not drawn:
+        plots.no_data(ax_acc, "no finished runs")
+    if chance:
+        ax_acc.axhline(chance, ls=":", color="0.3", lw=1.5, label=f"chance ({chance:.3g}%)")
+    if best_lr is not None:
+        best = next(r for r in rows if r["lr"] == best_lr)
+        if best["val_acc"]["mean"] is not None:
+            ax_acc.plot([best_lr], [100 * best["val_acc"]["mean"]], "*", color=plots.PALETTE[2], ms=16, zorder=5,
+                        label=f"best LR {best_lr:.3g} (highest mean validation accuracy)")
+    ax_acc.set_ylim(0, None)
+    ax_acc.set_ylabel("final accuracy (%)")
+    ax_acc.set_title("Final accuracy (band: 95% t-interval across the seeds that did not diverge)")
+    n_runs = np.array([max(r["n_runs"], 1) for r in rows], dtype=np.float64)
+    ax_div.plot(lrs, 100 * np.array([r["n_failed"] for r in rows]) / n_runs, "-s", color=plots.PALETTE[4], lw=1.5, ms=4,
+                label="diverged or ended at/above the untrained loss")
+    ax_div.plot(lrs, 100 * np.array([r["n_diverged"] for r in rows]) / n_runs, "-o", color=plots.PALETTE[3], lw=2, ms=4,
+                label="diverged (loss or parameters NaN/inf)")
+    ax_div.axhline(50, ls=":", color="0.3", lw=1)
+    ax_div.set_ylim(-5, 105)
+    ax_div.set_yticks([0, 50, 100])
+    ax_div.set_ylabel("seeds (%)")
+    ax_div.set_title("Fraction of seeds that failed")
+    ax_div.set_xlabel("learning rate (log scale)")
+    ax_div.set_xscale("log")
+    if boundary is not None:
+        for ax in (ax_acc, ax_div):
+            ax.axvline(boundary, ls="--", color="0.15", lw=1.5,
+                       label=f"divergence boundary: lr {boundary:.3g} (≥ half the seeds failed)")
+            ax.axvspan(boundary, lrs.max() * 1.2, color=plots.PALETTE[3], alpha=0.06, lw=0)
+    ax_div.set_xlim(lrs.min() / 1.2, lrs.max() * 1.2)
+    fig.suptitle(title)
+    plots.figure_legend(fig, (ax_acc, ax_div), ncol=2)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

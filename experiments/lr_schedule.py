@@ -6,10 +6,15 @@ shapes over the training length used to choose it.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from cifar_jax import config, plots, schedules, study
 from cifar_jax.options import Option, table
+
 
 OPTIONS = table(
     Option("compare_lr", 0.05, "The static LR to compare against (the best of §1.1); 0: none.", low=0.0),
@@ -48,11 +53,30 @@ def main(cfg: config.Config) -> None:
 
     def shapes_figure(st, prepared, runs) -> None:
         if study.is_lead():
-            plots.schedule_shapes(shape_curves(max(cfg.lrs), epochs), st.figures_dir / "decay_shapes.png",
+            schedule_shapes(shape_curves(max(cfg.lrs), epochs), st.figures_dir / "decay_shapes.png",
                                   f"LR decay shapes from α0 = {max(cfg.lrs):g} over {epochs} epochs")
 
     study.run(cfg, "lr_schedule", "LR schedule", lambda p: schedule_runs(cfg, p), before=shapes_figure,
               extra={"compare_lr": cfg.own.compare_lr})
+
+
+# ----------------------------------------------------------------------------- figures
+
+@plots.styled
+def schedule_shapes(curves: dict[str, np.ndarray], path: Path | str, title: str, xlabel: str = "epoch") -> Path:
+    """Learning rate vs epoch (x = 1..len) for several schedule shapes, one line each."""
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, values) in enumerate(curves.items()):
+        values = np.asarray(values, dtype=np.float64)
+        ax.plot(plots.epochs_axis(values), values, lw=2, label=name, **plots.line_style(i))
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("learning rate")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,16 @@ no-learning ends.
 """
 from __future__ import annotations
 
+from pathlib import Path
 
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 import numpy as np
 
 from cifar_jax import config, plots, results, run_record, study
 from cifar_jax.options import Option, table
+from cifar_jax.run_record import ResultsError
+
 
 OPTIONS = table(
     Option("lr_range", False, "Also run the LR range test (log grid from --range_max down to --range_min).", kind="bool"),
@@ -61,7 +66,7 @@ def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results
     if not study.is_lead():
         return
     records = [sub.record(r.run_id) for r in runs]
-    plots.lr_range(records, parent.figures_dir / "lr_range_test.png")
+    lr_range(records, parent.figures_dir / "lr_range_test.png")
     unstable, no_learning = range_ends(records)
     lines = [f"| {r['config']['lr']:.3g} | {r['status']} | {run_record.last(r, 'train_loss'):.3f} | "
              f"{100 * run_record.last(r, 'val_acc'):.1f}% |" for r in records]
@@ -78,6 +83,59 @@ def main(cfg: config.Config) -> None:
     study.run(cfg, "lr_sweep", "LR sweep",
               lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
               before=(lambda st, p, _: run_range_test(cfg, p, st)) if cfg.own.lr_range else None)
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _final(record: dict, key: str) -> float:
+    """Last-epoch value of `key` (NaN when absent)."""
+    values = run_record.curve(record, key)
+    return float(values[-1]) if values.size else np.nan
+
+
+def _lr(record: dict) -> float:
+    """The run's (initial) learning rate from its config, which must be positive for a log axis."""
+    lr = record.get("config", {}).get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ResultsError(f"run {record.get('run_id')!r}: config 'lr' must be a positive number, got {lr!r}")
+    return float(lr)
+
+
+def _range_panel(ax: Axes, points: list[tuple[float, float, bool]], diverged_at: float, color: tuple) -> None:
+    """Runs as dots, per-LR mean as a line, diverged runs as X at a fixed axes height."""
+    ok = [(lr, y) for lr, y, div in points if not div and np.isfinite(y)]
+    if ok:
+        lrs, ys = np.array(ok).T
+        ax.scatter(lrs, ys, s=18, color=color, alpha=0.5, label="run")
+        grid = np.unique(lrs)
+        ax.plot(grid, [ys[lrs == g].mean() for g in grid], "-o", color=color, lw=1.8, ms=4, label="mean per LR")
+    bad = [lr for lr, _, div in points if div]
+    if bad:
+        ax.plot(bad, [diverged_at] * len(bad), "X", color=plots.PALETTE[3], ms=9, clip_on=False,
+                transform=ax.get_xaxis_transform(), label="diverged")
+    if not ok and not bad:
+        plots.no_data(ax, "no validation data")
+
+
+@plots.styled
+def lr_range(records: list[dict], path: Path | str, title: str = "Learning-rate range test") -> Path:
+    """Final train loss and validation accuracy against learning rate (log axis), chance level dotted."""
+    if not records:
+        raise ResultsError("lr_range: no records")
+    diverged = [r.get("status") == "diverged" for r in records]
+    lrs = [_lr(r) for r in records]
+    losses = [(lr, _final(r, "train_loss"), d) for lr, r, d in zip(lrs, records, diverged)]
+    accs = [(lr, 100 * _final(r, "val_acc"), d) for lr, r, d in zip(lrs, records, diverged)]
+    chance = 100.0 / records[0]["config"].get("num_classes", 10)
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2, sharex=True)
+    _range_panel(ax_loss, losses, 0.96, plots.PALETTE[0])
+    _range_panel(ax_acc, accs, 0.04, plots.PALETTE[1])
+    ax_acc.axhline(chance, ls=":", color="0.3", lw=1.5, label=f"chance ({chance:.3g}%)")
+    ax_acc.set_ylim(bottom=0)  # separates the chance line from the diverged markers
+    ax_loss.set_xscale("log")
+    return plots.finish_pair(fig, title, "learning rate", ((ax_loss, "Final train loss", "cross-entropy loss"),
+                                                       (ax_acc, "Final validation accuracy", "accuracy (%)")), path)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,17 @@ gap), the net chosen by validation accuracy, and whether it over- or underfits:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Sequence
 
+import matplotlib
+from matplotlib.figure import Figure
 import numpy as np
 
 from cifar_jax import config, plots, results, run_record, study, summary
 from cifar_jax.options import Option, table
 from experiments import grid_study
+
 
 TITLE = "MLP depth × width (seeds/003)"
 
@@ -68,9 +73,9 @@ def analyse(st: results.StudyDir, records: list[dict], depths: tuple[int, ...], 
                     for d in depths])
     gap = np.array([[np.nan if None in (stat(d, w, "train_acc"), stat(d, w, "val_acc"))
                      else 100 * (stat(d, w, "train_acc") - stat(d, w, "val_acc")) for w in widths] for d in depths])
-    plots.heatmap(val, [str(d) for d in depths], [str(w) for w in widths], st.figures_dir / "grid_val_acc.png",
+    heatmap(val, [str(d) for d in depths], [str(w) for w in widths], st.figures_dir / "grid_val_acc.png",
                   f"{TITLE}: final validation accuracy (%)", "hidden layers", "width")
-    plots.heatmap(gap, [str(d) for d in depths], [str(w) for w in widths], st.figures_dir / "grid_gap.png",
+    heatmap(gap, [str(d) for d in depths], [str(w) for w in widths], st.figures_dir / "grid_gap.png",
                   f"{TITLE}: train (eval mode) − validation accuracy (points)", "hidden layers", "width")
     scored = [r for r in rows.values() if r["val_acc"]["mean"] is not None]  # the grid and any --nets
     if not scored:
@@ -103,6 +108,36 @@ def main(cfg: config.Config) -> None:
     grid_cfg = cfg.vary("model", nets)
     study.run(grid_cfg, "mlp_grid", TITLE, lambda p: grid_study.grid_runs(grid_cfg, p, 0),
               analysis=lambda st, records: analyse(st, records, depths, widths, cfg.own.at_epochs))
+
+
+# ----------------------------------------------------------------------------- figures
+
+@plots.styled
+def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], path: Path | str, title: str,
+            row_label: str, column_label: str) -> Path:
+    """A grid of numbers (rows × columns) as colours with each value written in its cell; the
+    highest cell outlined (NaN cells are left blank)."""
+    fig = Figure(figsize=(1.3 * len(columns) + 2.5, 0.9 * len(rows) + 1.8), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax)
+    finite = np.isfinite(values)
+    top = np.unravel_index(np.nanargmax(values), values.shape) if finite.any() else None
+    spread = np.nanmax(values) - np.nanmin(values) if finite.any() else 0.0
+    for (i, j), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            light = spread == 0 or v < np.nanmin(values) + 0.6 * spread
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="white" if light else "black", fontsize=10)
+    if top is not None:
+        ax.add_patch(matplotlib.patches.Rectangle((top[1] - 0.5, top[0] - 0.5), 1, 1, fill=False, lw=2.5,
+                                                  edgecolor="red"))
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(column_label)
+    ax.set_ylabel(row_label)
+    ax.grid(False)
+    ax.set_title(title)
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

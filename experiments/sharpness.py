@@ -14,10 +14,14 @@ training loss.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from matplotlib.figure import Figure
 import numpy as np
 
 from cifar_jax import config, plots, results, run_record, study, summary
 from cifar_jax.options import Option, table
+
 
 OPTIONS = table(Option("full_batch", False, "Full-batch gradient descent (Cohen's setting): every step is the whole "
                        "training split (--split sets its size) and the sharpness is measured on all of it.", kind="bool"))
@@ -108,7 +112,7 @@ def write_report(st: results.StudyDir, records: list[dict]) -> None:
         series[name] = {"x": longest[0], "threshold": longest[2], "seeds": np.stack([pad(p[1]) for p in parts]),
                         "loss_x": np.arange(1, epochs + 1),
                         "loss": np.stack([np.pad(c, (0, epochs - len(c)), constant_values=np.nan) for c in losses])}
-    plots.sharpness_curves(series, st.figures_dir / "sharpness.png", TITLE)
+    sharpness_curves(series, st.figures_dir / "sharpness.png", TITLE)
     text = sharpness_markdown(by_config)
     st.write_text("sharpness.md", text + "\n![λ_max along training](figures/sharpness.png)\n")
     study.log("\n" + text)
@@ -126,6 +130,45 @@ def main(cfg: config.Config) -> None:
         return config.grid(c, len(prepared.train_idx), prepared.dataset.num_classes)
 
     study.run(cfg, "sharpness", TITLE, runs, analysis=write_report, extra={"full_batch": cfg.own.full_batch})
+
+
+# ----------------------------------------------------------------------------- figures
+
+@plots.styled
+def sharpness_curves(series: dict[str, dict[str, np.ndarray]], path: Path | str, title: str) -> Path:
+    """λ_max along training against the stability threshold (2/η, 2(1+β)/η with momentum), per
+    configuration: `series` maps a label to {"x": epochs (fractions for step-unit points), "seeds":
+    [seeds, points] λ_max, "threshold": [points], "loss_x", "loss": [seeds, epochs] train loss}; left
+    λ_max (lines: seeds' mean, dots: each seed; dashed: the threshold), middle λ_max over the
+    threshold, right the training loss."""
+    fig = Figure(figsize=(15, 4.8), layout="constrained")
+    ax_sharp, ax_ratio, ax_loss = fig.subplots(1, 3)
+    for i, (label, s) in enumerate(series.items()):
+        color = plots.PALETTE[i % len(plots.PALETTE)]
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(s["seeds"], 0) if np.isfinite(s["seeds"]).any() else s["seeds"][0]
+        ax_sharp.plot(s["x"], mean, color=color, lw=2, label=label)
+        for seed in s["seeds"]:
+            ax_sharp.plot(s["x"], seed, ".", color=color, ms=3, alpha=0.5)
+        ax_sharp.plot(s["x"], s["threshold"], "--", color=color, lw=1.2)
+        ax_ratio.plot(s["x"], mean / s["threshold"], color=color, lw=2, label=label)
+        with np.errstate(all="ignore"):
+            ax_loss.plot(s["loss_x"], np.nanmean(s["loss"], 0), color=color, lw=2, label=label)
+    ax_ratio.axhline(1.0, color="0.3", ls="--", lw=1.2)
+    if not series:
+        plots.no_data(ax_sharp, "no sharpness recorded")
+    positive = [v for s in series.values() for v in np.ravel(s["seeds"]) if np.isfinite(v) and v > 0]
+    if positive and max(positive) / min(positive) > 50:
+        ax_sharp.set_yscale("log")
+    for ax, name, unit in ((ax_sharp, "λ_max (dashed: its threshold)", "λ_max of the loss Hessian"),
+                           (ax_ratio, "λ_max / threshold (1: the edge of stability)", "ratio"),
+                           (ax_loss, "Training loss", "cross-entropy loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(unit)
+        ax.set_title(name)
+    fig.suptitle(title)
+    plots.figure_legend(fig, [ax_sharp])
+    return plots.save(fig, path)
 
 
 if __name__ == "__main__":

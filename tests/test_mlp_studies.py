@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_jax import plots, run_record
+from cifar_jax import run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,7 +54,7 @@ def test_the_grid_verdict_follows_its_rules():
 
 def test_heatmap_writes_a_png_with_blank_cells(tmp_path):
     values = np.array([[50.0, 52.5], [np.nan, 48.0]])
-    path = plots.heatmap(values, ["1", "2"], ["64", "128"], tmp_path / "h.png", "grid", "depth", "width")
+    path = mlp_grid.heatmap(values, ["1", "2"], ["64", "128"], tmp_path / "h.png", "grid", "depth", "width")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

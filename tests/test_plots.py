@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cifar_jax import files, plots, results, run_record, summary
+from experiments import grid_study, lr_schedule, lr_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -91,7 +92,7 @@ def test_schedule_shapes(tmp_path):
     curves = {"inverse-time": 0.1 / (1 + 0.25 * t), "exponential": 0.1 * 0.95 ** t,
               "step": 0.1 * 0.5 ** (t // 15), "linear": 0.1 * (1 - t / 50),
               "cosine": 0.05 * (1 + np.cos(np.pi * t / 50))}
-    assert_png(plots.schedule_shapes(curves, tmp_path / "shapes.png", "Decay shapes"))
+    assert_png(lr_schedule.schedule_shapes(curves, tmp_path / "shapes.png", "Decay shapes"))
 
 
 def test_class_distribution(tmp_path):
@@ -106,9 +107,9 @@ def test_class_distribution(tmp_path):
 def test_lr_range_and_lr_curves(tmp_path):
     records = [make_record(f"lr={lr:g}", s, lr=lr, n_epochs=3, status="diverged" if lr > 0.2 else "done")
                for lr in (0.5, 0.3, 0.1, 1e-2, 1e-4, 1e-6) for s in range(2)]
-    assert_png(plots.lr_range(records, tmp_path / "range.png"))
+    assert_png(lr_sweep.lr_range(records, tmp_path / "range.png"))
     no_val = [make_record(f"lr={lr:g}", 0, lr=lr, val=False) for lr in (0.1, 0.01)]
-    assert_png(plots.lr_range(no_val, tmp_path / "range_noval.png"))
+    assert_png(lr_sweep.lr_range(no_val, tmp_path / "range_noval.png"))
     assert_png(plots.lr_curves(records, tmp_path / "lrs.png"))
 
 
@@ -155,7 +156,7 @@ def test_comparisons_keep_configurations_whose_seeds_diverged(tmp_path, drawn):
     plots.val_comparison(by_config, tmp_path / "cmp.png", "LR sweep")
     assert legend(drawn[0]) == ["lr=1 (all 2 seeds diverged at epochs 1, 2)",
                                 "lr=0.5 (n=1, 1 of 2 seeds diverged at epoch 3)", "lr=0.1 (n=2)"]
-    plots.training_comparison(by_config, tmp_path / "train.png", "Optimisers")
+    grid_study.training_comparison(by_config, tmp_path / "train.png", "Optimisers")
     assert "lr=1 (all 2 seeds diverged at epochs 1, 2)" in legend(drawn[1])
 
 
