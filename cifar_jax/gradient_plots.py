@@ -245,9 +245,7 @@ def gradient_norms(records: dict[str, dict], path: Path | str, title: str) -> Pa
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("‖∂L/∂W‖₂ (mean over the epoch's steps)")
-    fig.suptitle(title)
-    plots.figure_legend(fig, axes, ncol=6)
-    return plots.save(fig, path)
+    return plots.save(fig, path, title=title, legend=axes, ncol=6)
 
 
 # ----------------------------------------------------------------------------- table

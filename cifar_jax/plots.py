@@ -135,7 +135,18 @@ def figure_legend(fig: Figure, axes: Sequence[Axes], ncol: int = 5) -> None:
                    ncol=min(ncol, len(handles)), frameon=False)
 
 
-def save(fig: Figure, path: Path | str, crop: bool = False) -> Path:
+def save(fig: Figure, path: Path | str, crop: bool = False, *, title: str | None = None,
+         legend: Sequence[Axes] = (), ncol: int = 5) -> Path:
+    """Give the figure its `title` and one legend of the `legend` panels (`figure_legend`), then
+    `write` it."""
+    if title is not None:
+        fig.suptitle(title)
+    if len(legend):
+        figure_legend(fig, legend, ncol)
+    return write(fig, path, crop)
+
+
+def write(fig: Figure, path: Path | str, crop: bool = False) -> Path:
     """Render to PNG in memory (cropped to content when the figure has no layout engine), write atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight" if crop else None)
@@ -245,9 +256,7 @@ def accuracy_against(rows: list[dict], option: str, path: Path | str, title: str
         ax.set_title(name)
         ax.set_xlabel(option)
         ax.set_ylabel(ylabel)
-    fig.suptitle(title)
-    figure_legend(fig, axes, ncol=4)
-    return save(fig, path)
+    return save(fig, path, title=title, legend=axes, ncol=4)
 
 
 def _comparison_panel(ax: Axes, records_by_config: dict[str, list[dict]], key: str, smooth: int) -> None:
@@ -302,9 +311,7 @@ def val_comparison(records_by_config: dict[str, list[dict]], path: Path | str, t
         ax.set_ylabel(_ylabel(key))
     note = f" (centred {smooth}-epoch moving average, band ±1 std across seeds)" if smooth > 1 else \
         " (band ±1 std across seeds)"
-    fig.suptitle(title + note)
-    figure_legend(fig, axes)
-    return save(fig, path)
+    return save(fig, path, title=title + note, legend=axes)
 
 
 # ----------------------------------------------------------------------------- tables and data
@@ -359,8 +366,7 @@ def class_distribution(labels_by_split: dict[str, np.ndarray], classes: tuple[st
         ax.set_title(f"{split} ({labels.size:,} images)")
         ax.margins(y=0.15)
         ax.grid(axis="x", visible=False)
-    fig.suptitle(title)
-    return save(fig, path)
+    return save(fig, path, title=title)
 
 
 # ----------------------------------------------------------------------------- learning rate

@@ -467,8 +467,7 @@ def image_examples(images: np.ndarray, captions: Sequence[str], path: Path | str
         ax.axis("off")
     if not len(images):
         axes[0].text(0.5, 0.5, note, transform=axes[0].transAxes, ha="center", va="center", color="0.4")
-    fig.suptitle(title)
-    return plots.save(fig, path)
+    return plots.save(fig, path, title=title)
 
 
 if __name__ == "__main__":

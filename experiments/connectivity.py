@@ -332,8 +332,7 @@ def connectivity(ts: np.ndarray, errors_by_k: dict[int, np.ndarray], barriers_by
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(unit)
-    fig.suptitle(title)
-    return plots.save(fig, path)
+    return plots.save(fig, path, title=title)
 
 
 if __name__ == "__main__":

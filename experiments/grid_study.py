@@ -316,9 +316,7 @@ def training_comparison(records_by_config: dict[str, list[dict]], path: Path | s
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title)
-    plots.figure_legend(fig, axes, ncol=4)
-    return plots.save(fig, path)
+    return plots.save(fig, path, title=title, legend=axes, ncol=4)
 
 
 if __name__ == "__main__":

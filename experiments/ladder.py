@@ -188,9 +188,7 @@ def stage_comparison(records_by_config: dict[str, list[dict]], path: Path | str,
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title)
-    plots.figure_legend(fig, axes, ncol=4)
-    return plots.save(fig, path)
+    return plots.save(fig, path, title=title, legend=axes, ncol=4)
 
 
 if __name__ == "__main__":

@@ -314,8 +314,7 @@ def surface_contours(coords: np.ndarray, grids: dict[str, np.ndarray], path: Pat
         ax.set_ylabel("β (direction 2)")
         ax.set_title(name)
         ax.grid(False)
-    fig.suptitle(title)
-    return plots.save(fig, path)
+    return plots.save(fig, path, title=title)
 
 
 if __name__ == "__main__":

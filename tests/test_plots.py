@@ -128,7 +128,7 @@ def diverged_at(record: dict, epoch: int) -> dict:
 def drawn(monkeypatch):
     """The figures the plot functions build, in order (instead of their PNG files)."""
     figures = []
-    monkeypatch.setattr(plots, "save", lambda fig, path, crop=False: figures.append(fig) or path)
+    monkeypatch.setattr(plots, "write", lambda fig, path, crop=False: figures.append(fig) or path)
     return figures
 
 
