@@ -285,15 +285,16 @@ def parse(*args: str, own: dict[str, options.Option] | None = None) -> Config:
 
 def build(own: dict[str, options.Option] | None = None, **values: Any) -> Config:
     """A Config from Python values by option name (build(lr_sweep.OPTIONS, model="mlp", lr=[0.01, 0.1],
-    epochs=2)); a list or tuple is a comma list, checked like the flags."""
+    epochs=2)), checked like the flags: a list is a comma list (of width lists for --hidden,
+    --channels and --kernels: hidden=[[50, 50], [100]])."""
+    known = {**CORE, **(own or {})}
+
     def text(name: str, value: Any) -> str:
-        o = {**CORE, **(own or {})}.get(name)
-        if o is None:
-            raise ConfigError(f"{name}: no such option; known: {', '.join({**CORE, **(own or {})})}")
-        if isinstance(value, (list, tuple)) and o.kind != "widths" or (o.kind == "widths" and value and
-                                                                         isinstance(value[0], (list, tuple))):
-            return (o.sep if o.kind == "widths" else ",").join(o.text(v) for v in value)
-        return o.text(value)
+        if name not in known:
+            raise ConfigError(f"{name}: no such option; known: {', '.join(known)}")
+        o = known[name]
+        listed = bool(value) and isinstance(value[0], (list, tuple)) if o.kind == "widths" else isinstance(value, (list, tuple))
+        return (o.sep if o.kind == "widths" else ",").join(map(o.text, value)) if listed else o.text(value)
     return parse(*(f"--{k}={text(k, v)}" for k, v in values.items()), own=own)
 
 

@@ -13,8 +13,10 @@ An option of the first three levels is named in a configuration's name when it v
 shown in the configuration tables; `recorded="changed"` leaves it out of a run's stored config at
 its default, so the records of studies made before it existed keep their form.
 
-`CORE` holds the options every experiment shares (`config` turns their flags into a `Config`);
-an experiment declares its own in a table of the same form (`Config.own`).
+The tables: `RUN` here, `models.OPTIONS` (model), `train.OPTIONS` (group, and the single options
+a group's program depends on) and `config.SINGLE`; `config.CORE` joins them, and `config` turns
+their flags into a `Config`. An experiment declares its own in a table of the same form
+(`Config.own`).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ KINDS = {"float": float, "int": int, "str": str, "bool": bool, "choice": str, "w
 class Option:
     """One option: flag name, default (a Python value; the first group's for the grid levels),
     help, kind (`KINDS`), level (`LEVELS`) and the allowed values: a closed or open interval
-    (never NaN or ±inf), `choices`, or `check`, a function that raises ValueError with the reason."""
+    (never NaN or ±inf), `choices`, or `convert`, a function of the text that raises ValueError
+    with the reason."""
 
     name: str
     default: Any
