@@ -82,14 +82,15 @@ class Option:
     @property
     def flag_help(self) -> str:
         """The flag's help line: the help, the allowed names or values, and how to make it an axis."""
-        allowed = f" ({', '.join(self.choices)})" if self.choices else ""
-        if self.kind in ("int", "float") and self.low != -math.inf:
-            allowed += f" Allowed: {self.interval}."
-        if not self.axis:
-            return self.help + allowed
-        axis = "several lists separated by ';'" if self.sep == ";" else "a comma list"
-        where = "one compiled group" if self.level == "run" else "one group per value"
-        return f"{self.help}{allowed}; {axis} is a grid axis ({where})."
+        text = self.help.rstrip(".")
+        if self.choices:
+            text += f" ({', '.join(self.choices)})"
+        if self.kind in ("int", "float") and self.low != -math.inf and self.convert is None:
+            text += f"; allowed: {self.interval}"
+        if self.axis:
+            axis = "several lists separated by ';' are" if self.sep == ";" else "a comma list is"
+            text += f"; {axis} a grid axis ({'one compiled group' if self.level == 'run' else 'one group per value'})"
+        return text + "."
 
     @property
     def flag_default(self) -> Any:
