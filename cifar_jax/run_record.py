@@ -4,6 +4,10 @@ and read back (by summaries, tables, figures and experiments) through the reader
 A record is one JSON object per run (`results.StudyDir` stores it atomically after every epoch):
 
     run_id, config_name, seed, config   identity; `config` is everything that defines the run
+                                        (config.Run.config: its inputs, GroupSpec and per-run
+                                        values; an option recorded only when changed, e.g.
+                                        --activation, --clip_value, --warmup_steps, is absent
+                                        at its default)
     status                              "done", "diverged" or "incomplete"
     diverged_epoch                      the first epoch whose loss was not finite, or null
     untrained                           {split: {loss, acc, top5}} in eval mode before training
