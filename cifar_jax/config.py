@@ -1,6 +1,6 @@
 """The core options every experiment shares, the typed `Config` they make, and its run grid.
 
-Options are declared once (`SINGLE` here; the grid's in `options`), with an experiment's own in a
+Options are declared once (`SINGLE` here; the others in `options`, `models` and `train`), with an experiment's own in a
 table of the same form. `from_flags` turns parsed flags into a validated `Config` (one-line
 `ConfigError` naming the flag and what is allowed); `parse` and `build` make one in Python,
 without absl's global flags; `grid` expands the list-valued options (× seeds) into runs. Nothing
@@ -26,13 +26,9 @@ def _study_name(name: str) -> str:
     return name
 
 
-def _split(text: str) -> tuple[int, int, bool]:
-    return splits.parse_split(text)
-
-
 O = options.Option
 # The options every experiment shares that are one value per study (the grid's are options.RUN,
-# options.MODEL and options.GROUP); `spec=True`: also a train.GroupSpec field.
+# models.OPTIONS and train.OPTIONS, whose single-level entries a group's program also depends on).
 SINGLE = options.table(
     O("dataset", "cifar10", "cifar10, cifar100, synthetic, or a tfds catalogue name (mnist, fashion_mnist, "
       "svhn_cropped, ...; needs the [tfds] extra).", kind="str"),
@@ -63,7 +59,7 @@ SINGLE = options.table(
     O("test_size", 0, "Evaluate on this many test images drawn with --split_seed (0: the whole test set).", kind="int",
       low=0),
     O("split", "45000/5000", "train/validation sizes drawn from the official training set; append :swap to exchange "
-      "them (transfer studies).", kind="str", convert=_split),
+      "them (transfer studies).", kind="str", convert=splits.parse_split),
     O("split_seed", 0, "Seed of the train/validation split (shared by every run).", kind="int"),
     O("normalization", "per_channel", "Input standardisation (statistics from the training split only; zca: ZCA "
       "whitening, see --zca_epsilon).", kind="choice", choices=tuple(splits.NORMALIZATIONS)),
