@@ -17,7 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import data, engine, files, models, results, run_record, schedules, splits, train
+from cifar_jax.data import datasets, splits
+from cifar_jax.io import environment, files
+from cifar_jax.nn import models
+from cifar_jax.results import run_record
+from cifar_jax.training import engine, schedules, step
 
 DEFAULT_DATA_DIR = "~/.cache/cifar10-shared"
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -54,9 +58,9 @@ class Workload:
         return max(1, self.steps_per_epoch * self.epochs // 2)
 
     @property
-    def spec(self) -> train.GroupSpec:
+    def spec(self) -> step.GroupSpec:
         """The engine's static group description (plain SGD)."""
-        return train.GroupSpec(self.model, "sgd", self.batch_size, precision=self.precision,
+        return step.GroupSpec(self.model, "sgd", self.batch_size, precision=self.precision,
                                 conv_impl=self.conv_impl)
 
     def resized(self, runs: int | None = None, epochs: int | None = None, **changes: Any) -> Workload:
@@ -68,7 +72,7 @@ class Workload:
     def hparams(self) -> dict[str, np.ndarray]:
         """Per-run engine hyperparameters, stacked along the run axis."""
         cyclic = dict(lr_min=self.lr_min, half_cycle=float(self.half_cycle))
-        return train.stack_hparams([
+        return step.stack_hparams([
             dict(seed=seed, lr=lr, l2=self.l2, schedule=schedules.SCHEDULE_IDS[self.schedule],
                  **(cyclic if self.schedule == "cyclic" else {})) for seed, lr in self.runs])
 
@@ -122,7 +126,7 @@ def load_images(data_dir: str, n_train: int) -> Images:
     depend on pixel values)."""
     root = pathlib.Path(data_dir).expanduser()
     if root.exists():
-        ds = data.load("cifar10", str(root), download=False)
+        ds = datasets.load("cifar10", str(root), download=False)
         return Images(ds.x_train, ds.y_train, f"cifar10 ({root})")
     print(f"note: no CIFAR-10 copy at {root}: random uint8 images instead (throughput does not "
           f"depend on pixel values; the loss check can then only compare, not see learning)")
@@ -146,11 +150,11 @@ def training_split(images: Images, w: Workload) -> Split:
     return train_idx, mean, std
 
 
-def device_data(images: Images, split: Split) -> train.Data:
+def device_data(images: Images, split: Split) -> step.Data:
     """The images and split on the device, with empty validation and test sets: epochs then time
     training only, and no evaluation program is compiled."""
     train_idx, mean, std = split
-    return train.put_data(images.x, images.y, images.x[:0], images.y[:0], train_idx,
+    return step.put_data(images.x, images.y, images.x[:0], images.y[:0], train_idx,
                            np.zeros(0, np.int32), mean, std)
 
 
@@ -229,7 +233,7 @@ class Timings:
                            other_cores)
 
 
-def measure_engine(w: Workload, dev: train.Data, layout: str, label: str | None = None) -> Measurement:
+def measure_engine(w: Workload, dev: step.Data, layout: str, label: str | None = None) -> Measurement:
     """Train the workload with cifar_jax in `layout` and measure it."""
     rec = Timings()
     watch = CpuWatch()
@@ -269,7 +273,7 @@ def _own_cpu_s() -> float:
     return t.user + t.system
 
 
-def peak_memory(w: Workload, dev: train.Data, layout: str) -> dict[str, Any]:
+def peak_memory(w: Workload, dev: step.Data, layout: str) -> dict[str, Any]:
     """Peak device memory of the group: the device's counter where it keeps one (process-wide peak
     so far), else XLA's memory analysis of the layout's compiled program, else n/a."""
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -287,24 +291,24 @@ def peak_memory(w: Workload, dev: train.Data, layout: str) -> dict[str, Any]:
             "source": "memory_analysis (arguments + outputs + temporaries - aliased)", **parts}
 
 
-def _compiled(w: Workload, dev: train.Data, layout: str) -> jax.stages.Compiled:
+def _compiled(w: Workload, dev: step.Data, layout: str) -> jax.stages.Compiled:
     """The layout's program built from the engine's public per-run step: one step (loop layouts)
     or an epoch of steps in `lax.scan` (scan layouts), over all runs (vmap, or lax.map for map
     layouts) or over one (seq); the data is an argument, as in the engine."""
     n = 1 if layout.startswith("seq") else len(w.runs)
     hp = {k: v[:n] for k, v in w.hparams().items()}
-    state = jax.eval_shape(jax.vmap(lambda h: train.init_run(w.spec, h, tuple(dev.x.shape[1:]))), hp)
-    step = functools.partial(train.train_step, w.spec)
+    state = jax.eval_shape(jax.vmap(lambda h: step.init_run(w.spec, h, tuple(dev.x.shape[1:]))), hp)
+    one_step = functools.partial(step.train_step, w.spec)
 
-    def epoch(s: train.TrainState, d: train.Data) -> tuple[train.TrainState, jax.Array]:
-        idx = train.epoch_indices(s.hp, jnp.int32(0), d.train_idx, w.batch_size)
-        return jax.lax.scan(lambda carry, i: step(carry, d, i), s, idx)
+    def epoch(s: step.TrainState, d: step.Data) -> tuple[step.TrainState, jax.Array]:
+        idx = step.epoch_indices(s.hp, jnp.int32(0), d.train_idx, w.batch_size)
+        return jax.lax.scan(lambda carry, i: one_step(carry, d, i), s, idx)
 
     over_runs = _lax_map if layout.startswith("map") else _vmap
     if layout.endswith("scan"):
         return jax.jit(over_runs(epoch), donate_argnums=0).lower(state, dev).compile()
     idx = jax.ShapeDtypeStruct((n, w.batch_size), jnp.int32)
-    return jax.jit(over_runs(step), donate_argnums=0).lower(state, dev, idx).compile()
+    return jax.jit(over_runs(one_step), donate_argnums=0).lower(state, dev, idx).compile()
 
 
 def _vmap(f: Any) -> Any:
@@ -330,9 +334,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def environment() -> dict[str, Any]:
+def _environment() -> dict[str, Any]:
     """cifar_jax's environment record plus torch's version and the device, CPU model and cores."""
-    env = results.environment()
+    env = environment.environment()
     try:
         env["versions"]["torch"] = importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
@@ -347,7 +351,7 @@ def make_record(benchmark: str, args: argparse.Namespace, body: dict[str, Any],
                 load_start: Sequence[float]) -> dict[str, Any]:
     """One JSONL record: what ran, where, when, from which commit, how busy the machine was
     (load averages at the start and the end), and `body`'s numbers."""
-    env = environment()
+    env = _environment()
     return {"benchmark": benchmark, "date_utc": env["timestamp_utc"],
             "git_commit": (env["git"] or {}).get("commit"), "args": vars(args),
             "device": env["device"], "versions": env["versions"], "environment": env,

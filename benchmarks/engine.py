@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import jax
 
 from benchmarks import common
-from cifar_jax import engine, layers, models, train
+from cifar_jax.nn import layers, models
+from cifar_jax.training import engine, step
 
 # Full sizes suit a GPU: two epochs per run (the first one untimed).
 FULL = {"conv": dict(runs=25, steps_per_epoch=703, epochs=2),
@@ -23,7 +24,7 @@ FULL = {"conv": dict(runs=25, steps_per_epoch=703, epochs=2),
 QUICK = {"conv": dict(runs=5, steps_per_epoch=2, epochs=9),
          "mlp": dict(runs=25, steps_per_epoch=25, epochs=3)}
 QUICK_IMPLS = dict(steps_per_epoch=2, epochs=3)  # --quick: the conv-implementation table
-MEASURED = tuple(name for name in train.LAYOUTS if name != "auto")
+MEASURED = tuple(name for name in step.LAYOUTS if name != "auto")
 TABLES = ("layouts", "convs")
 SLOW = dict(runs=2, epochs=1)  # --quick on CPU: vmapped or mapped conv layouts get 2 runs, 1 timed epoch
 
@@ -72,7 +73,7 @@ def conv_name(w: common.Workload) -> str | None:
     return layers.auto_conv_impl(w.precision) if w.conv_impl == "auto" else w.conv_impl
 
 
-def measure(w: common.Workload, dev: train.Data, layout: str, runs: int, quick: bool,
+def measure(w: common.Workload, dev: step.Data, layout: str, runs: int, quick: bool,
             label: str | None = None) -> common.Measurement:
     """One layout with the first `runs` runs (fewer runs and one epoch for slow combos in --quick)."""
     if quick and is_slow(w, layout):

@@ -30,7 +30,8 @@ import time
 from typing import Any, Callable, Sequence
 
 from benchmarks import common
-from cifar_jax import layers, results
+from cifar_jax.io import environment
+from cifar_jax.nn import layers
 
 # Steps per benchmark epoch (two epochs, the first untimed; 100 give a steady rate), the run
 # counts, and the §1.1 flagfile; --smoke: the same pipeline at toy size (a check on a CPU).
@@ -288,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(pathlib.Path.cwd()), os.environ.get("PYTHONPATH")]))}
     record = {"benchmark": "gpu", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-              "git_commit": o.commit or (results.git_state() or {}).get("commit"),
+              "git_commit": o.commit or (environment.git_state() or {}).get("commit"),
               "args": {k: v if isinstance(v, dict) else str(v) for k, v in vars(o).items()}, "device": gpu_name(), "parts": {}}
     for name in parts:
         if name in ("sweep_fp32", "sweep_bf16", "engine_layouts") and o.conv_impl is None:

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from cifar_jax import dynamics, models, train
+from cifar_jax.nn import models
+from cifar_jax.training import dynamics, step
 
 REFERENCE = "28d1aba"  # the last commit before the instruments (issue 19)
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +43,11 @@ EPOCH_IMAGES, BATCH = 45_000, 64
 PROBE = r"""
 import json, sys, time
 import numpy as np
-from cifar_jax import engine, models, train
+try:
+    from cifar_jax.nn import models
+    from cifar_jax.training import engine, step as train
+except ImportError:  # a reference tree from before the sub-packages
+    from cifar_jax import engine, models, train
 steps, epochs = int(sys.argv[1]), int(sys.argv[2])
 rng = np.random.default_rng(0)
 out = {}
@@ -117,32 +122,32 @@ def sharpness_costs(images: common.Images, examples: Sequence[int], iters: int, 
     n = max(max(examples), BATCH)
     idx = np.arange(n, dtype=np.int32)
     mean, std = images.x[:n].mean((0, 1, 2)), images.x[:n].std((0, 1, 2))
-    data = train.put_data(images.x[:n], images.y[:n], images.x[:0], images.y[:0], idx, idx, mean, std)
-    base = train.GroupSpec(models.ModelConfig("baseline"), batch_size=BATCH)
-    hp = {k: v[0] for k, v in train.stack_hparams([dict(seed=0, lr=0.05)]).items()}
+    data = step.put_data(images.x[:n], images.y[:n], images.x[:0], images.y[:0], idx, idx, mean, std)
+    base = step.GroupSpec(models.ModelConfig("baseline"), batch_size=BATCH)
+    hp = {k: v[0] for k, v in step.stack_hparams([dict(seed=0, lr=0.05)]).items()}
     rows = []
     for m in examples:
         spec = dataclasses.replace(base, sharpness_every=1, sharpness_iters=iters, sharpness_examples=m)
-        state = jax.jit(lambda h: train.init_run(spec, h, (32, 32, 3)))(hp)
-        sub = train.sharpness_subset(spec, data.train_idx)
-        x, y = train.preprocess.normalize(data.x[sub], data.mean, data.std), data.y[sub]
-        loss = lambda p, x, y, net=None: train.objective(spec, p, state.batch_stats, hp, x, y, jax.random.PRNGKey(0),
+        state = jax.jit(lambda h: step.init_run(spec, h, (32, 32, 3)))(hp)
+        sub = step.sharpness_subset(spec, data.train_idx)
+        x, y = step.preprocess.normalize(data.x[sub], data.mean, data.std), data.y[sub]
+        loss = lambda p, x, y, net=None: step.objective(spec, p, state.batch_stats, hp, x, y, jax.random.PRNGKey(0),
                                                           0.0, net)[0]
         grad = jax.jit(jax.grad(loss))  # the training step's own net
         matvec = jax.jit(lambda p, v, x, y: dynamics.hvp(lambda q: loss(q, x, y, spec.forward_net), p)[0](v))
-        evaluate = jax.jit(functools.partial(train.sharpness_of, spec))
+        evaluate = jax.jit(functools.partial(step.sharpness_of, spec))
         v = state.probes["lanczos"]
         g_s = timed(lambda: grad(state.params, x, y), repeats)
         h_s = timed(lambda: matvec(state.params, v, x, y), repeats)
         e_s = timed(lambda: evaluate(state, data)[0], repeats)
         rows.append({"examples": m, "iters": iters, "grad_s": g_s, "hvp_s": h_s, "evaluation_s": e_s,
                      "hvp_over_grad": h_s / g_s, "evaluation_over_arithmetic": e_s / (iters * h_s)})
-    step = jax.jit(functools.partial(train.train_step, base))
-    state = train.init_run(base, hp, (32, 32, 3))
-    step_s = timed(lambda: step(state, data, jnp.arange(BATCH))[1], repeats * 5)
+    train_step = jax.jit(functools.partial(step.train_step, base))
+    state = step.init_run(base, hp, (32, 32, 3))
+    step_s = timed(lambda: train_step(state, data, jnp.arange(BATCH))[1], repeats * 5)
     noisy = dataclasses.replace(base, noise_scale=True)
-    noisy_state = train.init_run(noisy, hp, (32, 32, 3))
-    noisy_step = jax.jit(functools.partial(train.train_step, noisy))
+    noisy_state = step.init_run(noisy, hp, (32, 32, 3))
+    noisy_step = jax.jit(functools.partial(step.train_step, noisy))
     noise_s = timed(lambda: noisy_step(noisy_state, data, jnp.arange(BATCH))[1], repeats * 5)
     return rows, {"step_s": step_s, "noise_scale_step_s": noise_s, "epoch_s": step_s * (EPOCH_IMAGES // BATCH)}
 
@@ -157,22 +162,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--results", default=None)
     args = parser.parse_args(argv)
     load_start = os.getloadavg()
-    defaults = train.GroupSpec(models.ModelConfig("baseline"))
+    defaults = step.GroupSpec(models.ModelConfig("baseline"))
     iters = defaults.sharpness_iters
     examples = sorted({*(int(e) for e in args.examples.split(",")), defaults.sharpness_examples})
     images = common.load_images(args.data_dir, max(examples))
-    rows, step = sharpness_costs(images, examples, iters, 3 if args.quick else 7)
+    rows, timing = sharpness_costs(images, examples, iters, 3 if args.quick else 7)
     print(f"BaselineNet on {jax.devices()[0].platform} ({images.source}); a training step of batch {BATCH}: "
-          f"{1000 * step['step_s']:.1f} ms, an epoch of {EPOCH_IMAGES:,} images ≈ {step['epoch_s']:.1f} s")
+          f"{1000 * timing['step_s']:.1f} ms, an epoch of {EPOCH_IMAGES:,} images ≈ {timing['epoch_s']:.1f} s")
     print(common.table(["examples", "iters", "grad ms", "HVP ms", "HVP / grad", "evaluation s",
                         "eval / (iters × HVP)", "eval / epoch"],
                        [[r["examples"], r["iters"], 1000 * r["grad_s"], 1000 * r["hvp_s"], r["hvp_over_grad"],
-                         r["evaluation_s"], r["evaluation_over_arithmetic"], r["evaluation_s"] / step["epoch_s"]]
+                         r["evaluation_s"], r["evaluation_over_arithmetic"], r["evaluation_s"] / timing["epoch_s"]]
                         for r in rows]))
     default = next(r for r in rows if r["examples"] == defaults.sharpness_examples)
     print(f"\ndefault settings ({iters} iterations, {defaults.sharpness_examples} examples): one evaluation "
-          f"{default['evaluation_s']:.2f} s = {100 * default['evaluation_s'] / step['epoch_s']:.1f}% of an epoch; "
-          f"--noise_scale step {step['noise_scale_step_s'] / step['step_s']:.3f}x the plain step")
+          f"{default['evaluation_s']:.2f} s = {100 * default['evaluation_s'] / timing['epoch_s']:.1f}% of an epoch; "
+          f"--noise_scale step {timing['noise_scale_step_s'] / timing['step_s']:.3f}x the plain step")
     steps, epochs = (30, 3) if args.quick else (60, 4)
     off = off_against_reference(args.reference, args.pairs, steps, epochs)
     print(f"\nevery instrument off, this tree against {args.reference} (fresh processes, alternating, {args.pairs} pairs):")
@@ -181,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          v["ratio_median"]] for k, v in off.items()]))
     path = pathlib.Path(args.results) if args.results else common.RESULTS_DIR / "instruments.jsonl"
     common.append_jsonl(path, common.make_record("instruments", args, {
-        "sharpness": rows, "step": step, "default_fraction_of_epoch": default["evaluation_s"] / step["epoch_s"],
+        "sharpness": rows, "step": timing, "default_fraction_of_epoch": default["evaluation_s"] / timing["epoch_s"],
         "off_against_reference": off}, load_start))
     print(f"{common.load_line(load_start)}\nappended to {path}")
 

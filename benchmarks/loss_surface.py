@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from cifar_jax import models, surfaces, train
+from cifar_jax.nn import models
+from cifar_jax.training import step, surfaces
 
 POINTS = 21
 
@@ -48,21 +49,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     images = common.load_images(args.data_dir, n)
     idx = np.arange(n, dtype=np.int32)
     mean, std = (np.asarray(v, np.float32) for v in (images.x[:n].mean((0, 1, 2)), images.x[:n].std((0, 1, 2))))
-    dev = train.put_data(images.x[:n], images.y[:n], images.x[:0], images.y[:0], idx, idx[:0], mean, std)
-    spec = train.GroupSpec(models.ModelConfig("baseline"), eval_batch_size=min(500, n), conv_impl=args.conv_impl)
-    state = jax.jit(lambda hp: train.init_run(spec, hp, tuple(images.x.shape[1:])))(
-        {k: v[0] for k, v in train.stack_hparams([{"seed": 0}]).items()})
+    dev = step.put_data(images.x[:n], images.y[:n], images.x[:0], images.y[:0], idx, idx[:0], mean, std)
+    spec = step.GroupSpec(models.ModelConfig("baseline"), eval_batch_size=min(500, n), conv_impl=args.conv_impl)
+    state = jax.jit(lambda hp: step.init_run(spec, hp, tuple(images.x.shape[1:])))(
+        {k: v[0] for k, v in step.stack_hparams([{"seed": 0}]).items()})
     d1, d2 = (surfaces.random_direction(k, state.params) for k in jax.random.split(jax.random.PRNGKey(0)))
     coords = np.linspace(-1.0, 1.0, POINTS)
     grid = surfaces.plane(state.params, d1, d2, coords, coords)
     stats = surfaces.repeat(state.batch_stats, POINTS * POINTS)
     x, y, ix = dev.x, dev.y, jnp.asarray(idx)
 
-    single = jax.jit(functools.partial(train.evaluate, spec))
+    single = jax.jit(functools.partial(step.evaluate, spec))
     points = [jax.tree_util.tree_map(lambda v: v[i], grid) for i in range(POINTS * POINTS)]
 
     def one_by_one():
-        return jnp.stack([single(train.TrainState(p, state.batch_stats, None, None, None, None, None),
+        return jnp.stack([single(step.TrainState(p, state.batch_stats, None, None, None, None, None),
                                  x, y, ix, dev.mean, dev.std) for p in points])
 
     base_s, base = timed(one_by_one)

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from benchmarks import common
-from cifar_jax import engine
+from cifar_jax.training import engine
 
 DEFAULT_POINTS = engine.PROGRESS_POINTS
 # (workload, layout, steps per epoch, epochs): the first epoch is untimed

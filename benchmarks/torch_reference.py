@@ -24,7 +24,8 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from cifar_jax import engine, models
+from cifar_jax.nn import models
+from cifar_jax.training import engine
 
 # Two epochs per run, the first untimed (warm-up), the second's mean loss compared.
 FULL = {"conv": dict(runs=25, steps_per_epoch=703, epochs=2),

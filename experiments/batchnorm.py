@@ -9,9 +9,8 @@ DropoutNet's rate on fc1.
 """
 from __future__ import annotations
 
-from cifar_jax import config, study
+from cifar_jax.study import cli, config, prepare, runner
 from experiments import model_family
-
 
 OPTIONS = model_family.OPTIONS
 
@@ -19,12 +18,12 @@ OPTIONS = model_family.OPTIONS
 def main(cfg: config.Config) -> None:
     rate = model_family.validate(cfg)
 
-    def runs(prepared: study.Prepared) -> list[config.Run]:
+    def runs(prepared: prepare.Prepared) -> list[config.Run]:
         by_model = model_family.model_runs(cfg, len(prepared.train_idx), prepared.dataset.num_classes, rate)
         return [r for model in ("BatchNormNet", "BaselineNet", "DropoutNet") for r in by_model[model]]
 
-    study.run(cfg, "batchnorm", "BatchNormNet vs BaselineNet and DropoutNet", runs, extra={"compare_dropout": rate})
+    runner.run(cfg, "batchnorm", "BatchNormNet vs BaselineNet and DropoutNet", runs, extra={"compare_dropout": rate})
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

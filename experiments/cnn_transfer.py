@@ -46,10 +46,15 @@ import jax.numpy as jnp
 from matplotlib.figure import Figure
 import numpy as np
 
-from cifar_jax import checkpoint, config, data, files, models, plots, results, run_record, splits, study, summary, train
-from cifar_jax.options import Option, table
+from cifar_jax.config.options import Option, table
+from cifar_jax.data import datasets, splits
+from cifar_jax.io import checkpoint, files
+from cifar_jax.nn import models
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, studydir, summary
+from cifar_jax.study import cli, config, prepare, progress, runner
+from cifar_jax.training import step
 from experiments import pretraining, reproduce
-
 
 BASELINES = ("scratch", "linear_probe", "fine_tune")
 TITLE = "CNN transfer"
@@ -85,12 +90,12 @@ def source_config(cfg: config.Config) -> config.Config:
                        lrs=(own.source_lr,))
 
 
-def pretraining_study(cfg: config.Config, parent: results.StudyDir) -> results.StudyDir:
+def pretraining_study(cfg: config.Config, parent: studydir.StudyDir) -> studydir.StudyDir:
     """The study whose pretrain/ part and checkpoints this one uses: --pretrained_study, else itself."""
     name = cfg.own.pretrained_study.strip()
     if not name:
         return parent
-    other = study.named_study(cfg, name)
+    other = prepare.named_study(cfg, name)
     if not other.root.is_dir():
         raise config.ConfigError(f"--pretrained_study={name}: no study at {other.root}")
     return other
@@ -120,8 +125,8 @@ def as_baseline(run: config.Run, baseline: str, backbone: tuple[str, ...], pre: 
 
 
 @functools.lru_cache(maxsize=None)
-def _initialiser(spec: train.GroupSpec, image_shape: tuple[int, ...]):
-    return jax.jit(lambda hp: train.init_run(spec, hp, image_shape))
+def _initialiser(spec: step.GroupSpec, image_shape: tuple[int, ...]):
+    return jax.jit(lambda hp: step.init_run(spec, hp, image_shape))
 
 
 def _layers(tree: dict, keep=lambda name: True) -> dict:
@@ -132,17 +137,17 @@ def _layers(tree: dict, keep=lambda name: True) -> dict:
 def fresh_backbone(run: config.Run, image_shape: tuple[int, ...], head: str) -> dict:
     """The run's own fresh initialisation of every layer but the head: what the engine would
     draw from its seed (train.init_run), so scratch runs can share a group with transfer runs."""
-    hp = {k: v[0] for k, v in train.stack_hparams([run.hp]).items()}
+    hp = {k: v[0] for k, v in step.stack_hparams([run.hp]).items()}
     state = _initialiser(run.spec, tuple(image_shape))(hp)
     return {"params": _layers(state.params, lambda k: k != head), "batch_stats": _layers(state.batch_stats)}
 
 
-def restored_backbone(path: Path, spec: train.GroupSpec, image_shape: tuple[int, ...], head: str,
+def restored_backbone(path: Path, spec: step.GroupSpec, image_shape: tuple[int, ...], head: str,
                       expected: dict) -> dict:
     """Every layer but the head from a pretraining checkpoint of the `expected` run (whose head may
     have another class count)."""
     params, stats, _ = checkpoint.restore_partial(
-        path, train.param_shapes(spec, image_shape), train.batch_stats_shapes(spec, image_shape),
+        path, step.param_shapes(spec, image_shape), step.batch_stats_shapes(spec, image_shape),
         expected=expected, keep=lambda leaf: leaf.split("/")[:2] != ["params", head])
     return {"params": _layers(params, lambda k: k != head), "batch_stats": _layers(stats)}
 
@@ -150,11 +155,11 @@ def restored_backbone(path: Path, spec: train.GroupSpec, image_shape: tuple[int,
 # ----------------------------------------------------------------------------- per-run outputs
 
 @functools.lru_cache(maxsize=None)
-def _predictor(spec: train.GroupSpec):
-    return jax.jit(functools.partial(train.predict, spec))
+def _predictor(spec: step.GroupSpec):
+    return jax.jit(functools.partial(step.predict, spec))
 
 
-def predict(spec: train.GroupSpec, params, batch_stats, data: train.Data) -> np.ndarray:
+def predict(spec: step.GroupSpec, params, batch_stats, data: step.Data) -> np.ndarray:
     """The predicted class of every test image (eval mode, in batches of --eval_batch_size)."""
     idx = jnp.arange(data.y_test.shape[0], dtype=jnp.int32)
     return np.asarray(_predictor(spec)({"params": params, "batch_stats": batch_stats}, data.x_test, idx,
@@ -184,12 +189,12 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     files.atomic_write_bytes(path, buffer.getvalue())
 
 
-def _predictions_path(st: results.StudyDir, run_id: str) -> Path:
-    return st.root / "predictions" / f"{results.run_file_stem(run_id)}.npy"
+def _predictions_path(st: studydir.StudyDir, run_id: str) -> Path:
+    return st.root / "predictions" / f"{studydir.run_file_stem(run_id)}.npy"
 
 
-def _backbone_path(st: results.StudyDir, run_id: str) -> Path:
-    return st.root / "backbone" / f"{results.run_file_stem(run_id)}.json"
+def _backbone_path(st: studydir.StudyDir, run_id: str) -> Path:
+    return st.root / "backbone" / f"{studydir.run_file_stem(run_id)}.json"
 
 
 # ----------------------------------------------------------------------------- the study
@@ -199,7 +204,7 @@ class Backbones:
     """The pretraining a target task restores from: the study that holds it, and its run and
     checkpoint per seed (none for a study of scratch runs only)."""
 
-    owner: results.StudyDir
+    owner: studydir.StudyDir
     runs: dict[int, config.Run] = dataclasses.field(default_factory=dict)
     checkpoints: dict[int, Path] = dataclasses.field(default_factory=dict)
 
@@ -208,29 +213,29 @@ def main(cfg: config.Config) -> None:
     """The pretraining (unless only scratch runs are asked for), then the target task."""
     cfg.single_group("the CNN transfer study makes its own groups (the baselines)")
     baselines = chosen_baselines(cfg)
-    parent = study.study_dir(cfg, "cnn_transfer")
+    parent = prepare.study_dir(cfg, "cnn_transfer")
     owner = pretraining_study(cfg, parent)  # the study that holds the pretraining: this one or another
     backbones = Backbones(owner)
     if baselines != ("scratch",):
         try:
             backbones = pretrain(cfg, owner)
-        except results.ResultsError as err:
+        except files.ResultsError as err:
             if owner is parent:
                 raise
-            raise results.ResultsError(f"--pretrained_study={cfg.own.pretrained_study}: {err}") from None
+            raise files.ResultsError(f"--pretrained_study={cfg.own.pretrained_study}: {err}") from None
     target(cfg, baselines, parent, backbones)
 
 
-def pretrain(cfg: config.Config, owner: results.StudyDir) -> Backbones:
+def pretrain(cfg: config.Config, owner: studydir.StudyDir) -> Backbones:
     """The source task in study `owner` (this one, or the one given by --pretrained_study), one
     checkpoint per seed."""
     source = source_config(cfg).replace(results_dir=str(owner.root.parent), name=owner.root.name)
     root = pretraining.checkpoint_root(cfg, owner)
-    path = lambda run: root / results.run_file_stem(run.run_id)
-    pre_study = results.StudyDir(owner.root / "pretrain")
+    path = lambda run: root / studydir.run_file_stem(run.run_id)
+    pre_study = studydir.StudyDir(owner.root / "pretrain")
     try:
-        prepared = study.prepare(source)
-    except (config.ConfigError, data.DataError) as err:  # name the source task's own flags
+        prepared = prepare.data(source)
+    except (config.ConfigError, datasets.DataError) as err:  # name the source task's own flags
         text = str(err)
         for core, own in (("--classes=", "--source_classes="), ("--split=", "--source_split=")):
             if text.startswith(core):
@@ -243,38 +248,38 @@ def pretrain(cfg: config.Config, owner: results.StudyDir) -> Backbones:
 
     def save(run: config.Run, variables: tuple) -> None:
         if pre_study.record(run.run_id)["status"] != "done":
-            study.log(f"warning: {run.run_id} diverged; its last finite weights are the backbone of seed {run.seed}")
+            progress.log(f"warning: {run.run_id} diverged; its last finite weights are the backbone of seed {run.seed}")
         pretraining.save(owner, pre_study, path(run), run, variables)
 
-    study.run(source, "cnn_transfer", f"{TITLE}: pretraining on the source task", lambda p: runs, part="pretrain",
+    runner.run(source, "cnn_transfer", f"{TITLE}: pretraining on the source task", lambda p: runs, part="pretrain",
               prepared=prepared, on_state=save, figures=source.epochs > 1, extra={"source": source_description(cfg)},
               before=lambda st, p, planned: pretraining.check(cfg, owner, st, [(r, path(r)) for r in planned]))
     return Backbones(owner, {r.seed: r for r in runs}, {r.seed: path(r) for r in runs})
 
 
-def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.StudyDir,
-           backbones: Backbones) -> study.Outcome:
+def target(cfg: config.Config, baselines: tuple[str, ...], parent: studydir.StudyDir,
+           backbones: Backbones) -> runner.Outcome:
     """The target task: every baseline × LR × seed, with per-example predictions."""
-    st = results.StudyDir(parent.root / "target")
-    prepared = study.prepare(cfg)
+    st = studydir.StudyDir(parent.root / "target")
+    prepared = prepare.data(cfg)
     shape = prepared.dataset.image_shape
     grid = {b: config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes, b) for b in baselines}
     spec = next(iter(grid.values()))[0].spec
     head = head_name(spec.model)
-    backbone = tuple(k for k in train.param_shapes(spec, shape) if k != head)
+    backbone = tuple(k for k in step.param_shapes(spec, shape) if k != head)
     source = source_description(cfg)
     planned = [as_baseline(r, b, backbone, backbones.runs.get(r.seed), source) for b, rs in grid.items() for r in rs]
     restored: dict[int, dict] = {}  # per seed, restored once
 
-    def missing_outputs(st: results.StudyDir, prepared: study.Prepared, runs: list[config.Run]) -> None:
+    def missing_outputs(st: studydir.StudyDir, prepared: prepare.Prepared, runs: list[config.Run]) -> None:
         labels = st.root / "predictions" / "labels.npy"
-        if study.is_lead() and not labels.exists():
+        if runner.is_lead() and not labels.exists():
             _save_npy(labels, np.asarray(prepared.dataset.y_test, np.int32))
         for r in pretraining.finished(st, runs):
             if not _predictions_path(st, r.run_id).exists():
-                study.train_again(st, r.run_id, "its test predictions are missing")
+                runner.train_again(st, r.run_id, "its test predictions are missing")
             elif "pretrained" in r.inputs and not _backbone_path(st, r.run_id).exists():
-                study.train_again(st, r.run_id, "its backbone check is missing")
+                runner.train_again(st, r.run_id, "its backbone check is missing")
 
     def initial(run: config.Run) -> dict:
         if "pretrained" not in run.inputs:
@@ -282,8 +287,8 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
         pre = backbones.runs[run.seed]
         if run.seed not in restored:
             restored[run.seed] = restored_backbone(backbones.checkpoints[run.seed], run.spec, shape, head,
-                                                   study.provenance(backbones.owner, pre))
-        study.log(f"{run.run_id}: {', '.join(restored[run.seed]['params'])} restored from {pre.run_id}"
+                                                   runner.provenance(backbones.owner, pre))
+        progress.log(f"{run.run_id}: {', '.join(restored[run.seed]['params'])} restored from {pre.run_id}"
                   + (" and frozen" if run.spec.frozen else "") + f"; {head} initialised from seed {run.seed}")
         return restored[run.seed]
 
@@ -294,7 +299,7 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: results.Study
             files.atomic_write_json(_backbone_path(st, run.run_id), change)
         _save_npy(_predictions_path(st, run.run_id), predict(run.spec, params, batch_stats, prepared.data))
 
-    return study.run(cfg, "cnn_transfer", f"{TITLE}: the target task", lambda p: planned, part="target",
+    return runner.run(cfg, "cnn_transfer", f"{TITLE}: the target task", lambda p: planned, part="target",
                      prepared=prepared, before=missing_outputs, initial_for=initial, on_state=outputs,
                      figures=cfg.epochs > 1,
                      extra={"source": source, "baselines": list(baselines), "head": head, "backbone": list(backbone)},
@@ -404,8 +409,8 @@ def right_and_wrong(best: np.ndarray, worst: np.ndarray, labels: np.ndarray, n: 
     return np.flatnonzero((best == labels) & (worst != labels))[:n]
 
 
-def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict], prepared: study.Prepared,
-            owner: results.StudyDir, source_task: dict) -> None:
+def analyse(parent: studydir.StudyDir, st: studydir.StudyDir, records: list[dict], prepared: prepare.Prepared,
+            owner: studydir.StudyDir, source_task: dict) -> None:
     """baselines.md, configs.json, accuracy against LR, and the best/worst image figure."""
     rows = config_rows(records)
     parent.write_json("configs.json", rows)
@@ -436,7 +441,7 @@ def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict],
                                   f"{', '.join(map(str, shown)) or 'none'}."}
         parent.write_json("best_vs_worst.json", {"best": best["run_id"], "worst": worst["run_id"],
                                                  "right_by_best_wrong_by_worst": n_all, "shown": shown.tolist()})
-    source = results.StudyDir(owner.root / "pretrain").records()
+    source = studydir.StudyDir(owner.root / "pretrain").records()
     source_acc = summary.finite_statistics((r.get("test") or {}).get("acc") for r in source if r["status"] == "done")
     cfg0 = records[0]["config"]
     header = (f"Target: {ds.name}, {cfg0['split'][0]:,} train / {cfg0['split'][1]:,} val / {len(labels):,} test images, "
@@ -444,14 +449,14 @@ def analyse(parent: results.StudyDir, st: results.StudyDir, records: list[dict],
               f"(norm {cfg0['model']['norm']}). Backbone: pretrained on {source_task['classes']} "
               + (f"(source test accuracy {_stat(source_acc)}%, {source_acc['n']} runs)." if source else "(not used)."))
     parent.write_text("baselines.md", baselines_markdown(rows, published(), checks, extremes, header))
-    plots.accuracy_against(rows, "lr", parent.figures_dir / "accuracy_vs_lr.png",
+    charts.accuracy_against(rows, "lr", parent.figures_dir / "accuracy_vs_lr.png",
                            f"{TITLE}: accuracy against the learning rate per baseline (mean ± std over seeds)")
-    study.log("\n" + (parent.root / "baselines.md").read_text())
+    progress.log("\n" + (parent.root / "baselines.md").read_text())
 
 
 # ----------------------------------------------------------------------------- figures
 
-@plots.styled
+@charts.styled
 def image_examples(images: np.ndarray, captions: Sequence[str], path: Path | str, title: str,
                    note: str = "no images") -> Path:
     """Images (uint8 [n, H, W, C]) in one row, each titled by its caption (e.g. its true label and
@@ -467,8 +472,8 @@ def image_examples(images: np.ndarray, captions: Sequence[str], path: Path | str
         ax.axis("off")
     if not len(images):
         axes[0].text(0.5, 0.5, note, transform=axes[0].transAxes, ha="center", va="center", color="0.4")
-    return plots.save(fig, path, title=title)
+    return charts.save(fig, path, title=title)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

@@ -33,9 +33,12 @@ import jax.numpy as jnp
 from matplotlib.figure import Figure
 import numpy as np
 
-from cifar_jax import checkpoint, config, files, plots, results, run_record, study, summary, surfaces, train
-from cifar_jax.options import Option, table
-
+from cifar_jax.config.options import Option, table
+from cifar_jax.io import checkpoint, files
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, studydir, summary
+from cifar_jax.study import cli, config, prepare, progress, runner
+from cifar_jax.training import step, surfaces
 
 TITLE = "Linear mode connectivity"
 SPAWNED = ("params", "batch_stats", "opt_state", "step")  # what a child takes from its parent's state
@@ -95,18 +98,18 @@ def child(parent: config.Run, k: int, c: int, order_seed: int) -> config.Run:
 # ----------------------------------------------------------------------------- spawn states
 
 @functools.lru_cache(maxsize=None)
-def _initialiser(spec: train.GroupSpec, shape: tuple[int, ...]):
-    return jax.jit(lambda hp: train.init_run(spec, hp, shape))
+def _initialiser(spec: step.GroupSpec, shape: tuple[int, ...]):
+    return jax.jit(lambda hp: step.init_run(spec, hp, shape))
 
 
 def initial_state(run: config.Run, shape: tuple[int, ...]) -> dict:
     """The run's state at initialisation, as a spawn state (what `train.init_run` draws)."""
-    state = _initialiser(run.spec, shape)({k: v[0] for k, v in train.stack_hparams([run.hp]).items()})
+    state = _initialiser(run.spec, shape)({k: v[0] for k, v in step.stack_hparams([run.hp]).items()})
     return {k: jax.device_get(getattr(state, k)) for k in SPAWNED}
 
 
-def spawn_path(pst: results.StudyDir, run_id: str, k: int) -> Path:
-    return pst.root / "spawn" / f"{results.run_file_stem(run_id)}-k{k}.npz"
+def spawn_path(pst: studydir.StudyDir, run_id: str, k: int) -> Path:
+    return pst.root / "spawn" / f"{studydir.run_file_stem(run_id)}-k{k}.npz"
 
 
 def save_spawn(path: Path, state: dict) -> None:
@@ -122,30 +125,30 @@ def load_spawn(path: Path, template: dict) -> dict:
         leaves = [z[f"arr_{i}"] for i in range(len(wanted))]
     bad = next((i for i, (x, w) in enumerate(zip(leaves, wanted)) if x.shape != np.shape(w)), None)
     if bad is not None:
-        raise results.ResultsError(f"{path}: the spawn state of another model (leaf {bad} has shape "
+        raise files.ResultsError(f"{path}: the spawn state of another model (leaf {bad} has shape "
                                    f"{leaves[bad].shape}, {np.shape(wanted[bad])} expected); pass a new --name")
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 # ----------------------------------------------------------------------------- training
 
-def train_part(st: results.StudyDir, cfg: config.Config, runs: list[config.Run], prepared: study.Prepared,
+def train_part(st: studydir.StudyDir, cfg: config.Config, runs: list[config.Run], prepared: prepare.Prepared,
                title: str, before: Callable[[], None], calls: list[tuple[list[config.Run], dict]]) -> None:
     """One part of the study, as `study.run` does it, but with several `study.execute` calls
     (runs, keyword arguments): the children of each spawn epoch continue from another epoch."""
-    study.check_writable(st.root, "--results_dir/--name")
-    with st.lock() if study.is_lead() else contextlib.nullcontext():
-        study.remove_leftovers(st.root)
+    prepare.check_writable(st.root, "--results_dir/--name")
+    with st.lock() if runner.is_lead() else contextlib.nullcontext():
+        runner.remove_leftovers(st.root)
         st.pending([(r.run_id, r.config) for r in runs])
-        study.write_preamble(st, cfg, runs, prepared)
+        runner.write_preamble(st, cfg, runs, prepared)
         before()
         for group, kwargs in calls:
-            study.execute(st, group, prepared, cfg, **kwargs)
-        study.finish(st, runs, title, figures=False)
+            runner.execute(st, group, prepared, cfg, **kwargs)
+        runner.finish(st, runs, title, figures=False)
 
 
-def train_parents(cfg: config.Config, pst: results.StudyDir, parents: list[config.Run], ks: tuple[int, ...],
-                  prepared: study.Prepared) -> None:
+def train_parents(cfg: config.Config, pst: studydir.StudyDir, parents: list[config.Run], ks: tuple[int, ...],
+                  prepared: prepare.Prepared) -> None:
     """The parents to the end, their states after the spawn epochs k > 0 kept in parent/spawn/."""
     kept = [k for k in ks if k > 0]
 
@@ -154,7 +157,7 @@ def train_parents(cfg: config.Config, pst: results.StudyDir, parents: list[confi
             rec = pst.record(run.run_id)
             gone = [k for k in kept if not spawn_path(pst, run.run_id, k).exists()]
             if rec and rec["status"] in run_record.FINISHED and gone:
-                study.train_again(pst, run.run_id, f"its state after epoch {gone[0]} is missing")
+                runner.train_again(pst, run.run_id, f"its state after epoch {gone[0]} is missing")
 
     def keep(runs: list[config.Run], epoch: int, state: Callable[[], Any]) -> None:
         if epoch in kept:
@@ -166,8 +169,8 @@ def train_parents(cfg: config.Config, pst: results.StudyDir, parents: list[confi
     train_part(pst, cfg, parents, prepared, f"{TITLE}: parents", missing, [(parents, {"on_epoch": keep})])
 
 
-def train_children(cfg: config.Config, pst: results.StudyDir, cst: results.StudyDir, parents: list[config.Run],
-                   ks: tuple[int, ...], prepared: study.Prepared) -> dict[tuple[str, int], list[config.Run]]:
+def train_children(cfg: config.Config, pst: studydir.StudyDir, cst: studydir.StudyDir, parents: list[config.Run],
+                   ks: tuple[int, ...], prepared: prepare.Prepared) -> dict[tuple[str, int], list[config.Run]]:
     """Every parent's children for every k (one group per k), each child's final variables saved as a checkpoint."""
     shape = tuple(prepared.dataset.image_shape)
     seeds = order_seeds(cfg)
@@ -183,11 +186,11 @@ def train_children(cfg: config.Config, pst: results.StudyDir, cst: results.Study
     def missing() -> None:
         for run in runs:
             rec = cst.record(run.run_id)
-            if rec and rec["status"] in run_record.FINISHED and not study.final_checkpoint(cst, run.run_id).exists():
-                study.train_again(cst, run.run_id, f"its checkpoint {study.final_checkpoint(cst, run.run_id)} is missing")
+            if rec and rec["status"] in run_record.FINISHED and not runner.final_checkpoint(cst, run.run_id).exists():
+                runner.train_again(cst, run.run_id, f"its checkpoint {runner.final_checkpoint(cst, run.run_id)} is missing")
 
     def save(run: config.Run, variables: tuple) -> None:
-        study.save_checkpoint(study.final_checkpoint(cst, run.run_id), cst, run, variables)
+        runner.save_checkpoint(runner.final_checkpoint(cst, run.run_id), cst, run, variables)
 
     calls = [([r for (_, k2), fam in families.items() if k2 == k for r in fam],
               {"initial_for": spawned, "first_epoch": k, "on_state": save}) for k in ks]
@@ -197,14 +200,14 @@ def train_children(cfg: config.Config, pst: results.StudyDir, cst: results.Study
 
 # ----------------------------------------------------------------------------- the paths
 
-def final_variables(cst: results.StudyDir, run: config.Run, shape: tuple[int, ...]) -> tuple[Any, Any]:
+def final_variables(cst: studydir.StudyDir, run: config.Run, shape: tuple[int, ...]) -> tuple[Any, Any]:
     """A child's final (params, batch_stats) from its checkpoint (strict, provenance checked)."""
-    return checkpoint.restore(study.final_checkpoint(cst, run.run_id), train.param_shapes(run.spec, shape),
-                              train.batch_stats_shapes(run.spec, shape), expected=study.provenance(cst, run))
+    return checkpoint.restore(runner.final_checkpoint(cst, run.run_id), step.param_shapes(run.spec, shape),
+                              step.batch_stats_shapes(run.spec, shape), expected=runner.provenance(cst, run))
 
 
-def paths(cfg: config.Config, cst: results.StudyDir, families: dict[tuple[str, int], list[config.Run]],
-          prepared: study.Prepared) -> tuple[np.ndarray, list[dict]]:
+def paths(cfg: config.Config, cst: studydir.StudyDir, families: dict[tuple[str, int], list[config.Run]],
+          prepared: prepare.Prepared) -> tuple[np.ndarray, list[dict]]:
     """Every pair of children of the same parent and k: the [loss, top-1, top-5] along its path on
     the test set and the training subset, all paths' points in one vmapped evaluation per split."""
     shape, data = tuple(prepared.dataset.image_shape), prepared.data
@@ -230,7 +233,7 @@ def paths(cfg: config.Config, cst: results.StudyDir, families: dict[tuple[str, i
     return ts, pairs
 
 
-def end_point_check(pairs: list[dict], cst: results.StudyDir) -> float:
+def end_point_check(pairs: list[dict], cst: studydir.StudyDir) -> float:
     """The largest |difference| between a path's end points on the test set and the two children's
     own final test metrics in their records (0 up to float rounding)."""
     worst = 0.0
@@ -266,10 +269,10 @@ def markdown(pairs: list[dict], ks: tuple[int, ...], header: str, check: float) 
     return "\n".join(lines) + "\n"
 
 
-def analyse(cfg: config.Config, root: results.StudyDir, cst: results.StudyDir, families: dict, ks: tuple[int, ...],
-            prepared: study.Prepared) -> None:
+def analyse(cfg: config.Config, root: studydir.StudyDir, cst: studydir.StudyDir, families: dict, ks: tuple[int, ...],
+            prepared: prepare.Prepared) -> None:
     """The paths, connectivity.md/json and the two figures."""
-    with root.lock() if study.is_lead() else contextlib.nullcontext():
+    with root.lock() if runner.is_lead() else contextlib.nullcontext():
         ts, pairs = paths(cfg, cst, families, prepared)
         check = end_point_check(pairs, cst)
         header = (f"{len({p['parent'] for p in pairs})} parent(s) × {cfg.own.children} children per spawn epoch; model "
@@ -285,16 +288,16 @@ def analyse(cfg: config.Config, root: results.StudyDir, cst: results.StudyDir, f
             connectivity(ts, errors, barriers, root.figures_dir / name,
                                f"{TITLE} ({split} {'set' if split == 'test' else 'subset'}): {cfg.model.name}, "
                                f"{cfg.epochs} epochs")
-        study.log("\n" + markdown(pairs, ks, header, check))
+        progress.log("\n" + markdown(pairs, ks, header, check))
 
 
 def main(cfg: config.Config) -> None:
     check_flags(cfg)
     ks = spawn_epochs(cfg)
-    root = study.study_dir(cfg, "connectivity")
-    pst, cst = results.StudyDir(root.root / "parent"), results.StudyDir(root.root / "children")
-    study.check_writable(root.root, "--results_dir/--name")
-    prepared = study.prepare(cfg)
+    root = prepare.study_dir(cfg, "connectivity")
+    pst, cst = studydir.StudyDir(root.root / "parent"), studydir.StudyDir(root.root / "children")
+    prepare.check_writable(root.root, "--results_dir/--name")
+    prepared = prepare.data(cfg)
     parents = config.grid(cfg, len(prepared.train_idx), prepared.dataset.num_classes)
     train_parents(cfg, pst, parents, ks, prepared)
     families = train_children(cfg, pst, cst, parents, ks, prepared)
@@ -303,7 +306,7 @@ def main(cfg: config.Config) -> None:
 
 # ----------------------------------------------------------------------------- figures
 
-@plots.styled
+@charts.styled
 def connectivity(ts: np.ndarray, errors_by_k: dict[int, np.ndarray], barriers_by_k: dict[int, np.ndarray],
                  path: Path | str, title: str) -> Path:
     """Frankle et al.'s instability figures: test error along the linear path between two children
@@ -313,13 +316,13 @@ def connectivity(ts: np.ndarray, errors_by_k: dict[int, np.ndarray], barriers_by
     ax_path, ax_k = fig.subplots(1, 2)
     for i, (k, errors) in enumerate(errors_by_k.items()):
         mean, std = 100 * np.nanmean(errors, 0), 100 * np.nanstd(errors, 0)
-        ax_path.plot(ts, mean, color=plots.PALETTE[i % len(plots.PALETTE)], lw=2, label=f"k = {k}")
-        ax_path.fill_between(ts, mean - std, mean + std, color=plots.PALETTE[i % len(plots.PALETTE)], alpha=0.15, lw=0)
+        ax_path.plot(ts, mean, color=charts.PALETTE[i % len(charts.PALETTE)], lw=2, label=f"k = {k}")
+        ax_path.fill_between(ts, mean - std, mean + std, color=charts.PALETTE[i % len(charts.PALETTE)], alpha=0.15, lw=0)
     ks = np.array(list(barriers_by_k), dtype=np.float64)
     for k, values in barriers_by_k.items():
-        ax_k.scatter(np.full(len(values), k), 100 * np.asarray(values), s=14, color=plots.PALETTE[0], alpha=0.35)
+        ax_k.scatter(np.full(len(values), k), 100 * np.asarray(values), s=14, color=charts.PALETTE[0], alpha=0.35)
     ax_k.errorbar(ks, [100 * np.nanmean(v) for v in barriers_by_k.values()],
-                  yerr=[100 * np.nanstd(v) for v in barriers_by_k.values()], fmt="-o", color=plots.PALETTE[0], lw=2,
+                  yerr=[100 * np.nanstd(v) for v in barriers_by_k.values()], fmt="-o", color=charts.PALETTE[0], lw=2,
                   capsize=4)
     ax_k.axhline(0.0, color="0.3", lw=1, ls=":")
     if len(ks) and ks.min() >= 0 and ks.max() > 0:
@@ -332,8 +335,8 @@ def connectivity(ts: np.ndarray, errors_by_k: dict[int, np.ndarray], barriers_by
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(unit)
-    return plots.save(fig, path, title=title)
+    return charts.save(fig, path, title=title)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

@@ -17,9 +17,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 import numpy as np
 
-from cifar_jax import config, plots, results, run_record, study, summary
-from cifar_jax.run_record import ResultsError
-
+from cifar_jax.io.files import ResultsError
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, studydir, summary
+from cifar_jax.study import cli, config, progress, runner
 
 TRAIN_SOURCES = {
     "final_train": "eval-mode pass over the training split after the last epoch (--eval_train)",
@@ -83,7 +84,7 @@ def gap_markdown(rows: list[dict], best: dict | None, source: str) -> str:
     return "\n".join(lines + ["", verdict]) + "\n"
 
 
-def write_gap(st: results.StudyDir, records: list[dict]) -> dict:
+def write_gap(st: studydir.StudyDir, records: list[dict]) -> dict:
     """Write generalisation_gap.md/.json and its figure, print the table; returns the JSON object."""
     source = train_source([r for r in records if r["status"] == "done"])
     rows = gap_rows(records, source)
@@ -97,12 +98,12 @@ def write_gap(st: results.StudyDir, records: list[dict]) -> dict:
     generalisation_gap(rows, st.figures_dir / "generalisation_gap.png",
                              "Dropout sweep: generalisation gap at the end of training (train side: "
                              + ("eval-mode pass)" if source == "final_train" else "running averages)"))
-    study.log("\n" + text)
+    progress.log("\n" + text)
     return out
 
 
 def main(cfg: config.Config) -> None:
-    study.run(cfg, "dropout_sweep", "Dropout sweep",
+    runner.run(cfg, "dropout_sweep", "Dropout sweep",
               lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes), analysis=write_gap)
 
 
@@ -112,7 +113,7 @@ def _gap_panel(ax: Axes, rows: list[dict], key: str, scale: float, color: tuple)
     """One gap against the dropout rate: mean ± std across seeds as error bars, each seed a faint dot."""
     kept = [r for r in rows if r[key]["mean"] is not None]
     if not kept:
-        plots.no_data(ax, "no finished runs")
+        charts.no_data(ax, "no finished runs")
         return
     for r in kept:
         seeds = scale * np.asarray(r[key]["values"], dtype=np.float64)
@@ -124,18 +125,18 @@ def _gap_panel(ax: Axes, rows: list[dict], key: str, scale: float, color: tuple)
     ax.set_xticks(np.unique(rates))
 
 
-@plots.styled
+@charts.styled
 def generalisation_gap(rows: list[dict], path: Path | str, title: str) -> Path:
     """Final train − val accuracy and loss gaps vs dropout rate (rows: rate, acc_gap and loss_gap statistics)."""
     if not rows:
         raise ResultsError("generalisation_gap: no rows")
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2, sharex=True)
-    _gap_panel(ax_acc, rows, "acc_gap", 100.0, plots.PALETTE[0])
-    _gap_panel(ax_loss, rows, "loss_gap", 1.0, plots.PALETTE[1])
-    return plots.finish_pair(fig, title, "dropout rate", ((ax_acc, "Accuracy gap (train − val)", "percentage points"),
+    _gap_panel(ax_acc, rows, "acc_gap", 100.0, charts.PALETTE[0])
+    _gap_panel(ax_loss, rows, "loss_gap", 1.0, charts.PALETTE[1])
+    return charts.finish_pair(fig, title, "dropout rate", ((ax_acc, "Accuracy gap (train − val)", "percentage points"),
                                                       (ax_loss, "Loss gap (train − val)", "cross-entropy difference")), path)
 
 
 if __name__ == "__main__":
-    study.main(main, {})
+    cli.main(main, {})

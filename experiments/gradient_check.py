@@ -18,8 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cifar_jax import config, data, gradcheck, models, optim, results, splits, study
-from cifar_jax.options import Option, table
+from cifar_jax.config.options import Option, table
+from cifar_jax.data import datasets, splits
+from cifar_jax.io import environment
+from cifar_jax.nn import models
+from cifar_jax.results import studydir
+from cifar_jax.study import cli, config, progress
+from cifar_jax.training import gradcheck, optim
 
 OPTIONS = table(
     Option("check_dims", 10, "Input dimensions kept (the first ones of each flattened image).", kind="int", low=1),
@@ -33,7 +38,7 @@ COLUMNS = (("W", "kernel", "fc"), ("b", "bias", "fc"), ("γ", "scale", "bn_fc"),
 def batch(cfg: config.Config) -> tuple[np.ndarray, np.ndarray, int]:
     """The first samples of the training set, standardised (--normalization over the training
     split), flattened and cut to the first dims: float64 [samples, dims], labels, class count."""
-    ds = data.load(cfg.dataset, cfg.data_dir, download=cfg.download)
+    ds = datasets.load(cfg.dataset, cfg.data_dir, download=cfg.download)
     try:
         train_idx, _ = splits.make_split(len(ds.y_train), *cfg.split[:2], seed=cfg.split_seed)
     except ValueError as err:
@@ -90,15 +95,15 @@ def main(cfg: config.Config) -> None:
         model = dataclasses.replace(dict(variant)["model"], use_dropout=False, num_classes=num_classes)
         errors = layer_errors(model, x, y, cfg.values("l2")[0], cfg.seeds[0], cfg.own.check_h)
         nets.append((model, errors))
-        study.log(f"hidden {model.hidden}, norm {model.norm}: largest relative error {max(errors.values()):.3g}")
-    st = results.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or "gradient_check"))
+        progress.log(f"hidden {model.hidden}, norm {model.norm}: largest relative error {max(errors.values()):.3g}")
+    st = studydir.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or "gradient_check"))
     text = markdown(nets, x.shape[1], len(y))
     st.write_text("gradient_check.md", text)
     st.write_json("gradient_check.json", {"dims": x.shape[1], "samples": len(y), "h": cfg.own.check_h,
                                           "nets": [{"hidden": m.hidden, "norm": m.norm, "errors": e} for m, e in nets],
-                                          "env": results.environment()})
-    study.log("\n" + text + f"\nresults: {st.root}")
+                                          "env": environment.environment()})
+    progress.log("\n" + text + f"\nresults: {st.root}")
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

@@ -20,9 +20,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-from cifar_jax import config, gradient_plots, options, plots, results, run_record, study, summary
-from cifar_jax.options import Option, table
-
+from cifar_jax.config import options
+from cifar_jax.config.options import Option, table
+from cifar_jax.plots import charts, gradients
+from cifar_jax.results import run_record, studydir, summary
+from cifar_jax.study import cli, config, prepare, progress, runner
 
 OPTIONS = table(
     Option("cycles", 0, "Train for this many cyclic-LR cycles (2·n_s steps each); 0: use --epochs.", kind="int", low=0),
@@ -62,7 +64,7 @@ def cycle_epochs(cfg: config.Config, cycles: int, n_train: int) -> int:
     return math.ceil(cycles * 2 * n_s / steps_per_epoch)
 
 
-def grid_runs(cfg: config.Config, prepared: study.Prepared, cycles: int) -> list[config.Run]:
+def grid_runs(cfg: config.Config, prepared: prepare.Prepared, cycles: int) -> list[config.Run]:
     """The grid's runs, trained for `cycles` cyclic-LR cycles when given (else --epochs)."""
     if cycles:
         cfg = cfg.replace(epochs=cycle_epochs(cfg, cycles, len(prepared.train_idx)))
@@ -197,57 +199,57 @@ def at_epochs_markdown(records: list[dict], epochs: list[int], title: str) -> st
     return "\n".join(lines) + "\n"
 
 
-def analyse(st: results.StudyDir, records: list[dict], cycles: int, title: str, at_epochs: tuple[int, ...] = ()) -> None:
+def analyse(st: studydir.StudyDir, records: list[dict], cycles: int, title: str, at_epochs: tuple[int, ...] = ()) -> None:
     """Every run in the report's format, the configuration table, the curves of every configuration
     and, where one numeric option varies, accuracy against it."""
     blocks = [run_block(rec, cycles) for rec in records]
     st.write_text("runs.txt", "\n\n".join(f"run {r['run_id']}\n{b}" for r, b in zip(records, blocks)) + "\n")
     for block in blocks:
-        study.log("\n" + block)
+        progress.log("\n" + block)
     rows = config_rows(records)
     st.write_json("configs.json", rows)
     st.write_text("configs.md", configs_markdown(rows, title))
     for name, group in run_record.group_by_config(records).items():
-        cost_loss_accuracy(group, st.figures_dir / f"cost_{results.run_file_stem(name)}.png", f"{title}: {name}")
+        cost_loss_accuracy(group, st.figures_dir / f"cost_{studydir.run_file_stem(name)}.png", f"{title}: {name}")
     by_config = run_record.group_by_config(records)
     if len(by_config) > 1:
         training_comparison(by_config, st.figures_dir / "training_comparison.png",
                                   f"{title}: training loss, training and validation accuracy")
     if any(r.get("grad_stats") for r in records):
         first = {name: group[0] for name, group in by_config.items() if group[0].get("grad_stats")}
-        gradient_plots.gradient_norms(first, st.figures_dir / "gradient_norms.png",
+        gradients.gradient_norms(first, st.figures_dir / "gradient_norms.png",
                                       f"{title}: gradient norm of each weight tensor per epoch (first seed)")
     if at_epochs:
         st.write_text("at_epochs.md", at_epochs_markdown(records, list(at_epochs), title))
     option = varying_option(records)
     if option == "batch_size":
-        plots.accuracy_against(rows, option, st.figures_dir / "batch_size.png",
+        charts.accuracy_against(rows, option, st.figures_dir / "batch_size.png",
                                f"{title}: accuracy, time and loss noise against the batch size",
-                               panels=plots.BATCH_PANELS)
+                               panels=charts.BATCH_PANELS)
     elif option:
-        plots.accuracy_against(rows, option, st.figures_dir / f"accuracy_vs_{option}.png",
+        charts.accuracy_against(rows, option, st.figures_dir / f"accuracy_vs_{option}.png",
                                f"{title}: final accuracy against {option}")
-        plots.accuracy_against(rows, option, st.figures_dir / f"best_vs_{option}.png",
+        charts.accuracy_against(rows, option, st.figures_dir / f"best_vs_{option}.png",
                                f"{title}: best accuracy over the epochs and final loss against {option}",
-                               panels=plots.BEST_PANELS)
+                               panels=charts.BEST_PANELS)
     for r in rows:
         acc = r["test_acc"]
         if acc["mean"] is not None:
-            study.log(f"{r['config']}: mean test accuracy {100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f} "
+            progress.log(f"{r['config']}: mean test accuracy {100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f} "
                       f"(95% CI {100 * acc['ci95'][0]:.2f}–{100 * acc['ci95'][1]:.2f}%, n={acc['n']})")
 
 
 def main(cfg: config.Config) -> None:
     """The grid, trained, and its analysis."""
     own = cfg.own
-    study.run(cfg, "grid_study", own.title, lambda p: grid_runs(cfg, p, own.cycles),
+    runner.run(cfg, "grid_study", own.title, lambda p: grid_runs(cfg, p, own.cycles),
               analysis=lambda st, records: analyse(st, records, own.cycles, own.title, own.at_epochs),
               extra={"cycles": own.cycles})
 
 
 # ----------------------------------------------------------------------------- figures
 
-@plots.styled
+@charts.styled
 def cost_loss_accuracy(records: list[dict], path: Path | str, title: str) -> Path:
     """seeds/002's figure for the seeds of ONE configuration: cost (loss + λ·ΣW²), loss and
     accuracy per epoch, training (eval mode where recorded, else running averages) and
@@ -260,24 +262,24 @@ def cost_loss_accuracy(records: list[dict], path: Path | str, title: str) -> Pat
         for k, (prefix, name) in enumerate(((train, "training"), ("val", "validation"))):
             kept = []
             for rec in records:
-                values = run_record.cost_curve(rec, prefix) if metric == "cost" else plots.plotted(rec, f"{prefix}_{metric}")
-                values = plots.until_divergence(rec, values)
+                values = run_record.cost_curve(rec, prefix) if metric == "cost" else charts.plotted(rec, f"{prefix}_{metric}")
+                values = charts.until_divergence(rec, values)
                 if np.isfinite(values).any():
-                    ax.plot(plots.epochs_axis(values), values, color=plots.PALETTE[k], lw=0.8, alpha=0.35)
+                    ax.plot(charts.epochs_axis(values), values, color=charts.PALETTE[k], lw=0.8, alpha=0.35)
                     if rec.get("status") != "diverged":
                         kept.append(values)
             if kept:
-                mean, _ = plots.mean_std(kept)
-                ax.plot(plots.epochs_axis(mean), mean, color=plots.PALETTE[k], lw=2.4, label=f"{name} (mean of {len(kept)})")
+                mean, _ = charts.mean_std(kept)
+                ax.plot(charts.epochs_axis(mean), mean, color=charts.PALETTE[k], lw=2.4, label=f"{name} (mean of {len(kept)})")
         ax.set_title(label)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title + ("" if train == "train_eval" else " (training: running averages, train mode)"))
-    plots.figure_legend(fig, axes, ncol=2)
-    return plots.save(fig, path)
+    charts.figure_legend(fig, axes, ncol=2)
+    return charts.save(fig, path)
 
 
-@plots.styled
+@charts.styled
 def training_comparison(records_by_config: dict[str, list[dict]], path: Path | str, title: str,
                         smooth: int = 1) -> Path:
     """The optimiser-comparison figure: training loss per iteration (the --loss_every trace,
@@ -289,23 +291,23 @@ def training_comparison(records_by_config: dict[str, list[dict]], path: Path | s
     train = "train_eval_acc" if any(np.isfinite(run_record.curve(r, "train_eval_acc")).any()
                                     for recs in records_by_config.values() for r in recs) else "train_acc"
     for i, (name, records) in enumerate(records_by_config.items()):
-        kept = [r for r in records if plots.diverged_at(r) is None]
-        style, diverged = plots.line_style(i), plots.diverged_epochs(records)
-        label = f"{name} ({plots.diverged_note(diverged, len(records))})" if diverged else name
+        kept = [r for r in records if charts.diverged_at(r) is None]
+        style, diverged = charts.line_style(i), charts.diverged_epochs(records)
+        label = f"{name} ({charts.diverged_note(diverged, len(records))})" if diverged else name
         if not kept:  # no line, but the legend says when its seeds diverged
             axes[0].plot([], [], lw=2, label=label, **style)
             continue
         if traced:
             every = kept[0]["config"].get("loss_every") or 1
-            mean, _ = plots.mean_std([run_record.loss_trace(r) for r in kept])
-            mean = plots.moving_average(mean, smooth)
+            mean, _ = charts.mean_std([run_record.loss_trace(r) for r in kept])
+            mean = charts.moving_average(mean, smooth)
             axes[0].plot(every * np.arange(1, len(mean) + 1), mean, lw=1.2, label=label, **style)
         else:
-            mean, _ = plots.mean_std([run_record.curve(r, "train_loss") for r in kept])
-            axes[0].plot(plots.epochs_axis(mean), mean, lw=2, label=label, **style)
+            mean, _ = charts.mean_std([run_record.curve(r, "train_loss") for r in kept])
+            axes[0].plot(charts.epochs_axis(mean), mean, lw=2, label=label, **style)
         for ax, key in ((axes[1], train), (axes[2], "val_acc")):
-            mean, _ = plots.mean_std([100 * run_record.curve(r, key) for r in kept])
-            ax.plot(plots.epochs_axis(mean), mean, lw=2, marker="o", ms=3, label=label, **style)
+            mean, _ = charts.mean_std([100 * run_record.curve(r, key) for r in kept])
+            ax.plot(charts.epochs_axis(mean), mean, lw=2, marker="o", ms=3, label=label, **style)
     axes[0].set_xlabel("iteration" if traced else "epoch")
     axes[0].set_ylabel("training loss")
     axes[0].set_title("training loss" + (f" per iteration (moving average of {smooth})" if traced and smooth > 1
@@ -316,8 +318,8 @@ def training_comparison(records_by_config: dict[str, list[dict]], path: Path | s
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return plots.save(fig, path, title=title, legend=axes, ncol=4)
+    return charts.save(fig, path, title=title, legend=axes, ncol=4)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

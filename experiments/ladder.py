@@ -18,9 +18,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-from cifar_jax import config, models, plots, run_record, study, summary
-from cifar_jax.options import Option, table
-
+from cifar_jax.config.options import Option, table
+from cifar_jax.nn import models
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, summary
+from cifar_jax.study import cli, config, prepare, progress, runner
 
 # name → (the stage it builds on, its change to that stage's flags). A change sets Config fields,
 # per-run options (tuples) or, under "model", ModelConfig fields.
@@ -134,11 +136,11 @@ def model_markdown(model: models.ModelConfig, image_shape: tuple[int, ...], reco
     return "\n".join(lines) + "\n"
 
 
-def train_stage(cfg: config.Config, stage: str, parent: str | None, title: str) -> study.Outcome:
+def train_stage(cfg: config.Config, stage: str, parent: str | None, title: str) -> runner.Outcome:
     """One stage, a study of its own in part `stage`."""
     scfg = stage_config(cfg, stage)
-    study.log(f"\n=== stage {stage}" + (f" (builds on {parent})" if parent else ""))
-    return study.run(scfg, "ladder", f"{title}: {stage}", part=stage,
+    progress.log(f"\n=== stage {stage}" + (f" (builds on {parent})" if parent else ""))
+    return runner.run(scfg, "ladder", f"{title}: {stage}", part=stage,
                      runs=lambda p: config.grid(scfg, len(p.train_idx), p.dataset.num_classes, stage))
 
 
@@ -148,10 +150,10 @@ def main(cfg: config.Config) -> None:
     stages = plan(cfg.own.stages, cfg.own.long_stages)
     title = f"{cfg.model.name} {TITLE}"
     done = {stage: train_stage(cfg, stage, parent, title) for stage, parent in stages}
-    if not study.is_lead():
+    if not runner.is_lead():
         return
     records = {stage: outcome.finished for stage, outcome in done.items()}
-    root = study.study_dir(cfg, "ladder")
+    root = prepare.study_dir(cfg, "ladder")
     rows = [stage_row(s, p, records[s]) for s, p in stages]
     root.write_json("ladder.json", rows)
     root.write_text("ladder.md", ladder_markdown(rows, title, cfg.own.long_epochs))
@@ -161,12 +163,12 @@ def main(cfg: config.Config) -> None:
         if parent:
             stage_comparison({parent: records[parent], stage: records[stage]},
                                    root.figures_dir / f"{stage}_vs_{parent}.png", f"{title}: {stage} against {parent}")
-    study.log("\n" + ladder_markdown(rows, title, cfg.own.long_epochs))
+    progress.log("\n" + ladder_markdown(rows, title, cfg.own.long_epochs))
 
 
 # ----------------------------------------------------------------------------- figures
 
-@plots.styled
+@charts.styled
 def stage_comparison(records_by_config: dict[str, list[dict]], path: Path | str, title: str) -> Path:
     """Two or more configurations (e.g. a ladder stage and the stage it builds on) side by side:
     loss, top-1 and top-5 accuracy per epoch, training (running average, dashed) and validation
@@ -175,21 +177,21 @@ def stage_comparison(records_by_config: dict[str, list[dict]], path: Path | str,
     axes = fig.subplots(1, 3)
     for i, (name, records) in enumerate(records_by_config.items()):
         kept = [r for r in records if r.get("status") != "diverged"]
-        color = plots.PALETTE[i % len(plots.PALETTE)]
+        color = charts.PALETTE[i % len(charts.PALETTE)]
         for ax, metric in zip(axes, ("loss", "acc", "top5")):
             scale = 1.0 if metric == "loss" else 100.0
             for split, ls in (("train", "--"), ("val", "-")):
-                mean, std = plots.mean_std([scale * run_record.curve(r, f"{split}_{metric}") for r in kept])
+                mean, std = charts.mean_std([scale * run_record.curve(r, f"{split}_{metric}") for r in kept])
                 if np.isfinite(mean).any():
-                    ax.plot(plots.epochs_axis(mean), mean, color=color, ls=ls, lw=1.8, label=f"{name} ({split})")
-                    ax.fill_between(plots.epochs_axis(mean), mean - std, mean + std, color=color, alpha=0.12, lw=0)
+                    ax.plot(charts.epochs_axis(mean), mean, color=color, ls=ls, lw=1.8, label=f"{name} ({split})")
+                    ax.fill_between(charts.epochs_axis(mean), mean - std, mean + std, color=color, alpha=0.12, lw=0)
     for ax, what in zip(axes, ("cross-entropy loss", "top-1 accuracy (%)", "top-5 accuracy (%)")):
         ax.set_title(what)
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return plots.save(fig, path, title=title, legend=axes, ncol=4)
+    return charts.save(fig, path, title=title, legend=axes, ncol=4)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

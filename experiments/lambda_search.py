@@ -20,8 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar_jax import config, models, plots, results, study, summary
-from cifar_jax.options import Option, table
+from cifar_jax.config.options import Option, table
+from cifar_jax.io import files
+from cifar_jax.nn import models
+from cifar_jax.plots import charts
+from cifar_jax.results import studydir, summary
+from cifar_jax.study import cli, config, progress, runner
 from experiments import grid_study
 
 OPTIONS = table(
@@ -55,13 +59,13 @@ def best_lambda(rows: list[dict]) -> float:
     """The λ with the highest mean final validation accuracy."""
     scored = [r for r in rows if r["val_acc"]["mean"] is not None]
     if not scored:
-        raise results.ResultsError("λ search: no run has a validation accuracy (is the validation split empty?)")
+        raise files.ResultsError("λ search: no run has a validation accuracy (is the validation split empty?)")
     return max(scored, key=lambda r: r["val_acc"]["mean"])["values"]["l2"]
 
 
 def part(cfg: config.Config, name: str, title: str, cycles: int) -> list[dict]:
     """Train one part and analyse it; its configuration rows."""
-    done = study.run(cfg, "lambda_search", title, lambda p: grid_study.grid_runs(cfg, p, cycles), part=name,
+    done = runner.run(cfg, "lambda_search", title, lambda p: grid_study.grid_runs(cfg, p, cycles), part=name,
                      analysis=lambda st, records: grid_study.analyse(st, records, cycles, title, cfg.own.at_epochs),
                      extra={"cycles": cycles}, figures=False)
     return grid_study.config_rows(done.finished)
@@ -99,16 +103,16 @@ def main(cfg: config.Config) -> None:
     if own.published_lambda:
         done["final_published"] = part(cfg.replace(l2=(own.published_lambda,)).vary("model", nets), "final_published",
                                        f"{TITLE}: final at the report's λ = {own.published_lambda:.4g}", own.final_cycles)
-    if not study.is_lead():
+    if not runner.is_lead():
         return
-    st = results.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or "lambda_search"))
+    st = studydir.StudyDir(Path(cfg.results_dir).expanduser() / (cfg.name or "lambda_search"))
     text = markdown(done, best)
     st.write_text("lambda_search.md", text)
     st.write_json("lambda_search.json", {"best_lambda": best, **done})
-    plots.accuracy_against(done["coarse"] + done["fine"], "l2", st.figures_dir / "lambda_search.png",
+    charts.accuracy_against(done["coarse"] + done["fine"], "l2", st.figures_dir / "lambda_search.png",
                            f"{TITLE}: final accuracy against λ ({own.search_cycles} cycle(s), coarse and fine)")
-    study.log("\n" + text + f"\nresults: {st.root}")
+    progress.log("\n" + text + f"\nresults: {st.root}")
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

@@ -9,6 +9,7 @@ it this study first trains its own source runs from the core flags (part source/
 forced), so one command gives a surface. Each point is evaluated in eval mode on a seeded subset
 of --surface_examples training images and on the test set (the run's own data settings, read
 from its record). Batch norm: on the plane every point keeps the run's final running statistics
+
 (Li et al.); on a path the running statistics are interpolated with the parameters (the initial
 ones are the initialisation's: mean 0, variance 1). Outputs: surface.md (the centre against the
 run's own record, the paths' minima and barriers), surface.json, surface.npz (every grid value),
@@ -29,8 +30,14 @@ import jax.numpy as jnp
 from matplotlib.figure import Figure
 import numpy as np
 
-from cifar_jax import checkpoint, config, files, models, plots, results, run_record, schedules, study, surfaces, train
-from cifar_jax.options import Option, table
+from cifar_jax.study import progress
+from cifar_jax.io import checkpoint, files
+from cifar_jax.nn import models
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, studydir
+from cifar_jax.study import cli, config, prepare, runner
+from cifar_jax.training import schedules, step, surfaces
+from cifar_jax.config.options import Option, table
 
 
 TITLE = "Loss surface"
@@ -64,15 +71,15 @@ OPTIONS = table(
 
 # ----------------------------------------------------------------------------- flags and runs
 
-def source_dir(cfg: config.Config) -> results.StudyDir:
+def source_dir(cfg: config.Config) -> studydir.StudyDir:
     """--source_study as a study directory (a name inside --results_dir, or a path)."""
-    st = study.named_study(cfg, cfg.own.source_study)
+    st = prepare.named_study(cfg, cfg.own.source_study)
     if not st.runs_dir.is_dir():
         raise config.ConfigError(f"--source_study={cfg.own.source_study}: no study with run records at {st.root}")
     return st
 
 
-def chosen_records(cfg: config.Config, src: results.StudyDir) -> tuple[dict, dict | None]:
+def chosen_records(cfg: config.Config, src: studydir.StudyDir) -> tuple[dict, dict | None]:
     """The centre run's record (--run) and the other run's (--other_run), each finished."""
     done = [r for r in src.records() if r["status"] == "done"]
     ids = [r["run_id"] for r in done]
@@ -97,22 +104,22 @@ def chosen_records(cfg: config.Config, src: results.StudyDir) -> tuple[dict, dic
     return centre, next((r for r in done if r is not centre and r["config"]["model"] == centre["config"]["model"]), None)
 
 
-def spec_of(rec: dict, cfg: config.Config) -> train.GroupSpec:
+def spec_of(rec: dict, cfg: config.Config) -> step.GroupSpec:
     """The run's group spec from its record (evaluation batch and convolution from the flags)."""
     c = rec["config"]
     as_value = lambda v: tuple(v) if isinstance(v, list) else v
     model = models.ModelConfig(**{k: as_value(v) for k, v in c["model"].items()})
-    names = {f.name for f in dataclasses.fields(train.GroupSpec)} - {"model", "eval_batch_size", "conv_impl"}
-    return train.GroupSpec(model=model, eval_batch_size=cfg.eval_batch_size, conv_impl=cfg.conv_impl,
+    names = {f.name for f in dataclasses.fields(step.GroupSpec)} - {"model", "eval_batch_size", "conv_impl"}
+    return step.GroupSpec(model=model, eval_batch_size=cfg.eval_batch_size, conv_impl=cfg.conv_impl,
                            **{k: as_value(c[k]) for k in names if k in c})
 
 
 def hparams_of(rec: dict) -> dict[str, Any]:
     """The run's per-run values (as `train.init_run` takes them) from its record."""
     c = rec["config"]
-    hp = {k: c[k] for k in train.HP_DEFAULTS if k in c}
+    hp = {k: c[k] for k in step.HP_DEFAULTS if k in c}
     hp["schedule"] = schedules.SCHEDULE_IDS[c["schedule"]]
-    return {k: v[0] for k, v in train.stack_hparams([hp]).items()}
+    return {k: v[0] for k, v in step.stack_hparams([hp]).items()}
 
 
 def data_config(cfg: config.Config, rec: dict) -> config.Config:
@@ -123,20 +130,20 @@ def data_config(cfg: config.Config, rec: dict) -> config.Config:
                        classes=c.get("classes", ""), test_size=c.get("test_size", 0), batch_size=c["batch_size"])
 
 
-def restored(src: results.StudyDir, rec: dict, spec: train.GroupSpec, shape: tuple[int, ...]) -> tuple[Any, Any]:
+def restored(src: studydir.StudyDir, rec: dict, spec: step.GroupSpec, shape: tuple[int, ...]) -> tuple[Any, Any]:
     """The run's final (params, batch_stats) from its --save_final checkpoint (strict, provenance checked)."""
-    path = study.final_checkpoint(src, rec["run_id"])
+    path = runner.final_checkpoint(src, rec["run_id"])
     if not path.exists():
         raise config.ConfigError(f"{rec['run_id']!r} of {src.root} has no checkpoint at {path}: run that study with "
                                  "--save_final")
     expected = {"study": src.root, "run_id": rec["run_id"], "config": rec["config"]}
-    return checkpoint.restore(path, train.param_shapes(spec, shape), train.batch_stats_shapes(spec, shape),
+    return checkpoint.restore(path, step.param_shapes(spec, shape), step.batch_stats_shapes(spec, shape),
                               expected=expected)
 
 
 @functools.lru_cache(maxsize=None)
-def _initialiser(spec: train.GroupSpec, shape: tuple[int, ...]):
-    return jax.jit(lambda hp: train.init_run(spec, hp, shape))
+def _initialiser(spec: step.GroupSpec, shape: tuple[int, ...]):
+    return jax.jit(lambda hp: step.init_run(spec, hp, shape))
 
 
 # ----------------------------------------------------------------------------- the surface
@@ -147,7 +154,7 @@ def coordinates(points: int, span: float) -> np.ndarray:
     return span * (np.arange(points) - half) / half
 
 
-def compute(spec: train.GroupSpec, variables: tuple, initial: tuple, other: tuple | None, data: train.Data,
+def compute(spec: step.GroupSpec, variables: tuple, initial: tuple, other: tuple | None, data: step.Data,
             train_subset: np.ndarray, points: int, span: float, seed: int, chunk: int) -> dict[str, np.ndarray]:
     """Every point's [loss, top-1, top-5] on the training subset and the test set: the plane
     (`train_plane`, `test_plane`: [points, points, 3]) and the paths (`init_*`, `other_*`: [points, 3])."""
@@ -221,7 +228,7 @@ def markdown(s: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(st: results.StudyDir, out: dict[str, np.ndarray], s: dict, header: str) -> None:
+def write(st: studydir.StudyDir, out: dict[str, np.ndarray], s: dict, header: str) -> None:
     """surface.md, surface.json, surface.npz and the two figures."""
     buffer = io.BytesIO()
     np.savez(buffer, **out)
@@ -237,27 +244,27 @@ def write(st: results.StudyDir, out: dict[str, np.ndarray], s: dict, header: str
                                            "test accuracy (%)": 100 * out["test_plane"][..., 1]},
                            st.figures_dir / "surface_2d.png",
                            f"{TITLE}: {s['run']}, two filter-normalised directions")
-    study.log("\n" + markdown(s, header))
+    progress.log("\n" + markdown(s, header))
 
 
-def surface(cfg: config.Config, src: results.StudyDir) -> None:
+def surface(cfg: config.Config, src: studydir.StudyDir) -> None:
     """The surface of the chosen run of study `src`, written into this study's folder."""
     rec, other_rec = chosen_records(cfg, src)
     own = cfg.own
     spec = spec_of(rec, cfg)
     data_cfg = data_config(cfg, rec)
-    st = study.study_dir(cfg, "loss_surface")
+    st = prepare.study_dir(cfg, "loss_surface")
     with st.lock():
-        prepared = study.prepare(data_cfg)
+        prepared = prepare.data(data_cfg)
         shape = tuple(prepared.dataset.image_shape)
         variables = restored(src, rec, spec, shape)
         other = restored(src, other_rec, spec, shape) if other_rec else None
         init = _initialiser(spec, shape)(hparams_of(rec))
         n = min(own.surface_examples, len(prepared.train_idx))
         subset = np.sort(np.random.default_rng(own.direction_seed).choice(prepared.train_idx, n, replace=False))
-        study.write_preamble(st, data_cfg, [], prepared, {"source_study": str(src.root), "run": rec["run_id"],
+        runner.write_preamble(st, data_cfg, [], prepared, {"source_study": str(src.root), "run": rec["run_id"],
                                                            "other_run": other_rec and other_rec["run_id"]})
-        study.log(f"{TITLE}: {rec['run_id']} of {src.root}: {own.surface_points}² plane and 1-D paths, "
+        progress.log(f"{TITLE}: {rec['run_id']} of {src.root}: {own.surface_points}² plane and 1-D paths, "
                   f"{n} training images and {len(prepared.dataset.y_test)} test images per point")
         out = compute(spec, variables, (init.params, init.batch_stats), other, prepared.data, subset,
                       own.surface_points, own.surface_range, own.direction_seed,
@@ -275,7 +282,7 @@ def main(cfg: config.Config) -> None:
         src = source_dir(cfg)
     else:
         source = cfg.replace(save_final=True)
-        src = study.run(source, "loss_surface", f"{TITLE}: source runs", part="source",
+        src = runner.run(source, "loss_surface", f"{TITLE}: source runs", part="source",
                         runs=lambda p: config.grid(source, len(p.train_idx), p.dataset.num_classes),
                         figures=cfg.epochs > 1).study
     surface(cfg, src)
@@ -283,7 +290,7 @@ def main(cfg: config.Config) -> None:
 
 # ----------------------------------------------------------------------------- figures
 
-@plots.styled
+@charts.styled
 def surface_paths(paths: dict[str, dict[str, np.ndarray]], ts: np.ndarray, path: Path | str, title: str) -> Path:
     """Loss and top-1 accuracy along 1-D linear paths: `paths` maps a label to {split: [points, 3]}
     (loss, top-1, top-5) at the coefficients `ts`; training subset solid, test dashed."""
@@ -292,13 +299,13 @@ def surface_paths(paths: dict[str, dict[str, np.ndarray]], ts: np.ndarray, path:
     for i, (label, by_split) in enumerate(paths.items()):
         for split, ls in (("train", "-"), ("test", "--")):
             values = by_split[split]
-            ax_loss.plot(ts, values[:, 0], ls, color=plots.PALETTE[i], lw=2, label=f"{label}, {split}")
-            ax_acc.plot(ts, 100 * values[:, 1], ls, color=plots.PALETTE[i], lw=2, label=f"{label}, {split}")
-    return plots.finish_pair(fig, title, "t (0: start, 1: end)", ((ax_loss, "Loss", "cross-entropy loss"),
+            ax_loss.plot(ts, values[:, 0], ls, color=charts.PALETTE[i], lw=2, label=f"{label}, {split}")
+            ax_acc.plot(ts, 100 * values[:, 1], ls, color=charts.PALETTE[i], lw=2, label=f"{label}, {split}")
+    return charts.finish_pair(fig, title, "t (0: start, 1: end)", ((ax_loss, "Loss", "cross-entropy loss"),
                                                              (ax_acc, "Top-1 accuracy", "accuracy (%)")), path)
 
 
-@plots.styled
+@charts.styled
 def surface_contours(coords: np.ndarray, grids: dict[str, np.ndarray], path: Path | str, title: str) -> Path:
     """Contour panels of 2-D grids over (α, β) ∈ coords² (grids[name][i, j] at α = coords[i],
     β = coords[j]), the centre (the run itself) marked."""
@@ -314,8 +321,8 @@ def surface_contours(coords: np.ndarray, grids: dict[str, np.ndarray], path: Pat
         ax.set_ylabel("β (direction 2)")
         ax.set_title(name)
         ax.grid(False)
-    return plots.save(fig, path, title=title)
+    return charts.save(fig, path, title=title)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

@@ -13,10 +13,11 @@ from pathlib import Path
 from matplotlib.figure import Figure
 import numpy as np
 
-from cifar_jax import config, plots, results, run_record, study, summary
-from cifar_jax.options import Option, table
-from cifar_jax.run_record import ResultsError
-
+from cifar_jax.config.options import Option, table
+from cifar_jax.io.files import ResultsError
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, studydir, summary
+from cifar_jax.study import cli, config, progress, runner
 
 OPTIONS = table(
     Option("landscape_max", 1.0, "Largest LR of the landscape grid (the grid replaces --lr).", low=0.0, low_open=True),
@@ -131,7 +132,7 @@ def summary_line(rows: list[dict], best: float | None, edge: float | None) -> st
                   f"{e['n_failed']}/{e['n_runs']} diverged or ended ≥ untrained loss)"
 
 
-def write_landscape(st: results.StudyDir, records: list[dict], cfg: config.Config) -> None:
+def write_landscape(st: studydir.StudyDir, records: list[dict], cfg: config.Config) -> None:
     """The landscape figure, table and JSON, and the four-panel curves of the best LR and of the
     boundary only (forty of them, and a forty-line comparison, would say less than the landscape
     figure; `study.run` writes the summary and test table)."""
@@ -148,19 +149,19 @@ def write_landscape(st: results.StudyDir, records: list[dict], cfg: config.Confi
     for lr, what in ((best, "best LR"), (edge, "divergence boundary")):
         name = next((r["config"] for r in rows if r["lr"] == lr), None)
         if name is not None:
-            plots.four_panel(by_config[name], st.figures_dir / f"curves_{results.run_file_stem(name)}.png",
+            charts.four_panel(by_config[name], st.figures_dir / f"curves_{studydir.run_file_stem(name)}.png",
                              f"{TITLE}: {name} ({what})")
-    study.log(f"\n{TITLE} (mean ± std over the seeds that did not diverge)\n{landscape_table(rows, best)}"
+    progress.log(f"\n{TITLE} (mean ± std over the seeds that did not diverge)\n{landscape_table(rows, best)}"
               f"results and figures: {st.root}")
-    study.log(summary_line(rows, best, edge).replace("**", ""))
+    progress.log(summary_line(rows, best, edge).replace("**", ""))
 
 
 def main(cfg: config.Config) -> None:
     cfg = landscape_config(cfg)  # validate before any work
     if cfg.changed("lr"):
-        study.log(f"--lr is ignored: the landscape grid sets the LRs ({len(cfg.lrs)} from {cfg.lrs[0]:g} "
+        progress.log(f"--lr is ignored: the landscape grid sets the LRs ({len(cfg.lrs)} from {cfg.lrs[0]:g} "
                   f"to {cfg.lrs[-1]:g})")
-    study.run(cfg, "lr_landscape", TITLE, lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
+    runner.run(cfg, "lr_landscape", TITLE, lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
               figures=False, extra={"landscape_lrs": list(cfg.lrs)},
               analysis=lambda st, records: write_landscape(st, records, cfg))
 
@@ -175,7 +176,7 @@ def _band(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return mean, lo, hi
 
 
-@plots.styled
+@charts.styled
 def lr_landscape(rows: list[dict], path: Path | str, title: str, best_lr: float | None = None,
                  boundary: float | None = None, chance: float | None = None) -> Path:
     """Final validation and test accuracy against learning rate (log axis), mean across the seeds
@@ -197,26 +198,26 @@ def lr_landscape(rows: list[dict], path: Path | str, title: str, best_lr: float 
         if not np.isfinite(mean).any():
             continue
         n = max((r[key]["n"] for r in rows), default=0)
-        ax_acc.plot(lrs, mean, "-o", color=plots.PALETTE[i], lw=2, ms=3.5, label=f"{name} accuracy (mean, up to {n} seeds)")
-        ax_acc.fill_between(lrs, np.clip(lo, 0, 100), np.clip(hi, 0, 100), color=plots.PALETTE[i], alpha=0.2, lw=0,
+        ax_acc.plot(lrs, mean, "-o", color=charts.PALETTE[i], lw=2, ms=3.5, label=f"{name} accuracy (mean, up to {n} seeds)")
+        ax_acc.fill_between(lrs, np.clip(lo, 0, 100), np.clip(hi, 0, 100), color=charts.PALETTE[i], alpha=0.2, lw=0,
                             label=f"{name}: 95% t-interval of the mean")
         drawn = True
     if not drawn:
-        plots.no_data(ax_acc, "no finished runs")
+        charts.no_data(ax_acc, "no finished runs")
     if chance:
         ax_acc.axhline(chance, ls=":", color="0.3", lw=1.5, label=f"chance ({chance:.3g}%)")
     if best_lr is not None:
         best = next(r for r in rows if r["lr"] == best_lr)
         if best["val_acc"]["mean"] is not None:
-            ax_acc.plot([best_lr], [100 * best["val_acc"]["mean"]], "*", color=plots.PALETTE[2], ms=16, zorder=5,
+            ax_acc.plot([best_lr], [100 * best["val_acc"]["mean"]], "*", color=charts.PALETTE[2], ms=16, zorder=5,
                         label=f"best LR {best_lr:.3g} (highest mean validation accuracy)")
     ax_acc.set_ylim(0, None)
     ax_acc.set_ylabel("final accuracy (%)")
     ax_acc.set_title("Final accuracy (band: 95% t-interval across the seeds that did not diverge)")
     n_runs = np.array([max(r["n_runs"], 1) for r in rows], dtype=np.float64)
-    ax_div.plot(lrs, 100 * np.array([r["n_failed"] for r in rows]) / n_runs, "-s", color=plots.PALETTE[4], lw=1.5, ms=4,
+    ax_div.plot(lrs, 100 * np.array([r["n_failed"] for r in rows]) / n_runs, "-s", color=charts.PALETTE[4], lw=1.5, ms=4,
                 label="diverged or ended at/above the untrained loss")
-    ax_div.plot(lrs, 100 * np.array([r["n_diverged"] for r in rows]) / n_runs, "-o", color=plots.PALETTE[3], lw=2, ms=4,
+    ax_div.plot(lrs, 100 * np.array([r["n_diverged"] for r in rows]) / n_runs, "-o", color=charts.PALETTE[3], lw=2, ms=4,
                 label="diverged (loss or parameters NaN/inf)")
     ax_div.axhline(50, ls=":", color="0.3", lw=1)
     ax_div.set_ylim(-5, 105)
@@ -229,12 +230,12 @@ def lr_landscape(rows: list[dict], path: Path | str, title: str, best_lr: float 
         for ax in (ax_acc, ax_div):
             ax.axvline(boundary, ls="--", color="0.15", lw=1.5,
                        label=f"divergence boundary: lr {boundary:.3g} (≥ half the seeds failed)")
-            ax.axvspan(boundary, lrs.max() * 1.2, color=plots.PALETTE[3], alpha=0.06, lw=0)
+            ax.axvspan(boundary, lrs.max() * 1.2, color=charts.PALETTE[3], alpha=0.06, lw=0)
     ax_div.set_xlim(lrs.min() / 1.2, lrs.max() * 1.2)
     fig.suptitle(title)
-    plots.figure_legend(fig, (ax_acc, ax_div), ncol=2)
-    return plots.save(fig, path)
+    charts.figure_legend(fig, (ax_acc, ax_div), ncol=2)
+    return charts.save(fig, path)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

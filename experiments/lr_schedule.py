@@ -12,9 +12,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-from cifar_jax import config, plots, schedules, study
-from cifar_jax.options import Option, table
-
+from cifar_jax.config.options import Option, table
+from cifar_jax.plots import charts
+from cifar_jax.study import cli, config, prepare, runner
+from cifar_jax.training import schedules
 
 OPTIONS = table(
     Option("compare_lr", 0.05, "The static LR to compare against (the best of §1.1); 0: none.", low=0.0),
@@ -35,7 +36,7 @@ def shape_curves(lr: float, epochs: int) -> dict[str, np.ndarray]:
     }
 
 
-def schedule_runs(cfg: config.Config, prepared: study.Prepared) -> list[config.Run]:
+def schedule_runs(cfg: config.Config, prepared: prepare.Prepared) -> list[config.Run]:
     """The scheduled runs, after the static-LR runs they are compared with (--compare_lr)."""
     n_train, classes = len(prepared.train_idx), prepared.dataset.num_classes
     label = cfg.schedule + (f" lr0={cfg.lrs[0]:g}" if len(cfg.lrs) == 1 else "") + (
@@ -52,32 +53,32 @@ def main(cfg: config.Config) -> None:
     epochs = cfg.own.shape_epochs
 
     def shapes_figure(st, prepared, runs) -> None:
-        if study.is_lead():
+        if runner.is_lead():
             schedule_shapes(shape_curves(max(cfg.lrs), epochs), st.figures_dir / "decay_shapes.png",
                                   f"LR decay shapes from α0 = {max(cfg.lrs):g} over {epochs} epochs")
 
-    study.run(cfg, "lr_schedule", "LR schedule", lambda p: schedule_runs(cfg, p), before=shapes_figure,
+    runner.run(cfg, "lr_schedule", "LR schedule", lambda p: schedule_runs(cfg, p), before=shapes_figure,
               extra={"compare_lr": cfg.own.compare_lr})
 
 
 # ----------------------------------------------------------------------------- figures
 
-@plots.styled
+@charts.styled
 def schedule_shapes(curves: dict[str, np.ndarray], path: Path | str, title: str, xlabel: str = "epoch") -> Path:
     """Learning rate vs epoch (x = 1..len) for several schedule shapes, one line each."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.subplots()
     for i, (name, values) in enumerate(curves.items()):
         values = np.asarray(values, dtype=np.float64)
-        ax.plot(plots.epochs_axis(values), values, lw=2, label=name, **plots.line_style(i))
+        ax.plot(charts.epochs_axis(values), values, lw=2, label=name, **charts.line_style(i))
     ax.set_xlabel(xlabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("learning rate")
     ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.legend(frameon=False)
-    return plots.save(fig, path)
+    return charts.save(fig, path)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

@@ -12,10 +12,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 import numpy as np
 
-from cifar_jax import config, plots, results, run_record, study
-from cifar_jax.options import Option, table
-from cifar_jax.run_record import ResultsError
-
+from cifar_jax.config.options import Option, table
+from cifar_jax.io.files import ResultsError
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, studydir
+from cifar_jax.study import cli, config, prepare, progress, runner
 
 OPTIONS = table(
     Option("lr_range", False, "Also run the LR range test (log grid from --range_max down to --range_min).", kind="bool"),
@@ -57,13 +58,13 @@ def _gain(rec: dict) -> float:
     return float(val - run_record.untrained(rec, "val")["acc"]) if np.isfinite(val) else 0.0
 
 
-def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results.StudyDir) -> None:
+def run_range_test(cfg: config.Config, prepared: prepare.Prepared, parent: studydir.StudyDir) -> None:
     """The range test: one seed per LR, all in one group, in a sub-study `range_test`."""
     rcfg = cfg.replace(lrs=range_lrs(cfg), epochs=cfg.own.range_epochs, seeds=cfg.seeds[:1])
     runs = config.grid(rcfg, len(prepared.train_idx), prepared.dataset.num_classes)
-    sub = results.StudyDir(parent.root / "range_test")
-    study.execute(sub, runs, prepared, rcfg)
-    if not study.is_lead():
+    sub = studydir.StudyDir(parent.root / "range_test")
+    runner.execute(sub, runs, prepared, rcfg)
+    if not runner.is_lead():
         return
     records = [sub.record(r.run_id) for r in runs]
     lr_range(records, parent.figures_dir / "lr_range_test.png")
@@ -73,14 +74,14 @@ def run_range_test(cfg: config.Config, prepared: study.Prepared, parent: results
     text = ("# LR range test\n\n| lr | status | final train loss | final val acc |\n|---|---|---|---|\n"
             + "\n".join(lines) + f"\n\nunstable from lr ≥ {unstable}; no learning at lr ≤ {no_learning}\n")
     parent.write_text("range_test.md", text)
-    study.log(text)
+    progress.log(text)
 
 
 def main(cfg: config.Config) -> None:
     """The sweep (and with --lr_range the range test first)."""
     if cfg.own.lr_range:
         range_lrs(cfg)  # validate before any work
-    study.run(cfg, "lr_sweep", "LR sweep",
+    runner.run(cfg, "lr_sweep", "LR sweep",
               lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
               before=(lambda st, p, _: run_range_test(cfg, p, st)) if cfg.own.lr_range else None)
 
@@ -111,13 +112,13 @@ def _range_panel(ax: Axes, points: list[tuple[float, float, bool]], diverged_at:
         ax.plot(grid, [ys[lrs == g].mean() for g in grid], "-o", color=color, lw=1.8, ms=4, label="mean per LR")
     bad = [lr for lr, _, div in points if div]
     if bad:
-        ax.plot(bad, [diverged_at] * len(bad), "X", color=plots.PALETTE[3], ms=9, clip_on=False,
+        ax.plot(bad, [diverged_at] * len(bad), "X", color=charts.PALETTE[3], ms=9, clip_on=False,
                 transform=ax.get_xaxis_transform(), label="diverged")
     if not ok and not bad:
-        plots.no_data(ax, "no validation data")
+        charts.no_data(ax, "no validation data")
 
 
-@plots.styled
+@charts.styled
 def lr_range(records: list[dict], path: Path | str, title: str = "Learning-rate range test") -> Path:
     """Final train loss and validation accuracy against learning rate (log axis), chance level dotted."""
     if not records:
@@ -129,14 +130,14 @@ def lr_range(records: list[dict], path: Path | str, title: str = "Learning-rate 
     chance = 100.0 / records[0]["config"].get("num_classes", 10)
     fig = Figure(figsize=(12, 4.8), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2, sharex=True)
-    _range_panel(ax_loss, losses, 0.96, plots.PALETTE[0])
-    _range_panel(ax_acc, accs, 0.04, plots.PALETTE[1])
+    _range_panel(ax_loss, losses, 0.96, charts.PALETTE[0])
+    _range_panel(ax_acc, accs, 0.04, charts.PALETTE[1])
     ax_acc.axhline(chance, ls=":", color="0.3", lw=1.5, label=f"chance ({chance:.3g}%)")
     ax_acc.set_ylim(bottom=0)  # separates the chance line from the diverged markers
     ax_loss.set_xscale("log")
-    return plots.finish_pair(fig, title, "learning rate", ((ax_loss, "Final train loss", "cross-entropy loss"),
+    return charts.finish_pair(fig, title, "learning rate", ((ax_loss, "Final train loss", "cross-entropy loss"),
                                                        (ax_acc, "Final validation accuracy", "accuracy (%)")), path)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

@@ -21,10 +21,11 @@ import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
 
-from cifar_jax import config, plots, results, run_record, study, summary
-from cifar_jax.options import Option, table
+from cifar_jax.config.options import Option, table
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, studydir, summary
+from cifar_jax.study import cli, config, progress, runner
 from experiments import grid_study
-
 
 TITLE = "MLP depth × width (seeds/003)"
 
@@ -62,7 +63,7 @@ def verdict(records: list[dict]) -> tuple[str, dict]:
     return "neither over- nor underfits", facts
 
 
-def analyse(st: results.StudyDir, records: list[dict], depths: tuple[int, ...], widths: tuple[int, ...],
+def analyse(st: studydir.StudyDir, records: list[dict], depths: tuple[int, ...], widths: tuple[int, ...],
             at_epochs: tuple[int, ...] = ()) -> None:
     """The grid_study analysis, the heatmaps, the net chosen by validation accuracy (of the grid and
     any --nets) and its verdict (grid.md)."""
@@ -94,7 +95,7 @@ def analyse(st: results.StudyDir, records: list[dict], depths: tuple[int, ...], 
     st.write_text("grid.md", text)
     st.write_json("grid.json", {"depths": depths, "widths": widths, "val_acc": val.tolist(), "gap": gap.tolist(),
                                 "best": best["config"], "verdict": word, **facts})
-    study.log("\n" + text)
+    progress.log("\n" + text)
 
 
 def main(cfg: config.Config) -> None:
@@ -106,13 +107,13 @@ def main(cfg: config.Config) -> None:
     shapes = list(dict.fromkeys([(d, w) for d in depths for w in widths] + list(cfg.own.nets)))
     nets = [dataclasses.replace(cfg.model, hidden=(w,) * d) for d, w in shapes]
     grid_cfg = cfg.vary("model", nets)
-    study.run(grid_cfg, "mlp_grid", TITLE, lambda p: grid_study.grid_runs(grid_cfg, p, 0),
+    runner.run(grid_cfg, "mlp_grid", TITLE, lambda p: grid_study.grid_runs(grid_cfg, p, 0),
               analysis=lambda st, records: analyse(st, records, depths, widths, cfg.own.at_epochs))
 
 
 # ----------------------------------------------------------------------------- figures
 
-@plots.styled
+@charts.styled
 def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], path: Path | str, title: str,
             row_label: str, column_label: str) -> Path:
     """A grid of numbers (rows × columns) as colours with each value written in its cell; the
@@ -137,8 +138,8 @@ def heatmap(values: np.ndarray, rows: Sequence[str], columns: Sequence[str], pat
     ax.set_ylabel(row_label)
     ax.grid(False)
     ax.set_title(title)
-    return plots.save(fig, path)
+    return charts.save(fig, path)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

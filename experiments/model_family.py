@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from cifar_jax import config
-from cifar_jax.options import Option, table
+from cifar_jax.config.options import Option, table
+from cifar_jax.study import config
 
 OPTIONS = table(Option("compare_dropout", 0.6, "DropoutNet's dropout rate on fc1 (the best rate of §2.1).", low=0.0,
                        low_open=True, high=1.0, high_open=True))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cifar_jax import checkpoint, config, files, results, study
-from cifar_jax.options import Option, table
+from cifar_jax.config.options import Option, table
+from cifar_jax.io import checkpoint, files
+from cifar_jax.results import studydir
+from cifar_jax.study import config, runner
 
 OPTIONS = table(
     Option("checkpoint_dir", None, "Root of the pretrained checkpoints, kept in <checkpoint_dir>/<study name>/; "
@@ -22,20 +24,20 @@ OPTIONS = table(
 )
 
 
-def checkpoint_root(cfg: config.Config, parent: results.StudyDir) -> Path:
+def checkpoint_root(cfg: config.Config, parent: studydir.StudyDir) -> Path:
     """Where the study keeps its pretrained checkpoints (--checkpoint_dir)."""
     if cfg.own.checkpoint_dir:
         return Path(cfg.own.checkpoint_dir).expanduser() / parent.root.name
     return parent.root / "checkpoints"
 
 
-def finished(st: results.StudyDir, runs: list[config.Run]) -> list[config.Run]:
+def finished(st: studydir.StudyDir, runs: list[config.Run]) -> list[config.Run]:
     """The runs the study has finished (and would skip)."""
     todo = set(st.pending([(r.run_id, r.config) for r in runs]))
     return [r for r in runs if r.run_id not in todo]
 
 
-def check(cfg: config.Config, parent: results.StudyDir, st: results.StudyDir,
+def check(cfg: config.Config, parent: studydir.StudyDir, st: studydir.StudyDir,
           pretrained: list[tuple[config.Run, Path]]) -> None:
     """Before the pretraining part `st` trains (`study.run`'s `before`, under its lock): remove the
     leftovers of killed saves, then check the checkpoint of every finished (run, checkpoint path)."""
@@ -44,16 +46,16 @@ def check(cfg: config.Config, parent: results.StudyDir, st: results.StudyDir,
     for run in finished(st, [run for run, _ in pretrained]):
         path = paths[run.run_id]
         if not path.exists():
-            study.train_again(st, run.run_id, f"its checkpoint {path} is missing")
+            runner.train_again(st, run.run_id, f"its checkpoint {path} is missing")
             continue
         try:
-            checkpoint.verify(path, study.provenance(parent, run))
+            checkpoint.verify(path, runner.provenance(parent, run))
         except checkpoint.CheckpointError as err:
             if not cfg.own.repair:
                 raise checkpoint.CheckpointError(f"{err} (pass --repair to pretrain {run.run_id} again)") from None
-            study.train_again(st, run.run_id, str(err))
+            runner.train_again(st, run.run_id, str(err))
 
 
-def save(parent: results.StudyDir, st: results.StudyDir, path: Path, run: config.Run, variables: tuple) -> None:
+def save(parent: studydir.StudyDir, st: studydir.StudyDir, path: Path, run: config.Run, variables: tuple) -> None:
     """The checkpoint of pretraining run `run` (part `st`): its final variables, provenance and final metrics."""
-    study.save_checkpoint(path, st, run, variables, provenance_of=parent)
+    runner.save_checkpoint(path, st, run, variables, provenance_of=parent)

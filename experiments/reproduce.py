@@ -13,21 +13,20 @@ pipeline at toy size (the *_smoke flagfiles).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import tomllib
-from pathlib import Path
-
 from typing import Any
 
 from absl import app, flags
 
-from cifar_jax import options
-from cifar_jax.options import Option
-from cifar_jax.registry import ConfigError
+from cifar_jax.config import options
+from cifar_jax.config.options import Option
+from cifar_jax.config.registry import ConfigError
 from experiments import claims, verdicts
 
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 import numpy as np
 
-from cifar_jax import config, plots, results, run_record, study, summary
-from cifar_jax.options import Option, table
-
+from cifar_jax.config.options import Option, table
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, studydir, summary
+from cifar_jax.study import cli, config, prepare, progress, runner
 
 OPTIONS = table(Option("full_batch", False, "Full-batch gradient descent (Cohen's setting): every step is the whole "
                        "training split (--split sets its size) and the sharpness is measured on all of it.", kind="bool"))
@@ -98,7 +99,7 @@ def sharpness_markdown(by_config: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(st: results.StudyDir, records: list[dict]) -> None:
+def write_report(st: studydir.StudyDir, records: list[dict]) -> None:
     """figures/sharpness.png and sharpness.md from the records."""
     by_config = run_record.group_by_config(records)
     series = {}
@@ -115,26 +116,26 @@ def write_report(st: results.StudyDir, records: list[dict]) -> None:
     sharpness_curves(series, st.figures_dir / "sharpness.png", TITLE)
     text = sharpness_markdown(by_config)
     st.write_text("sharpness.md", text + "\n![λ_max along training](figures/sharpness.png)\n")
-    study.log("\n" + text)
+    progress.log("\n" + text)
 
 
 def main(cfg: config.Config) -> None:
     if not cfg.sharpness_every:
         cfg = cfg.replace(sharpness_every=1)
 
-    def runs(prepared: study.Prepared) -> list[config.Run]:
+    def runs(prepared: prepare.Prepared) -> list[config.Run]:
         c = cfg
         if cfg.own.full_batch:
             n = len(prepared.train_idx)
             c = cfg.replace(batch_size=n, sharpness_examples=n)
         return config.grid(c, len(prepared.train_idx), prepared.dataset.num_classes)
 
-    study.run(cfg, "sharpness", TITLE, runs, analysis=write_report, extra={"full_batch": cfg.own.full_batch})
+    runner.run(cfg, "sharpness", TITLE, runs, analysis=write_report, extra={"full_batch": cfg.own.full_batch})
 
 
 # ----------------------------------------------------------------------------- figures
 
-@plots.styled
+@charts.styled
 def sharpness_curves(series: dict[str, dict[str, np.ndarray]], path: Path | str, title: str) -> Path:
     """λ_max along training against the stability threshold (2/η, 2(1+β)/η with momentum), per
     configuration: `series` maps a label to {"x": epochs (fractions for step-unit points), "seeds":
@@ -144,7 +145,7 @@ def sharpness_curves(series: dict[str, dict[str, np.ndarray]], path: Path | str,
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     ax_sharp, ax_ratio, ax_loss = fig.subplots(1, 3)
     for i, (label, s) in enumerate(series.items()):
-        color = plots.PALETTE[i % len(plots.PALETTE)]
+        color = charts.PALETTE[i % len(charts.PALETTE)]
         with np.errstate(all="ignore"):
             mean = np.nanmean(s["seeds"], 0) if np.isfinite(s["seeds"]).any() else s["seeds"][0]
         ax_sharp.plot(s["x"], mean, color=color, lw=2, label=label)
@@ -156,7 +157,7 @@ def sharpness_curves(series: dict[str, dict[str, np.ndarray]], path: Path | str,
             ax_loss.plot(s["loss_x"], np.nanmean(s["loss"], 0), color=color, lw=2, label=label)
     ax_ratio.axhline(1.0, color="0.3", ls="--", lw=1.2)
     if not series:
-        plots.no_data(ax_sharp, "no sharpness recorded")
+        charts.no_data(ax_sharp, "no sharpness recorded")
     positive = [v for s in series.values() for v in np.ravel(s["seeds"]) if np.isfinite(v) and v > 0]
     if positive and max(positive) / min(positive) > 50:
         ax_sharp.set_yscale("log")
@@ -167,9 +168,9 @@ def sharpness_curves(series: dict[str, dict[str, np.ndarray]], path: Path | str,
         ax.set_ylabel(unit)
         ax.set_title(name)
     fig.suptitle(title)
-    plots.figure_legend(fig, [ax_sharp])
-    return plots.save(fig, path)
+    charts.figure_legend(fig, [ax_sharp])
+    return charts.save(fig, path)
 
 
 if __name__ == "__main__":
-    study.main(main, OPTIONS)
+    cli.main(main, OPTIONS)

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-from cifar_jax import results, run_record, summary
+from cifar_jax.results import frames, run_record, summary
 from experiments import lr_sweep
 
 HOLDS, FAILS, NOT_RUN = "✓ holds", "✗ does not hold", "– not run"
@@ -69,7 +69,7 @@ class Evidence:
             path = root / f"{stem}{suffix}"
             if path.is_dir():
                 found.update({f"{stem}/{part}" if part else stem: recs
-                              for part, recs in results.study_parts(path).items()})
+                              for part, recs in frames.study_parts(path).items()})
         return cls(found, margin)
 
     def runs(self, study: str, config: str) -> list[dict]:

@@ -33,14 +33,14 @@ class Finished:
 def run_experiment(module: str, *args: str) -> Finished:
     """experiments.<module> run in this process from its flags (as `python -m experiments.<module>
     ARGS` would, without absl's app or global flags): bad input is exit status 2 and one line."""
-    from cifar_jax import study
+    from cifar_jax.study import cli
 
     experiment = importlib.import_module(f"experiments.{module}")
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            study.run_args(experiment, args)
+            cli.run_args(experiment, args)
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
             if not isinstance(stop.code, (int, type(None))):
@@ -85,7 +85,7 @@ def count_params(params) -> int:
 @pytest.fixture
 def parse():
     """Parse a command line into a Config (one seed unless given): parse("--model=mlp", ...)."""
-    from cifar_jax import config
+    from cifar_jax.study import config
 
     return lambda *args: config.parse("--seeds=1", *args)
 
@@ -96,10 +96,11 @@ def noise_data():
     batched and single kernels could flip the selected element), and cheap conv steps."""
     import numpy as np
 
-    from cifar_jax import splits, train
+    from cifar_jax.data import splits
+    from cifar_jax.training import step
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (400, 8, 8, 3), np.uint8), rng.integers(0, 10, 400)
     tr, va = splits.make_split(400, 320, 80, seed=0)
     mean, std = splits.norm_stats(x, tr, "per_channel")
-    return train.put_data(x, y, x[:100], y[:100], tr, va, mean, std)
+    return step.put_data(x, y, x[:100], y[:100], tr, va, mean, std)

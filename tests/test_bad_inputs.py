@@ -9,15 +9,18 @@ a few cases run as real subprocesses, as a user would start them."""
 import json
 import math
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from cifar_jax import config, data, files, run_record, study
+from cifar_jax.data import datasets
+from cifar_jax.io import files
+from cifar_jax.results import run_record
+from cifar_jax.study import cli, config, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -84,7 +87,7 @@ def start(tmp_path, capsys):
     def start(*args: str) -> tuple[int, list[str]]:
         capsys.readouterr()
         with pytest.raises(SystemExit) as stopped:
-            study.run_args(lr_sweep, [*BASE, f"--results_dir={tmp_path}/results", *args])
+            cli.run_args(lr_sweep, [*BASE, f"--results_dir={tmp_path}/results", *args])
         return stopped.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
     return start
@@ -175,8 +178,8 @@ def test_the_data_folder_is_tidied_on_load_top_level_only(tmp_path):
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"partial")
         os.utime(path, (time.time() - 60,) * 2)
-    with pytest.raises(data.DataError, match="no copy"):
-        data.load("cifar10", str(tmp_path), download=False)
+    with pytest.raises(datasets.DataError, match="no copy"):
+        datasets.load("cifar10", str(tmp_path), download=False)
     assert not cache_temp.exists() and deeper.exists()
 
 
@@ -184,7 +187,7 @@ def test_diverged_records_are_strict_json_and_leftovers_go_at_start(tmp_path, pa
     cfg = parse("--dataset=synthetic", "--split=256/64", "--model=mlp", "--hidden=16", "--batch_size=64",
                 "--epochs=2", "--lr=1000,0.05", f"--results_dir={tmp_path}", "--compile_cache=")
     planted = plant_leftovers(tmp_path / "diverge")
-    st = study.run(cfg, "diverge", "Diverging", lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes)).study
+    st = runner.run(cfg, "diverge", "Diverging", lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes)).study
     assert not planted["dead"].exists() and not planted["checkpoint"].exists() and planted["ours"].exists()
     paths = [*st.runs_dir.glob("*.json"), *(st.root / name for name in ("summary.json", "config.json", "env.json"))]
     parsed = {p.name: strict_loads(p.read_text()) for p in paths}  # no NaN/Infinity tokens anywhere

@@ -8,16 +8,17 @@ import subprocess
 import sys
 import tarfile
 
+from conftest import count_params  # noqa: E402
 import jax
 import matplotlib.image
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from benchmarks import common
 from benchmarks import engine as engine_bench
-from cifar_jax import engine, models, schedules
-from conftest import count_params  # noqa: E402
+from cifar_jax.nn import models
+from cifar_jax.training import engine, schedules
 
 RECORD_KEYS = {"benchmark", "date_utc", "git_commit", "args", "device", "versions", "environment", "loadavg"}
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -188,7 +189,7 @@ def test_reference_learning_rate_matches_cifar_jax_schedule():
 
 
 def test_torch_stays_optional(monkeypatch):
-    code = ("import sys, benchmarks.engine, cifar_jax.study; "
+    code = ("import sys, benchmarks.engine, cifar_jax.study.cli; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
     from benchmarks import torch_reference

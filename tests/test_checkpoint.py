@@ -2,19 +2,20 @@
 atomicity and leftovers, every kind of damage one line, other process."""
 import logging
 import os
+from pathlib import Path
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import checkpoint, files, models, results
+from cifar_jax.io import checkpoint, files
+from cifar_jax.nn import models
 
 ROOT = Path(__file__).resolve().parents[1]
 DROPOUT = models.ModelConfig("baseline", use_dropout=True)
@@ -146,7 +147,8 @@ def test_checkpoint_from_a_two_device_process_restores_here(tmp_path):
     script = textwrap.dedent(f"""
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from cifar_jax import checkpoint, models
+        from cifar_jax.io import checkpoint
+        from cifar_jax.nn import models
         assert jax.device_count() == 2
         net = models.build(models.ModelConfig("baseline", norm="batch"))
         shapes = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
@@ -270,7 +272,7 @@ def test_the_leftovers_of_killed_saves_are_what_results_removes(tmp_path, monkey
     with monkeypatch.context() as mp:  # a kill: no clean-up runs after the temporary directories appear
         mp.setattr(shutil, "rmtree", lambda *args, **kwargs: None)
         checkpoint.save(path, params, stats, **OF, metrics={}, config={}, overwrite=True)  # leaves the old one
-        with pytest.raises(results.ResultsError):  # a save that fails after its arrays are written
+        with pytest.raises(files.ResultsError):  # a save that fails after its arrays are written
             checkpoint.save(tmp_path / "ck2", params, stats, **OF, metrics={"bad": object()}, config={})
     leftovers = sorted(p.name.split("-")[0] for p in tmp_path.iterdir() if p.name.startswith("."))
     assert leftovers == [".ck.old.tmp", ".ck2.tmp"]

@@ -5,15 +5,19 @@ trains nothing, and the analysis' table and figures; another study's backbone re
 one one line and pretrained again with --repair. One small study on synthetic data, run
 in-process so the final variables of every run can be compared with the checkpoints."""
 import json
+from pathlib import Path
 import shutil
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from cifar_jax import checkpoint, config, models, results, study, train
+from cifar_jax.io import checkpoint, files
+from cifar_jax.nn import models
+from cifar_jax.results import studydir
+from cifar_jax.study import config, runner
+from cifar_jax.training import step
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -29,7 +33,7 @@ BACKBONE = ("bn_conv1", "bn_conv2", "bn_fc1", "conv1", "conv2", "fc1")  # every 
 def run_study(tmp: Path, *more: str) -> dict:
     """Run the study in-process with TINY (and `more` flags); returns every run's final (params, batch_stats)."""
     captured = {}
-    original = study.run
+    original = runner.run
 
     def capturing(*args, on_state=None, **kwargs):
         def both(run, variables):
@@ -40,7 +44,7 @@ def run_study(tmp: Path, *more: str) -> dict:
     cfg = config.parse(*TINY, f"--results_dir={tmp}/results", f"--checkpoint_dir={tmp}/ckpt", *more,
                        own=cnn_transfer.OPTIONS)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(study, "run", capturing)
+        mp.setattr(runner, "run", capturing)
         cnn_transfer.main(cfg)
     return captured
 
@@ -105,7 +109,7 @@ def test_a_study_can_share_another_ones_pretraining(done, tmp_path):
         for name, value in params[layer].items():
             assert np.array_equal(probe_params[layer][name], value), (layer, name)
     assert "source test accuracy" in (tmp_path / "results/second/baselines.md").read_text()
-    with pytest.raises(results.ResultsError, match=r"^--pretrained_study=cnn_transfer: run 'source,seed=0' .*"
+    with pytest.raises(files.ResultsError, match=r"^--pretrained_study=cnn_transfer: run 'source,seed=0' .*"
                                                    r"finished with a different config: 'lr' is 0.001 there, 0.01 now"):
         run_study(tmp_path, "--name=third", "--pretrained_study=cnn_transfer", "--source_lr=0.01")
     with pytest.raises(config.ConfigError, match=f"^--pretrained_study=nope: no study at {tmp_path}/results/nope$"):
@@ -120,11 +124,11 @@ def test_a_two_class_head_is_initialised_around_the_three_class_backbone(done):
     for run_id in ("linear_probe,lr=0.01,seed=0", "fine_tune,lr=0.01,seed=0", "scratch,lr=0.01,seed=0"):
         assert final[run_id][0]["fc2"]["kernel"].shape == (8, 2)
     # a strict restore refuses the 2-class model; restore_partial fills every layer but the head
-    spec = train.GroupSpec(models.ModelConfig("baseline", (8,), "batch", channels=(4, 8), kernels=(3, 3), num_classes=2))
+    spec = step.GroupSpec(models.ModelConfig("baseline", (8,), "batch", channels=(4, 8), kernels=(3, 3), num_classes=2))
     shape = (32, 32, 3)
     with pytest.raises(checkpoint.CheckpointError, match=r"params/fc2/(bias|kernel) has shape"):
-        checkpoint.restore(tmp / "ckpt/cnn_transfer/source,seed=0", train.param_shapes(spec, shape),
-                           train.batch_stats_shapes(spec, shape), expected={})
+        checkpoint.restore(tmp / "ckpt/cnn_transfer/source,seed=0", step.param_shapes(spec, shape),
+                           step.batch_stats_shapes(spec, shape), expected={})
     restored = cnn_transfer.restored_backbone(tmp / "ckpt/cnn_transfer/source,seed=0", spec, shape, "fc2",
                                               of_source(tmp))
     assert set(restored["params"]) == set(BACKBONE) and set(restored["batch_stats"]) == {"bn_conv1", "bn_conv2", "bn_fc1"}
@@ -138,10 +142,10 @@ def test_predictions_are_saved_per_run_and_a_rerun_trains_nothing(done, capsys):
     target = tmp / "results/cnn_transfer/target"
     labels = np.load(target / "predictions/labels.npy")
     assert labels.shape == (100,) and set(labels.tolist()) <= {0, 1}
-    records = results.StudyDir(target).records()
+    records = studydir.StudyDir(target).records()
     assert len(records) == 6
     for rec in records:
-        pred = np.load(target / "predictions" / f"{results.run_file_stem(rec['run_id'])}.npy")
+        pred = np.load(target / "predictions" / f"{studydir.run_file_stem(rec['run_id'])}.npy")
         assert pred.dtype == np.int32 and pred.shape == labels.shape
         assert abs((pred == labels).mean() - rec["test"]["acc"]) < 1e-6, rec["run_id"]
     files = [*target.glob("runs/*.json"), *target.glob("predictions/*.npy"), *target.glob("backbone/*.json"),
@@ -165,7 +169,7 @@ def test_the_analysis_writes_its_table_and_figures(done):
     assert "## Two best and the worst model per baseline" in table and "| linear_probe | 2 | 2/2 | 2/2 | 0 | 0 |" in table
     assert table.count("| scratch | ") == 2 + 3  # two learning rates, then best, second best, worst
     pair = json.loads((root / "best_vs_worst.json").read_text())
-    final = {r["run_id"]: r["test"]["acc"] for r in results.StudyDir(root / "target").records()}
+    final = {r["run_id"]: r["test"]["acc"] for r in studydir.StudyDir(root / "target").records()}
     assert final[pair["best"]] == max(final.values()) and final[pair["worst"]] == min(final.values())
     assert len(pair["shown"]) == min(5, pair["right_by_best_wrong_by_worst"])
     rows = {r["config"]: r for r in json.loads((root / "configs.json").read_text())}
@@ -175,7 +179,7 @@ def test_the_analysis_writes_its_table_and_figures(done):
 @pytest.mark.slow
 def test_a_backbone_of_another_run_or_study_is_refused_naming_the_field(done, tmp_path):
     tmp, _ = done
-    spec = train.GroupSpec(models.ModelConfig("baseline", (8,), "batch", channels=(4, 8), kernels=(3, 3), num_classes=2))
+    spec = step.GroupSpec(models.ModelConfig("baseline", (8,), "batch", channels=(4, 8), kernels=(3, 3), num_classes=2))
     path = tmp / "ckpt/cnn_transfer" / SOURCE
     with pytest.raises(checkpoint.CheckpointError, match=f"^checkpoint {path} is of another run: run_id is "
                                                          f"'{SOURCE}' in the checkpoint, 'source,seed=1' expected$"):

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from cifar_jax import config, options
+from cifar_jax.config import options
+from cifar_jax.study import config
 
 
 def names(cfg):
@@ -70,7 +71,8 @@ def test_an_option_of_each_level_is_one_table_entry_and_its_use(parse):
     import jax.numpy as jnp
     import numpy as np
 
-    from cifar_jax import models, optim, schedules, train
+    from cifar_jax.nn import models
+    from cifar_jax.training import optim, schedules, step
 
     cfg = parse("--model=mlp", "--hidden=8", "--activation=relu,tanh", "--clip_value=0,0.5", "--warmup_steps=0,10")
     runs = config.grid(cfg, 640, 10)
@@ -81,7 +83,7 @@ def test_an_option_of_each_level_is_one_table_entry_and_its_use(parse):
     plain, tanh = runs[0], runs[-1]
     assert "activation" not in plain.config["model"] and "clip_value" not in plain.config and "warmup_steps" not in plain.config
     assert tanh.config["model"]["activation"] == "tanh" and tanh.config["clip_value"] == 0.5
-    assert tanh.config["warmup_steps"] == 10 and train.stack_hparams([tanh.hp])["warmup_steps"].dtype == np.int32
+    assert tanh.config["warmup_steps"] == 10 and step.stack_hparams([tanh.hp])["warmup_steps"].dtype == np.int32
 
     x = jnp.linspace(-3, 3, 24).reshape(2, 12)
     outputs = {}
@@ -93,7 +95,7 @@ def test_an_option_of_each_level_is_one_table_entry_and_its_use(parse):
     assert len({o.tobytes() for o in outputs.values()}) == 3
 
     grads = {"w": jnp.array([3.0, -0.2, -4.0])}
-    hp = {k: jnp.asarray(v) for k, v in train.HP_DEFAULTS.items()}
+    hp = {k: jnp.asarray(v) for k, v in step.HP_DEFAULTS.items()}
     tx = optim.make("sgd", 1.0, hp, clip_value=0.5)
     updates, _ = tx.update(grads, tx.init(grads), grads)
     np.testing.assert_allclose(updates["w"], [-0.5, 0.2, 0.5])

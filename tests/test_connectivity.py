@@ -4,12 +4,13 @@ the parent), a path's end points are the children's own recorded metrics, and ba
 import json
 from pathlib import Path
 
+from conftest import Finished, run_experiment  # noqa: E402
 import jax
 import numpy as np
 import pytest
 
-from cifar_jax import checkpoint, results
-from conftest import Finished, run_experiment  # noqa: E402
+from cifar_jax.io import checkpoint
+from cifar_jax.results import studydir
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ["--dataset=synthetic", "--split=512/256", "--epochs=3", "--seeds=1", "--model=mlp", "--hidden=16",
@@ -21,7 +22,7 @@ def run(*args: str) -> Finished:
 
 
 def _variables(study: Path, run_id: str):
-    path = study / "children" / "checkpoints" / results.run_file_stem(run_id)
+    path = study / "children" / "checkpoints" / studydir.run_file_stem(run_id)
     stored = checkpoint.verify(path, {"run_id": run_id})  # the tree orbax recorded: shapes and dtypes
     return checkpoint.restore(path, stored["params"], stored["batch_stats"], expected={"run_id": run_id})
 
@@ -41,7 +42,7 @@ def test_same_order_seed_children_are_identical_with_barrier_zero_and_ends_are_t
         for split in ("test", "train"):
             assert p[split]["error_barrier"] == 0.0 and p[split]["loss_barrier"] == 0.0
         for end, child in zip((0, -1), p["children"]):
-            rec = json.loads((study / "children" / "runs" / f"{results.run_file_stem(child)}.json").read_text())
+            rec = json.loads((study / "children" / "runs" / f"{studydir.run_file_stem(child)}.json").read_text())
             assert rec["epochs"][0]["epoch"] == p["k"] + 1 and len(rec["epochs"]) == 3 - p["k"]
             for m in ("loss", "acc", "top5"):
                 assert p["test"][m][end] == pytest.approx(rec["test"][m], abs=1e-6)

@@ -12,7 +12,7 @@ import types
 import numpy as np
 import pytest
 
-from cifar_jax import data, splits
+from cifar_jax.data import datasets, splits
 
 N_TRAIN, N_TEST = 50, 10  # small official-layout copies: five python batches of 10 for CIFAR-10
 SHARED_COPY = pathlib.Path("~/.cache/cifar10-shared/cifar-10-batches-py").expanduser()
@@ -23,15 +23,15 @@ SHARED_COPY = pathlib.Path("~/.cache/cifar10-shared/cifar-10-batches-py").expand
 @pytest.fixture
 def small_counts(monkeypatch):
     """Makes the validators expect N_TRAIN / N_TEST images instead of 50000 / 10000."""
-    for name, spec in data._CIFAR.items():
-        monkeypatch.setitem(data._CIFAR, name,
+    for name, spec in datasets._CIFAR.items():
+        monkeypatch.setitem(datasets._CIFAR, name,
                             dataclasses.replace(spec, n_train=N_TRAIN, n_test=N_TEST))
 
 
 def fake_images(name: str, seed: int = 0) -> dict:
     """Random NHWC images, labels and class names shaped like a small CIFAR copy."""
     rng = np.random.default_rng(seed)
-    k = data._CIFAR[name].num_classes
+    k = datasets._CIFAR[name].num_classes
     return dict(x_train=rng.integers(0, 256, (N_TRAIN, 32, 32, 3), dtype=np.uint8),
                 y_train=rng.integers(0, k, N_TRAIN).astype(np.int32),
                 x_test=rng.integers(0, 256, (N_TEST, 32, 32, 3), dtype=np.uint8),
@@ -52,7 +52,7 @@ def dump(path: pathlib.Path, obj) -> None:
 def write_python(folder: pathlib.Path, name: str, imgs: dict) -> pathlib.Path:
     """Writes imgs in the official python layout (pickled dicts) into folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    layout, spec = data._CIFAR[name].python, data._CIFAR[name]
+    layout, spec = datasets._CIFAR[name].python, datasets._CIFAR[name]
     key = spec.label_key.encode()
     parts = np.array_split(np.arange(N_TRAIN), len(layout.train))
     for member, part in zip(layout.train, parts):
@@ -66,7 +66,7 @@ def write_python(folder: pathlib.Path, name: str, imgs: dict) -> pathlib.Path:
 def write_binary(folder: pathlib.Path, name: str, imgs: dict) -> pathlib.Path:
     """Writes imgs in the official binary layout (label byte(s) + 3072 pixel bytes) into folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    layout, spec = data._CIFAR[name].binary, data._CIFAR[name]
+    layout, spec = datasets._CIFAR[name].binary, datasets._CIFAR[name]
 
     def records(x, y):
         labels = np.repeat(y[:, None], spec.label_bytes, axis=1).astype(np.uint8)  # coarse = fine
@@ -89,7 +89,7 @@ def tar_folder(folder: pathlib.Path, tar_path: pathlib.Path) -> pathlib.Path:
 
 def place(root: pathlib.Path, name: str, layout: str, imgs: dict) -> None:
     """Puts a fake copy under root in one of the accepted layouts."""
-    spec = data._CIFAR[name]
+    spec = datasets._CIFAR[name]
     kind, form = layout.split("-")
     write, lay = (write_python, spec.python) if kind == "python" else (write_binary, spec.binary)
     if form == "root":
@@ -101,7 +101,7 @@ def place(root: pathlib.Path, name: str, layout: str, imgs: dict) -> None:
         tar_folder(write(staging / lay.folder, name, imgs), root / lay.tar)
 
 
-def assert_same(ds: data.Dataset, imgs: dict) -> None:
+def assert_same(ds: datasets.Dataset, imgs: dict) -> None:
     """The loaded dataset equals the images it was written from, exactly."""
     for key in ("x_train", "y_train", "x_test", "y_test"):
         got = getattr(ds, key)
@@ -121,9 +121,9 @@ def test_reads_every_layout_exactly_and_caches(tmp_path, small_counts, name, lay
     root.mkdir()
     imgs = fake_images(name)
     place(root, name, layout, imgs)
-    ds = data.load(name, str(root), download=False)
+    ds = datasets.load(name, str(root), download=False)
     assert ds.name == name and ds.image_shape == (32, 32, 3)
-    assert ds.num_classes == data._CIFAR[name].num_classes
+    assert ds.num_classes == datasets._CIFAR[name].num_classes
     assert_same(ds, imgs)
     assert (root / f"{name}.npz").is_file()
     assert not [p for p in root.iterdir() if ".tmp" in p.name]
@@ -132,14 +132,14 @@ def test_reads_every_layout_exactly_and_caches(tmp_path, small_counts, name, lay
             shutil.rmtree(path)
         elif path.suffix != ".npz":
             path.unlink()
-    assert_same(data.load(name, str(root), download=False), imgs)
+    assert_same(datasets.load(name, str(root), download=False), imgs)
 
 
 def test_python_layout_wins_over_binary(tmp_path, small_counts):
     place(tmp_path, "cifar10", "binary-dir", fake_images("cifar10", seed=1))
     imgs = fake_images("cifar10", seed=2)
     place(tmp_path, "cifar10", "python-tar", imgs)
-    assert_same(data.load("cifar10", str(tmp_path), download=False), imgs)
+    assert_same(datasets.load("cifar10", str(tmp_path), download=False), imgs)
 
 
 def corrupt_shape(folder: pathlib.Path) -> str:
@@ -178,8 +178,8 @@ def corrupt_missing(folder: pathlib.Path) -> str:
 def test_broken_python_copy_names_the_file(tmp_path, small_counts, corrupt):
     folder = write_python(tmp_path / "cifar-10-batches-py", "cifar10", fake_images("cifar10"))
     culprit = corrupt(folder)
-    with pytest.raises(data.DataError, match=culprit) as err:
-        data.load("cifar10", str(tmp_path), download=False)
+    with pytest.raises(datasets.DataError, match=culprit) as err:
+        datasets.load("cifar10", str(tmp_path), download=False)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "cifar10.npz").exists()
 
@@ -187,32 +187,32 @@ def test_broken_python_copy_names_the_file(tmp_path, small_counts, corrupt):
 def test_broken_binary_copy_names_the_file(tmp_path, small_counts):
     folder = write_binary(tmp_path / "cifar-100-binary", "cifar100", fake_images("cifar100"))
     (folder / "test.bin").write_bytes((folder / "test.bin").read_bytes()[:-5])
-    with pytest.raises(data.DataError, match=r"test\.bin.*records"):
-        data.load("cifar100", str(tmp_path), download=False)
+    with pytest.raises(datasets.DataError, match=r"test\.bin.*records"):
+        datasets.load("cifar100", str(tmp_path), download=False)
 
 
 def test_broken_tar_and_npz_name_the_file(tmp_path, small_counts):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not a tar at all")
-    with pytest.raises(data.DataError, match=r"cifar-10-python\.tar\.gz"):
-        data.load("cifar10", str(tmp_path), download=False)
+    with pytest.raises(datasets.DataError, match=r"cifar-10-python\.tar\.gz"):
+        datasets.load("cifar10", str(tmp_path), download=False)
     (tmp_path / "cifar100.npz").write_bytes(b"not an npz")
-    with pytest.raises(data.DataError, match=r"cifar100\.npz.*delete it"):
-        data.load("cifar100", str(tmp_path), download=False)
+    with pytest.raises(datasets.DataError, match=r"cifar100\.npz.*delete it"):
+        datasets.load("cifar100", str(tmp_path), download=False)
 
 
 def test_npz_cache_is_validated(tmp_path, small_counts):
     imgs = fake_images("cifar10")
     np.savez(tmp_path / "cifar10.npz", **{**imgs, "y_train": imgs["y_train"] + 10,
                                           "classes": np.array(imgs["classes"])})
-    with pytest.raises(data.DataError, match=r"cifar10\.npz.*labels span"):
-        data.load("cifar10", str(tmp_path), download=False)
+    with pytest.raises(datasets.DataError, match=r"cifar10\.npz.*labels span"):
+        datasets.load("cifar10", str(tmp_path), download=False)
 
 
 # --- missing data and download ---------------------------------------------------------------
 
 def test_missing_without_download_says_what_to_fetch(tmp_path):
-    with pytest.raises(data.DataError) as err:
-        data.load("cifar10", str(tmp_path / "empty"), download=False)
+    with pytest.raises(datasets.DataError) as err:
+        datasets.load("cifar10", str(tmp_path / "empty"), download=False)
     message = str(err.value)
     assert "\n" not in message
     assert str(tmp_path / "empty") in message
@@ -221,10 +221,10 @@ def test_missing_without_download_says_what_to_fetch(tmp_path):
 
 def test_missing_with_failed_download_fails_fast(tmp_path, monkeypatch):
     url = "http://127.0.0.1:9/cifar-100-python.tar.gz"  # nothing listens there: no network used
-    monkeypatch.setitem(data._CIFAR, "cifar100", dataclasses.replace(data._CIFAR["cifar100"], url=url))
+    monkeypatch.setitem(datasets._CIFAR, "cifar100", dataclasses.replace(datasets._CIFAR["cifar100"], url=url))
     start = time.monotonic()
-    with pytest.raises(data.DataError) as err:
-        data.load("cifar100", str(tmp_path))
+    with pytest.raises(datasets.DataError) as err:
+        datasets.load("cifar100", str(tmp_path))
     assert time.monotonic() - start < 5
     message = str(err.value)
     assert "\n" not in message and str(tmp_path) in message and url in message
@@ -235,9 +235,9 @@ def test_missing_with_failed_download_fails_fast(tmp_path, monkeypatch):
 def pin_archive(monkeypatch, tar_path: pathlib.Path, *, sha256: str | None = None) -> None:
     """Points the CIFAR-10 download at a local file, pinned to its size and (given) sha256."""
     blob = tar_path.read_bytes()
-    spec = dataclasses.replace(data._CIFAR["cifar10"], url=tar_path.as_uri(), size=len(blob),
+    spec = dataclasses.replace(datasets._CIFAR["cifar10"], url=tar_path.as_uri(), size=len(blob),
                                sha256=sha256 or hashlib.sha256(blob).hexdigest())
-    monkeypatch.setitem(data._CIFAR, "cifar10", spec)
+    monkeypatch.setitem(datasets._CIFAR, "cifar10", spec)
 
 
 def test_download_checks_pins_and_places_archive(tmp_path, small_counts, monkeypatch):
@@ -246,7 +246,7 @@ def test_download_checks_pins_and_places_archive(tmp_path, small_counts, monkeyp
                      tmp_path / "src.tar.gz")
     pin_archive(monkeypatch, src)
     root = tmp_path / "data"
-    assert_same(data.load("cifar10", str(root)), imgs)
+    assert_same(datasets.load("cifar10", str(root)), imgs)
     assert sorted(p.name for p in root.iterdir()) == ["cifar-10-python.tar.gz", "cifar10.npz"]
 
 
@@ -255,8 +255,8 @@ def test_download_with_wrong_checksum_is_removed(tmp_path, small_counts, monkeyp
                                   fake_images("cifar10")), tmp_path / "src.tar.gz")
     pin_archive(monkeypatch, src, sha256="0" * 64)
     root = tmp_path / "data"
-    with pytest.raises(data.DataError, match="sha256") as err:
-        data.load("cifar10", str(root))
+    with pytest.raises(datasets.DataError, match="sha256") as err:
+        datasets.load("cifar10", str(root))
     assert "\n" not in str(err.value)
     assert list(root.iterdir()) == []
 
@@ -265,17 +265,17 @@ def test_download_with_wrong_checksum_is_removed(tmp_path, small_counts, monkeyp
 
 def test_data_dir_flag_then_env_then_default(tmp_path, monkeypatch):
     monkeypatch.delenv("CIFAR_JAX_DATA_DIR", raising=False)
-    assert data.resolve_data_dir(None) == pathlib.Path("~/.cache/cifar_jax").expanduser()
+    assert datasets.resolve_data_dir(None) == pathlib.Path("~/.cache/cifar_jax").expanduser()
     monkeypatch.setenv("CIFAR_JAX_DATA_DIR", str(tmp_path))
-    assert data.resolve_data_dir(None) == tmp_path
-    assert data.resolve_data_dir("~/elsewhere") == pathlib.Path("~/elsewhere").expanduser()
+    assert datasets.resolve_data_dir(None) == tmp_path
+    assert datasets.resolve_data_dir("~/elsewhere") == pathlib.Path("~/elsewhere").expanduser()
 
 
 def test_env_var_is_where_load_looks(tmp_path, small_counts, monkeypatch):
     imgs = fake_images("cifar10")
     place(tmp_path, "cifar10", "python-dir", imgs)
     monkeypatch.setenv("CIFAR_JAX_DATA_DIR", str(tmp_path))
-    assert_same(data.load("cifar10", download=False), imgs)
+    assert_same(datasets.load("cifar10", download=False), imgs)
 
 
 # --- tfds names --------------------------------------------------------------------------------
@@ -283,11 +283,11 @@ def test_env_var_is_where_load_looks(tmp_path, small_counts, monkeypatch):
 def test_tfds_name_without_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
     message = r"unknown dataset 'mnist': not cifar10/cifar100/synthetic, and tfds .*pip install -e \.\[tfds\]"
-    with pytest.raises(data.DataError, match=message):
-        data.load("mnist", str(tmp_path))
-    with pytest.raises(data.DataError, match=message):  # the same, before anything is loaded
-        data.check_name("mnist", str(tmp_path))
-    data.check_name("cifar10", str(tmp_path))
+    with pytest.raises(datasets.DataError, match=message):
+        datasets.load("mnist", str(tmp_path))
+    with pytest.raises(datasets.DataError, match=message):  # the same, before anything is loaded
+        datasets.check_name("mnist", str(tmp_path))
+    datasets.check_name("cifar10", str(tmp_path))
 
 
 def fake_tfds(known: dict) -> types.ModuleType:
@@ -318,20 +318,20 @@ def test_tfds_names_load_grayscale_and_cache(tmp_path, monkeypatch):
     names = [str(i) for i in range(10)]
     monkeypatch.setitem(sys.modules, "tensorflow_datasets",
                         fake_tfds({"mnist": ((xtr, ytr), (xte, yte), names)}))
-    ds = data.load("mnist", str(tmp_path))
+    ds = datasets.load("mnist", str(tmp_path))
     assert ds.image_shape == (28, 28, 1) and ds.y_train.dtype == np.int32
     assert np.array_equal(ds.x_test, xte) and np.array_equal(ds.y_train, ytr)
-    with pytest.raises(data.DataError, match=r"unknown dataset 'nope'.*cifar10, cifar100, synthetic"):
-        data.load("nope", str(tmp_path))
+    with pytest.raises(datasets.DataError, match=r"unknown dataset 'nope'.*cifar10, cifar100, synthetic"):
+        datasets.load("nope", str(tmp_path))
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # the cache needs no tfds
-    assert np.array_equal(data.load("mnist", str(tmp_path)).x_train, xtr)
+    assert np.array_equal(datasets.load("mnist", str(tmp_path)).x_train, xtr)
 
 
 # --- synthetic ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def synth():
-    return data.synthetic()
+    return datasets.synthetic()
 
 
 def test_synthetic_shapes_and_determinism(synth):
@@ -339,13 +339,13 @@ def test_synthetic_shapes_and_determinism(synth):
     assert synth.x_test.shape == (1000, 32, 32, 3) and synth.y_test.dtype == np.int32
     assert synth.classes == tuple(f"class{i}" for i in range(10))
     assert np.bincount(synth.y_train).tolist() == [500] * 10
-    small = data.synthetic(40, 20, num_classes=4, image_shape=(28, 28, 1), seed=3)
-    again = data.synthetic(40, 20, num_classes=4, image_shape=(28, 28, 1), seed=3)
-    other = data.synthetic(40, 20, num_classes=4, image_shape=(28, 28, 1), seed=4)
+    small = datasets.synthetic(40, 20, num_classes=4, image_shape=(28, 28, 1), seed=3)
+    again = datasets.synthetic(40, 20, num_classes=4, image_shape=(28, 28, 1), seed=3)
+    other = datasets.synthetic(40, 20, num_classes=4, image_shape=(28, 28, 1), seed=4)
     assert small.image_shape == (28, 28, 1) and small.num_classes == 4
     assert np.array_equal(small.x_train, again.x_train) and np.array_equal(small.y_test, again.y_test)
     assert not np.array_equal(small.x_train, other.x_train)
-    assert data.load("synthetic").x_train.shape == synth.x_train.shape
+    assert datasets.load("synthetic").x_train.shape == synth.x_train.shape
 
 
 def test_synthetic_is_learnable_but_not_trivial(synth):
@@ -464,7 +464,7 @@ def test_shared_cifar10_copy(tmp_path):
         pytest.skip(f"no CIFAR-10 copy at {SHARED_COPY}; build it with "
                     f"python ../shared/data/build_cifar10.py --out ~/.cache/cifar10-shared")
     (tmp_path / SHARED_COPY.name).symlink_to(SHARED_COPY)  # read it, but cache in tmp_path
-    ds = data.load("cifar10", str(tmp_path), download=False)
+    ds = datasets.load("cifar10", str(tmp_path), download=False)
     assert ds.x_train.shape == (50_000, 32, 32, 3) and ds.x_test.shape == (10_000, 32, 32, 3)
     assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
     assert np.bincount(ds.y_train).tolist() == [5000] * 10

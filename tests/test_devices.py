@@ -11,16 +11,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import json, sys
 import jax, numpy as np
-from cifar_jax import data, engine, models, splits, train
+from cifar_jax.data import datasets, splits
+from cifar_jax.nn import models
+from cifar_jax.training import engine, step
 n_runs, layout = int(sys.argv[1]), sys.argv[2]
-ds = data.synthetic(n_train=600, n_test=100, image_shape=(8, 8, 3))
+ds = datasets.synthetic(n_train=600, n_test=100, image_shape=(8, 8, 3))
 tr, va = splits.make_split(600, 512, 88, seed=0)
 mean, std = splits.norm_stats(ds.x_train, tr, "per_channel")
-d = train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
+d = step.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
 model = models.ModelConfig(sys.argv[3], hidden=(32,) if sys.argv[3] == "mlp" else (), norm="batch", init="he", use_dropout=True)
 instruments = dict(sharpness_every=4, sharpness_unit="step", sharpness_iters=4, sharpness_examples=64,
                    noise_scale=True) if len(sys.argv) > 4 else {}
-spec = train.GroupSpec(model, batch_size=32, **instruments)
+spec = step.GroupSpec(model, batch_size=32, **instruments)
 runs = [dict(seed=i, lr=0.02 * (1 + i % 3), dropout=0.1 * (i % 2)) for i in range(n_runs)]
 out = {}
 class CB:
@@ -33,7 +35,7 @@ class CB:
     def on_end(self, runs, f):
         for j, i in enumerate(runs):
             out[str(i)].append([float(f.test.loss[j]), float(f.test.acc[j])])
-engine.train_group(spec, train.stack_hparams(runs), d, 2, CB(), layout=layout)
+engine.train_group(spec, step.stack_hparams(runs), d, 2, CB(), layout=layout)
 print(json.dumps({"devices": len(jax.devices()), "metrics": out}))
 """
 

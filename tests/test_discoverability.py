@@ -2,14 +2,14 @@
 an experiment's --help lists the project's flags beside its own."""
 import importlib
 import os
+from pathlib import Path
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 from absl import flags
 
-from cifar_jax import config, study
+from cifar_jax.study import cli, config
 
 ROOT = Path(__file__).resolve().parents[1]
 catalog = importlib.import_module("experiments.__main__")
@@ -59,11 +59,11 @@ def test_short_help_lists_the_project_flags():
     config.define_flags(fl, {})
     flags.DEFINE_bool("own_flag", False, "The experiment's own.", flag_values=fl, module_name="experiment.py")
     assert "--epochs" not in fl.module_help("experiment.py")  # absl's --help: the main module's flags only
-    study.show_project_flags(fl, "experiment.py")
+    cli.show_project_flags(fl, "experiment.py")
     short = fl.module_help("experiment.py")
     for name in ("--[no]own_flag", "--epochs", "--lr:", "--seeds", "--dataset", "--results_dir"):
         assert name in short, name
-    assert "cifar_jax.config:" in fl.get_help()  # --helpfull: still by defining module
+    assert "cifar_jax.study.config:" in fl.get_help()  # --helpfull: still by defining module
 
 
 def test_full_help_puts_the_project_flags_apart_from_absl(monkeypatch):
@@ -73,12 +73,12 @@ def test_full_help_puts_the_project_flags_apart_from_absl(monkeypatch):
     flags.DEFINE_bool("verbosity_like", False, "A library's.", flag_values=fl, module_name="absl.logging")
     flags.DEFINE_bool("shared_flag", False, "A shared module's.", flag_values=fl, module_name="experiments.pretraining")
     monkeypatch.setattr("sys.argv", ["experiment.py"])
-    study.show_project_flags(fl, "experiment.py")
-    text = study.full_help(fl)
+    cli.show_project_flags(fl, "experiment.py")
+    text = cli.full_help(fl)
     headings = [line for line in text.splitlines() if line and not line[0].isspace()]
     assert headings == ["Project flags (the experiment's own, then the core and shared ones):", "experiment.py:",
-                        "cifar_jax.config:", "experiments.pretraining:",
+                        "cifar_jax.study.config:", "experiments.pretraining:",
                         "Library flags (absl's own: flag files, logging, debugging):", "absl.logging:", "absl.flags:"]
-    own = text[text.index("experiment.py:"):text.index("cifar_jax.config:")]
+    own = text[text.index("experiment.py:"):text.index("cifar_jax.study.config:")]
     assert "--[no]own_flag" in own and "--epochs" not in own  # each flag once, under its own module
     assert text.count("--epochs:") == 1 and text.index("--[no]verbosity_like") > text.index("Library flags")

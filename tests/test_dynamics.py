@@ -5,22 +5,25 @@ import dataclasses
 import functools
 
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
-
-from cifar_jax import config, dynamics, engine, models, splits, train
 from tests.test_engine import RUNS, Collect
 
+from cifar_jax.data import splits
+from cifar_jax.nn import models
+from cifar_jax.study import config
+from cifar_jax.training import dynamics, engine, step
 
-def _tiny_data(classes: int = 3) -> train.Data:
+
+def _tiny_data(classes: int = 3) -> step.Data:
     """4×4 grey noise images: nets small enough for a dense Hessian."""
     rng = np.random.default_rng(1)
     x, y = rng.integers(0, 256, (96, 4, 4, 1), np.uint8), rng.integers(0, classes, 96)
     tr, va = splits.make_split(96, 64, 32, seed=0)
     mean, std = splits.norm_stats(x, tr, "per_channel")
-    return train.put_data(x, y, x[:32], y[:32], tr, va, mean, std)
+    return step.put_data(x, y, x[:32], y[:32], tr, va, mean, std)
 
 
 TINY_NETS = [models.ModelConfig("mlp", hidden=(6,), init="he", num_classes=3),
@@ -35,22 +38,22 @@ def test_sharpness_equals_the_extreme_eigenvalues_of_the_dense_hessian(model):
     with jax.enable_x64(True):
         data = _tiny_data()
         data = data._replace(mean=data.mean.astype(jnp.float64), std=data.std.astype(jnp.float64))
-        spec = train.GroupSpec(model, batch_size=16, sharpness_every=1, sharpness_iters=40, sharpness_examples=48)
-        hp = jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([dict(seed=0, lr=0.3, l2=1e-3)]))
-        state = train.init_run(spec, hp, (4, 4, 1))
+        spec = step.GroupSpec(model, batch_size=16, sharpness_every=1, sharpness_iters=40, sharpness_examples=48)
+        hp = jax.tree_util.tree_map(lambda a: a[0], step.stack_hparams([dict(seed=0, lr=0.3, l2=1e-3)]))
+        state = step.init_run(spec, hp, (4, 4, 1))
         f64 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, t)
         state = state._replace(params=f64(state.params), batch_stats=f64(state.batch_stats),
                                opt_state=f64(state.opt_state), probes=f64(state.probes))
-        idx = train.epoch_indices(hp, 0, data.train_idx, 16)
-        step = jax.jit(functools.partial(train.train_step, spec))
+        idx = step.epoch_indices(hp, 0, data.train_idx, 16)
+        train_step = jax.jit(functools.partial(step.train_step, spec))
         for s in range(4):
-            state, _ = step(state, data, idx[s])
-        values, _ = jax.jit(functools.partial(train.sharpness_of, spec))(state, data)
+            state, _ = train_step(state, data, idx[s])
+        values, _ = jax.jit(functools.partial(step.sharpness_of, spec))(state, data)
 
-        sub = train.sharpness_subset(spec, data.train_idx)
-        x, y = train.preprocess.normalize(data.x[sub], data.mean, data.std), data.y[sub]
+        sub = step.sharpness_subset(spec, data.train_idx)
+        x, y = step.preprocess.normalize(data.x[sub], data.mean, data.std), data.y[sub]
         flat, unravel = ravel_pytree(state.params)
-        loss = lambda f: train.objective(spec, unravel(f), state.batch_stats, hp, x, y, jax.random.PRNGKey(0), 0.0)[0]
+        loss = lambda f: step.objective(spec, unravel(f), state.batch_stats, hp, x, y, jax.random.PRNGKey(0), 0.0)[0]
         dense = np.linalg.eigvalsh(np.asarray(jax.jit(jax.jacrev(jax.jacrev(loss)))(flat)))
         assert flat.dtype == jnp.float64 and flat.size < 150
         np.testing.assert_allclose(float(values[0]), dense[-1], rtol=1e-3)
@@ -68,7 +71,7 @@ def test_lanczos_converges_from_its_own_warm_starts_at_the_default_iterations():
         dense = np.linalg.eigvalsh(h)
         v = jnp.asarray(rng.normal(size=120))
         matvec = lambda u: jnp.asarray(h) @ u
-        iters = train.GroupSpec.__dataclass_fields__["sharpness_iters"].default
+        iters = step.GroupSpec.__dataclass_fields__["sharpness_iters"].default
         for _ in range(8):
             top, bottom, v = dynamics.lanczos(matvec, v, iters)
         np.testing.assert_allclose(float(top), dense[-1], rtol=1e-3)
@@ -85,13 +88,13 @@ def test_lanczos_is_exact_past_the_dimension():
 
 
 def test_a_vmapped_group_gives_each_run_its_own_sharpness(noise_data):
-    spec = train.GroupSpec(models.ModelConfig("baseline", (16,), "batch", channels=(4, 8), kernels=(3, 3),
+    spec = step.GroupSpec(models.ModelConfig("baseline", (16,), "batch", channels=(4, 8), kernels=(3, 3),
                                               use_dropout=True), batch_size=16,
                            sharpness_every=1, sharpness_iters=6, sharpness_examples=64)
-    hp = jax.device_put(train.stack_hparams(RUNS))
-    state = jax.vmap(lambda h: train.init_run(spec, h, (8, 8, 3)))(hp)
-    group, _ = jax.jit(jax.vmap(functools.partial(train.sharpness_of, spec), in_axes=(0, None)))(state, noise_data)
-    one = jax.jit(functools.partial(train.sharpness_of, spec))
+    hp = jax.device_put(step.stack_hparams(RUNS))
+    state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
+    group, _ = jax.jit(jax.vmap(functools.partial(step.sharpness_of, spec), in_axes=(0, None)))(state, noise_data)
+    one = jax.jit(functools.partial(step.sharpness_of, spec))
     for i in range(len(RUNS)):
         alone, _ = one(jax.tree_util.tree_map(lambda a: a[i], state), noise_data)
         np.testing.assert_allclose(np.asarray(group[i]), np.asarray(alone), rtol=1e-5)
@@ -102,13 +105,13 @@ def test_every_layout_records_the_same_instruments(noise_data, unit):
     """Sharpness (per epoch, or before every 4th step) and the noise scale (from the halves of each
     batch, or from windows of two steps), recorded through the engine in every layout, agree with
     one run at a time (seq_loop)."""
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(24,), init="he", use_dropout=True), batch_size=32,
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(24,), init="he", use_dropout=True), batch_size=32,
                            sharpness_every=1 if unit == "epoch" else 4, sharpness_unit=unit, sharpness_iters=5,
                            sharpness_examples=64, noise_scale=True, noise_window=0 if unit == "epoch" else 2)
     out = {}
     for layout in ("seq_loop", "seq_scan", "vmap_scan", "map_loop"):
         cb = Collect()
-        engine.train_group(spec, train.stack_hparams(RUNS[:2]), noise_data, 2, cb, layout=layout)
+        engine.train_group(spec, step.stack_hparams(RUNS[:2]), noise_data, 2, cb, layout=layout)
         out[layout] = cb
     keys = ["sharpness", "sharpness_min", *(["sharpness_trace", "sharpness_min_trace"] if unit == "step" else []),
             "b_simple", "b_simple_g2", "b_simple_trace"]
@@ -165,17 +168,17 @@ def test_the_noise_scale_of_linear_regression_is_the_analytic_one(window):
 def test_instruments_that_are_off_change_neither_the_program_nor_the_records(noise_data):
     """The default spec's step is the same program as before the instruments existed: no probes in
     the state, three columns per step, and a run's config has no instrument keys."""
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), batch_size=32)
-    hp = jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([dict(seed=0)]))
-    state = train.init_run(spec, hp, (8, 8, 3))
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), batch_size=32)
+    hp = jax.tree_util.tree_map(lambda a: a[0], step.stack_hparams([dict(seed=0)]))
+    state = step.init_run(spec, hp, (8, 8, 3))
     assert state.probes == {}
-    _, sums = train.train_step(spec, state, noise_data, jnp.arange(32))
+    _, sums = step.train_step(spec, state, noise_data, jnp.arange(32))
     assert sums.shape == (3,)
     on = dataclasses.replace(spec, sharpness_every=2, noise_scale=True)
 
     def program(s):
-        st = train.init_run(s, hp, (8, 8, 3))
-        return jax.make_jaxpr(functools.partial(train.train_step, s))(st, noise_data, jnp.arange(32)).jaxpr
+        st = step.init_run(s, hp, (8, 8, 3))
+        return jax.make_jaxpr(functools.partial(step.train_step, s))(st, noise_data, jnp.arange(32)).jaxpr
     off, noise = program(spec), program(on)
     sharp = program(dataclasses.replace(spec, sharpness_every=1, sharpness_unit="step"))
     assert len(off.eqns) < len(noise.eqns)  # the noise scale's ops are absent when it is off
@@ -194,11 +197,11 @@ def test_instruments_that_are_off_change_neither_the_program_nor_the_records(noi
 
 def test_order_and_init_seeds_default_to_the_run_seed(noise_data):
     """--order_seed and --init_seed unset give the numbers of before; set, they change only their part."""
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he", use_dropout=True), batch_size=32)
-    hp = train.stack_hparams([dict(seed=3), dict(seed=3, order_seed=3, init_seed=3), dict(seed=3, order_seed=4),
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he", use_dropout=True), batch_size=32)
+    hp = step.stack_hparams([dict(seed=3), dict(seed=3, order_seed=3, init_seed=3), dict(seed=3, order_seed=4),
                               dict(seed=3, init_seed=4)])
-    state = jax.vmap(lambda h: train.init_run(spec, h, (8, 8, 3)))(jax.device_put(hp))
-    idx = jax.vmap(lambda h: train.epoch_indices(h, 0, noise_data.train_idx, 32))(state.hp)
+    state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(jax.device_put(hp))
+    idx = jax.vmap(lambda h: step.epoch_indices(h, 0, noise_data.train_idx, 32))(state.hp)
     leaf = lambda i: np.asarray(state.params["fc1"]["kernel"][i])
     np.testing.assert_array_equal(leaf(0), leaf(1))
     np.testing.assert_array_equal(leaf(0), leaf(2))

@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import data, engine, models, run_record, splits, train
+from cifar_jax.data import datasets, splits
+from cifar_jax.nn import models
+from cifar_jax.results import run_record
+from cifar_jax.training import engine, step
 
 
 class Collect:
@@ -46,15 +49,15 @@ def _flat(by_split, j):
 
 @pytest.fixture(scope="module")
 def small_data():
-    ds = data.synthetic(n_train=400, n_test=120, image_shape=(16, 16, 3))
+    ds = datasets.synthetic(n_train=400, n_test=120, image_shape=(16, 16, 3))
     tr, va = splits.make_split(400, 320, 80, seed=0)
     mean, std = splits.norm_stats(ds.x_train, tr, "per_channel")
-    return train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
+    return step.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
 
 
 def _train(spec, runs, data_, epochs, layout, **kw):
     cb = Collect()
-    state = engine.train_group(spec, train.stack_hparams(runs), data_, epochs, cb, layout=layout, **kw)
+    state = engine.train_group(spec, step.stack_hparams(runs), data_, epochs, cb, layout=layout, **kw)
     return state, cb
 
 
@@ -70,7 +73,7 @@ def test_group_of_three_equals_three_runs_alone(noise_data):
     """20 steps (batch 16, 320 images → 20 steps in one epoch): grouped params within 1e-5 of
     each run trained alone; BN statistics and dropout streams stay per run."""
     model = models.ModelConfig("mlp", hidden=(32, 16), norm="batch", init="he", use_dropout=True)
-    spec = train.GroupSpec(model, batch_size=16, optimizer="momentum")
+    spec = step.GroupSpec(model, batch_size=16, optimizer="momentum")
     grouped, _ = _train(spec, RUNS, noise_data, 1, "vmap_scan")
     assert int(grouped.step[0]) == 20
     for i, run in enumerate(RUNS):
@@ -88,16 +91,16 @@ def test_batchnorm_conv_group_equals_runs_alone_in_float64(noise_data):
     step 1, up to 1e-2 by step 20 at LR 0.1 with momentum), which would hide real mixing."""
     with jax.enable_x64(True):
         data64 = noise_data._replace(mean=noise_data.mean.astype(jnp.float64), std=noise_data.std.astype(jnp.float64))
-        spec = train.GroupSpec(models.ModelConfig("baseline", norm="batch", use_dropout=True), batch_size=16,
+        spec = step.GroupSpec(models.ModelConfig("baseline", norm="batch", use_dropout=True), batch_size=16,
                                 optimizer="momentum")
-        hp = jax.device_put(train.stack_hparams(RUNS))
-        state = jax.vmap(lambda h: train.init_run(spec, h, (8, 8, 3)))(hp)
+        hp = jax.device_put(step.stack_hparams(RUNS))
+        state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
         f64 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, t)
         state = state._replace(params=f64(state.params), batch_stats=f64(state.batch_stats),
                                opt_state=f64(state.opt_state))
-        idx = jax.vmap(lambda h: train.epoch_indices(h, 0, data64.train_idx, 16))(hp)
-        group_step = jax.jit(jax.vmap(functools.partial(train.train_step, spec), in_axes=(0, None, 0)))
-        one_step = jax.jit(functools.partial(train.train_step, spec))
+        idx = jax.vmap(lambda h: step.epoch_indices(h, 0, data64.train_idx, 16))(hp)
+        group_step = jax.jit(jax.vmap(functools.partial(step.train_step, spec), in_axes=(0, None, 0)))
+        one_step = jax.jit(functools.partial(step.train_step, spec))
         alone = [jax.tree_util.tree_map(lambda x: x[i], state) for i in range(3)]
         for s in range(20):
             state, _ = group_step(state, data64, idx[:, s])
@@ -111,9 +114,9 @@ def test_batchnorm_conv_group_equals_runs_alone_in_float64(noise_data):
 @pytest.mark.parametrize("model", [models.ModelConfig("mlp", hidden=(24,), init="he", use_dropout=True),
                                    models.ModelConfig("baseline", (16,), channels=(4, 8), kernels=(3, 3), use_dropout=True)])
 def test_every_layout_gives_the_same_metrics(noise_data, model):
-    spec = train.GroupSpec(model, batch_size=32, eval_train="epoch", eval_test=True, loss_every=3, grad_stats=True)
+    spec = step.GroupSpec(model, batch_size=32, eval_train="epoch", eval_test=True, loss_every=3, grad_stats=True)
     results = {layout: _train(spec, RUNS[:2], noise_data, 2, layout)
-               for layout in train.LAYOUTS if layout != "auto"}
+               for layout in step.LAYOUTS if layout != "auto"}
     ref_state, ref = results["seq_loop"]
     for layout, (state, cb) in results.items():
         _assert_close(state.params, ref_state.params, 1e-5)
@@ -128,7 +131,7 @@ def test_every_layout_gives_the_same_metrics(noise_data, model):
 
 
 def test_divergent_run_leaves_group_mates_bit_identical(small_data):
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(32,), init="he"), batch_size=16)
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(32,), init="he"), batch_size=16)
     sane = [dict(seed=0, lr=0.05), dict(seed=1, lr=0.05), dict(seed=2, lr=0.02)]
     wild = [dict(seed=0, lr=1e6)] + sane[1:]
     s_ok, cb_ok = _train(spec, sane, small_data, 2, "vmap_scan")
@@ -146,10 +149,10 @@ def test_divergent_run_leaves_group_mates_bit_identical(small_data):
 
 def test_evaluate_counts_every_example_once(small_data):
     """Padding to the eval batch is masked: accuracy equals a direct full-batch computation."""
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), eval_batch_size=7)
-    state = train.init_run(spec, jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([{}])), (16, 16, 3))
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), eval_batch_size=7)
+    state = step.init_run(spec, jax.tree_util.tree_map(lambda a: a[0], step.stack_hparams([{}])), (16, 16, 3))
     idx = small_data.val_idx
-    got = train.evaluate(spec, state, small_data.x, small_data.y, idx, small_data.mean, small_data.std)
+    got = step.evaluate(spec, state, small_data.x, small_data.y, idx, small_data.mean, small_data.std)
     x = (small_data.x[idx].astype(jnp.float32) / 255 - small_data.mean) / small_data.std
     logits = spec.net.apply({"params": state.params}, x, train=False)
     acc = float((logits.argmax(-1) == small_data.y[idx]).mean())
@@ -158,22 +161,22 @@ def test_evaluate_counts_every_example_once(small_data):
 
 
 def test_training_learns_the_synthetic_set(small_data):
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(64,), init="he"), batch_size=32)
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(64,), init="he"), batch_size=32)
     _, cb = _train(spec, [dict(seed=0, lr=0.05)], small_data, 5, "vmap_scan")
     assert cb.final[0]["test_acc"] > 0.6 > cb.untrained[0]["test_acc"]
 
 
 def test_epoch_order_is_a_permutation_from_the_seed(small_data):
-    hp = jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([dict(seed=3)]))
-    a = np.asarray(train.epoch_indices(hp, 0, small_data.train_idx, 32))
-    b = np.asarray(train.epoch_indices(hp, 1, small_data.train_idx, 32))
+    hp = jax.tree_util.tree_map(lambda a: a[0], step.stack_hparams([dict(seed=3)]))
+    a = np.asarray(step.epoch_indices(hp, 0, small_data.train_idx, 32))
+    b = np.asarray(step.epoch_indices(hp, 1, small_data.train_idx, 32))
     assert a.shape == (10, 32) and len(np.unique(a)) == 320
     assert set(a.ravel()) == set(np.asarray(small_data.train_idx).tolist())
     assert not np.array_equal(a, b)
 
 
 def test_group_too_big_for_memory_is_split_into_chunks(noise_data):
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(64,), init="he"), batch_size=32)
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(64,), init="he"), batch_size=32)
     runs = [dict(seed=i, lr=0.02 * (i + 1)) for i in range(6)]
     whole, ref = _train(spec, runs, noise_data, 1, "vmap_scan")
     assert not ref.logs
@@ -185,7 +188,7 @@ def test_group_too_big_for_memory_is_split_into_chunks(noise_data):
 
 
 def test_bf16_compute_keeps_float32_master_weights(noise_data):
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(64,), norm="batch", init="he"), batch_size=32,
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(64,), norm="batch", init="he"), batch_size=32,
                             precision="bf16")
     state, cb = _train(spec, [dict(seed=0, lr=0.05)], noise_data, 3, "vmap_scan")
     assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves((state.params, state.batch_stats)))
@@ -195,15 +198,15 @@ def test_bf16_compute_keeps_float32_master_weights(noise_data):
 
 def test_frozen_layers_stay_bit_identical_while_dense_layers_train(noise_data):
     model = models.ModelConfig("baseline", norm="batch")
-    pre = train.GroupSpec(model, batch_size=32)
+    pre = step.GroupSpec(model, batch_size=32)
     pretrained, _ = _train(pre, RUNS[:2], noise_data, 1, "seq_loop")
     convs = ("conv1", "conv2", "conv3")
     frozen = convs + tuple(f"bn_{k}" for k in convs)
     initial = {"params": {k: pretrained.params[k] for k in frozen},
                "batch_stats": {f"bn_{k}": pretrained.batch_stats[f"bn_{k}"] for k in convs}}
-    spec = train.GroupSpec(model, batch_size=32, frozen=frozen)
+    spec = step.GroupSpec(model, batch_size=32, frozen=frozen)
     retrain = [dict(seed=10, lr=0.05), dict(seed=11, lr=0.05)]
-    fresh, _ = _train(train.GroupSpec(model, batch_size=32), retrain, noise_data, 0, "seq_loop")
+    fresh, _ = _train(step.GroupSpec(model, batch_size=32), retrain, noise_data, 0, "seq_loop")
     after, _ = _train(spec, retrain, noise_data, 2, "seq_loop", initial=initial)
     for name in frozen:
         for a, b in zip(jax.tree_util.tree_leaves(after.params[name]), jax.tree_util.tree_leaves(pretrained.params[name])):
@@ -220,13 +223,13 @@ def test_in_step_measurements_equal_hand_computed_ones(noise_data):
     """mean |g|, std |g| and ‖g‖ per tensor over the first and last 3 steps, ‖g‖ averaged per
     epoch and the loss trace (every 4 steps) of a tiny MLP with LR 0 (so every step's gradient is
     at the initial parameters)."""
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(6,), init="he"), batch_size=32, grad_stats=True,
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(6,), init="he"), batch_size=32, grad_stats=True,
                            grad_window=3, loss_every=4)
     run = dict(seed=4, lr=0.0, total_steps=10)
     state, cb = _train(spec, [run], noise_data, 1, "vmap_scan")
-    hp = jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([run]))
+    hp = jax.tree_util.tree_map(lambda a: a[0], step.stack_hparams([run]))
     params = jax.tree_util.tree_map(lambda x: x[0], state.params)
-    idx = np.asarray(train.epoch_indices(hp, 0, noise_data.train_idx, 32))
+    idx = np.asarray(step.epoch_indices(hp, 0, noise_data.train_idx, 32))
 
     def loss(p, i):
         x = (noise_data.x[i].astype(jnp.float32) / 255 - noise_data.mean) / noise_data.std
@@ -234,7 +237,7 @@ def test_in_step_measurements_equal_hand_computed_ones(noise_data):
         return optax_ce(logits, noise_data.y[i])
 
     grads = [jax.tree_util.tree_leaves(jax.grad(loss)(params, i)) for i in idx]
-    names = train.param_names(params)
+    names = step.param_names(params)
     assert names == ["fc1/bias", "fc1/kernel", "fc2/bias", "fc2/kernel"]
     for t in range(len(names)):
         first = np.concatenate([np.abs(np.asarray(g[t])).ravel() for g in grads[:3]])
@@ -259,16 +262,16 @@ def test_each_run_draws_its_own_dropout_masks_fresh_every_step(noise_data):
     """Two runs with identical parameters and batches but different seeds take different steps
     under dropout (their own mask streams); the same run at another step draws new masks; at
     rate 0 the seed makes no difference."""
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(32,), init="he", use_dropout=True), batch_size=16)
-    step = jax.jit(jax.vmap(functools.partial(train.train_step, spec), in_axes=(0, None, 0)))
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(32,), init="he", use_dropout=True), batch_size=16)
+    train_step = jax.jit(jax.vmap(functools.partial(step.train_step, spec), in_axes=(0, None, 0)))
     idx = jnp.stack([noise_data.train_idx[:16]] * 2)
 
     def after_one_step(rate, seeds=(0, 1), start=0):
-        hp = jax.device_put(train.stack_hparams([dict(seed=s, lr=0.1, dropout=rate) for s in seeds]))
-        state = jax.vmap(lambda h: train.init_run(spec, h, (8, 8, 3)))(hp)
+        hp = jax.device_put(step.stack_hparams([dict(seed=s, lr=0.1, dropout=rate) for s in seeds]))
+        state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
         same = jax.tree_util.tree_map(lambda x: jnp.stack([x[0], x[0]]), state.params)  # run 1 gets run 0's params
         state = state._replace(params=same, step=jnp.full(2, start, jnp.int32))
-        return np.asarray(step(state, noise_data, idx)[0].params["fc1"]["kernel"])
+        return np.asarray(train_step(state, noise_data, idx)[0].params["fc1"]["kernel"])
 
     drop = after_one_step(0.5)
     assert not np.allclose(drop[0], drop[1])
@@ -283,10 +286,10 @@ def test_label_smoothing_trains_on_smoothed_targets(noise_data):
     """One SGD step with α = 0.2 equals a hand-written step on optax's smoothed-label loss; α = 0
     is the plain cross-entropy step exactly."""
     import optax
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), batch_size=16)
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), batch_size=16)
     idx = noise_data.train_idx[:16]
-    hp0 = jax.tree_util.tree_map(lambda a: a[0], train.stack_hparams([dict(seed=3, lr=0.5)]))
-    state = train.init_run(spec, hp0, (8, 8, 3))
+    hp0 = jax.tree_util.tree_map(lambda a: a[0], step.stack_hparams([dict(seed=3, lr=0.5)]))
+    state = step.init_run(spec, hp0, (8, 8, 3))
     x = (noise_data.x[idx].astype(jnp.float32) / 255 - noise_data.mean) / noise_data.std
     y = noise_data.y[idx]
 
@@ -299,9 +302,9 @@ def test_label_smoothing_trains_on_smoothed_targets(noise_data):
 
     for alpha in (0.2, 0.0):
         hp = {**hp0, "label_smoothing": jnp.float32(alpha)}
-        new, _ = train.train_step(spec, state._replace(hp=hp), noise_data, idx)
+        new, _ = step.train_step(spec, state._replace(hp=hp), noise_data, idx)
         _assert_close(new.params, manual(alpha), 1e-6)
-    plain, _ = train.train_step(spec, state, noise_data, idx)  # the default (0) is the plain loss
+    plain, _ = step.train_step(spec, state, noise_data, idx)  # the default (0) is the plain loss
     _assert_close(plain.params, new.params, 0.0)
 
 
@@ -310,14 +313,14 @@ def test_progress_inside_an_epoch_reaches_the_callbacks(small_data, layout, monk
     """With the interval at 0 every report point becomes a progress line: steps done rise within
     the epoch, up to the epoch's steps; the numbers trained are the same as without progress."""
     monkeypatch.setattr(engine, "PROGRESS_SECONDS", 0.0)
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), batch_size=32)
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), batch_size=32)
     lines = []
 
     class WithProgress(Collect):
         def on_progress(self, runs, epoch, done, seconds, *, steps):
             lines.append((epoch, done, steps))
 
-    state = engine.train_group(spec, train.stack_hparams([dict(seed=0, lr=0.05)]), small_data, 2, WithProgress(),
+    state = engine.train_group(spec, step.stack_hparams([dict(seed=0, lr=0.05)]), small_data, 2, WithProgress(),
                                layout=layout)
     steps = 320 // 32
     assert {e for e, _, _ in lines} == {1, 2} and all(s == steps for _, _, s in lines)

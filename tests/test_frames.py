@@ -3,13 +3,14 @@ diverged configuration, two unfinished runs and a part in a sub-folder, as plain
 pandas DataFrames."""
 import json
 import math
-import sys
 from pathlib import Path
+import sys
 
+from conftest import run_experiment  # noqa: E402
 import pytest
 
-from cifar_jax import results, run_record
-from conftest import run_experiment  # noqa: E402
+from cifar_jax.io import files
+from cifar_jax.results import frames, run_record, studydir
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ["--dataset=synthetic", "--split=300/100", "--test_size=100", "--model=mlp", "--hidden=8",
@@ -23,31 +24,31 @@ def study(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("frames")
     done = run_experiment("lr_sweep", *STUDY, f"--results_dir={out}")
     assert done.returncode == 0, done.stderr
-    st = results.StudyDir(out / "lr_sweep")
+    st = studydir.StudyDir(out / "lr_sweep")
     first = st.record("lr=0.1,seed=0")
     for seed, epochs in ((2, 1), (3, 0)):
         unfinished = {**run_record.truncate(first, epochs), "run_id": f"lr=0.1,seed={seed}", "seed": seed,
                       "test": None, "config": {**first["config"], "seed": seed}}
         st.write_record(unfinished)
-    results.StudyDir(st.root / "retrain").write_record(first)
+    studydir.StudyDir(st.root / "retrain").write_record(first)
     return st.root
 
 
 def _records(root: Path) -> list[tuple[str, dict]]:
-    return ([("", r) for r in results.StudyDir(root).records()]
-            + [("retrain", r) for r in results.StudyDir(root / "retrain").records()])
+    return ([("", r) for r in studydir.StudyDir(root).records()]
+            + [("retrain", r) for r in studydir.StudyDir(root / "retrain").records()])
 
 
 def test_a_finished_smoke_study_as_dataframes(study):
     pd = pytest.importorskip("pandas")
-    epochs, finals = results.frames(study)
+    epochs, finals = frames.load(study)
     recs = _records(study)
     statuses = [r["status"] for _, r in recs]
     assert statuses.count("done") == 3 and statuses.count("diverged") == 2 and statuses.count("incomplete") == 2
 
     # one row per run × recorded epoch (a run with none yet: one row, epoch null)
     assert len(epochs) == sum(max(1, len(r["epochs"])) for _, r in recs) == 2 + 2 + 2 + 2 + 1 + 1 + 2
-    assert list(epochs.columns[:7]) == [*results.ID_COLUMNS, "epoch"]
+    assert list(epochs.columns[:7]) == [*frames.ID_COLUMNS, "epoch"]
     for col in ("lr", "train_loss", "train_acc", "train_top5", "val_loss", "val_acc", "val_top5", "l2_penalty",
                 "seconds", "config.lr", "config.epochs", "config.model.hidden", "config.model.name", "config.split"):
         assert col in epochs.columns, col
@@ -61,7 +62,7 @@ def test_a_finished_smoke_study_as_dataframes(study):
 
     # one row per run × split; test accuracy exactly the records', null for diverged and unfinished runs
     assert len(finals) == 2 * len(recs) and set(finals.split) == {"val", "test"}
-    assert list(finals.columns[:11]) == [*results.ID_COLUMNS, *results.FINAL_COLUMNS]
+    assert list(finals.columns[:11]) == [*frames.ID_COLUMNS, *frames.FINAL_COLUMNS]
     test = finals[finals.split == "test"].set_index(["part", "run_id"])
     for part, rec in recs:
         row = test.loc[(part, rec["run_id"])]
@@ -72,22 +73,22 @@ def test_a_finished_smoke_study_as_dataframes(study):
             assert math.isnan(row.acc) and math.isnan(row.loss)
     assert finals[finals.split == "test"].groupby("config_name").acc.count().to_dict() == {"lr=0.1": 3, "lr=1e+30": 0}
 
-    parts_only = results.frames(study, recursive=False)
+    parts_only = frames.load(study, recursive=False)
     assert set(parts_only.epochs.part) == {""} and len(parts_only.finals) == 2 * 6
-    empty = results.frames(study / "figures")
-    assert len(empty.epochs) == 0 and list(empty.finals.columns) == [*results.ID_COLUMNS, *results.FINAL_COLUMNS]
+    empty = frames.load(study / "figures")
+    assert len(empty.epochs) == 0 and list(empty.finals.columns) == [*frames.ID_COLUMNS, *frames.FINAL_COLUMNS]
     assert isinstance(epochs, pd.DataFrame)
 
 
 def test_plain_rows_without_pandas(study, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # as if it were not installed
     with pytest.raises(ImportError, match=r"pip install pandas \(or the \[frames\] extra\)"):
-        results.frames(study)
-    rows = results.final_rows(study)
+        frames.load(study)
+    rows = frames.final_rows(study)
     json.dumps(rows, allow_nan=False)  # null values are None, never NaN
     diverged = [r for r in rows if r["status"] == "diverged"]
     assert diverged and all(r["acc"] is None and r["diverged_epoch"] == 1 for r in diverged)
     assert len({tuple(r) for r in rows}) == 1  # every row has the same keys
-    assert {r["part"] for r in results.epoch_rows(study)} == {"", "retrain"}
-    with pytest.raises(results.ResultsError, match="no such study directory"):
-        results.epoch_rows(study / "missing")
+    assert {r["part"] for r in frames.epoch_rows(study)} == {"", "retrain"}
+    with pytest.raises(files.ResultsError, match="no such study directory"):
+        frames.epoch_rows(study / "missing")

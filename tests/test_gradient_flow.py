@@ -3,13 +3,15 @@ and table functions of cifar_jax.gradient_plots on synthetic records."""
 import json
 from pathlib import Path
 
+from conftest import Finished, run_experiment  # noqa: E402
 import matplotlib.image
 import numpy as np
 import pytest
 
-from cifar_jax import gradient_plots as gp, models, train
-from cifar_jax.results import ResultsError
-from conftest import Finished, run_experiment  # noqa: E402
+from cifar_jax.io.files import ResultsError
+from cifar_jax.nn import models
+from cifar_jax.plots import gradients
+from cifar_jax.training import step
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("gradients_BaselineNet", "gradients_DropoutNet", "gradients_BatchNormNet_shared",
@@ -19,8 +21,8 @@ BN_SHARED = ["conv1/kernel", "conv2/kernel", "conv3/kernel", "fc1/kernel", "fc2/
 
 def tensor_names(norm: str) -> list[str]:
     """The engine's tensor names (leaf order) of BaselineNet with `norm`."""
-    spec = train.GroupSpec(models.ModelConfig(norm=norm))
-    return train.param_names(train.param_shapes(spec, (32, 32, 3)))
+    spec = step.GroupSpec(models.ModelConfig(norm=norm))
+    return step.param_names(step.param_shapes(spec, (32, 32, 3)))
 
 
 def assert_png(path: Path, min_bytes: int = 10_000) -> tuple[int, int]:
@@ -88,34 +90,34 @@ def records() -> dict[str, dict]:
 
 def test_tensors_in_depth_order_and_shared_selection():
     bn = tensor_names("batch")
-    assert gp.ordered(bn)[:4] == ["conv1/kernel", "bn_conv1/scale", "bn_conv1/bias", "conv2/kernel"]
-    assert gp.ordered(tensor_names("none"))[:3] == ["conv1/kernel", "conv1/bias", "conv2/kernel"]
-    assert gp.ordered(bn)[-2:] == ["fc2/kernel", "fc2/bias"]
-    assert gp.shared_tensors(bn, tensor_names("none")) == BN_SHARED
-    assert gp.tensor_label("bn_conv2/bias") == "BN conv2\nβ (shift)" and gp.tensor_label("fc1/kernel") == "fc1\nweight"
-    assert [gp.is_norm(t) for t in ("bn_fc1/scale", "fc1/bias")] == [True, False]
+    assert gradients.ordered(bn)[:4] == ["conv1/kernel", "bn_conv1/scale", "bn_conv1/bias", "conv2/kernel"]
+    assert gradients.ordered(tensor_names("none"))[:3] == ["conv1/kernel", "conv1/bias", "conv2/kernel"]
+    assert gradients.ordered(bn)[-2:] == ["fc2/kernel", "fc2/bias"]
+    assert gradients.shared_tensors(bn, tensor_names("none")) == BN_SHARED
+    assert gradients.tensor_label("bn_conv2/bias") == "BN conv2\nβ (shift)" and gradients.tensor_label("fc1/kernel") == "fc1\nweight"
+    assert [gradients.is_norm(t) for t in ("bn_fc1/scale", "fc1/bias")] == [True, False]
 
 
 def test_gradients_reads_a_record_by_tensor_name(records):
     rec = records["BatchNormNet"]
-    g = gp.gradients(rec)
+    g = gradients.gradients(rec)
     i = rec["grad_stats"]["tensors"].index("conv2/kernel")
     assert g.mean["first"]["conv2/kernel"] == rec["grad_stats"]["first"][i][0]
     assert g.std["last"]["conv2/kernel"] == rec["grad_stats"]["last"][i][1]
-    assert g.norms["conv2/kernel"].shape == (6,) and g.tensors == gp.ordered(rec["grad_stats"]["tensors"])
+    assert g.norms["conv2/kernel"].shape == (6,) and g.tensors == gradients.ordered(rec["grad_stats"]["tensors"])
     with pytest.raises(ResultsError, match="no grad_stats"):
-        gp.gradients({"run_id": "x", "epochs": []})
+        gradients.gradients({"run_id": "x", "epochs": []})
 
 
 def test_layer_gradients_all_and_shared(tmp_path, records):
     bn = records["BatchNormNet"]
-    everything = gp.layer_gradients(bn, tmp_path / "all.png", "BatchNormNet: all")
-    shared = gp.layer_gradients(bn, tmp_path / "shared.png", "BatchNormNet: shared",
-                                tensors=gp.shared_tensors(bn["grad_stats"]["tensors"], tensor_names("none")))
+    everything = gradients.layer_gradients(bn, tmp_path / "all.png", "BatchNormNet: all")
+    shared = gradients.layer_gradients(bn, tmp_path / "shared.png", "BatchNormNet: shared",
+                                tensors=gradients.shared_tensors(bn["grad_stats"]["tensors"], tensor_names("none")))
     assert everything == tmp_path / "all.png" and shared == tmp_path / "shared.png"
     assert assert_png(shared)[1] < assert_png(everything)[1]  # 6 tensors drawn, not 14
     with pytest.raises(ResultsError, match="conv1/bias"):
-        gp.layer_gradients(bn, tmp_path / "bad.png", "x", tensors=["conv1/bias"])
+        gradients.layer_gradients(bn, tmp_path / "bad.png", "x", tensors=["conv1/bias"])
 
 
 def test_layer_gradients_with_zero_and_nan_statistics(tmp_path):
@@ -123,15 +125,15 @@ def test_layer_gradients_with_zero_and_nan_statistics(tmp_path):
     rec["grad_stats"]["first"][0] = [0.0, 0.0, 0.0]  # e.g. a dead layer
     rec["grad_stats"]["last"][1] = [float("nan")] * 3  # e.g. a diverged run
     rec["grad_stats"]["last"][2][1] = 10.0  # std far above the mean: whisker clipped at the axis
-    assert_png(gp.layer_gradients(rec, tmp_path / "g.png", "BaselineNet"))
+    assert_png(gradients.layer_gradients(rec, tmp_path / "g.png", "BaselineNet"))
 
 
 def test_comparison_norms_and_table(tmp_path, records):
-    assert_png(gp.gradient_comparison(records, tmp_path / "cmp.png", "comparison"))
-    assert_png(gp.gradient_norms(records, tmp_path / "norms.png", "norms"))
-    text = gp.stats_markdown(records, "Gradient flow")
+    assert_png(gradients.gradient_comparison(records, tmp_path / "cmp.png", "comparison"))
+    assert_png(gradients.gradient_norms(records, tmp_path / "norms.png", "norms"))
+    text = gradients.stats_markdown(records, "Gradient flow")
     for label, rec in records.items():
         assert f"## {label} (run {rec['run_id']}" in text
     assert text.count("| conv1/bias |") == 2 and "| bn_fc1/scale |" in text
     with pytest.raises(ResultsError):
-        gp.gradient_norms({}, tmp_path / "none.png", "x")
+        gradients.gradient_norms({}, tmp_path / "none.png", "x")

@@ -3,7 +3,7 @@ Config built in Python (`config.build`: values by option name, checked like the 
 size on synthetic data, and leaves its results."""
 import json
 
-from cifar_jax import config
+from cifar_jax.study import config
 from experiments import cnn_transfer, grid_study, ladder, lr_sweep, transfer
 
 TINY = dict(dataset="synthetic", split="256/64", test_size=64, epochs=1, seeds=1, batch_size=32)

@@ -3,7 +3,7 @@ refuses a stage without the stage it builds on, and the U verdict (a tiny ladder
 tests/test_in_process.py)."""
 import pytest
 
-from cifar_jax import config
+from cifar_jax.study import config
 from experiments import ladder
 
 

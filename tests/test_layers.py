@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import layers, models, train
+from cifar_jax.nn import layers, models
+from cifar_jax.training import step
 
 SHAPES = [(3, 3, 4), (5, 4, 6)]  # (kernel, cin, cout): BaselineNet's 3x3 pad 1, ConvNet's 5x5 pad 2
 
@@ -94,22 +95,22 @@ def test_batchnorm_dropout_group_trains_the_same_with_every_convolution():
     runs = [dict(seed=0, lr=0.05, dropout=0.3), dict(seed=1, lr=0.1, dropout=0.5)]
     with jax.enable_x64(True):
         x = rng.integers(0, 256, (64, 8, 8, 3), np.uint8)
-        data = train.put_data(x, rng.integers(0, 10, 64), x[:8], np.zeros(8), np.arange(64),
+        data = step.put_data(x, rng.integers(0, 10, 64), x[:8], np.zeros(8), np.arange(64),
                                np.arange(0), np.full(3, 0.5), np.full(3, 0.25))
         data = data._replace(mean=data.mean.astype(jnp.float64), std=data.std.astype(jnp.float64))
-        hp = jax.device_put(train.stack_hparams(runs))
+        hp = jax.device_put(step.stack_hparams(runs))
         model = models.ModelConfig("baseline", (16,), "batch", channels=(4, 8), kernels=(3, 3), use_dropout=True)
 
         def three_steps(conv_impl):
-            spec = train.GroupSpec(model, "momentum", 16, conv_impl=conv_impl)
-            state = jax.vmap(lambda h: train.init_run(spec, h, (8, 8, 3)))(hp)
+            spec = step.GroupSpec(model, "momentum", 16, conv_impl=conv_impl)
+            state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
             f64 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), t)
             state = state._replace(params=f64(state.params), batch_stats=f64(state.batch_stats),
                                    opt_state=f64(state.opt_state))
-            step = jax.jit(jax.vmap(functools.partial(train.train_step, spec), in_axes=(0, None, 0)))
-            idx = jax.vmap(lambda h: train.epoch_indices(h, 0, data.train_idx, 16))(hp)
+            train_step = jax.jit(jax.vmap(functools.partial(step.train_step, spec), in_axes=(0, None, 0)))
+            idx = jax.vmap(lambda h: step.epoch_indices(h, 0, data.train_idx, 16))(hp)
             for s in range(3):
-                state, _ = step(state, data, idx[:, s])
+                state, _ = train_step(state, data, idx[:, s])
             return state
 
         ref = three_steps("xla")

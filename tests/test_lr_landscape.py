@@ -1,14 +1,14 @@
 """The LR landscape (experiments.lr_landscape): end to end on synthetic data, the boundary and
 best-LR rules on hand-made records, and bad grid flags."""
 import json
-import re
 from pathlib import Path
+import re
 
+from conftest import Finished, run_experiment  # noqa: E402
 import pytest
 
-from cifar_jax import run_record
+from cifar_jax.results import run_record
 from experiments import lr_landscape
-from conftest import Finished, run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # an MLP keeps this fast on 2 cores; the experiment's code path is the same for BaselineNet

@@ -1,13 +1,13 @@
 """The MLP studies' analysis (seeds/002, 003, 004): the option a figure puts on its x axis, accuracy
 at chosen epochs, the depth × width verdict and heatmap, and one smoke section of each report."""
 import json
-import sys
 from pathlib import Path
+import sys
 
 import numpy as np
 import pytest
 
-from cifar_jax import run_record
+from cifar_jax.results import run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

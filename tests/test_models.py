@@ -1,13 +1,13 @@
 """Models: parameter counts, layer tables, dropout semantics, train/eval mode."""
 import dataclasses
 
+from conftest import count_params  # noqa: E402
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import models
-from conftest import count_params  # noqa: E402
+from cifar_jax.nn import models
 
 
 def _init(cfg, shape=(32, 32, 3)):
@@ -178,7 +178,7 @@ def test_dropout_before_the_norm_is_the_same_net_without_a_norm_and_a_different_
 
 
 def test_norm_init_weight_scale_draws_gamma_beta_like_the_weights_and_norm_l2_penalises_them():
-    from cifar_jax import optim
+    from cifar_jax.training import optim
     cfg = models.ModelConfig("mlp", hidden=(400,), norm="batch", init="normal", norm_init="weight_scale")
     _, variables = _init(cfg, (8, 8, 3))
     params = models.scale_kernels(variables["params"], 1e-3, norm_too=True)

@@ -7,7 +7,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cifar_jax import files, plots, results, run_record, summary
+from cifar_jax.io import files
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record, summary
 from experiments import grid_study, lr_schedule, lr_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -57,34 +59,34 @@ def config_with_diverged():
 def test_curve_and_mean_std():
     rec = make_record(n_epochs=3, val=False)
     assert run_record.curve(rec, "val_acc").shape == (3,) and np.isnan(run_record.curve(rec, "val_acc")).all()
-    mean, std = plots.mean_std([np.array([1.0, 2.0, 3.0]), np.array([3.0, np.nan])])
+    mean, std = charts.mean_std([np.array([1.0, 2.0, 3.0]), np.array([3.0, np.nan])])
     np.testing.assert_allclose(mean, [2.0, 2.0, 3.0])
     np.testing.assert_allclose(std, [np.std([1.0, 3.0], ddof=1), 0.0, 0.0])
 
 
 def test_moving_average_shrinks_at_edges():
     y = np.array([0.0, 3.0, 6.0, 9.0])
-    np.testing.assert_allclose(plots.moving_average(y, 3), [1.5, 3.0, 6.0, 7.5])
-    np.testing.assert_allclose(plots.moving_average(y, 1), y)
-    np.testing.assert_allclose(plots.moving_average(y[:1], 5), [0.0])
+    np.testing.assert_allclose(charts.moving_average(y, 3), [1.5, 3.0, 6.0, 7.5])
+    np.testing.assert_allclose(charts.moving_average(y, 1), y)
+    np.testing.assert_allclose(charts.moving_average(y[:1], 5), [0.0])
 
 
 def test_four_panel(tmp_path, config_with_diverged):
-    assert_png(plots.four_panel(config_with_diverged, tmp_path / "four.png", "BaselineNet, lr=0.1"))
+    assert_png(charts.four_panel(config_with_diverged, tmp_path / "four.png", "BaselineNet, lr=0.1"))
     no_val = [make_record(seed=s, val=False) for s in range(2)]
-    assert_png(plots.four_panel(no_val, tmp_path / "four_noval.png", "no validation split"))
+    assert_png(charts.four_panel(no_val, tmp_path / "four_noval.png", "no validation split"))
 
 
 def test_val_comparison(tmp_path, config_with_diverged):
     by_config = {"lr=0.1": config_with_diverged,
                  "lr=0.05": [make_record("lr=0.05", s, lr=0.05, n_epochs=3) for s in range(2)],
                  "no val": [make_record("no val", 0, val=False)]}
-    assert_png(plots.val_comparison(by_config, tmp_path / "cmp.png", "LR sweep"))
+    assert_png(charts.val_comparison(by_config, tmp_path / "cmp.png", "LR sweep"))
 
 
 def test_test_table(tmp_path, config_with_diverged):
     records = config_with_diverged + [make_record("lr=0.05", s, lr=0.05) for s in range(2)]
-    assert_png(plots.test_table(summary.summarize(records), tmp_path / "table.png", "Test results"))
+    assert_png(charts.test_table(summary.summarize(records), tmp_path / "table.png", "Test results"))
 
 
 def test_schedule_shapes(tmp_path):
@@ -99,9 +101,9 @@ def test_class_distribution(tmp_path):
     rng = np.random.default_rng(0)
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     labels = {"train": rng.integers(0, 10, 4500), "val": rng.integers(0, 10, 500), "test": rng.integers(0, 10, 1000)}
-    assert_png(plots.class_distribution(labels, classes, tmp_path / "classes.png"))
-    with pytest.raises(results.ResultsError, match="labels"):
-        plots.class_distribution({"train": np.array([10])}, classes, tmp_path / "bad.png")
+    assert_png(charts.class_distribution(labels, classes, tmp_path / "classes.png"))
+    with pytest.raises(files.ResultsError, match="labels"):
+        charts.class_distribution({"train": np.array([10])}, classes, tmp_path / "bad.png")
 
 
 def test_lr_range_and_lr_curves(tmp_path):
@@ -110,7 +112,7 @@ def test_lr_range_and_lr_curves(tmp_path):
     assert_png(lr_sweep.lr_range(records, tmp_path / "range.png"))
     no_val = [make_record(f"lr={lr:g}", 0, lr=lr, val=False) for lr in (0.1, 0.01)]
     assert_png(lr_sweep.lr_range(no_val, tmp_path / "range_noval.png"))
-    assert_png(plots.lr_curves(records, tmp_path / "lrs.png"))
+    assert_png(charts.lr_curves(records, tmp_path / "lrs.png"))
 
 
 # ----------------------------------------------------------------------------- diverged runs (issue 11)
@@ -128,7 +130,7 @@ def diverged_at(record: dict, epoch: int) -> dict:
 def drawn(monkeypatch):
     """The figures the plot functions build, in order (instead of their PNG files)."""
     figures = []
-    monkeypatch.setattr(plots, "write", lambda fig, path, crop=False: figures.append(fig) or path)
+    monkeypatch.setattr(charts, "write", lambda fig, path, crop=False: figures.append(fig) or path)
     return figures
 
 
@@ -138,11 +140,11 @@ def legend(fig) -> list[str]:
 
 def test_curves_show_a_diverged_run_up_to_its_divergence(tmp_path, drawn):
     all_diverged = [diverged_at(make_record(seed=s), 1) for s in range(2)]
-    plots.four_panel(all_diverged, tmp_path / "a.png", "all diverged at once")
+    charts.four_panel(all_diverged, tmp_path / "a.png", "all diverged at once")
     texts = [t.get_text() for ax in drawn[0].axes for t in ax.texts]
     assert texts == ["all 2 seeds diverged at epochs 1, 1"] * 4  # not "no data (no validation split?)"
     some = [make_record(seed=0), diverged_at(make_record(seed=1), 3)]
-    plots.four_panel(some, tmp_path / "b.png", "one diverged")
+    charts.four_panel(some, tmp_path / "b.png", "one diverged")
     assert "seed 1 diverged at epoch 3" in legend(drawn[1])
     val_acc = drawn[1].axes[3]
     dashed = [line for line in val_acc.lines if line.get_linestyle() == "--"]
@@ -153,7 +155,7 @@ def test_comparisons_keep_configurations_whose_seeds_diverged(tmp_path, drawn):
     by_config = {"lr=1": [diverged_at(make_record("lr=1", s, lr=1.0), 1 + s) for s in range(2)],
                  "lr=0.5": [make_record("lr=0.5", 0, lr=0.5), diverged_at(make_record("lr=0.5", 1, lr=0.5), 3)],
                  "lr=0.1": [make_record("lr=0.1", s) for s in range(2)]}
-    plots.val_comparison(by_config, tmp_path / "cmp.png", "LR sweep")
+    charts.val_comparison(by_config, tmp_path / "cmp.png", "LR sweep")
     assert legend(drawn[0]) == ["lr=1 (all 2 seeds diverged at epochs 1, 2)",
                                 "lr=0.5 (n=1, 1 of 2 seeds diverged at epoch 3)", "lr=0.1 (n=2)"]
     grid_study.training_comparison(by_config, tmp_path / "train.png", "Optimisers")
@@ -162,7 +164,7 @@ def test_comparisons_keep_configurations_whose_seeds_diverged(tmp_path, drawn):
 
 def test_comparison_smoothing_adapts_to_short_runs(tmp_path, drawn):
     for epochs in (8, 12, 50):
-        plots.val_comparison({"a": [make_record(n_epochs=epochs)]}, tmp_path / "cmp.png", "t", smooth=5)
+        charts.val_comparison({"a": [make_record(n_epochs=epochs)]}, tmp_path / "cmp.png", "t", smooth=5)
     titles = [fig._suptitle.get_text() for fig in drawn]
     assert "moving average" not in titles[0]  # 8 epochs: no smoothing
     assert "centred 2-epoch" in titles[1] and "centred 5-epoch" in titles[2]
@@ -177,7 +179,7 @@ def test_accuracy_against_shows_every_seed_and_puts_exploding_losses_on_a_log_ax
              "best_train_acc": stat([0.9, 0.1] if s == 0.1 else [0.5, 0.52]),
              "best_val_acc": stat([0.4, 0.41]), "final_train_loss": stat([loss, loss * 1.1])}
             for s, loss in ((1e-3, 2.3), (1e-2, 1.0), (1e-1, 1.5), (1.0, 1.7e7))]
-    plots.accuracy_against(rows, "init_scale", tmp_path / "best.png", "weight scale", panels=plots.BEST_PANELS)
+    charts.accuracy_against(rows, "init_scale", tmp_path / "best.png", "weight scale", panels=charts.BEST_PANELS)
     train_ax, _, loss_ax = drawn[0].axes[:3]
     assert loss_ax.get_yscale() == "log" and train_ax.get_yscale() == "linear" and train_ax.get_xscale() == "log"
     dots = np.concatenate([c.get_offsets() for c in train_ax.collections if len(c.get_offsets()) == 8])

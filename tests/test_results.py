@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cifar_jax import files, results, summary
-from cifar_jax.results import ResultsError, StudyDir
+from cifar_jax.io import environment, files
+from cifar_jax.io.files import ResultsError
+from cifar_jax.results import studydir, summary
+from cifar_jax.results.studydir import StudyDir
 
 
 def make_record(config_name="lr=0.1", seed=0, status="done", test_acc=0.6, test_loss=1.0, n_epochs=3, **config):
@@ -84,7 +86,7 @@ def test_records_order_and_round_trip(tmp_path):
 
 
 def test_run_file_names_are_safe_and_distinct():
-    names = {results.run_file_stem(r) for r in ("a/b", "a:b", "a b", "a_b", "..", "x" * 500)}
+    names = {studydir.run_file_stem(r) for r in ("a/b", "a:b", "a b", "a_b", "..", "x" * 500)}
     assert len(names) == 6
     assert all(re.fullmatch(r"[A-Za-z0-9._=,+-]+", n) and len(n) < 140 and not n.startswith(".") for n in names)
 
@@ -165,7 +167,7 @@ def test_markdown_table_bolds_best_cells():
 
 def test_environment_keys_and_git(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    env = results.environment()
+    env = environment.environment()
     assert set(env) == {"versions", "backend", "devices", "hostname", "platform", "timestamp_utc", "git"}
     assert set(env["versions"]) == {"python", "jax", "jaxlib", "flax", "optax", "numpy"}
     assert env["backend"] and env["devices"]
@@ -173,4 +175,4 @@ def test_environment_keys_and_git(monkeypatch, tmp_path):
     assert git is None or (re.fullmatch(r"[0-9a-f]{40}", git["commit"]) and isinstance(git["dirty"], bool))
     json.loads(files.to_json(env))
     monkeypatch.setenv("PATH", str(tmp_path))  # no git executable
-    assert results.environment()["git"] is None
+    assert environment.environment()["git"] is None

@@ -3,18 +3,22 @@ study resumes mid-run to the same numbers as an uninterrupted one (the engine in
 whole studies killed with SIGKILL at random moments)."""
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from cifar_jax import data, engine, models, results, run_record, splits, train
-from cifar_jax.snapshots import Snapshots
+from cifar_jax.data import datasets, splits
+from cifar_jax.io import files
+from cifar_jax.io.snapshots import Snapshots
+from cifar_jax.nn import models
+from cifar_jax.results import run_record, studydir
+from cifar_jax.training import engine, step
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
@@ -54,13 +58,13 @@ class Saving:
 
 @pytest.mark.parametrize("layout", ["vmap_scan", "seq_loop"])
 def test_the_engine_resumes_to_the_same_numbers_bit_for_bit(layout):
-    ds = data.synthetic(n_train=300, n_test=60, image_shape=(8, 8, 3))
+    ds = datasets.synthetic(n_train=300, n_test=60, image_shape=(8, 8, 3))
     tr, va = splits.make_split(300, 240, 60, seed=0)
     mean, std = splits.norm_stats(ds.x_train, tr, "per_channel")
-    d = train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
-    spec = train.GroupSpec(models.ModelConfig("mlp", hidden=(16,), norm="batch", use_dropout=True),
+    d = step.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(16,), norm="batch", use_dropout=True),
                            optimizer="adam", batch_size=32, grad_stats=True)
-    hp = train.stack_hparams([dict(seed=0, lr=0.01, dropout=0.3, total_steps=28), dict(seed=1, lr=0.003, total_steps=28)])
+    hp = step.stack_hparams([dict(seed=0, lr=0.01, dropout=0.3, total_steps=28), dict(seed=1, lr=0.003, total_steps=28)])
     whole = Saving()
     end = engine.train_group(spec, hp, d, 4, whole, layout=layout)
     cut = Saving(stop_after=2)
@@ -106,10 +110,10 @@ def test_a_record_truncated_to_a_snapshot_forgets_later_epochs():
 
 
 def test_a_study_lock_refuses_a_live_owner_and_takes_over_a_dead_ones(tmp_path, capsys):
-    study = results.StudyDir(tmp_path / "s")
+    study = studydir.StudyDir(tmp_path / "s")
     with study.lock():
         assert json.loads((tmp_path / "s" / ".lock").read_text())["pid"] == os.getpid()
-        with pytest.raises(results.ResultsError, match=f"in use by process {os.getpid()} on "):
+        with pytest.raises(files.ResultsError, match=f"in use by process {os.getpid()} on "):
             with study.lock():
                 pass
     assert not (tmp_path / "s").exists()  # released, and the empty study removed

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import schedules
+from cifar_jax.training import schedules
 
 STEPS = np.arange(0, 5000, 7)
 

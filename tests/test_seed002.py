@@ -1,15 +1,15 @@
 """The seeds/002 studies: the gradient check can pass and fail, the λ search picks its fine decade
 by validation accuracy, and the report's sections run end to end (synthetic data)."""
 import json
-import sys
 from pathlib import Path
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import gradcheck
+from cifar_jax.training import gradcheck
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -5,10 +5,10 @@ import math
 
 import numpy as np
 import pytest
-
-from cifar_jax import results, tensorboard
-from experiments import sharpness
 from tests.test_experiments_seed000 import run
+
+from cifar_jax.results import frames, tensorboard
+from experiments import sharpness
 
 
 def _record(optimizer: str, values: list[float], lr: float = 0.1, momentum: float = 0.9, **extra) -> dict:
@@ -56,7 +56,7 @@ def test_the_study_records_sharpness_and_writes_its_table_and_figure(tmp_path):
     table = (study / "sharpness.md").read_text()
     assert "| lr=0.5 | 4 |" in table and "| lr=0.05 | 40 |" in table
     assert (study / "figures" / "sharpness.png").stat().st_size > 10_000
-    rows = results.epoch_rows(study)
+    rows = frames.epoch_rows(study)
     assert {"sharpness", "sharpness_min", "b_simple", "b_simple_g2", "b_simple_trace"} <= set(rows[0])
     run_folder = tensorboard.StudyWriter(study / tensorboard.FOLDER).run_folder(records[0]["run_id"])
     assert any(run_folder.glob("events.out.tfevents.*"))

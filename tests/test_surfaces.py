@@ -3,17 +3,19 @@ grid's centre is the run itself, path end points are the two models, chunked vma
 equals one point at a time, and the experiment end to end with its one-line refusals."""
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
+from conftest import Finished, run_experiment  # noqa: E402
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import data, models, splits, surfaces, train
-from conftest import Finished, run_experiment  # noqa: E402
+from cifar_jax.data import datasets, splits
+from cifar_jax.nn import models
+from cifar_jax.training import step, surfaces
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = ["--dataset=synthetic", "--split=512/256", "--epochs=1", "--seeds=2", "--model=mlp", "--hidden=16",
@@ -30,7 +32,7 @@ def _random_variables(spec, shape, seed=0):
 
 
 def test_every_filter_has_its_weight_filters_norm_and_vectors_get_zero():
-    spec = train.GroupSpec(models.ModelConfig("baseline", norm="batch"))
+    spec = step.GroupSpec(models.ModelConfig("baseline", norm="batch"))
     params, _ = _random_variables(spec, (32, 32, 3))
     d = surfaces.random_direction(jax.random.PRNGKey(3), params)
     kernels = 0
@@ -72,11 +74,11 @@ def test_plane_and_line_points():
 @pytest.fixture(scope="module")
 def bn_case():
     """A BaselineNet with batch norm on 8x8 synthetic images, random variables, a train subset."""
-    ds = data.synthetic(n_train=200, n_test=60, image_shape=(8, 8, 3))
+    ds = datasets.synthetic(n_train=200, n_test=60, image_shape=(8, 8, 3))
     tr, va = splits.make_split(200, 160, 40, seed=0)
     mean, std = splits.norm_stats(ds.x_train, tr, "per_channel")
-    dev = train.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
-    spec = train.GroupSpec(models.ModelConfig("baseline", norm="batch"), eval_batch_size=32)
+    dev = step.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
+    spec = step.GroupSpec(models.ModelConfig("baseline", norm="batch"), eval_batch_size=32)
     params, stats = _random_variables(spec, (8, 8, 3))
     params = jax.tree_util.tree_map(lambda x: 0.1 * x, params)
     return spec, dev, params, stats
@@ -84,7 +86,7 @@ def bn_case():
 
 def test_the_grids_centre_is_the_runs_own_evaluation(bn_case):
     spec, dev, params, stats = bn_case
-    own = np.asarray(train.evaluate(spec, train.TrainState(params, stats, None, None, None, None, None),
+    own = np.asarray(step.evaluate(spec, step.TrainState(params, stats, None, None, None, None, None),
                                     dev.x, dev.y, dev.train_idx, dev.mean, dev.std))
     d1, d2 = (surfaces.random_direction(k, params) for k in jax.random.split(jax.random.PRNGKey(0)))
     coords = np.array([-0.5, 0.0, 0.5])

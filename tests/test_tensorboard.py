@@ -2,13 +2,13 @@
 back by TensorBoard's own reader, and a real 2-run, 2-epoch study whose events equal its records."""
 import json
 import math
-import struct
 from pathlib import Path
+import struct
 
 import pytest
 
-from cifar_jax import tensorboard as tb
-from cifar_jax.results import run_file_stem
+from cifar_jax.results import tensorboard
+from cifar_jax.results.studydir import run_file_stem
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing import event_accumulator, event_file_loader  # noqa: E402
@@ -36,22 +36,22 @@ def f32(x: float) -> float:
 
 def test_crc32c_known_values():
     # the check value of CRC-32C, and RFC 3720's (iSCSI) test vectors
-    assert tb.crc32c(b"123456789") == 0xE3069283
-    assert tb.crc32c(b"") == 0
-    assert tb.crc32c(bytes(32)) == 0x8A9136AA
-    assert tb.crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert tb.crc32c(bytes(range(32))) == 0x46DD794E
-    assert tb.crc32c(bytes(range(31, -1, -1))) == 0x113FDB5C
-    crc = tb.crc32c(b"123456789")
-    assert tb.masked_crc32c(b"123456789") == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
+    assert tensorboard.crc32c(b"123456789") == 0xE3069283
+    assert tensorboard.crc32c(b"") == 0
+    assert tensorboard.crc32c(bytes(32)) == 0x8A9136AA
+    assert tensorboard.crc32c(b"\xff" * 32) == 0x62A8AB43
+    assert tensorboard.crc32c(bytes(range(32))) == 0x46DD794E
+    assert tensorboard.crc32c(bytes(range(31, -1, -1))) == 0x113FDB5C
+    crc = tensorboard.crc32c(b"123456789")
+    assert tensorboard.masked_crc32c(b"123456789") == (((crc >> 15) | (crc << 17)) + 0xA282EAD8) % 2**32
 
 
 def test_event_encoding_equals_protobuf():
     """The hand-written wire format serialises exactly as the protobuf library does."""
     header = event_pb2.Event(wall_time=1.7e9 + 0.25, file_version="brain.Event:2")
-    assert tb.event(1.7e9 + 0.25, file_version="brain.Event:2") == header.SerializeToString()
+    assert tensorboard.event(1.7e9 + 0.25, file_version="brain.Event:2") == header.SerializeToString()
     for step in (1, 127, 128, 300, 2**40, -1):
-        ours = tb.event(12.5, step, scalars={"loss/train": 0.1, "grad_norm/Dense_0/kernel": -3e-8, "é": 1e30})
+        ours = tensorboard.event(12.5, step, scalars={"loss/train": 0.1, "grad_norm/Dense_0/kernel": -3e-8, "é": 1e30})
         ref = event_pb2.Event(wall_time=12.5, step=step)
         for tag, value in (("loss/train", 0.1), ("grad_norm/Dense_0/kernel", -3e-8), ("é", 1e30)):
             ref.summary.value.add(tag=tag, simple_value=value)
@@ -60,13 +60,13 @@ def test_event_encoding_equals_protobuf():
 
 
 def test_empty_and_one_event_files_round_trip(tmp_path):
-    with tb.EventWriter(tmp_path / "empty", wall_time=1000.5) as empty:
+    with tensorboard.EventWriter(tmp_path / "empty", wall_time=1000.5) as empty:
         empty.scalars(3, {})  # nothing to write
     events = load(empty.path)
     assert len(events) == 1 and events[0].file_version == "brain.Event:2" and events[0].wall_time == 1000.5
     assert empty.path.name.startswith("events.out.tfevents.0000001000.")
 
-    with tb.EventWriter(tmp_path / "one") as one:
+    with tensorboard.EventWriter(tmp_path / "one") as one:
         one.scalars(7, {"loss/val": 1.0 / 3, "lr": 0.1}, wall_time=2000.0)
     header, event = load(one.path)
     assert header.file_version == "brain.Event:2" and (event.step, event.wall_time) == (7, 2000.0)
@@ -80,7 +80,7 @@ def test_epoch_scalars_names_and_non_finite_values():
              "grad_norm": [1.5, math.nan, 2.5], "loss_trace": [0.4, 0.6], "seconds": 9.0, "run_seconds": 4.5,
              "sharpness": 30.5, "sharpness_min": -2.0, "sharpness_trace": [20.0, 30.5], "b_simple": 812.0,
              "b_simple_g2": 0.25, "b_simple_trace": None}
-    assert tb.epoch_scalars(entry, ["a/kernel", "a/bias"]) == {
+    assert tensorboard.epoch_scalars(entry, ["a/kernel", "a/bias"]) == {
         "loss/train": 0.5, "acc/train": 0.8, "top5/train": 1.0, "acc/test": 0.7, "lr": 0.05, "l2_penalty": 12.0,
         "grad_norm/a/kernel": 1.5, "grad_norm/2": 2.5, "sharpness/max": 30.5, "sharpness/min": -2.0,
         "noise_scale/b_simple": 812.0, "noise_scale/g2": 0.25}
@@ -89,11 +89,11 @@ def test_epoch_scalars_names_and_non_finite_values():
 def test_a_resumed_run_appends_a_new_file_whose_points_win(tmp_path):
     """A resumed run writes a second file (sorting after the first, even within one second); epochs
     trained again after the snapshot replace the first file's in TensorBoard's reader."""
-    writer = tb.StudyWriter(tmp_path)
+    writer = tensorboard.StudyWriter(tmp_path)
     for epoch, loss in ((1, 3.0), (2, 2.0), (3, 1.5)):
         writer.add_epoch("lr=0.1,seed=0", {"epoch": epoch, "train_loss": loss})
     writer.close()
-    again = tb.StudyWriter(tmp_path)  # resumed from the snapshot after epoch 1
+    again = tensorboard.StudyWriter(tmp_path)  # resumed from the snapshot after epoch 1
     for epoch, loss in ((2, 2.5), (3, 1.25), (4, 1.0)):
         again.add_epoch("lr=0.1,seed=0", {"epoch": epoch, "train_loss": loss})
     again.close()
@@ -119,7 +119,7 @@ def test_study_events_equal_the_records(tmp_path):
         tensors = rec["grad_stats"]["tensors"]
         expected: dict[str, dict[int, float]] = {}
         for entry in rec["epochs"]:
-            for tag, value in tb.epoch_scalars(entry, tensors).items():
+            for tag, value in tensorboard.epoch_scalars(entry, tensors).items():
                 expected.setdefault(tag, {})[entry["epoch"]] = value
         assert {"loss/train", "acc/val", "top5/val", "lr", "acc/train_eval", "loss/test"} <= set(expected)
         assert len([t for t in expected if t.startswith("grad_norm/")]) == len(tensors) > 0

@@ -3,13 +3,13 @@ restore, frozen convs, comparison, resume; another study's checkpoint refused, a
 line, --repair pretraining it again."""
 import json
 import os
-import shutil
 from pathlib import Path
+import shutil
 
+from conftest import Finished, run_experiment  # noqa: E402
 import pytest
 
-from cifar_jax import checkpoint
-from conftest import Finished, run_experiment  # noqa: E402
+from cifar_jax.io import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--dataset=synthetic", "--split=256/256", "--epochs=1", "--seeds=1", "--batch_size=64", "--lr=0.05",

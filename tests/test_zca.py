@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import config, preprocess, splits
-from cifar_jax.registry import ConfigError
+from cifar_jax.config.registry import ConfigError
+from cifar_jax.data import preprocess, splits
+from cifar_jax.study import config
 
 
 @pytest.fixture(scope="module")

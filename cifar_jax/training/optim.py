@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cifar_jax import models
-from cifar_jax.registry import lookup
+from cifar_jax.config.registry import lookup
+from cifar_jax.nn import models
 
 Hparams = Mapping[str, jax.Array]
 

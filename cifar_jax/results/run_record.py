@@ -49,16 +49,14 @@ from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
+from cifar_jax.io import files
+
 METRICS = ("loss", "acc", "top5")
 SPLITS = ("train", "val", "test")
 STATUSES = ("done", "diverged", "incomplete")
 FINISHED = ("done", "diverged")
 GRAD_COLUMNS = ("mean_abs", "std_abs", "norm")
 NOISE_SCALE = ("b_simple_g2", "b_simple_trace", "b_simple")  # an epoch's |G|², tr Σ and B_simple
-
-
-class ResultsError(Exception):
-    """A results directory or run record that cannot be used as asked (one-line message)."""
 
 
 class Metrics(NamedTuple):
@@ -164,14 +162,14 @@ def finish(record: dict, f: Final, j: int, tensor_names: list[str]) -> None:
 
 
 def check(record: Any, where: str) -> dict:
-    """The record, if it has the keys resume and statistics depend on (else ResultsError)."""
+    """The record, if it has the keys resume and statistics depend on (else files.ResultsError)."""
     if not isinstance(record, dict):
-        raise ResultsError(f"{where}: a run record must be a JSON object")
+        raise files.ResultsError(f"{where}: a run record must be a JSON object")
     for key, kind in (("run_id", str), ("config_name", str), ("seed", int), ("config", dict)):
         if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
-            raise ResultsError(f"{where}: run record needs {key!r} of type {kind.__name__}")
+            raise files.ResultsError(f"{where}: run record needs {key!r} of type {kind.__name__}")
     if record.get("status") not in STATUSES:
-        raise ResultsError(f"{where}: status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
+        raise files.ResultsError(f"{where}: status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
     return record
 
 
@@ -247,7 +245,7 @@ def final(record: dict, split: str) -> dict[str, float] | None:
     if split == "val":
         values = {m: last(record, f"val_{m}") for m in METRICS}
         return None if math.isnan(values["loss"]) else values
-    raise ResultsError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    raise files.ResultsError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
 
 
 def untrained(record: dict, split: str) -> dict[str, float] | None:

@@ -7,16 +7,19 @@ import contextlib
 import json
 import math
 import os
+from pathlib import Path
 import re
 import shutil
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from cifar_jax.run_record import ResultsError
+
+class ResultsError(Exception):
+    """A results directory or run record that cannot be used as asked (one-line message)."""
+
 
 def _jsonable(obj: Any) -> Any:
     """Convert numpy (or array-like) values for json.dumps, which only knows Python types."""

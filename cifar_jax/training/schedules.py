@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax.registry import lookup
+from cifar_jax.config.registry import lookup
 
 Params = Mapping[str, jax.Array]
 

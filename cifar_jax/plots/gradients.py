@@ -9,17 +9,19 @@ Each figure function writes one 150 dpi PNG (matplotlib `Figure`, Agg canvas) an
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
+import re
 from typing import Iterable, Sequence
 
-import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+import numpy as np
 
-from cifar_jax import models, plots, run_record
-from cifar_jax.results import ResultsError
+from cifar_jax.io.files import ResultsError
+from cifar_jax.nn import models
+from cifar_jax.plots import charts
+from cifar_jax.results import run_record
 
 # Okabe–Ito: distinguishable under the common colour-vision deficiencies (yellow last: weak on white).
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
@@ -163,7 +165,7 @@ def _tensors(gradient: Gradients, tensors: Sequence[str] | None) -> list[str]:
 
 # ----------------------------------------------------------------------------- figures
 
-@plots.styled
+@charts.styled
 def layer_gradients(record: dict, path: Path | str, title: str, tensors: Sequence[str] | None = None) -> Path:
     """Mean |g| ± std per parameter tensor of one run, the first vs the last steps side by side (log y)."""
     grads = gradients(record)
@@ -185,10 +187,10 @@ def layer_gradients(record: dict, path: Path | str, title: str, tensors: Sequenc
     ax.set_xlabel("parameter tensor (input → output)")
     ax.legend(frameon=False, loc="upper left", ncol=3)
     ax.set_title(f"{title}\n{ERRORBAR_NOTE.format(k=grads.window)}", fontsize=10)
-    return plots.save(fig, path)
+    return charts.save(fig, path)
 
 
-@plots.styled
+@charts.styled
 def gradient_comparison(records: dict[str, dict], path: Path | str, title: str,
                         tensors: Sequence[str] | None = None) -> Path:
     """One panel per metric (mean |g| and std |g|, first and last steps), bars per tensor, one colour
@@ -218,11 +220,11 @@ def gradient_comparison(records: dict[str, dict], path: Path | str, title: str,
         axes[r, 0].set_ylabel(f"{stat} of |∂L/∂θ| per element")
     axes[0, 0].set_ylim(floor, top)
     fig.suptitle(f"{title}\nno bar: the model has no such tensor (a layer feeding batch norm has no bias)", fontsize=12)
-    plots.figure_legend(fig, axes.flat, ncol=6)
-    return plots.save(fig, path)
+    charts.figure_legend(fig, axes.flat, ncol=6)
+    return charts.save(fig, path)
 
 
-@plots.styled
+@charts.styled
 def gradient_norms(records: dict[str, dict], path: Path | str, title: str) -> Path:
     """‖g‖ of every weight tensor per epoch (mean over the epoch's steps), one panel per model
     (label → record), log y: vanishing or exploding gradients show as falling or rising lines."""
@@ -239,13 +241,13 @@ def gradient_norms(records: dict[str, dict], path: Path | str, title: str) -> Pa
             if values is None or not np.isfinite(values).any():
                 continue
             epochs = np.arange(1, len(values) + 1)
-            ax.plot(epochs, values, color=OKABE_ITO[i % len(OKABE_ITO)], marker=plots.MARKERS[i % len(plots.MARKERS)],
+            ax.plot(epochs, values, color=OKABE_ITO[i % len(OKABE_ITO)], marker=charts.MARKERS[i % len(charts.MARKERS)],
                     markevery=max(1, len(values) // 10), ms=4, lw=1.8, label=name.split("/")[0] + " weight")
         ax.set_title(label)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("‖∂L/∂W‖₂ (mean over the epoch's steps)")
-    return plots.save(fig, path, title=title, legend=axes, ncol=6)
+    return charts.save(fig, path, title=title, legend=axes, ncol=6)
 
 
 # ----------------------------------------------------------------------------- table

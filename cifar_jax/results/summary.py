@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats
 
-from cifar_jax import run_record
+from cifar_jax.results import run_record
 
 SUMMARY_METRICS = (
     "test_loss", "test_acc", "test_top5",

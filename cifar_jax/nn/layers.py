@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax.registry import lookup
+from cifar_jax.config.registry import lookup
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from absl import flags
 
-from cifar_jax.registry import ConfigError
+from cifar_jax.config.registry import ConfigError
 
 LEVELS = ("run", "model", "group", "single")
 KINDS = {"float": float, "int": int, "str": str, "bool": bool, "choice": str, "widths": tuple}

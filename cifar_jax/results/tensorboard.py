@@ -28,14 +28,14 @@ The format, written here from its specification:
 """
 from __future__ import annotations
 
+from pathlib import Path
 import socket
 import struct
 import time
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from cifar_jax import run_record
-from cifar_jax.results import run_file_stem
+from cifar_jax.results import run_record
+from cifar_jax.results.studydir import run_file_stem
 
 FILE_VERSION = "brain.Event:2"
 FOLDER = "tensorboard"  # under the study directory

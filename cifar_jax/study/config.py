@@ -15,8 +15,11 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from cifar_jax import models, options, schedules, splits, train
-from cifar_jax.registry import ConfigError
+from cifar_jax.config import options
+from cifar_jax.config.registry import ConfigError
+from cifar_jax.data import splits
+from cifar_jax.nn import models
+from cifar_jax.training import schedules, step
 
 
 def _study_name(name: str) -> str:
@@ -66,7 +69,7 @@ SINGLE = options.table(
     O("zca_epsilon", splits.ZCA_EPSILON, "ε added to the covariance eigenvalues by --normalization=zca, in x/255 "
       "units (CIFAR-10's mean eigenvalue is ≈ 0.06).", low=0.0, low_open=True),
     O("layout", "auto", "How a group runs (auto: the measured-fastest for the backend and model; every layout gives "
-      "the same numbers).", kind="choice", choices=train.LAYOUTS),
+      "the same numbers).", kind="choice", choices=step.LAYOUTS),
     O("memory_limit_gb", 0.0, "Per-device memory a group may use before it is split into chunks of runs (0: 90% of "
       "an accelerator's memory; no limit on CPU).", low=0.0),
     O("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory, so a repeated study "
@@ -88,7 +91,7 @@ SINGLE = options.table(
 )
 # Every core option: one table (names are unique across the levels), its flags filed under this module.
 CORE = options.table(*(dataclasses.replace(o, module=__name__) for table in (SINGLE, options.RUN, models.OPTIONS,
-                                                                               train.OPTIONS) for o in table.values()))
+                                                                               step.OPTIONS) for o in table.values()))
 
 
 def define_flags(flag_values: flags.FlagValues, own: dict[str, options.Option] | None = None) -> None:
@@ -97,7 +100,7 @@ def define_flags(flag_values: flags.FlagValues, own: dict[str, options.Option] |
 
 
 # The options every group of a study has a value of (one combination per group: `Config.variants`).
-PER_GROUP = ("model", "lrs", *(k for k, o in train.OPTIONS.items() if o.level == "group"))
+PER_GROUP = ("model", "lrs", *(k for k, o in step.OPTIONS.items() if o.level == "group"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +239,7 @@ def _variants(given: dict[str, Any]) -> list[dict[str, Any]]:
     model_configs = list(dict.fromkeys(
         models.ModelConfig(**dict(zip(model_axes, combo)), use_dropout=any(d > 0 for d in given["dropout"]))
         for combo in itertools.product(*model_axes.values())))
-    axes = {"model": model_configs, **{k: given[k] for k, o in train.OPTIONS.items() if o.level == "group"}}
+    axes = {"model": model_configs, **{k: given[k] for k, o in step.OPTIONS.items() if o.level == "group"}}
     lrs = _learning_rates(given["lr"], given["optimizer"])
     combos = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
     scale = lambda combo: combo["batch_size"] / given["lr_batch_scale"] if given["lr_batch_scale"] else 1.0
@@ -321,7 +324,7 @@ class Run:
 
     config_name: str
     seed: int
-    spec: train.GroupSpec
+    spec: step.GroupSpec
     hp: dict[str, Any]
     epochs: int
     inputs: dict[str, Any]  # what it is trained from: the data settings (data_config) and, where a study
@@ -339,13 +342,13 @@ class Run:
         # an option recorded only when changed, an instrument that is off and a seed of the run's
         # own are left out, so that records keep their form
         spec["model"] = {k: v for k, v in spec["model"].items() if _stored(models.OPTIONS, k, v)}
-        spec = {k: v for k, v in spec.items() if _stored(train.OPTIONS, k, v)}
+        spec = {k: v for k, v in spec.items() if _stored(step.OPTIONS, k, v)}
         for switch, fields in INSTRUMENT_FIELDS.items():
             if not spec[switch]:
                 for field in fields:
                     del spec[field]
         hp = {k: v for k, v in self.hp.items() if _stored(options.RUN, k, v)
-              and not (k in ("init_seed", "order_seed") and v == train.SEED_OF_RUN)}
+              and not (k in ("init_seed", "order_seed") and v == step.SEED_OF_RUN)}
         hp["schedule"] = list(schedules.SCHEDULES)[hp["schedule"]]
         return {"epochs": self.epochs, **self.inputs, **spec, **hp}
 
@@ -366,13 +369,13 @@ def schedule_hparams(cfg: Config, lr: float, decay_rate: float, steps_per_epoch:
                 half_cycle=cfg.half_cycle or 5 * steps_per_epoch)
 
 
-def group_spec(cfg: Config, num_classes: int) -> train.GroupSpec:
+def group_spec(cfg: Config, num_classes: int) -> step.GroupSpec:
     """The static part shared by every run of one group: every option of train.OPTIONS (an
     instrument that is off at its defaults, so it adds nothing to the program or a run's config)."""
-    fields = {k: getattr(cfg, k) for k, o in train.OPTIONS.items() if o.in_spec}
-    fields.update({k: train.OPTIONS[k].default for names in INSTRUMENT_FIELDS.values() for k in names})
+    fields = {k: getattr(cfg, k) for k, o in step.OPTIONS.items() if o.in_spec}
+    fields.update({k: step.OPTIONS[k].default for names in INSTRUMENT_FIELDS.values() for k in names})
     fields.update(instruments(cfg), clip_norm=cfg.clip_norm or None, grad_window=cfg.grad_window if cfg.grad_stats else 5)
-    return train.GroupSpec(model=dataclasses.replace(cfg.model, num_classes=num_classes),
+    return step.GroupSpec(model=dataclasses.replace(cfg.model, num_classes=num_classes),
                            noise=max(cfg.values("noise_std") + cfg.values("salt_pepper")) > 0, **fields)
 
 
@@ -436,8 +439,8 @@ def _shown_value(option: options.Option, value: Any) -> str:
 def _grid_one(cfg: Config, n_train: int, num_classes: int, prefix: list[str]) -> list[Run]:
     """The per-run grid of one group: every combination of the per-run flags × every seed."""
     spe = n_train // cfg.batch_size
-    axes = {"lr": cfg.lrs, **dict(cfg.per_run), "init_seed": cfg.init_seeds or (train.SEED_OF_RUN,),
-            "order_seed": cfg.order_seeds or (train.SEED_OF_RUN,)}
+    axes = {"lr": cfg.lrs, **dict(cfg.per_run), "init_seed": cfg.init_seeds or (step.SEED_OF_RUN,),
+            "order_seed": cfg.order_seeds or (step.SEED_OF_RUN,)}
     varying = [k for k, v in axes.items() if len(v) > 1]
     spec = group_spec(cfg, num_classes)
     runs = []

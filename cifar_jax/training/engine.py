@@ -16,14 +16,14 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from cifar_jax import dynamics, models, optim, run_record, schedules
-from cifar_jax.run_record import Metrics
-from cifar_jax.train import (LAYOUTS, Data, GroupSpec, TrainState, epoch_indices, evaluate, init_run, sharpness_of,
-                             sharpness_points, step_columns, train_epoch, train_step)
+from cifar_jax.nn import models
+from cifar_jax.results import run_record
+from cifar_jax.results.run_record import Metrics
+from cifar_jax.training import dynamics, optim, schedules
+from cifar_jax.training.step import Data, epoch_indices, evaluate, GroupSpec, init_run, LAYOUTS, sharpness_of, sharpness_points, step_columns, train_epoch, train_step, TrainState
 
 PROGRESS_SECONDS = 10.0  # a progress line inside an epoch at most this often (epochs longer than this)
 PROGRESS_POINTS = 10     # a scanned epoch reports its step count to the host this many times (0: never)

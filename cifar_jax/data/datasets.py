@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from cifar_jax import files
+from cifar_jax.io import files
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import train
+from cifar_jax.training import step
 
 Tree = Any  # a pytree of arrays: params or batch_stats of one run
 
@@ -86,12 +86,12 @@ def repeat(tree: Tree, n: int) -> Tree:
 
 
 @functools.lru_cache(maxsize=None)
-def _evaluator(spec: train.GroupSpec, chunk: int):
+def _evaluator(spec: step.GroupSpec, chunk: int):
     """The jitted evaluation of [chunks, chunk] points: `lax.map` over the chunks of a `vmap` over
     the points of each (one compiled program whatever the number of points)."""
     def one(params, batch_stats, x, y, idx, mean, std):
-        state = train.TrainState(params, batch_stats, None, None, None, None, None)  # evaluate reads only these two
-        return train.evaluate(spec, state, x, y, idx, mean, std)
+        state = step.TrainState(params, batch_stats, None, None, None, None, None)  # evaluate reads only these two
+        return step.evaluate(spec, state, x, y, idx, mean, std)
 
     points = jax.vmap(one, in_axes=(0, 0, None, None, None, None, None))
 
@@ -101,7 +101,7 @@ def _evaluator(spec: train.GroupSpec, chunk: int):
     return jax.jit(run)
 
 
-def evaluate_points(spec: train.GroupSpec, params: Tree, batch_stats: Tree, x: jax.Array, y: jax.Array,
+def evaluate_points(spec: step.GroupSpec, params: Tree, batch_stats: Tree, x: jax.Array, y: jax.Array,
                     idx: jax.Array, mean: jax.Array, std: jax.Array, chunk: int = 16) -> np.ndarray:
     """Eval-mode [points, 3] (loss, top-1, top-5) of every point (the leading axis of `params` and
     `batch_stats`) over x[idx]: one vmapped evaluation of `chunk` points at a time inside one

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import matplotlib
-import matplotlib.patches
-import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+import matplotlib.patches
 from matplotlib.ticker import MaxNLocator
+import numpy as np
 
-from cifar_jax import files, run_record, summary
-from cifar_jax.run_record import ResultsError
+from cifar_jax.io import files
+from cifar_jax.io.files import ResultsError
+from cifar_jax.results import run_record, summary
 
 DPI = 150
 STYLE = {

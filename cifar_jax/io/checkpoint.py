@@ -21,16 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax import files, results
+from cifar_jax.io import environment, files
+from cifar_jax.results import studydir
 
 ARRAYS = "arrays"
 METADATA = "metadata.json"
@@ -40,7 +41,7 @@ Manifest = dict[str, dict[str, Any]]  # leaf path → {"shape": [...], "dtype": 
 T = TypeVar("T")
 
 
-class CheckpointError(results.ResultsError):
+class CheckpointError(files.ResultsError):
     """A checkpoint is missing, damaged, of another run, or does not fit the model it is restored
     into; a ResultsError (a stored result that cannot be used as asked), so a study's entry point
     reports it as one line and exit status 2 like any other."""
@@ -80,7 +81,7 @@ def _normalised(fields: dict) -> dict:
     """Provenance fields as stored and compared: the study as an absolute path, every value as
     JSON reads it back (tuples as lists)."""
     study = {"study": str(Path(fields["study"]).expanduser().resolve())} if "study" in fields else {}
-    return results.plain({**fields, **study})
+    return studydir.plain({**fields, **study})
 
 
 def _replace_dir(new: Path, dest: Path) -> None:
@@ -104,7 +105,7 @@ def save(path: str | Path, params: Any, batch_stats: Any, *, study: str | Path, 
         raise CheckpointError(f"checkpoint {path} already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tree = _variables(params, batch_stats)
-    env = results.environment()
+    env = environment.environment()
     meta = {**_normalised({"study": study, "run_id": run_id, "config": config}),
             "code": {"git": env["git"], "versions": env["versions"]}, "path": str(path.resolve()),
             "metrics": metrics, "manifest": _manifest(tree)}
@@ -150,10 +151,10 @@ def check_provenance(path: str | Path, meta: dict, expected: dict) -> None:
     PROVENANCE; the first differing field is named with both values."""
     stored = {k: meta[k] for k in expected}
     wanted = _normalised(expected)
-    key = results.first_difference(_relative_study(stored, meta["path"]), _relative_study(wanted, path))
+    key = studydir.first_difference(_relative_study(stored, meta["path"]), _relative_study(wanted, path))
     if key is not None:
-        raise CheckpointError(f"checkpoint {path} is of another run: {key} is {results.dotted_value(stored, key, None)} "
-                              f"in the checkpoint, {results.dotted_value(wanted, key, None)} expected")
+        raise CheckpointError(f"checkpoint {path} is of another run: {key} is {studydir.dotted_value(stored, key, None)} "
+                              f"in the checkpoint, {studydir.dotted_value(wanted, key, None)} expected")
 
 
 def _innermost(err: BaseException) -> str:

@@ -17,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cifar_jax import dynamics, layers, models, optim, options, preprocess, schedules
-from cifar_jax.registry import lookup
+from cifar_jax.config import options
+from cifar_jax.config.registry import lookup
+from cifar_jax.data import preprocess
+from cifar_jax.nn import layers, models
+from cifar_jax.training import dynamics, optim, schedules
 
 HP_INT = ("seed", "init_seed", "order_seed", "schedule", *(k for k, o in options.RUN.items() if o.kind == "int"))
 SEED_OF_RUN = -1  # an init_seed or order_seed of -1 is the run's own seed

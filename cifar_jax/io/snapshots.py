@@ -13,14 +13,14 @@ is one .npz written atomically, removed once its runs have finished.
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
+import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from cifar_jax import files
+from cifar_jax.io import files
 
 
 class Snapshots:

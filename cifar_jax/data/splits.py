@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from cifar_jax.registry import lookup
+from cifar_jax.config.registry import lookup
 
 _SPLIT_FORM = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*(:swap)?\s*")
 _CHUNK = 2048  # images per chunk when summing statistics: ~50 MB of float64 for CIFAR

@@ -17,10 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax import options
-from cifar_jax.layers import Conv, max_pool
-from cifar_jax.options import Option
-from cifar_jax.registry import ConfigError, lookup
+from cifar_jax.config import options
+from cifar_jax.config.options import Option
+from cifar_jax.config.registry import ConfigError, lookup
+from cifar_jax.nn.layers import Conv, max_pool
 
 Layer = tuple
 

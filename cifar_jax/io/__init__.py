@@ -1,0 +1,1 @@
+"""Files that outlive a process: atomic writes and strict JSON, mid-run snapshots, checkpoints, the environment."""

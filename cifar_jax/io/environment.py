@@ -1,0 +1,77 @@
+"""Study results on disk: the study directory (run records, its lock, resume bookkeeping), the
+environment, and a study as tidy rows or pandas DataFrames (`frames`). Its files are written
+atomically (`files`); the run record itself is `run_record`; statistics across seeds and their
+tables are `summary`."""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+from pathlib import Path
+import platform
+import socket
+import subprocess
+
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+# ----------------------------------------------------------------------------- study directory
+
+
+# ----------------------------------------------------------------------------- environment
+
+def _version(package: str) -> str | None:
+    """Installed version of a distribution, None when absent."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    """Output of a git command in this file's repository, None on any failure."""
+    try:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def git_state() -> dict | None:
+    """Commit and dirty flag of the repository holding this code, None outside a git checkout."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain")
+    if commit is None or status is None:
+        return None
+    return {"commit": commit.strip(), "dirty": bool(status.strip())}
+
+
+def _devices() -> tuple[str | None, list[str] | None]:
+    """JAX backend name and device kinds; (None, None) if JAX is unavailable or fails."""
+    try:
+        import jax
+        return jax.default_backend(), [d.device_kind for d in jax.devices()]
+    except Exception:  # noqa: BLE001 - any backend failure must not stop a study
+        return None, None
+
+
+def environment() -> dict:
+    """Versions, devices, host and git commit, so every result can be traced to what produced it."""
+    backend, devices = _devices()
+    return {
+        "versions": {"python": platform.python_version(), **{p: _version(p) for p in _PACKAGES}},
+        "backend": backend,
+        "devices": devices,
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_state(),
+    }
+
+
+# ----------------------------------------------------------------------------- tidy tables (notebooks, pandas)
+
+

@@ -1,0 +1,1 @@
+"""Networks: vmap-friendly convolution and pooling, and the models built from layer stacks."""
