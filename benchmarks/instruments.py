@@ -4,7 +4,7 @@
    (default: the last commit before the instruments), each timed in a fresh process of its own
    tree, the two trees alternating (BaselineNet, one run at a time as on CPU; the seeds/002 MLP
    group of 25 runs): images/s and the ratio this tree / reference;
-2. one sharpness evaluation (`train.sharpness_of`) against its arithmetic: iterations × one
+2. one sharpness evaluation (`step.sharpness_of`) against its arithmetic: iterations × one
    Hessian-vector product on the same examples, and one HVP against a plain gradient there;
 3. the default settings (`--sharpness_iters`, `--sharpness_examples`) against a BaselineNet epoch
    (45,000 images, batch 64) timed in the same run: the fraction of an epoch one evaluation adds;

@@ -1,6 +1,6 @@
 """A 21x21 loss surface of one BaselineNet run: every point one lane of a vmapped evaluation
 (`surfaces.evaluate_points`, the points in chunks inside one program) against the 441 points
-evaluated one by one (one jitted `train.evaluate` call per point), on the same examples; compile
+evaluated one by one (one jitted `step.evaluate` call per point), on the same examples; compile
 time excluded (each program runs once before it is timed). Prints seconds, images/s and the ratio
 (one by one / vmapped) per chunk size, checks both give the same numbers, and appends a record to
 benchmarks/results/loss_surface.jsonl.

@@ -6,7 +6,7 @@ A parent run per --seeds is trained to the end, its whole state (parameters, BN 
 --epochs that differ only in their data order (their own order seeds; same weights, same dropout
 stream), the children of one k as one group continuing the parent's schedule. Between every two
 children of the same parent and k the error along the linear path (1 − t)·θ1 + t·θ2 is evaluated
-at --interp_points coefficients as the run axis of one vmapped evaluation (cifar_jax.surfaces), on
+at --interp_points coefficients as the run axis of one vmapped evaluation (cifar_jax.training.surfaces), on
 the test set and on a seeded subset of the training split; batch norm in eval mode, its running
 statistics interpolated with the parameters. The barrier is max_t E(t) − ½(E(θ1) + E(θ2)).
 
@@ -103,7 +103,7 @@ def _initialiser(spec: step.GroupSpec, shape: tuple[int, ...]):
 
 
 def initial_state(run: config.Run, shape: tuple[int, ...]) -> dict:
-    """The run's state at initialisation, as a spawn state (what `train.init_run` draws)."""
+    """The run's state at initialisation, as a spawn state (what `step.init_run` draws)."""
     state = _initialiser(run.spec, shape)({k: v[0] for k, v in step.stack_hparams([run.hp]).items()})
     return {k: jax.device_get(getattr(state, k)) for k in SPAWNED}
 
@@ -134,7 +134,7 @@ def load_spawn(path: Path, template: dict) -> dict:
 
 def train_part(st: studydir.StudyDir, cfg: config.Config, runs: list[config.Run], prepared: prepare.Prepared,
                title: str, before: Callable[[], None], calls: list[tuple[list[config.Run], dict]]) -> None:
-    """One part of the study, as `study.run` does it, but with several `study.execute` calls
+    """One part of the study, as `runner.run` does it, but with several `runner.execute` calls
     (runs, keyword arguments): the children of each spawn epoch continue from another epoch."""
     prepare.check_writable(st.root, "--results_dir/--name")
     with st.lock() if runner.is_lead() else contextlib.nullcontext():

@@ -1,7 +1,7 @@
 """Loss surfaces around a finished run's final weights: 1-D linear paths (from its initial weights
 to its final ones, and to another run's) and a 2-D plane of two filter-normalised random
 directions, every point one lane of a vmapped evaluation. The directions are Li et al. 2018's
-(arXiv 1712.09913; cifar_jax.surfaces).
+(arXiv 1712.09913; cifar_jax.training.surfaces).
 
 The runs come from a study run with --save_final (its final variables as orbax checkpoints with
 their provenance, restored strictly and checked to be that run's): --source_study names one; without
@@ -115,7 +115,7 @@ def spec_of(rec: dict, cfg: config.Config) -> step.GroupSpec:
 
 
 def hparams_of(rec: dict) -> dict[str, Any]:
-    """The run's per-run values (as `train.init_run` takes them) from its record."""
+    """The run's per-run values (as `step.init_run` takes them) from its record."""
     c = rec["config"]
     hp = {k: c[k] for k in step.HP_DEFAULTS if k in c}
     hp["schedule"] = schedules.SCHEDULE_IDS[c["schedule"]]

@@ -135,7 +135,7 @@ def summary_line(rows: list[dict], best: float | None, edge: float | None) -> st
 def write_landscape(st: studydir.StudyDir, records: list[dict], cfg: config.Config) -> None:
     """The landscape figure, table and JSON, and the four-panel curves of the best LR and of the
     boundary only (forty of them, and a forty-line comparison, would say less than the landscape
-    figure; `study.run` writes the summary and test table)."""
+    figure; `runner.run` writes the summary and test table)."""
     records = [r for r in records if r is not None]
     num_classes = records[0]["config"]["model"]["num_classes"]
     rows = landscape_rows(records)

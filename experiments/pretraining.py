@@ -39,7 +39,7 @@ def finished(st: studydir.StudyDir, runs: list[config.Run]) -> list[config.Run]:
 
 def check(cfg: config.Config, parent: studydir.StudyDir, st: studydir.StudyDir,
           pretrained: list[tuple[config.Run, Path]]) -> None:
-    """Before the pretraining part `st` trains (`study.run`'s `before`, under its lock): remove the
+    """Before the pretraining part `st` trains (`runner.run`'s `before`, under its lock): remove the
     leftovers of killed saves, then check the checkpoint of every finished (run, checkpoint path)."""
     files.remove_leftovers(checkpoint_root(cfg, parent))
     paths = {run.run_id: path for run, path in pretrained}

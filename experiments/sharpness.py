@@ -78,7 +78,7 @@ def sharpness_markdown(by_config: dict[str, list[dict]]) -> str:
     """sharpness.md: one row per configuration (mean ± std over seeds)."""
     lines = [f"# {TITLE}", "",
              f"λ_max: the largest eigenvalue of the Hessian of the training loss on a fixed subset of the training split "
-             f"(dropout off, batch norm on the subset's own statistics), by Lanczos (cifar_jax/dynamics.py). "
+             f"(dropout off, batch norm on the subset's own statistics), by Lanczos (cifar_jax/training/dynamics.py). "
              f"Threshold: 2/η (2(1+β)/η with momentum β) at the last epoch's η. Edge: the first evaluation with "
              f"λ_max ≥ {EDGE:g} × threshold (seeds that reached it / seeds).", "",
              "| configuration | threshold | λ_max first | λ_max max | λ_max last | λ_min last | λ_max·η/2 last | "

@@ -3,7 +3,7 @@ written; Ctrl-C and SIGTERM are one line too; run records are strict JSON; inter
 leave nothing behind on the next start.
 
 The table of bad inputs runs in-process through the entry point's own code path
-(`study.run_args`: `study.parse_flags` + `study.run_checked` with the real lr_sweep experiment: absl parsing, flag
+(`cli.run_args`: `cli.parse_flags` + `cli.run_checked` with the real lr_sweep experiment: absl parsing, flag
 validation, output and dataset checks, and the experiment itself where a check needs the data);
 a few cases run as real subprocesses, as a user would start them."""
 import json
@@ -30,7 +30,7 @@ BASE = ["--dataset=synthetic", "--split=200/100", "--epochs=1", "--seeds=1", "--
 DEAD_PID = 999_999_999  # above any pid_max: never a live process
 
 BAD = [  # (flags, what the one line must name); {tmp} is the test's folder, {file} a file in it
-    # per-run options (cifar_jax/options.py) and the learning rate
+    # per-run options (cifar_jax/config/options.py) and the learning rate
     ("--lr=inf", "--lr"), ("--lr=nan", "--lr"), ("--lr=-1", "--lr"), ("--lr=1e400", "--lr"),
     ("--optimizer=sgd,adam --lr=sgd:0.1,adam:inf", "--lr"), ("--lr=adam:0.1", "--lr"),
     ("--l2=inf", "--l2"), ("--l2=nan", "--l2"), ("--l2=abc", "--l2"),

@@ -1,4 +1,4 @@
-"""Tests for cifar_jax.data (readers, cache, download, synthetic) and cifar_jax.splits."""
+"""Tests for cifar_jax.data: datasets (readers, cache, download, synthetic) and splits."""
 import dataclasses
 import hashlib
 import pathlib

@@ -1,4 +1,4 @@
-"""The tidy loader (`results.frames`, `epoch_rows`, `final_rows`): a finished smoke study with a
+"""The tidy loader (`frames.load`, `epoch_rows`, `final_rows`): a finished smoke study with a
 diverged configuration, two unfinished runs and a part in a sub-folder, as plain rows and as
 pandas DataFrames."""
 import json

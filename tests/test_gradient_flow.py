@@ -1,5 +1,5 @@
 """Gradient flow (seeds/000 §3.1–3.3): the experiment end to end on synthetic data, and the figure
-and table functions of cifar_jax.gradient_plots on synthetic records."""
+and table functions of cifar_jax.plots.gradients on synthetic records."""
 import json
 from pathlib import Path
 

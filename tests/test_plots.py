@@ -1,4 +1,4 @@
-"""Tests for cifar_jax.plots: every figure is a readable PNG, also with diverged runs and no validation split."""
+"""Tests for cifar_jax.plots.charts: every figure is a readable PNG, also with diverged runs and no validation split."""
 
 import json
 import math

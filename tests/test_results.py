@@ -1,4 +1,4 @@
-"""Tests for cifar_jax.results: atomic writes, lazy study directories, resume, statistics, tables."""
+"""Tests for io.files and results.studydir: atomic writes, lazy study directories, resume, statistics, tables."""
 
 import json
 import re

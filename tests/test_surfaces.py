@@ -1,4 +1,4 @@
-"""Loss surfaces (cifar_jax.surfaces, experiments.loss_surface): filter-normalised directions, the
+"""Loss surfaces (cifar_jax.training.surfaces, experiments.loss_surface): filter-normalised directions, the
 grid's centre is the run itself, path end points are the two models, chunked vmapped evaluation
 equals one point at a time, and the experiment end to end with its one-line refusals."""
 import json

@@ -1,19 +1,19 @@
 """Options, declared once: each entry is a flag, its type and allowed values, its help and its level.
 
 The level says where a value acts:
-  run     a per-run array of the engine (`train.HP_DEFAULTS`): a comma list is a grid axis inside one
+  run     a per-run array of the engine (`step.HP_DEFAULTS`): a comma list is a grid axis inside one
           compiled group; integers are stored as int32, floats as float32
   model   a field of `models.ModelConfig`: each value is a group of its own (a comma list, or for the
           width lists a ';' list, is a grid axis across groups)
-  group   a field of `train.GroupSpec` that changes the compiled program (a grid axis across groups),
+  group   a field of `step.GroupSpec` that changes the compiled program (a grid axis across groups),
           or with `spec=False` another per-group value (--epochs)
   single  one value for the whole study (`many=True`: one list); with `spec=True` also a
-          `train.GroupSpec` field (an instrument, the precision, ...)
+          `step.GroupSpec` field (an instrument, the precision, ...)
 An option of the first three levels is named in a configuration's name when it varies and is
 shown in the configuration tables; `recorded="changed"` leaves it out of a run's stored config at
 its default, so the records of studies made before it existed keep their form.
 
-The tables: `RUN` here, `models.OPTIONS` (model), `train.OPTIONS` (group, and the single options
+The tables: `RUN` here, `models.OPTIONS` (model), `step.OPTIONS` (group, and the single options
 a group's program depends on) and `config.SINGLE`; `config.CORE` joins them, and `config` turns
 their flags into a `Config`. An experiment declares its own in a table of the same form
 (`Config.own`).

@@ -31,7 +31,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cifar_jax.io import environment, files
-from cifar_jax.results import studydir
 
 ARRAYS = "arrays"
 METADATA = "metadata.json"
@@ -81,7 +80,7 @@ def _normalised(fields: dict) -> dict:
     """Provenance fields as stored and compared: the study as an absolute path, every value as
     JSON reads it back (tuples as lists)."""
     study = {"study": str(Path(fields["study"]).expanduser().resolve())} if "study" in fields else {}
-    return studydir.plain({**fields, **study})
+    return files.plain({**fields, **study})
 
 
 def _replace_dir(new: Path, dest: Path) -> None:
@@ -151,10 +150,10 @@ def check_provenance(path: str | Path, meta: dict, expected: dict) -> None:
     PROVENANCE; the first differing field is named with both values."""
     stored = {k: meta[k] for k in expected}
     wanted = _normalised(expected)
-    key = studydir.first_difference(_relative_study(stored, meta["path"]), _relative_study(wanted, path))
+    key = files.first_difference(_relative_study(stored, meta["path"]), _relative_study(wanted, path))
     if key is not None:
-        raise CheckpointError(f"checkpoint {path} is of another run: {key} is {studydir.dotted_value(stored, key, None)} "
-                              f"in the checkpoint, {studydir.dotted_value(wanted, key, None)} expected")
+        raise CheckpointError(f"checkpoint {path} is of another run: {key} is {files.dotted_value(stored, key, None)} "
+                              f"in the checkpoint, {files.dotted_value(wanted, key, None)} expected")
 
 
 def _innermost(err: BaseException) -> str:

@@ -1,7 +1,5 @@
-"""Study results on disk: the study directory (run records, its lock, resume bookkeeping), the
-environment, and a study as tidy rows or pandas DataFrames (`frames`). Its files are written
-atomically (`files`); the run record itself is `run_record`; statistics across seeds and their
-tables are `summary`."""
+"""Where a result came from: the machine, its devices and package versions, and the code's git
+commit and whether the work tree was clean (recorded beside every study and checkpoint)."""
 
 from __future__ import annotations
 
@@ -14,13 +12,6 @@ import subprocess
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
 
-
-# ----------------------------------------------------------------------------- atomic writes
-
-# ----------------------------------------------------------------------------- study directory
-
-
-# ----------------------------------------------------------------------------- environment
 
 def _version(package: str) -> str | None:
     """Installed version of a distribution, None when absent."""
@@ -70,8 +61,3 @@ def environment() -> dict:
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(),
     }
-
-
-# ----------------------------------------------------------------------------- tidy tables (notebooks, pandas)
-
-

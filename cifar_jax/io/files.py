@@ -1,5 +1,6 @@
 """Files that survive a crash: strict JSON, atomic writes (a reader sees the old file or the new,
-never a part), the leftovers of interrupted writes, and whether an output folder can be written."""
+never a part), JSON values compared as they read back, the leftovers of interrupted writes, and
+whether an output folder can be written."""
 
 from __future__ import annotations
 
@@ -114,6 +115,54 @@ def read_json(path: Path | str) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ResultsError(f"cannot read {path}: {err}") from None
+
+
+# ----------------------------------------------------------------------------- comparing JSON values
+
+def plain(obj: Any) -> Any:
+    """The value as it reads back from JSON (tuples → lists, numpy → Python)."""
+    return json.loads(to_json(obj))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON-value equality where NaN equals NaN and a bool never equals a number."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def first_difference(stored: dict, requested: dict, prefix: str = "") -> str | None:
+    """Dotted path of the first key whose value differs (requested key order first), or None."""
+    for key in list(requested) + [k for k in stored if k not in requested]:
+        name = f"{prefix}{key}"
+        if key not in stored or key not in requested:
+            return name
+        a, b = stored[key], requested[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            nested = first_difference(a, b, f"{name}.")
+            if nested is not None:
+                return nested
+        elif not _same(a, b):
+            return name
+    return None
+
+
+def dotted_value(config: dict, dotted: str, width: int | None = 60) -> str:
+    """Repr of a dotted key's value for error messages ('missing' when absent), cut to `width`
+    characters (None: whole, e.g. for paths that differ at their end)."""
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return "missing"
+        value = value[part]
+    text = repr(value)
+    return text if width is None or len(text) <= width else text[:width - 3] + "..."
 
 
 # ----------------------------------------------------------------------------- leftovers and output folders

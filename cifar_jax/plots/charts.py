@@ -408,16 +408,3 @@ def lr_curves(records: list[dict], path: Path | str, title: str = "Learning rate
     ax.set_ylabel("learning rate")
     ax.set_title(title)
     return save(fig, path)
-
-
-# ----------------------------------------------------------------------------- dropout
-
-
-# ----------------------------------------------------------------------------- learning-rate landscape
-
-
-# ----------------------------------------------------------------------------- loss surfaces and mode connectivity
-
-
-# ----------------------------------------------------------------------------- sharpness
-

@@ -1,7 +1,6 @@
-"""Study results on disk: the study directory (run records, its lock, resume bookkeeping), the
-environment, and a study as tidy rows or pandas DataFrames (`frames`). Its files are written
-atomically (`files`); the run record itself is `run_record`; statistics across seeds and their
-tables are `summary`."""
+"""A finished or running study as tidy rows: one row per run and epoch, one per run and split at
+the end (`epoch_rows`, `final_rows`), or both as pandas DataFrames (`load`), with every config
+field flattened into a `config.` column; a study's parts (its sub-studies) are a column."""
 
 from __future__ import annotations
 
@@ -14,23 +13,13 @@ from typing import Any, NamedTuple
 from cifar_jax.io.files import ResultsError
 from cifar_jax.results import run_record, studydir
 
-# ----------------------------------------------------------------------------- atomic writes
-
-# ----------------------------------------------------------------------------- study directory
-
-
-# ----------------------------------------------------------------------------- environment
-
-
-# ----------------------------------------------------------------------------- tidy tables (notebooks, pandas)
-
 ID_COLUMNS = ("part", "run_id", "config_name", "seed", "status", "diverged_epoch")
 FINAL_COLUMNS = ("split", "loss", "acc", "top5", "epochs_done")
 _NOT_PARTS = frozenset({"runs", "figures", "checkpoints", "resume", "tensorboard"})  # a study's own folders
 
 
 class Frames(NamedTuple):
-    """A study as two pandas DataFrames (`frames`)."""
+    """A study as two pandas DataFrames (`load`)."""
 
     epochs: Any  # pandas.DataFrame: one row per run × recorded epoch
     finals: Any  # pandas.DataFrame: one row per run × split
@@ -149,7 +138,7 @@ def load(study: studydir.StudyDir | Path | str, *, recursive: bool = True) -> Fr
     try:
         import pandas as pd
     except ImportError:
-        raise ImportError("results.frames needs pandas: pip install pandas (or the [frames] extra)") from None
+        raise ImportError("frames.load needs pandas: pip install pandas (or the [frames] extra)") from None
     parts = study_parts(study, recursive=recursive)
     tables = [_epoch_table(parts), _final_table(parts)]
     return Frames(*(pd.DataFrame.from_records(rows, columns=columns) for columns, rows in tables))

@@ -1,7 +1,7 @@
 """The run record: what one training run leaves on disk, built from the engine's typed metrics
 and read back (by summaries, tables, figures and experiments) through the readers below.
 
-A record is one JSON object per run (`results.StudyDir` stores it atomically after every epoch):
+A record is one JSON object per run (`studydir.StudyDir` stores it atomically after every epoch):
 
     run_id, config_name, seed, config   identity; `config` is everything that defines the run
                                         (config.Run.config: its inputs, GroupSpec and per-run

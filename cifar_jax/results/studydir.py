@@ -1,7 +1,6 @@
-"""Study results on disk: the study directory (run records, its lock, resume bookkeeping), the
-environment, and a study as tidy rows or pandas DataFrames (`frames`). Its files are written
-atomically (`files`); the run record itself is `run_record`; statistics across seeds and their
-tables are `summary`."""
+"""The study directory: run records stored one file per run, its lock against a second writer,
+the bookkeeping of resumes, and the helpers that name and compare the configs runs are stored under.
+Every file is written atomically (`io.files`); a record's contents are `run_record`'s."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import contextlib
 import datetime
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 import re
@@ -25,10 +23,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
 _MAX_STEM = 120
 
 
-# ----------------------------------------------------------------------------- atomic writes
-
-# ----------------------------------------------------------------------------- study directory
-
 def run_file_stem(run_id: str) -> str:
     """File-system-safe name for a run id; a hash suffix keeps altered or long ids unique."""
     stem = _UNSAFE.sub("_", run_id)[:_MAX_STEM]
@@ -36,52 +30,6 @@ def run_file_stem(run_id: str) -> str:
         digest = hashlib.sha1(run_id.encode("utf-8")).hexdigest()[:8]
         stem = f"{stem.lstrip('.')}-{digest}"
     return stem
-
-
-def plain(obj: Any) -> Any:
-    """The value as it reads back from JSON (tuples → lists, numpy → Python)."""
-    return json.loads(files.to_json(obj))
-
-
-def _same(a: Any, b: Any) -> bool:
-    """JSON-value equality where NaN equals NaN and a bool never equals a number."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
-def first_difference(stored: dict, requested: dict, prefix: str = "") -> str | None:
-    """Dotted path of the first key whose value differs (requested key order first), or None."""
-    for key in list(requested) + [k for k in stored if k not in requested]:
-        name = f"{prefix}{key}"
-        if key not in stored or key not in requested:
-            return name
-        a, b = stored[key], requested[key]
-        if isinstance(a, dict) and isinstance(b, dict):
-            nested = first_difference(a, b, f"{name}.")
-            if nested is not None:
-                return nested
-        elif not _same(a, b):
-            return name
-    return None
-
-
-def dotted_value(config: dict, dotted: str, width: int | None = 60) -> str:
-    """Repr of a dotted key's value for error messages ('missing' when absent), cut to `width`
-    characters (None: whole, e.g. for paths that differ at their end)."""
-    value: Any = config
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return "missing"
-        value = value[part]
-    text = repr(value)
-    return text if width is None or len(text) <= width else text[:width - 3] + "..."
 
 
 class StudyDir:
@@ -128,12 +76,12 @@ class StudyDir:
             if rec is None or rec["status"] not in run_record.FINISHED:
                 todo.append(run_id)
                 continue
-            requested = plain(config)
-            key = first_difference(rec["config"], requested)
+            requested = files.plain(config)
+            key = files.first_difference(rec["config"], requested)
             if key is not None:
                 raise ResultsError(
                     f"run {run_id!r} in {self.root} finished with a different config: {key!r} is "
-                    f"{dotted_value(rec['config'], key)} there, {dotted_value(requested, key)} now; "
+                    f"{files.dotted_value(rec['config'], key)} there, {files.dotted_value(requested, key)} now; "
                     "pass a new --name or --results_dir")
         return todo
 
@@ -217,11 +165,3 @@ def _stale(path: Path, owner: dict | None, host: str) -> bool:
         return time.time() - path.stat().st_mtime > 10
     except FileNotFoundError:
         return True
-
-
-# ----------------------------------------------------------------------------- environment
-
-
-# ----------------------------------------------------------------------------- tidy tables (notebooks, pandas)
-
-

@@ -2,7 +2,7 @@
 tensorboard package): live curves of a study while it trains (`--tensorboard`).
 
 Every run of a study gets a folder `<study>/tensorboard/<run file stem>/` (the stem of its record,
-`results.run_file_stem`), and after every epoch its record's numbers go there as scalars with
+`studydir.run_file_stem`), and after every epoch its record's numbers go there as scalars with
 step = epoch (`epoch_scalars` names them), so `tensorboard --logdir <study>/tensorboard` shows the
 study's runs side by side, live. A value that is not finite (a diverged run's NaN or ±inf; its
 record stores null) is left out, so a diverged run's curve ends at its last finite epoch. A resumed

@@ -1,10 +1,6 @@
-"""Running a study: data → groups of runs → engine → run records → summary, tables and figures.
-
-An experiment module declares its runs (usually `config.grid`) and its own analysis, and hands
-both to `run`, which does the rest. Runs already finished in the study directory are not
-recomputed; records are written after every epoch, so an interrupted study keeps its progress and
-resumes the unfinished runs.
-"""
+"""The command line of every experiment: flags and flagfiles into one checked `Config`, the
+experiment called with it, one-line errors for bad input, SIGTERM/SIGINT as a clean stop that
+keeps every finished epoch, and `--helpfull` trimmed to the project's flags."""
 from __future__ import annotations
 
 import errno
@@ -26,7 +22,7 @@ from cifar_jax.study.config import Config, ConfigError
 
 def show_project_flags(fl: flags.FlagValues = flags.FLAGS, main_module: str | None = None) -> None:
     """Make every project flag (defined in cifar_jax.* or experiments.*: the core flags of
-    cifar_jax.config and those of shared experiment modules) a key flag of the main module
+    cifar_jax.study.config and those of shared experiment modules) a key flag of the main module
     (absl names it by its path, sys.argv[0]), so --help lists them beside the experiment's own.
     --helpfull (`full_help`) lists every flag under the module that defines it."""
     main_module = main_module or sys.argv[0]

@@ -106,7 +106,7 @@ PER_GROUP = ("model", "lrs", *(k for k, o in step.OPTIONS.items() if o.level == 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """A study's validated options: a field per core option of one value (`SINGLE`, and the
-    single-level ones of `train.OPTIONS`), the per-run values (`per_run`), every combination of
+    single-level ones of `step.OPTIONS`), the per-run values (`per_run`), every combination of
     the group-level ones (`variants`; `cfg.model`, `cfg.batch_size`, `cfg.lrs`, ... read the
     first) and the experiment's own options (`own`)."""
 
@@ -152,7 +152,7 @@ class Config:
     # every combination of the group-level options (`PER_GROUP`: the model, the learning rates of
     # its optimiser and every group option of train.OPTIONS) as (name, value) pairs
     variants: tuple[tuple[tuple[str, Any], ...], ...]
-    tensorboard: bool = False  # write TensorBoard scalars of every epoch (cifar_jax/tensorboard.py)
+    tensorboard: bool = False  # write TensorBoard scalars of every epoch (cifar_jax/results/tensorboard.py)
     save_final: bool = False   # save every run's final variables as a checkpoint (study.final_checkpoint)
     own: Any = None            # the experiment's own options (a frozen dataclass: options.namespace)
     # every option as given: (name, --flag=value, whether it differs from its default): flags.txt

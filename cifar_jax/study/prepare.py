@@ -1,10 +1,5 @@
-"""Running a study: data → groups of runs → engine → run records → summary, tables and figures.
-
-An experiment module declares its runs (usually `config.grid`) and its own analysis, and hands
-both to `run`, which does the rest. Runs already finished in the study directory are not
-recomputed; records are written after every epoch, so an interrupted study keeps its progress and
-resumes the unfinished runs.
-"""
+"""Preparing a study: its data on the devices (splits, normalisation statistics, the padded test
+set) and its study directory, named from the config and checked writable before anything trains."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,10 +1,5 @@
-"""Running a study: data → groups of runs → engine → run records → summary, tables and figures.
-
-An experiment module declares its runs (usually `config.grid`) and its own analysis, and hands
-both to `run`, which does the rest. Runs already finished in the study directory are not
-recomputed; records are written after every epoch, so an interrupted study keeps its progress and
-resumes the unfinished runs.
-"""
+"""Run records as a study trains: after every epoch the engine's metrics of each run become its
+record (`run_record`), stored atomically, so an interrupted study keeps what it has done."""
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -1,10 +1,10 @@
 """Running a study: data → groups of runs → engine → run records → summary, tables and figures.
 
 An experiment module declares its runs (usually `config.grid`) and its own analysis, and hands
-both to `run`, which does the rest. Runs already finished in the study directory are not
-recomputed; records are written after every epoch, so an interrupted study keeps its progress and
-resumes the unfinished runs.
-"""
+both to `run`, which does the rest and returns an `Outcome`. Runs already finished in the study
+directory are not recomputed; records are written after every epoch, so an interrupted study keeps
+its progress and resumes the unfinished runs. Under several processes (multi-host) the lead
+process writes and the others wait for its records."""
 from __future__ import annotations
 
 import contextlib
@@ -183,7 +183,7 @@ def _checked_record(study: studydir.StudyDir, run: Run) -> dict | None:
     """The run's record, if it was trained with this run's configuration (ResultsError if not:
     another invocation's numbers are never summarised as this one's)."""
     rec = study.record(run.run_id)
-    key = None if rec is None else studydir.first_difference(rec["config"], studydir.plain(run.config))
+    key = None if rec is None else files.first_difference(rec["config"], files.plain(run.config))
     if key is not None:
         raise files.ResultsError(f"{study.root}: the record of {run.run_id!r} holds another configuration "
                                    f"({key!r} differs); pass a new --name or --results_dir")

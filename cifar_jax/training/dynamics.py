@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 def hvp(loss: Callable[[Any], jax.Array], params: Any) -> tuple[Callable[[jax.Array], jax.Array], jax.Array]:
     """(v ↦ H v on flat vectors, the flat parameters): forward over reverse (`jax.jvp` of
     `jax.grad`), about two gradients' memory; `loss` must be forward-differentiable (no custom
-    VJP inside: `train.GroupSpec.forward_net`)."""
+    VJP inside: `step.GroupSpec.forward_net`)."""
     flat, unravel = ravel_pytree(params)
     grad = jax.grad(loss)
 

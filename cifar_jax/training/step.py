@@ -83,7 +83,7 @@ OPTIONS = options.table(*(dataclasses.replace(o, spec=o.name != "epochs") for o 
     O("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master weights, loss and BN "
       "statistics).", kind="choice", choices=tuple(models.PRECISIONS)),
     O("conv_impl", "auto", "Convolution implementation (auto: the measured-fastest for the backend and precision; "
-      "cifar_jax/layers.py describes each); the same numbers either way.", kind="choice",
+      "cifar_jax/nn/layers.py describes each); the same numbers either way.", kind="choice",
       choices=tuple(layers.CONV_IMPLS)),
     O("grad_stats", False, "Record |gradient| statistics per parameter tensor: ‖g‖ per epoch, and mean and std of |g| "
       "and mean ‖g‖ over the first and the last --grad_window steps.", kind="bool"),

@@ -3,7 +3,7 @@
 Pure functions over variable pytrees (one run, no run axis): filter-normalised random directions
 (Li et al. 2018, arXiv 1712.09913), the variables at every point of a 2-D plane or a 1-D linear
 path (stacked along a leading "point" axis, as a group stacks runs), one jitted, vmapped
-evaluation of all points (`train.evaluate`, chunked so memory stays bounded) and the error barrier
+evaluation of all points (`step.evaluate`, chunked so memory stays bounded) and the error barrier
 of a path (Frankle et al. 2020, arXiv 1912.05671).
 
 Filters: a parameter tensor of two or more axes (conv kernel HWIO, dense kernel [in, out]) has
