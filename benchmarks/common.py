@@ -61,7 +61,7 @@ class Workload:
     def spec(self) -> step.GroupSpec:
         """The engine's static group description (plain SGD)."""
         return step.GroupSpec(self.model, "sgd", self.batch_size, precision=self.precision,
-                                conv_impl=self.conv_impl)
+                              conv_impl=self.conv_impl)
 
     def resized(self, runs: int | None = None, epochs: int | None = None, **changes: Any) -> Workload:
         """The same workload with its first `runs` runs and/or another number of epochs (and any
@@ -155,7 +155,7 @@ def device_data(images: Images, split: Split) -> step.Data:
     training only, and no evaluation program is compiled."""
     train_idx, mean, std = split
     return step.put_data(images.x, images.y, images.x[:0], images.y[:0], train_idx,
-                           np.zeros(0, np.int32), mean, std)
+                         np.zeros(0, np.int32), mean, std)
 
 
 # ----------------------------------------------------------------------------- timing

@@ -132,7 +132,7 @@ def sharpness_costs(images: common.Images, examples: Sequence[int], iters: int, 
         sub = step.sharpness_subset(spec, data.train_idx)
         x, y = step.preprocess.normalize(data.x[sub], data.mean, data.std), data.y[sub]
         loss = lambda p, x, y, net=None: step.objective(spec, p, state.batch_stats, hp, x, y, jax.random.PRNGKey(0),
-                                                          0.0, net)[0]
+                                                        0.0, net)[0]
         grad = jax.jit(jax.grad(loss))  # the training step's own net
         matvec = jax.jit(lambda p, v, x, y: dynamics.hvp(lambda q: loss(q, x, y, spec.forward_net), p)[0](v))
         evaluate = jax.jit(functools.partial(step.sharpness_of, spec))

@@ -252,8 +252,8 @@ def pretrain(cfg: config.Config, owner: studydir.StudyDir) -> Backbones:
         pretraining.save(owner, pre_study, path(run), run, variables)
 
     runner.run(source, "cnn_transfer", f"{TITLE}: pretraining on the source task", lambda p: runs, part="pretrain",
-              prepared=prepared, on_state=save, figures=source.epochs > 1, extra={"source": source_description(cfg)},
-              before=lambda st, p, planned: pretraining.check(cfg, owner, st, [(r, path(r)) for r in planned]))
+               prepared=prepared, on_state=save, figures=source.epochs > 1, extra={"source": source_description(cfg)},
+               before=lambda st, p, planned: pretraining.check(cfg, owner, st, [(r, path(r)) for r in planned]))
     return Backbones(owner, {r.seed: r for r in runs}, {r.seed: path(r) for r in runs})
 
 
@@ -289,7 +289,7 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: studydir.Stud
             restored[run.seed] = restored_backbone(backbones.checkpoints[run.seed], run.spec, shape, head,
                                                    runner.provenance(backbones.owner, pre))
         progress.log(f"{run.run_id}: {', '.join(restored[run.seed]['params'])} restored from {pre.run_id}"
-                  + (" and frozen" if run.spec.frozen else "") + f"; {head} initialised from seed {run.seed}")
+                     + (" and frozen" if run.spec.frozen else "") + f"; {head} initialised from seed {run.seed}")
         return restored[run.seed]
 
     def outputs(run: config.Run, variables: tuple) -> None:
@@ -300,10 +300,10 @@ def target(cfg: config.Config, baselines: tuple[str, ...], parent: studydir.Stud
         _save_npy(_predictions_path(st, run.run_id), predict(run.spec, params, batch_stats, prepared.data))
 
     return runner.run(cfg, "cnn_transfer", f"{TITLE}: the target task", lambda p: planned, part="target",
-                     prepared=prepared, before=missing_outputs, initial_for=initial, on_state=outputs,
-                     figures=cfg.epochs > 1,
-                     extra={"source": source, "baselines": list(baselines), "head": head, "backbone": list(backbone)},
-                     analysis=lambda s, records: analyse(parent, s, records, prepared, backbones.owner, source))
+                      prepared=prepared, before=missing_outputs, initial_for=initial, on_state=outputs,
+                      figures=cfg.epochs > 1,
+                      extra={"source": source, "baselines": list(baselines), "head": head, "backbone": list(backbone)},
+                      analysis=lambda s, records: analyse(parent, s, records, prepared, backbones.owner, source))
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -431,10 +431,10 @@ def analyse(parent: studydir.StudyDir, st: studydir.StudyDir, records: list[dict
         captions = [f"test image {i}\ntrue: {ds.classes[labels[i]]}\nbest: {ds.classes[pb[i]]} ✓\n"
                     f"worst: {ds.classes[pw[i]]} ✗" for i in shown]
         image_examples(ds.x_test[shown], captions, figure,
-                             f"Right by the best model, wrong by the worst\nbest {best['run_id']} "
-                             f"(test {100 * best['test']['acc']:.2f}%), worst {worst['run_id']} "
-                             f"(test {100 * worst['test']['acc']:.2f}%)",
-                             note="no test image is right by the best model and wrong by the worst")
+                       f"Right by the best model, wrong by the worst\nbest {best['run_id']} "
+                       f"(test {100 * best['test']['acc']:.2f}%), worst {worst['run_id']} "
+                       f"(test {100 * worst['test']['acc']:.2f}%)",
+                       note="no test image is right by the best model and wrong by the worst")
         extremes = {"best": best, "worst": worst,
                     "shown_text": f"{n_all} of {len(labels)} test images are classified right by the best model and "
                                   f"wrong by the worst; figures/best_vs_worst.png shows test images "
@@ -450,7 +450,7 @@ def analyse(parent: studydir.StudyDir, st: studydir.StudyDir, records: list[dict
               + (f"(source test accuracy {_stat(source_acc)}%, {source_acc['n']} runs)." if source else "(not used)."))
     parent.write_text("baselines.md", baselines_markdown(rows, published(), checks, extremes, header))
     charts.accuracy_against(rows, "lr", parent.figures_dir / "accuracy_vs_lr.png",
-                           f"{TITLE}: accuracy against the learning rate per baseline (mean ± std over seeds)")
+                            f"{TITLE}: accuracy against the learning rate per baseline (mean ± std over seeds)")
     progress.log("\n" + (parent.root / "baselines.md").read_text())
 
 

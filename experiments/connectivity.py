@@ -126,7 +126,7 @@ def load_spawn(path: Path, template: dict) -> dict:
     bad = next((i for i, (x, w) in enumerate(zip(leaves, wanted)) if x.shape != np.shape(w)), None)
     if bad is not None:
         raise files.ResultsError(f"{path}: the spawn state of another model (leaf {bad} has shape "
-                                   f"{leaves[bad].shape}, {np.shape(wanted[bad])} expected); pass a new --name")
+                                 f"{leaves[bad].shape}, {np.shape(wanted[bad])} expected); pass a new --name")
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -164,7 +164,7 @@ def train_parents(cfg: config.Config, pst: studydir.StudyDir, parents: list[conf
             full = state()
             for j, run in enumerate(runs):
                 save_spawn(spawn_path(pst, run.run_id, epoch), {k: jax.tree_util.tree_map(lambda x: x[j], getattr(full, k))
-                                                               for k in SPAWNED})
+                                                                for k in SPAWNED})
 
     train_part(pst, cfg, parents, prepared, f"{TITLE}: parents", missing, [(parents, {"on_epoch": keep})])
 
@@ -286,8 +286,8 @@ def analyse(cfg: config.Config, root: studydir.StudyDir, cst: studydir.StudyDir,
             errors = {k: np.array([1 - np.asarray(p[split]["acc"]) for p in pairs if p["k"] == k]) for k in ks}
             barriers = {k: [p[split]["error_barrier"] for p in pairs if p["k"] == k] for k in ks}
             connectivity(ts, errors, barriers, root.figures_dir / name,
-                               f"{TITLE} ({split} {'set' if split == 'test' else 'subset'}): {cfg.model.name}, "
-                               f"{cfg.epochs} epochs")
+                         f"{TITLE} ({split} {'set' if split == 'test' else 'subset'}): {cfg.model.name}, "
+                         f"{cfg.epochs} epochs")
         progress.log("\n" + markdown(pairs, ks, header, check))
 
 

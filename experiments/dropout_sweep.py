@@ -73,7 +73,7 @@ def gap_markdown(rows: list[dict], best: dict | None, source: str) -> str:
              "|---:|:---|---:|---:|---:|---:|---:|---:|:---|"]
     for r in rows:
         cells = [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "acc_gap", "train_loss",
-                                                         "val_loss", "loss_gap")]
+                                                        "val_loss", "loss_gap")]
         if r is best:
             cells[1] = f"**{cells[1]}**"
         n = f"{r['acc_gap']['n']}/{r['n_runs']}"
@@ -96,15 +96,15 @@ def write_gap(st: studydir.StudyDir, records: list[dict]) -> dict:
     text = gap_markdown(rows, best, source)
     st.write_text("generalisation_gap.md", text)
     generalisation_gap(rows, st.figures_dir / "generalisation_gap.png",
-                             "Dropout sweep: generalisation gap at the end of training (train side: "
-                             + ("eval-mode pass)" if source == "final_train" else "running averages)"))
+                       "Dropout sweep: generalisation gap at the end of training (train side: "
+                       + ("eval-mode pass)" if source == "final_train" else "running averages)"))
     progress.log("\n" + text)
     return out
 
 
 def main(cfg: config.Config) -> None:
     runner.run(cfg, "dropout_sweep", "Dropout sweep",
-              lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes), analysis=write_gap)
+               lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes), analysis=write_gap)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -135,7 +135,7 @@ def generalisation_gap(rows: list[dict], path: Path | str, title: str) -> Path:
     _gap_panel(ax_acc, rows, "acc_gap", 100.0, charts.PALETTE[0])
     _gap_panel(ax_loss, rows, "loss_gap", 1.0, charts.PALETTE[1])
     return charts.finish_pair(fig, title, "dropout rate", ((ax_acc, "Accuracy gap (train − val)", "percentage points"),
-                                                      (ax_loss, "Loss gap (train − val)", "cross-entropy difference")), path)
+                                                           (ax_loss, "Loss gap (train − val)", "cross-entropy difference")), path)
 
 
 if __name__ == "__main__":

@@ -25,19 +25,19 @@ def write_gradients(st: studydir.StudyDir, records: dict[str, dict]) -> None:
     title = lambda rec, what: f"{rec['config_name']} (seed {rec['seed']}): {what}"
     for model in ("BaselineNet", "DropoutNet"):
         gradients.layer_gradients(records[model], fig / f"gradients_{model}.png",
-                                       title(records[model], "|gradient| per tensor, first vs last steps"))
+                                  title(records[model], "|gradient| per tensor, first vs last steps"))
     bn = records["BatchNormNet"]
     plain = [t for m in ("BaselineNet", "DropoutNet") for t in records[m]["grad_stats"]["tensors"]]
     shared = gradients.shared_tensors(bn["grad_stats"]["tensors"], plain)
     gradients.layer_gradients(bn, fig / "gradients_BatchNormNet_shared.png",
-                                   title(bn, "|gradient| of the tensors the other models have"), tensors=shared)
+                              title(bn, "|gradient| of the tensors the other models have"), tensors=shared)
     gradients.layer_gradients(bn, fig / "gradients_BatchNormNet_all.png",
-                                   title(bn, "|gradient| per tensor, batch-norm scale and shift included"))
+                              title(bn, "|gradient| per tensor, batch-norm scale and shift included"))
     by_label = {rec["config_name"]: rec for rec in records.values()}
     gradients.gradient_comparison(by_label, fig / "gradients_comparison.png",
-                                       f"{TITLE}: |gradient| per tensor by metric")
+                                  f"{TITLE}: |gradient| per tensor by metric")
     gradients.gradient_norms(by_label, fig / "gradient_norms.png",
-                                  f"{TITLE}: gradient norm of each weight tensor per epoch")
+                             f"{TITLE}: gradient norm of each weight tensor per epoch")
     text = gradients.stats_markdown(by_label, f"{TITLE}: |gradient| per parameter tensor")
     st.write_text("gradient_stats.md", text)
     progress.log("\n" + text)

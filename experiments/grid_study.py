@@ -133,7 +133,7 @@ def config_rows(records: list[dict]) -> list[dict]:
                                                                   if len(run_record.curve(r, "b_simple"))]),
                      "b_simple_last": summary.finite_statistics([run_record.last(r, "b_simple") for r in done]),
                      **{f"{s}_acc": summary.finite_statistics([run_record.final(r, s)["acc"] for r in done
-                                                   if run_record.final(r, s)]) for s in ("val", "test")}})
+                                                               if run_record.final(r, s)]) for s in ("val", "test")}})
     return rows
 
 
@@ -159,7 +159,7 @@ def configs_markdown(rows: list[dict], title: str) -> str:
     for r in rows:
         cells = [_cell(GRID_OPTIONS[k], r["options"][k]) for k in shown]
         cells += [summary.format_stat(k, r[k]) for k in ("train_acc", "val_acc", "test_acc", "best_train_acc",
-                                                          "best_val_acc")]
+                                                         "best_val_acc")]
         cells += [_plain(r["run_seconds"], 2), _plain(r["loss_noise"], 3)]
         cells += [f"{_plain(r['b_simple_first'], 0)} → {_plain(r['b_simple_last'], 0)}"] if noise else []
         cells += [f"{r['n_at_chance']}/{r['test_acc']['n']}", f"{r['n_above_uniform']}/{r['test_acc']['n']}"]
@@ -214,37 +214,37 @@ def analyse(st: studydir.StudyDir, records: list[dict], cycles: int, title: str,
     by_config = run_record.group_by_config(records)
     if len(by_config) > 1:
         training_comparison(by_config, st.figures_dir / "training_comparison.png",
-                                  f"{title}: training loss, training and validation accuracy")
+                            f"{title}: training loss, training and validation accuracy")
     if any(r.get("grad_stats") for r in records):
         first = {name: group[0] for name, group in by_config.items() if group[0].get("grad_stats")}
         gradients.gradient_norms(first, st.figures_dir / "gradient_norms.png",
-                                      f"{title}: gradient norm of each weight tensor per epoch (first seed)")
+                                 f"{title}: gradient norm of each weight tensor per epoch (first seed)")
     if at_epochs:
         st.write_text("at_epochs.md", at_epochs_markdown(records, list(at_epochs), title))
     option = varying_option(records)
     if option == "batch_size":
         charts.accuracy_against(rows, option, st.figures_dir / "batch_size.png",
-                               f"{title}: accuracy, time and loss noise against the batch size",
-                               panels=charts.BATCH_PANELS)
+                                f"{title}: accuracy, time and loss noise against the batch size",
+                                panels=charts.BATCH_PANELS)
     elif option:
         charts.accuracy_against(rows, option, st.figures_dir / f"accuracy_vs_{option}.png",
-                               f"{title}: final accuracy against {option}")
+                                f"{title}: final accuracy against {option}")
         charts.accuracy_against(rows, option, st.figures_dir / f"best_vs_{option}.png",
-                               f"{title}: best accuracy over the epochs and final loss against {option}",
-                               panels=charts.BEST_PANELS)
+                                f"{title}: best accuracy over the epochs and final loss against {option}",
+                                panels=charts.BEST_PANELS)
     for r in rows:
         acc = r["test_acc"]
         if acc["mean"] is not None:
             progress.log(f"{r['config']}: mean test accuracy {100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f} "
-                      f"(95% CI {100 * acc['ci95'][0]:.2f}–{100 * acc['ci95'][1]:.2f}%, n={acc['n']})")
+                         f"(95% CI {100 * acc['ci95'][0]:.2f}–{100 * acc['ci95'][1]:.2f}%, n={acc['n']})")
 
 
 def main(cfg: config.Config) -> None:
     """The grid, trained, and its analysis."""
     own = cfg.own
     runner.run(cfg, "grid_study", own.title, lambda p: grid_runs(cfg, p, own.cycles),
-              analysis=lambda st, records: analyse(st, records, own.cycles, own.title, own.at_epochs),
-              extra={"cycles": own.cycles})
+               analysis=lambda st, records: analyse(st, records, own.cycles, own.title, own.at_epochs),
+               extra={"cycles": own.cycles})
 
 
 # ----------------------------------------------------------------------------- figures

@@ -141,7 +141,7 @@ def train_stage(cfg: config.Config, stage: str, parent: str | None, title: str) 
     scfg = stage_config(cfg, stage)
     progress.log(f"\n=== stage {stage}" + (f" (builds on {parent})" if parent else ""))
     return runner.run(scfg, "ladder", f"{title}: {stage}", part=stage,
-                     runs=lambda p: config.grid(scfg, len(p.train_idx), p.dataset.num_classes, stage))
+                      runs=lambda p: config.grid(scfg, len(p.train_idx), p.dataset.num_classes, stage))
 
 
 def main(cfg: config.Config) -> None:
@@ -162,7 +162,7 @@ def main(cfg: config.Config) -> None:
     for stage, parent in stages:
         if parent:
             stage_comparison({parent: records[parent], stage: records[stage]},
-                                   root.figures_dir / f"{stage}_vs_{parent}.png", f"{title}: {stage} against {parent}")
+                             root.figures_dir / f"{stage}_vs_{parent}.png", f"{title}: {stage} against {parent}")
     progress.log("\n" + ladder_markdown(rows, title, cfg.own.long_epochs))
 
 

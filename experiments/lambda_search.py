@@ -66,8 +66,8 @@ def best_lambda(rows: list[dict]) -> float:
 def part(cfg: config.Config, name: str, title: str, cycles: int) -> list[dict]:
     """Train one part and analyse it; its configuration rows."""
     done = runner.run(cfg, "lambda_search", title, lambda p: grid_study.grid_runs(cfg, p, cycles), part=name,
-                     analysis=lambda st, records: grid_study.analyse(st, records, cycles, title, cfg.own.at_epochs),
-                     extra={"cycles": cycles}, figures=False)
+                      analysis=lambda st, records: grid_study.analyse(st, records, cycles, title, cfg.own.at_epochs),
+                      extra={"cycles": cycles}, figures=False)
     return grid_study.config_rows(done.finished)
 
 
@@ -110,7 +110,7 @@ def main(cfg: config.Config) -> None:
     st.write_text("lambda_search.md", text)
     st.write_json("lambda_search.json", {"best_lambda": best, **done})
     charts.accuracy_against(done["coarse"] + done["fine"], "l2", st.figures_dir / "lambda_search.png",
-                           f"{TITLE}: final accuracy against λ ({own.search_cycles} cycle(s), coarse and fine)")
+                            f"{TITLE}: final accuracy against λ ({own.search_cycles} cycle(s), coarse and fine)")
     progress.log("\n" + text + f"\nresults: {st.root}")
 
 

@@ -111,7 +111,7 @@ def spec_of(rec: dict, cfg: config.Config) -> step.GroupSpec:
     model = models.ModelConfig(**{k: as_value(v) for k, v in c["model"].items()})
     names = {f.name for f in dataclasses.fields(step.GroupSpec)} - {"model", "eval_batch_size", "conv_impl"}
     return step.GroupSpec(model=model, eval_batch_size=cfg.eval_batch_size, conv_impl=cfg.conv_impl,
-                           **{k: as_value(c[k]) for k in names if k in c})
+                          **{k: as_value(c[k]) for k in names if k in c})
 
 
 def hparams_of(rec: dict) -> dict[str, Any]:
@@ -237,13 +237,13 @@ def write(st: studydir.StudyDir, out: dict[str, np.ndarray], s: dict, header: st
     st.write_text("surface.md", markdown(s, header))
     paths = {"initial (t=0) → final (t=1)": "init"} | ({f"this run (t=0) → {s['other_run']} (t=1)": "other"} if s["other_run"] else {})
     surface_paths({label: {split: out[f"{key}_{split}"] for split in ("train", "test")}
-                         for label, key in paths.items()}, out["ts"], st.figures_dir / "surface_1d.png",
-                        f"{TITLE}: linear paths from {s['run']}")
+                   for label, key in paths.items()}, out["ts"], st.figures_dir / "surface_1d.png",
+                  f"{TITLE}: linear paths from {s['run']}")
     surface_contours(out["coords"], {"train loss (subset)": out["train_plane"][..., 0],
-                                           "test loss": out["test_plane"][..., 0],
-                                           "test accuracy (%)": 100 * out["test_plane"][..., 1]},
-                           st.figures_dir / "surface_2d.png",
-                           f"{TITLE}: {s['run']}, two filter-normalised directions")
+                                     "test loss": out["test_plane"][..., 0],
+                                     "test accuracy (%)": 100 * out["test_plane"][..., 1]},
+                     st.figures_dir / "surface_2d.png",
+                     f"{TITLE}: {s['run']}, two filter-normalised directions")
     progress.log("\n" + markdown(s, header))
 
 
@@ -265,7 +265,7 @@ def surface(cfg: config.Config, src: studydir.StudyDir) -> None:
         runner.write_preamble(st, data_cfg, [], prepared, {"source_study": str(src.root), "run": rec["run_id"],
                                                            "other_run": other_rec and other_rec["run_id"]})
         progress.log(f"{TITLE}: {rec['run_id']} of {src.root}: {own.surface_points}² plane and 1-D paths, "
-                  f"{n} training images and {len(prepared.dataset.y_test)} test images per point")
+                     f"{n} training images and {len(prepared.dataset.y_test)} test images per point")
         out = compute(spec, variables, (init.params, init.batch_stats), other, prepared.data, subset,
                       own.surface_points, own.surface_range, own.direction_seed,
                       own.surface_chunk or surfaces.auto_chunk(jax.devices()[0].platform))
@@ -283,8 +283,8 @@ def main(cfg: config.Config) -> None:
     else:
         source = cfg.replace(save_final=True)
         src = runner.run(source, "loss_surface", f"{TITLE}: source runs", part="source",
-                        runs=lambda p: config.grid(source, len(p.train_idx), p.dataset.num_classes),
-                        figures=cfg.epochs > 1).study
+                         runs=lambda p: config.grid(source, len(p.train_idx), p.dataset.num_classes),
+                         figures=cfg.epochs > 1).study
     surface(cfg, src)
 
 
@@ -302,7 +302,7 @@ def surface_paths(paths: dict[str, dict[str, np.ndarray]], ts: np.ndarray, path:
             ax_loss.plot(ts, values[:, 0], ls, color=charts.PALETTE[i], lw=2, label=f"{label}, {split}")
             ax_acc.plot(ts, 100 * values[:, 1], ls, color=charts.PALETTE[i], lw=2, label=f"{label}, {split}")
     return charts.finish_pair(fig, title, "t (0: start, 1: end)", ((ax_loss, "Loss", "cross-entropy loss"),
-                                                             (ax_acc, "Top-1 accuracy", "accuracy (%)")), path)
+                                                                   (ax_acc, "Top-1 accuracy", "accuracy (%)")), path)
 
 
 @charts.styled

@@ -143,16 +143,16 @@ def write_landscape(st: studydir.StudyDir, records: list[dict], cfg: config.Conf
     st.write_json("landscape.json", {"rows": rows, "best_lr": best, "boundary": edge})
     st.write_text("landscape.md", landscape_markdown(rows, best, edge))
     lr_landscape(rows, st.figures_dir / "lr_landscape.png",
-                       f"{TITLE}: {cfg.model.name}, {len(rows)} LRs × {len(cfg.seeds)} seeds, {cfg.epochs} epochs",
-                       best_lr=best, boundary=edge, chance=100.0 / num_classes)
+                 f"{TITLE}: {cfg.model.name}, {len(rows)} LRs × {len(cfg.seeds)} seeds, {cfg.epochs} epochs",
+                 best_lr=best, boundary=edge, chance=100.0 / num_classes)
     by_config = run_record.group_by_config(records)
     for lr, what in ((best, "best LR"), (edge, "divergence boundary")):
         name = next((r["config"] for r in rows if r["lr"] == lr), None)
         if name is not None:
             charts.four_panel(by_config[name], st.figures_dir / f"curves_{studydir.run_file_stem(name)}.png",
-                             f"{TITLE}: {name} ({what})")
+                              f"{TITLE}: {name} ({what})")
     progress.log(f"\n{TITLE} (mean ± std over the seeds that did not diverge)\n{landscape_table(rows, best)}"
-              f"results and figures: {st.root}")
+                 f"results and figures: {st.root}")
     progress.log(summary_line(rows, best, edge).replace("**", ""))
 
 
@@ -160,10 +160,10 @@ def main(cfg: config.Config) -> None:
     cfg = landscape_config(cfg)  # validate before any work
     if cfg.changed("lr"):
         progress.log(f"--lr is ignored: the landscape grid sets the LRs ({len(cfg.lrs)} from {cfg.lrs[0]:g} "
-                  f"to {cfg.lrs[-1]:g})")
+                     f"to {cfg.lrs[-1]:g})")
     runner.run(cfg, "lr_landscape", TITLE, lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
-              figures=False, extra={"landscape_lrs": list(cfg.lrs)},
-              analysis=lambda st, records: write_landscape(st, records, cfg))
+               figures=False, extra={"landscape_lrs": list(cfg.lrs)},
+               analysis=lambda st, records: write_landscape(st, records, cfg))
 
 
 # ----------------------------------------------------------------------------- figures

@@ -55,10 +55,10 @@ def main(cfg: config.Config) -> None:
     def shapes_figure(st, prepared, runs) -> None:
         if runner.is_lead():
             schedule_shapes(shape_curves(max(cfg.lrs), epochs), st.figures_dir / "decay_shapes.png",
-                                  f"LR decay shapes from α0 = {max(cfg.lrs):g} over {epochs} epochs")
+                            f"LR decay shapes from α0 = {max(cfg.lrs):g} over {epochs} epochs")
 
     runner.run(cfg, "lr_schedule", "LR schedule", lambda p: schedule_runs(cfg, p), before=shapes_figure,
-              extra={"compare_lr": cfg.own.compare_lr})
+               extra={"compare_lr": cfg.own.compare_lr})
 
 
 # ----------------------------------------------------------------------------- figures

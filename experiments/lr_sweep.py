@@ -82,8 +82,8 @@ def main(cfg: config.Config) -> None:
     if cfg.own.lr_range:
         range_lrs(cfg)  # validate before any work
     runner.run(cfg, "lr_sweep", "LR sweep",
-              lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
-              before=(lambda st, p, _: run_range_test(cfg, p, st)) if cfg.own.lr_range else None)
+               lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes),
+               before=(lambda st, p, _: run_range_test(cfg, p, st)) if cfg.own.lr_range else None)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -136,7 +136,7 @@ def lr_range(records: list[dict], path: Path | str, title: str = "Learning-rate 
     ax_acc.set_ylim(bottom=0)  # separates the chance line from the diverged markers
     ax_loss.set_xscale("log")
     return charts.finish_pair(fig, title, "learning rate", ((ax_loss, "Final train loss", "cross-entropy loss"),
-                                                       (ax_acc, "Final validation accuracy", "accuracy (%)")), path)
+                                                            (ax_acc, "Final validation accuracy", "accuracy (%)")), path)
 
 
 if __name__ == "__main__":

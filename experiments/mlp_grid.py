@@ -75,9 +75,9 @@ def analyse(st: studydir.StudyDir, records: list[dict], depths: tuple[int, ...],
     gap = np.array([[np.nan if None in (stat(d, w, "train_acc"), stat(d, w, "val_acc"))
                      else 100 * (stat(d, w, "train_acc") - stat(d, w, "val_acc")) for w in widths] for d in depths])
     heatmap(val, [str(d) for d in depths], [str(w) for w in widths], st.figures_dir / "grid_val_acc.png",
-                  f"{TITLE}: final validation accuracy (%)", "hidden layers", "width")
+            f"{TITLE}: final validation accuracy (%)", "hidden layers", "width")
     heatmap(gap, [str(d) for d in depths], [str(w) for w in widths], st.figures_dir / "grid_gap.png",
-                  f"{TITLE}: train (eval mode) − validation accuracy (points)", "hidden layers", "width")
+            f"{TITLE}: train (eval mode) − validation accuracy (points)", "hidden layers", "width")
     scored = [r for r in rows.values() if r["val_acc"]["mean"] is not None]  # the grid and any --nets
     if not scored:
         return
@@ -108,7 +108,7 @@ def main(cfg: config.Config) -> None:
     nets = [dataclasses.replace(cfg.model, hidden=(w,) * d) for d, w in shapes]
     grid_cfg = cfg.vary("model", nets)
     runner.run(grid_cfg, "mlp_grid", TITLE, lambda p: grid_study.grid_runs(grid_cfg, p, 0),
-              analysis=lambda st, records: analyse(st, records, depths, widths, cfg.own.at_epochs))
+               analysis=lambda st, records: analyse(st, records, depths, widths, cfg.own.at_epochs))
 
 
 # ----------------------------------------------------------------------------- figures

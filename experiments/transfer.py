@@ -80,10 +80,10 @@ def pretrain(cfg: config.Config, rate: float, parent: studydir.StudyDir) -> tupl
     path = lambda run: root / studydir.run_file_stem(run.run_id)
     pre_study = studydir.StudyDir(parent.root / "pretrain")
     done = runner.run(cfg, "transfer", "Transfer: pretraining", part="pretrain",
-                     runs=lambda p: pretrain_runs(cfg, rate, len(p.train_idx), p.dataset.num_classes),
-                     before=lambda st, p, runs: pretraining.check(cfg, parent, st, [(r, path(r)) for r in runs]),
-                     on_state=lambda run, variables: pretraining.save(parent, pre_study, path(run), run, variables),
-                     extra={"dropout_rate": rate})
+                      runs=lambda p: pretrain_runs(cfg, rate, len(p.train_idx), p.dataset.num_classes),
+                      before=lambda st, p, runs: pretraining.check(cfg, parent, st, [(r, path(r)) for r in runs]),
+                      on_state=lambda run, variables: pretraining.save(parent, pre_study, path(run), run, variables),
+                      extra={"dropout_rate": rate})
     return done, {r.run_id: path(r) for r in done.runs}
 
 
@@ -103,13 +103,13 @@ def retrain(cfg: config.Config, rate: float, parent: studydir.StudyDir, pretrain
         params, stats = checkpoint.restore(run.inputs["checkpoint"], *shapes, strict=True,
                                            expected=runner.provenance(parent, by_id[run.inputs["pretrained"]]))
         progress.log(f"{run.run_id}: restored {run.inputs['checkpoint']} (strict); frozen {', '.join(frozen)}; "
-                  f"{', '.join(k for k in params if k not in frozen)} re-initialised from seed {run.seed}")
+                     f"{', '.join(k for k in params if k not in frozen)} re-initialised from seed {run.seed}")
         return {"params": {k: params[k] for k in frozen},
                 "batch_stats": {k: stats[k] for k in frozen if k in stats}}
 
     return runner.run(swapped, "transfer", "Transfer: retraining the dense layers (swapped split)", lambda p: runs,
-                     part="retrain", initial_for=pretrained_layers, extra={"dropout_rate": rate, "frozen": frozen},
-                     analysis=lambda st, records: compare(cfg, parent, records))
+                      part="retrain", initial_for=pretrained_layers, extra={"dropout_rate": rate, "frozen": frozen},
+                      analysis=lambda st, records: compare(cfg, parent, records))
 
 
 def main(cfg: config.Config) -> None:
@@ -132,7 +132,7 @@ def compare(cfg: config.Config, parent: studydir.StudyDir, retrained: list[dict]
     note = "" if base else f"\n(no §1.1 baseline found at {baseline_dir}: run experiments.lr_sweep first)\n"
     base = [{**r, "config_name": f"§1.1 {name}"} for r in base]
     runner.write_summary(parent, retrained + base, "Transfer, retrained against the §1.1 baseline",
-                        table_file="transfer_comparison.md", figure_prefix="transfer_", note=note)
+                         table_file="transfer_comparison.md", figure_prefix="transfer_", note=note)
 
 
 if __name__ == "__main__":

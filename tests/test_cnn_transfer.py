@@ -110,7 +110,7 @@ def test_a_study_can_share_another_ones_pretraining(done, tmp_path):
             assert np.array_equal(probe_params[layer][name], value), (layer, name)
     assert "source test accuracy" in (tmp_path / "results/second/baselines.md").read_text()
     with pytest.raises(files.ResultsError, match=r"^--pretrained_study=cnn_transfer: run 'source,seed=0' .*"
-                                                   r"finished with a different config: 'lr' is 0.001 there, 0.01 now"):
+                       r"finished with a different config: 'lr' is 0.001 there, 0.01 now"):
         run_study(tmp_path, "--name=third", "--pretrained_study=cnn_transfer", "--source_lr=0.01")
     with pytest.raises(config.ConfigError, match=f"^--pretrained_study=nope: no study at {tmp_path}/results/nope$"):
         run_study(tmp_path, "--name=fourth", "--pretrained_study=nope")

@@ -89,8 +89,8 @@ def test_lanczos_is_exact_past_the_dimension():
 
 def test_a_vmapped_group_gives_each_run_its_own_sharpness(noise_data):
     spec = step.GroupSpec(models.ModelConfig("baseline", (16,), "batch", channels=(4, 8), kernels=(3, 3),
-                                              use_dropout=True), batch_size=16,
-                           sharpness_every=1, sharpness_iters=6, sharpness_examples=64)
+                                             use_dropout=True), batch_size=16,
+                          sharpness_every=1, sharpness_iters=6, sharpness_examples=64)
     hp = jax.device_put(step.stack_hparams(RUNS))
     state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
     group, _ = jax.jit(jax.vmap(functools.partial(step.sharpness_of, spec), in_axes=(0, None)))(state, noise_data)
@@ -106,8 +106,8 @@ def test_every_layout_records_the_same_instruments(noise_data, unit):
     batch, or from windows of two steps), recorded through the engine in every layout, agree with
     one run at a time (seq_loop)."""
     spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(24,), init="he", use_dropout=True), batch_size=32,
-                           sharpness_every=1 if unit == "epoch" else 4, sharpness_unit=unit, sharpness_iters=5,
-                           sharpness_examples=64, noise_scale=True, noise_window=0 if unit == "epoch" else 2)
+                          sharpness_every=1 if unit == "epoch" else 4, sharpness_unit=unit, sharpness_iters=5,
+                          sharpness_examples=64, noise_scale=True, noise_window=0 if unit == "epoch" else 2)
     out = {}
     for layout in ("seq_loop", "seq_scan", "vmap_scan", "map_loop"):
         cb = Collect()
@@ -199,7 +199,7 @@ def test_order_and_init_seeds_default_to_the_run_seed(noise_data):
     """--order_seed and --init_seed unset give the numbers of before; set, they change only their part."""
     spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he", use_dropout=True), batch_size=32)
     hp = step.stack_hparams([dict(seed=3), dict(seed=3, order_seed=3, init_seed=3), dict(seed=3, order_seed=4),
-                              dict(seed=3, init_seed=4)])
+                             dict(seed=3, init_seed=4)])
     state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(jax.device_put(hp))
     idx = jax.vmap(lambda h: step.epoch_indices(h, 0, noise_data.train_idx, 32))(state.hp)
     leaf = lambda i: np.asarray(state.params["fc1"]["kernel"][i])

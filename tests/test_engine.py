@@ -92,7 +92,7 @@ def test_batchnorm_conv_group_equals_runs_alone_in_float64(noise_data):
     with jax.enable_x64(True):
         data64 = noise_data._replace(mean=noise_data.mean.astype(jnp.float64), std=noise_data.std.astype(jnp.float64))
         spec = step.GroupSpec(models.ModelConfig("baseline", norm="batch", use_dropout=True), batch_size=16,
-                                optimizer="momentum")
+                              optimizer="momentum")
         hp = jax.device_put(step.stack_hparams(RUNS))
         state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
         f64 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, t)
@@ -189,7 +189,7 @@ def test_group_too_big_for_memory_is_split_into_chunks(noise_data):
 
 def test_bf16_compute_keeps_float32_master_weights(noise_data):
     spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(64,), norm="batch", init="he"), batch_size=32,
-                            precision="bf16")
+                          precision="bf16")
     state, cb = _train(spec, [dict(seed=0, lr=0.05)], noise_data, 3, "vmap_scan")
     assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves((state.params, state.batch_stats)))
     losses = [e["train_loss"] for e in cb.epochs[0]]
@@ -224,7 +224,7 @@ def test_in_step_measurements_equal_hand_computed_ones(noise_data):
     epoch and the loss trace (every 4 steps) of a tiny MLP with LR 0 (so every step's gradient is
     at the initial parameters)."""
     spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(6,), init="he"), batch_size=32, grad_stats=True,
-                           grad_window=3, loss_every=4)
+                          grad_window=3, loss_every=4)
     run = dict(seed=4, lr=0.0, total_steps=10)
     state, cb = _train(spec, [run], noise_data, 1, "vmap_scan")
     hp = jax.tree_util.tree_map(lambda a: a[0], step.stack_hparams([run]))

@@ -113,7 +113,7 @@ def test_layer_gradients_all_and_shared(tmp_path, records):
     bn = records["BatchNormNet"]
     everything = gradients.layer_gradients(bn, tmp_path / "all.png", "BatchNormNet: all")
     shared = gradients.layer_gradients(bn, tmp_path / "shared.png", "BatchNormNet: shared",
-                                tensors=gradients.shared_tensors(bn["grad_stats"]["tensors"], tensor_names("none")))
+                                       tensors=gradients.shared_tensors(bn["grad_stats"]["tensors"], tensor_names("none")))
     assert everything == tmp_path / "all.png" and shared == tmp_path / "shared.png"
     assert assert_png(shared)[1] < assert_png(everything)[1]  # 6 tensors drawn, not 14
     with pytest.raises(ResultsError, match="conv1/bias"):

@@ -96,7 +96,7 @@ def test_batchnorm_dropout_group_trains_the_same_with_every_convolution():
     with jax.enable_x64(True):
         x = rng.integers(0, 256, (64, 8, 8, 3), np.uint8)
         data = step.put_data(x, rng.integers(0, 10, 64), x[:8], np.zeros(8), np.arange(64),
-                               np.arange(0), np.full(3, 0.5), np.full(3, 0.25))
+                             np.arange(0), np.full(3, 0.5), np.full(3, 0.25))
         data = data._replace(mean=data.mean.astype(jnp.float64), std=data.std.astype(jnp.float64))
         hp = jax.device_put(step.stack_hparams(runs))
         model = models.ModelConfig("baseline", (16,), "batch", channels=(4, 8), kernels=(3, 3), use_dropout=True)

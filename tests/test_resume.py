@@ -63,7 +63,7 @@ def test_the_engine_resumes_to_the_same_numbers_bit_for_bit(layout):
     mean, std = splits.norm_stats(ds.x_train, tr, "per_channel")
     d = step.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, tr, va, mean, std)
     spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(16,), norm="batch", use_dropout=True),
-                           optimizer="adam", batch_size=32, grad_stats=True)
+                          optimizer="adam", batch_size=32, grad_stats=True)
     hp = step.stack_hparams([dict(seed=0, lr=0.01, dropout=0.3, total_steps=28), dict(seed=1, lr=0.003, total_steps=28)])
     whole = Saving()
     end = engine.train_group(spec, hp, d, 4, whole, layout=layout)

@@ -87,7 +87,7 @@ def bn_case():
 def test_the_grids_centre_is_the_runs_own_evaluation(bn_case):
     spec, dev, params, stats = bn_case
     own = np.asarray(step.evaluate(spec, step.TrainState(params, stats, None, None, None, None, None),
-                                    dev.x, dev.y, dev.train_idx, dev.mean, dev.std))
+                                   dev.x, dev.y, dev.train_idx, dev.mean, dev.std))
     d1, d2 = (surfaces.random_direction(k, params) for k in jax.random.split(jax.random.PRNGKey(0)))
     coords = np.array([-0.5, 0.0, 0.5])
     grid = surfaces.plane(params, d1, d2, coords, coords)
@@ -96,8 +96,8 @@ def test_the_grids_centre_is_the_runs_own_evaluation(bn_case):
     np.testing.assert_allclose(values[4], own, atol=1e-6)
     assert np.all(np.delete(values[:, 0], 4) != own[0])  # the other points are other models
     one_by_one = np.concatenate([surfaces.evaluate_points(spec, jax.tree_util.tree_map(lambda x: x[i:i + 1], grid),
-                                                    surfaces.repeat(stats, 1), dev.x, dev.y, dev.train_idx,
-                                                    dev.mean, dev.std) for i in (0, 8)])
+                                                          surfaces.repeat(stats, 1), dev.x, dev.y, dev.train_idx,
+                                                          dev.mean, dev.std) for i in (0, 8)])
     np.testing.assert_allclose(values[[0, 8]], one_by_one, rtol=1e-5)
 
 

@@ -229,7 +229,7 @@ def test_tolerance_adds_the_margin_the_seed_spread_and_the_sources_sampling_erro
 
 def test_a_published_number_is_within_or_outside_its_tolerance():
     ev = verdicts.Evidence({"s": [rec("a", s, test=t) for s, t in enumerate((0.530, 0.534))]
-                                + [rec("b", s, test=0.45) for s in (0, 1)]}, margin=1.0)
+                            + [rec("b", s, test=0.45) for s in (0, 1)]}, margin=1.0)
     rows = verdicts.published_rows(ev, "s", {"a": (None, None, 53.36), "b": (None, None, 40.0),
                                              "c": (None, None, 50.0)}, (45_000, 5_000, 10_000))
     a, b, c = rows

@@ -281,7 +281,7 @@ def _comparison_panel(ax: Axes, records_by_config: dict[str, list[dict]], key: s
     if not drawn:
         everything_diverged = all(diverged_epochs(recs) for recs in records_by_config.values())
         no_data(ax, "every configuration diverged" if records_by_config and everything_diverged
-                 else "no validation data")
+                else "no validation data")
 
 
 def diverged_epochs(records: list[dict]) -> list[int]:

@@ -91,7 +91,7 @@ SINGLE = options.table(
 )
 # Every core option: one table (names are unique across the levels), its flags filed under this module.
 CORE = options.table(*(dataclasses.replace(o, module=__name__) for table in (SINGLE, options.RUN, models.OPTIONS,
-                                                                               step.OPTIONS) for o in table.values()))
+                                                                             step.OPTIONS) for o in table.values()))
 
 
 def define_flags(flag_values: flags.FlagValues, own: dict[str, options.Option] | None = None) -> None:
@@ -376,7 +376,7 @@ def group_spec(cfg: Config, num_classes: int) -> step.GroupSpec:
     fields.update({k: step.OPTIONS[k].default for names in INSTRUMENT_FIELDS.values() for k in names})
     fields.update(instruments(cfg), clip_norm=cfg.clip_norm or None, grad_window=cfg.grad_window if cfg.grad_stats else 5)
     return step.GroupSpec(model=dataclasses.replace(cfg.model, num_classes=num_classes),
-                           noise=max(cfg.values("noise_std") + cfg.values("salt_pepper")) > 0, **fields)
+                          noise=max(cfg.values("noise_std") + cfg.values("salt_pepper")) > 0, **fields)
 
 
 def instruments(cfg: Config) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def data(cfg: Config) -> Prepared:
     mean, std = splits.norm_stats(ds.x_train, train_idx, cfg.normalization, cfg.zca_epsilon)
     on_device = step.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test, train_idx, val_idx, mean, std)
     progress.log(f"data: {ds.name} train {len(train_idx)} / val {len(val_idx)} / test {len(ds.y_test)}, "
-        f"images {ds.image_shape}, {ds.num_classes} classes, normalization {cfg.normalization}")
+                 f"images {ds.image_shape}, {ds.num_classes} classes, normalization {cfg.normalization}")
     return Prepared(ds, train_idx, val_idx, on_device)
 
 

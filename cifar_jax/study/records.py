@@ -57,15 +57,15 @@ class RecordWriter:
         n_div = int((~metrics.alive).sum())
         val = metrics.val or run_record.Metrics(np.nan, np.nan, np.nan)
         progress.log(f"{self.label} [{first}] epoch {epoch}/{self.runs[runs[0]].epochs}  "
-            f"train loss {_mean(metrics.train.loss):.3f} acc {summary.percent(_mean(metrics.train.acc), 1)}%  "
-            f"val loss {_mean(val.loss):.3f} acc {summary.percent(_mean(val.acc), 1)}%  "
-            f"{seconds:.1f} s/epoch  ETA {progress.duration(left)}" + (f"  ({n_div} diverged)" if n_div else ""))
+                     f"train loss {_mean(metrics.train.loss):.3f} acc {summary.percent(_mean(metrics.train.acc), 1)}%  "
+                     f"val loss {_mean(val.loss):.3f} acc {summary.percent(_mean(val.acc), 1)}%  "
+                     f"{seconds:.1f} s/epoch  ETA {progress.duration(left)}" + (f"  ({n_div} diverged)" if n_div else ""))
 
     def on_progress(self, runs: np.ndarray, epoch: int, done: int, seconds: float, *, steps: int) -> None:
         first = self.runs[runs[0]].run_id if len(runs) == 1 else f"{len(runs)} runs"
         images = done * self.runs[runs[0]].spec.batch_size * len(runs)
         progress.log(f"{self.label} [{first}] epoch {epoch}/{self.runs[runs[0]].epochs}: step {done}/{steps}, "
-            f"{images / seconds:,.0f} images/s, epoch ETA {progress.duration(seconds * (steps - done) / done)}")
+                     f"{images / seconds:,.0f} images/s, epoch ETA {progress.duration(seconds * (steps - done) / done)}")
 
     def on_end(self, runs: np.ndarray, final: run_record.Final) -> None:
         for j, i in enumerate(runs):

@@ -52,7 +52,7 @@ def write_preamble(study: studydir.StudyDir, cfg: Config, runs: list[Run], prepa
                                      "runs": [{"run_id": r.run_id, **r.config} for r in runs]})
     study.write_json("env.json", environment.environment())
     charts.class_distribution(prepared.labels_by_split, prepared.dataset.classes,
-                             study.figures_dir / "class_distribution.png")
+                              study.figures_dir / "class_distribution.png")
 
 
 def execute(study: studydir.StudyDir, runs: list[Run], prepared: prepare.Prepared, cfg: Config, *,
@@ -155,15 +155,15 @@ def _train_groups(study: studydir.StudyDir, runs: list[Run], groups: dict, prepa
         label = f"[{study.root.name} group {g + 1}/{len(groups)}]"
         shown = ", ".join(r.run_id for r in group_runs) if len(ids) <= 6 else f"{group_runs[0].run_id} … {group_runs[-1].run_id}"
         progress.log(f"{label} {len(ids)} runs, model {spec.model.name}, batch {spec.batch_size}, "
-            f"{epochs} epochs, layout {layout}: {shown}")
+                     f"{epochs} epochs, layout {layout}: {shown}")
         progress.log(models.format_layer_table(models.layer_table(spec.model, prepared.dataset.image_shape)))
         hp = step.stack_hparams([r.hp for r in group_runs])
         t0 = time.perf_counter()
         tensors = step.param_names(step.param_shapes(spec, prepared.dataset.image_shape))
         recorder = records.RecordWriter(study, group_runs, total, label, tally, tensors,
-                                Snapshots(study.root / "resume", cfg.snapshot_every),
-                                tensorboard.StudyWriter(study.root / tensorboard.FOLDER) if cfg.tensorboard else None,
-                                on_epoch)
+                                        Snapshots(study.root / "resume", cfg.snapshot_every),
+                                        tensorboard.StudyWriter(study.root / tensorboard.FOLDER) if cfg.tensorboard else None,
+                                        on_epoch)
         initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
         states = engine.train_group(spec, hp, prepared.data, epochs, recorder, layout=layout,
                                     memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial,
@@ -186,7 +186,7 @@ def _checked_record(study: studydir.StudyDir, run: Run) -> dict | None:
     key = None if rec is None else files.first_difference(rec["config"], files.plain(run.config))
     if key is not None:
         raise files.ResultsError(f"{study.root}: the record of {run.run_id!r} holds another configuration "
-                                   f"({key!r} differs); pass a new --name or --results_dir")
+                                 f"({key!r} differs); pass a new --name or --results_dir")
     return rec
 
 
@@ -218,7 +218,7 @@ def write_summary(st: studydir.StudyDir, records: list[dict], title: str, *, fig
     st.write_text(table_file, f"# {title}: test set (mean ± std over seeds)\n\n{table}\n{note}")
     if figures:
         charts.val_comparison(run_record.group_by_config(records), st.figures_dir / f"{figure_prefix}val_comparison.png",
-                             f"{title}: mean validation (smoothed)")
+                              f"{title}: mean validation (smoothed)")
         charts.test_table(stats, st.figures_dir / f"{figure_prefix}test_table.png", f"{title}: test set")
     progress.log(f"\n{title}: test set (mean ± std over seeds)\n{table}{note}")
     return stats

@@ -134,9 +134,9 @@ class _Program:
 # inputs get noise, and the layers (e.g. "conv1") whose parameters and BN statistics stay fixed.
 GroupSpec = dataclasses.make_dataclass(
     "GroupSpec", [("model", Any), *options.fields({k: o for k, o in OPTIONS.items() if o.in_spec},
-                                                 after={"augment": [("noise", bool, False)],
-                                                        "conv_impl": [("frozen", tuple, ())]},
-                                                 defaults={"clip_norm": None})],  # None: off (as records hold it)
+                                                  after={"augment": [("noise", bool, False)],
+                                                         "conv_impl": [("frozen", tuple, ())]},
+                                                  defaults={"clip_norm": None})],  # None: off (as records hold it)
     bases=(_Program,), frozen=True, namespace={"__module__": __name__})
 
 
@@ -296,7 +296,7 @@ def train_step(spec: GroupSpec, state: TrainState, data: Data, idx: jax.Array) -
         half = idx.shape[0] // 2
         split = lambda a: a[: 2 * half].reshape(2, half, *a.shape[1:])
         half_grad = lambda xs, ys: jax.grad(lambda p: objective(spec, p, state.batch_stats, hp, xs, ys, k_drop,
-                                                                 hp["dropout"])[0])(state.params)
+                                                                hp["dropout"])[0])(state.params)
         halves = [half_grad(xs, ys) for xs, ys in zip(split(x), split(y))]  # not vmapped: XLA:CPU would group the convs
         measured.append(dynamics.noise_halves(jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), *halves), grads))
     tx = _optimizer(spec, schedules.learning_rate(hp, state.step), hp, state.params)
