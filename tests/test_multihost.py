@@ -1,5 +1,6 @@
 """Many hosts: a study split over 2 localhost processes (jax.distributed) gives the results of
-one process; each process writes only its own runs, and the summary is written once."""
+one process (the reference, run in this one); each process writes only its own runs, and the
+summary is written once."""
 import json
 import os
 import socket
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from conftest import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--dataset=synthetic", "--split=512/256", "--model=mlp", "--hidden=16", "--init=he",
@@ -38,8 +41,7 @@ def _metrics(study: Path) -> dict:
 
 def _one_and_two(tmp_path: Path, module: str, *extra: str) -> tuple[dict, dict, list[tuple[str, str]]]:
     """The study's run metrics from 1 process and from 2, and the 2 processes' (stdout, stderr)."""
-    single = subprocess.run(_command(module, tmp_path / "one", *extra), env=_env(), cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+    single = run_experiment(module, *ARGS, f"--results_dir={tmp_path / 'one'}", *extra)
     assert single.returncode == 0, single.stderr
     port = _free_port()
     procs = [subprocess.Popen(_command(module, tmp_path / "two", *extra, "--num_processes=2", f"--process_id={i}",

@@ -17,16 +17,21 @@ _CHUNK = 256  # perturbed parameter vectors evaluated per vmapped call
 
 
 def numerical_gradient(loss: Callable[[Any], jax.Array], params: Any, h: float = 1e-6) -> Any:
-    """∂loss/∂θ of every parameter by centred differences (a pytree like `params`)."""
+    """∂loss/∂θ of every parameter by centred differences (a pytree like `params`), `_CHUNK`
+    coordinates per call of one compiled program (the last chunk padded, its extra rows dropped)."""
     flat, unravel = ravel_pytree(params)
-    f = jax.jit(jax.vmap(lambda v: loss(unravel(v))))
     n = flat.shape[0]
-    out = []
-    for start in range(0, n, _CHUNK):
-        idx = jnp.arange(start, min(start + _CHUNK, n))
-        step = jnp.zeros((len(idx), n), flat.dtype).at[jnp.arange(len(idx)), idx].set(h)
-        out.append((f(flat + step) - f(flat - step)) / (2 * h))
-    return unravel(jnp.concatenate(out))
+    size = min(_CHUNK, n)
+
+    @jax.jit
+    def chunk(start: jax.Array) -> jax.Array:
+        idx = jnp.minimum(start + jnp.arange(size), n - 1)
+        step = jnp.zeros((size, n), flat.dtype).at[jnp.arange(size), idx].set(h)
+        f = jax.vmap(lambda v: loss(unravel(v)))
+        return (f(flat + step) - f(flat - step)) / (2 * h)
+
+    out = [chunk(start)[:n - start] for start in range(0, n, size)]
+    return unravel(jnp.concatenate(out)[:n])
 
 
 def relative_error(a: np.ndarray, b: np.ndarray, eps: float = 1e-30) -> float:
