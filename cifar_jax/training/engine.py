@@ -27,6 +27,9 @@ from cifar_jax.training.step import Data, epoch_indices, evaluate, GroupSpec, in
 
 PROGRESS_SECONDS = 10.0  # a progress line inside an epoch at most this often (epochs longer than this)
 PROGRESS_POINTS = 10     # a scanned epoch reports its step count to the host this many times (0: never)
+# XLA options of the engine's programs per platform: on CPU, LLVM at -O1 compiles in about a third less
+# time and trains as fast as the default -O2 (benchmarks/README.md, "Compile options").
+COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 
 
 class _Progress:
@@ -121,14 +124,15 @@ def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axi
             state, x, y, idx, mean, std)
 
     by_run = NamedSharding(mesh, P("runs"))  # the state lives sharded by run, also where XLA would not infer it
-    return dict(init=jax.jit(batched(lambda hp: init_run(spec, hp, image_shape), 0), out_shardings=by_run),
-                epoch=jax.jit(epoch, donate_argnums=0, out_shardings=by_run),
-                step=jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=by_run),
-                indices=jax.jit(indices), evaluate=jax.jit(ev),
-                sharpness=jax.jit(batched(functools.partial(sharpness_of, spec), 0, None), donate_argnums=0,
-                                  out_shardings=by_run),
-                lr=jax.jit(batched(schedules.learning_rate, 0, 0)),
-                l2=jax.jit(batched(lambda params: optim.l2_penalty(params, spec.model.norm_l2), 0)))
+    jit = functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS.get(mesh.devices.flat[0].platform))
+    return dict(init=jit(batched(lambda hp: init_run(spec, hp, image_shape), 0), out_shardings=by_run),
+                epoch=jit(epoch, donate_argnums=0, out_shardings=by_run),
+                step=jit(step, donate_argnums=(0, 1, 2), out_shardings=by_run),
+                indices=jit(indices), evaluate=jit(ev),
+                sharpness=jit(batched(functools.partial(sharpness_of, spec), 0, None), donate_argnums=0,
+                              out_shardings=by_run),
+                lr=jit(batched(schedules.learning_rate, 0, 0)),
+                l2=jit(batched(lambda params: optim.l2_penalty(params, spec.model.norm_l2), 0)))
 
 
 def make_mesh(n_runs: int, batch_size: int, devices: list | None = None) -> Mesh:
