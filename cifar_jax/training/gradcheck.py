@@ -31,7 +31,7 @@ def numerical_gradient(loss: Callable[[Any], jax.Array], params: Any, h: float =
         return (f(flat + step) - f(flat - step)) / (2 * h)
 
     out = [chunk(start)[:n - start] for start in range(0, n, size)]
-    return unravel(jnp.concatenate(out)[:n])
+    return unravel(jnp.concatenate(out))
 
 
 def relative_error(a: np.ndarray, b: np.ndarray, eps: float = 1e-30) -> float:
