@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 
 from benchmarks import common
+from benchmarks import compile_options
 from benchmarks import engine as engine_bench
 from cifar_jax.nn import models
 from cifar_jax.training import engine, schedules
@@ -65,6 +66,21 @@ def test_engine_benchmark_measures_layouts_and_writes_a_record(images, tmp_path)
     assert {"jax", "jaxlib", "flax", "optax", "numpy", "torch"} <= set(record["versions"])
     assert {"platform", "device_kind", "cpu_model", "cores"} <= set(record["device"])
     assert "img/s total" in engine_bench.report(toy_mlp(), result)
+
+
+def test_compile_options_train_to_the_losses_of_xla_defaults(images):
+    """The engine's CPU compile options change compile and run time, not the numbers: the toy MLP
+    group trains to the same losses both ways (each compiled afresh), and the options are back after."""
+    w = toy_mlp()
+    dev = common.device_data(images, common.training_split(images, w))
+    try:
+        default, ours = (compile_options.measure(w, dev, flag) for flag in (False, True))
+    finally:
+        engine.COMPILER_OPTIONS = compile_options.OURS
+    assert ours.label == "ours" and default.label == "XLA default" and positive_rates([default.record(), ours.record()])
+    assert ours.first_loss == pytest.approx(default.first_loss, rel=1e-5)
+    assert ours.final_loss == pytest.approx(default.final_loss, rel=1e-5)
+    assert compile_options.OURS["cpu"] == {"xla_backend_optimization_level": 1}
 
 
 def test_torch_reference_writes_its_record_and_exits_1_on_a_failed_check(monkeypatch, tmp_path):
