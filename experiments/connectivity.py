@@ -138,7 +138,7 @@ def train_part(st: studydir.StudyDir, cfg: config.Config, runs: list[config.Run]
     (runs, keyword arguments): the children of each spawn epoch continue from another epoch."""
     prepare.check_writable(st.root, "--results_dir/--name")
     with st.lock() if runner.is_lead() else contextlib.nullcontext():
-        runner.remove_leftovers(st.root)
+        runner.remove_study_leftovers(st.root)
         st.pending([(r.run_id, r.config) for r in runs])
         runner.write_preamble(st, cfg, runs, prepared)
         before()

@@ -31,7 +31,7 @@ def is_lead() -> bool:
     return jax.process_index() == 0
 
 
-def remove_leftovers(root: Path) -> None:
+def remove_study_leftovers(root: Path) -> None:
     """Remove the temp files and folders that interrupted writes left in a study (by its owner,
     the lead process, while it holds the study's lock)."""
     removed = files.remove_leftovers(root) if is_lead() else []
@@ -261,7 +261,7 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[prepare.Prepared], l
     st = studydir.StudyDir(st.root / part) if part else st
     prepare.check_writable(st.root, "--results_dir/--name")
     with st.lock() if is_lead() else contextlib.nullcontext():
-        remove_leftovers(st.root)
+        remove_study_leftovers(st.root)
         prepared = prepared or prepare.data(cfg)
         planned = runs(prepared)
         st.pending([(r.run_id, r.config) for r in planned])
