@@ -12,7 +12,7 @@ from cifar_jax.nn import models
 
 def _init(cfg, shape=(32, 32, 3)):
     net = models.build(cfg)
-    variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), train=False)
+    variables = jax.jit(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), train=False))()
     return net, variables
 
 

@@ -228,17 +228,22 @@ _SYNTH_GRID = 4  # patterns vary on a 4x4 grid, smoothly upsampled to the image 
 _SYNTH_OWN = 2.5  # scale of each image's own pattern, relative to the class pattern
 _SYNTH_CONTRAST = 14.0  # grey levels per unit of pattern
 _SYNTH_PIXEL_NOISE = 16.0  # grey levels of independent pixel noise
+_SYNTH_CHUNK = 256  # images generated at a time
 
 
 def _synthetic_split(rng: np.random.Generator, prototypes: np.ndarray, n: int,
                      image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """n balanced, shuffled images drawn around the class prototypes."""
+    """n balanced, shuffled images drawn around the class prototypes, `_SYNTH_CHUNK` at a time (the
+    same numbers as all at once, without float64 temporaries of the whole set)."""
     y = rng.permutation(np.arange(n) % len(prototypes)).astype(np.int32)
     coarse = prototypes[y] + _SYNTH_OWN * rng.normal(size=(n,) + prototypes.shape[1:])
-    smooth = np.einsum("hi,wj,nijc->nhwc", _upsampler(image_shape[0]), _upsampler(image_shape[1]),
-                       coarse, optimize=True)
-    pixels = 128.0 + _SYNTH_CONTRAST * smooth + _SYNTH_PIXEL_NOISE * rng.normal(size=smooth.shape)
-    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8), y
+    rows, cols = _upsampler(image_shape[0]), _upsampler(image_shape[1])
+    x = np.empty((n, image_shape[0], image_shape[1], prototypes.shape[-1]), np.uint8)
+    for start in range(0, n, _SYNTH_CHUNK):
+        smooth = np.einsum("hi,wj,nijc->nhwc", rows, cols, coarse[start:start + _SYNTH_CHUNK], optimize=True)
+        pixels = 128.0 + _SYNTH_CONTRAST * smooth + _SYNTH_PIXEL_NOISE * rng.normal(size=smooth.shape)
+        x[start:start + _SYNTH_CHUNK] = np.clip(np.rint(pixels), 0, 255)
+    return x, y
 
 
 def _upsampler(size: int) -> np.ndarray:

@@ -36,7 +36,7 @@ def hvp(loss: Callable[[Any], jax.Array], params: Any) -> tuple[Callable[[jax.Ar
     return product, flat
 
 
-def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, iters: int
+def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, iters: int, unroll: bool = False
             ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(λ_max, λ_min, top Ritz vector) of a symmetric operator after `iters` Lanczos steps from
     `v0`. Every new vector is orthogonalised against all earlier ones (twice), so rounding does
@@ -44,7 +44,8 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, iters: int
     subspace: the next vector's norm vanishes) it continues from a fresh direction orthogonal to
     it, so T's eigenvalues stay eigenvalues of the operator; once the whole space is spanned, the
     iterations left add the start vector's Rayleigh quotient, a value inside the spectrum, which
-    leaves both ends as they are."""
+    leaves both ends as they are. `unroll` trades compile time (linear in `iters`) for speed
+    where XLA:CPU runs the loop body many times slower inside a loop: convolutions (jax #12868)."""
     n, dtype = v0.shape[0], v0.dtype
     tiny = jnp.finfo(dtype).eps ** 0.5
 
@@ -71,19 +72,18 @@ def lanczos(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, iters: int
 
     start = (jnp.zeros((iters, n), dtype), jnp.zeros(iters, dtype), jnp.zeros(iters, dtype),
              v0 / jnp.linalg.norm(v0), jnp.zeros((), dtype))
-    # unrolled: XLA:CPU runs convolutions inside a while loop many times slower (jax #12868)
-    V, alpha, beta, _, _ = jax.lax.fori_loop(0, iters, body, start, unroll=True)
+    V, alpha, beta, _, _ = jax.lax.fori_loop(0, iters, body, start, unroll=unroll)
     off = beta[:-1]
     values, vectors = jnp.linalg.eigh(jnp.diag(alpha) + jnp.diag(off, 1) + jnp.diag(off, -1))
     return values[-1], values[0], V.T @ vectors[:, -1]
 
 
-def sharpness(loss: Callable[[Any], jax.Array], params: Any, v0: jax.Array, iters: int
+def sharpness(loss: Callable[[Any], jax.Array], params: Any, v0: jax.Array, iters: int, unroll: bool = False
               ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(λ_max, λ_min, top Ritz vector) of the Hessian of `loss` at `params`, by `iters` Lanczos
     steps from the flat vector `v0` (e.g. the previous evaluation's Ritz vector)."""
     matvec, _ = hvp(loss, params)
-    return lanczos(matvec, v0, iters)
+    return lanczos(matvec, v0, iters, unroll)
 
 
 # ----------------------------------------------------------------------------- gradient noise scale

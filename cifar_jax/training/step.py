@@ -10,6 +10,7 @@ k-th step with --sharpness_unit=step). An instrument that is off adds nothing to
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -164,8 +165,10 @@ def _run_key(hp: dict[str, jax.Array], stream: int, seed: str = "seed") -> jax.A
     return jax.random.fold_in(jax.random.PRNGKey(own), stream)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
 def init_run(spec: GroupSpec, hp: dict[str, jax.Array], image_shape: tuple[int, ...]) -> TrainState:
-    """Initialise one run from its seed (init scale applied for normal(σ) init)."""
+    """Initialise one run from its seed (init scale applied for normal(σ) init). Compiled, so a
+    call outside a program is one program, not one per initialiser and per operation."""
     variables = spec.net.init(_run_key(hp, 0, "init_seed"), jnp.zeros((1, *image_shape)), train=False)
     params = variables["params"]
     if spec.model.init == "normal":
@@ -259,7 +262,9 @@ def sharpness_of(spec: GroupSpec, state: TrainState, data: Data) -> tuple[jax.Ar
     idx = sharpness_subset(spec, data.train_idx)
     x, y = preprocess.normalize(data.x[idx], data.mean, data.std), data.y[idx]
     loss = lambda p: objective(spec, p, state.batch_stats, state.hp, x, y, jax.random.PRNGKey(0), 0.0, spec.forward_net)[0]
-    top, bottom, ritz = dynamics.sharpness(loss, state.params, state.probes["lanczos"], spec.sharpness_iters)
+    # a conv net's Lanczos loop is unrolled: XLA:CPU runs convolutions inside a loop many times slower
+    unroll = models.MODELS[spec.model.name].convolutional
+    top, bottom, ritz = dynamics.sharpness(loss, state.params, state.probes["lanczos"], spec.sharpness_iters, unroll)
     return jnp.stack([top, bottom]), state._replace(probes={**state.probes, "lanczos": ritz})
 
 
