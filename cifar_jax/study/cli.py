@@ -127,7 +127,9 @@ def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any,
         if cfg.compile_cache and not jax.config.jax_compilation_cache_dir:  # else set already: by
             # $JAX_COMPILATION_CACHE_DIR or by an earlier study of this process (the cache is process-wide)
             jax.config.update("jax_compilation_cache_dir", str(Path(cfg.compile_cache).expanduser()))
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+            # every program: on 2 CPU cores most of a study's programs compile in under JAX's default 1 s
+            # (none of the lr_sweep smoke preset's was kept), and a study has few programs
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         address, count, index = cfg.distributed
         if count > 1:
             jax.distributed.initialize(address, count, index)

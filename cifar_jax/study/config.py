@@ -72,8 +72,8 @@ SINGLE = options.table(
       "the same numbers).", kind="choice", choices=step.LAYOUTS),
     O("memory_limit_gb", 0.0, "Per-device memory a group may use before it is split into chunks of runs (0: 90% of "
       "an accelerator's memory; no limit on CPU).", low=0.0),
-    O("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory, so a repeated study "
-      "does not recompile ('' disables).", kind="str"),
+    O("compile_cache", "~/.cache/cifar_jax/xla", "Persistent XLA compilation cache directory (every program kept), so a "
+      "repeated study does not recompile ('' disables).", kind="str"),
     O("snapshot_every", 0, "Save each group's training state every this many epochs, so an interrupted study resumes "
       "mid-run (0: whenever 5 s of training passed since the last).", kind="int", low=0),
     O("save_final", False, "Save every run's final variables as an orbax checkpoint with its provenance "
