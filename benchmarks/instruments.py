@@ -128,7 +128,7 @@ def sharpness_costs(images: common.Images, examples: Sequence[int], iters: int, 
     rows = []
     for m in examples:
         spec = dataclasses.replace(base, sharpness_every=1, sharpness_iters=iters, sharpness_examples=m)
-        state = jax.jit(lambda h: step.init_run(spec, h, (32, 32, 3)))(hp)
+        state = step.init_run(spec, hp, (32, 32, 3))
         sub = step.sharpness_subset(spec, data.train_idx)
         x, y = step.preprocess.normalize(data.x[sub], data.mean, data.std), data.y[sub]
         loss = lambda p, x, y, net=None: step.objective(spec, p, state.batch_stats, hp, x, y, jax.random.PRNGKey(0),

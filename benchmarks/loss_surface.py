@@ -51,8 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     mean, std = (np.asarray(v, np.float32) for v in (images.x[:n].mean((0, 1, 2)), images.x[:n].std((0, 1, 2))))
     dev = step.put_data(images.x[:n], images.y[:n], images.x[:0], images.y[:0], idx, idx[:0], mean, std)
     spec = step.GroupSpec(models.ModelConfig("baseline"), eval_batch_size=min(500, n), conv_impl=args.conv_impl)
-    state = jax.jit(lambda hp: step.init_run(spec, hp, tuple(images.x.shape[1:])))(
-        {k: v[0] for k, v in step.stack_hparams([{"seed": 0}]).items()})
+    state = step.init_run(spec, {k: v[0] for k, v in step.stack_hparams([{"seed": 0}]).items()},
+                          tuple(images.x.shape[1:]))
     d1, d2 = (surfaces.random_direction(k, state.params) for k in jax.random.split(jax.random.PRNGKey(0)))
     coords = np.linspace(-1.0, 1.0, POINTS)
     grid = surfaces.plane(state.params, d1, d2, coords, coords)

@@ -124,11 +124,6 @@ def as_baseline(run: config.Run, baseline: str, backbone: tuple[str, ...], pre: 
     return dataclasses.replace(run, spec=spec, inputs=inputs)
 
 
-@functools.lru_cache(maxsize=None)
-def _initialiser(spec: step.GroupSpec, image_shape: tuple[int, ...]):
-    return jax.jit(lambda hp: step.init_run(spec, hp, image_shape))
-
-
 def _layers(tree: dict, keep=lambda name: True) -> dict:
     """{layer: {name: array}} as plain dicts of numpy arrays (the layers `keep` selects)."""
     return {k: {n: np.asarray(a) for n, a in v.items()} for k, v in tree.items() if keep(k)}
@@ -138,7 +133,7 @@ def fresh_backbone(run: config.Run, image_shape: tuple[int, ...], head: str) -> 
     """The run's own fresh initialisation of every layer but the head: what the engine would
     draw from its seed (train.init_run), so scratch runs can share a group with transfer runs."""
     hp = {k: v[0] for k, v in step.stack_hparams([run.hp]).items()}
-    state = _initialiser(run.spec, tuple(image_shape))(hp)
+    state = step.init_run(run.spec, hp, tuple(image_shape))
     return {"params": _layers(state.params, lambda k: k != head), "batch_stats": _layers(state.batch_stats)}
 
 

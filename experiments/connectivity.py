@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import itertools
 from pathlib import Path
 from typing import Any, Callable
@@ -97,14 +96,9 @@ def child(parent: config.Run, k: int, c: int, order_seed: int) -> config.Run:
 
 # ----------------------------------------------------------------------------- spawn states
 
-@functools.lru_cache(maxsize=None)
-def _initialiser(spec: step.GroupSpec, shape: tuple[int, ...]):
-    return jax.jit(lambda hp: step.init_run(spec, hp, shape))
-
-
 def initial_state(run: config.Run, shape: tuple[int, ...]) -> dict:
     """The run's state at initialisation, as a spawn state (what `step.init_run` draws)."""
-    state = _initialiser(run.spec, shape)({k: v[0] for k, v in step.stack_hparams([run.hp]).items()})
+    state = step.init_run(run.spec, {k: v[0] for k, v in step.stack_hparams([run.hp]).items()}, shape)
     return {k: jax.device_get(getattr(state, k)) for k in SPAWNED}
 
 

@@ -20,7 +20,6 @@ figures/surface_1d.png and figures/surface_2d.png.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 from pathlib import Path
 from typing import Any
@@ -141,11 +140,6 @@ def restored(src: studydir.StudyDir, rec: dict, spec: step.GroupSpec, shape: tup
                               expected=expected)
 
 
-@functools.lru_cache(maxsize=None)
-def _initialiser(spec: step.GroupSpec, shape: tuple[int, ...]):
-    return jax.jit(lambda hp: step.init_run(spec, hp, shape))
-
-
 # ----------------------------------------------------------------------------- the surface
 
 def coordinates(points: int, span: float) -> np.ndarray:
@@ -259,7 +253,7 @@ def surface(cfg: config.Config, src: studydir.StudyDir) -> None:
         shape = tuple(prepared.dataset.image_shape)
         variables = restored(src, rec, spec, shape)
         other = restored(src, other_rec, spec, shape) if other_rec else None
-        init = _initialiser(spec, shape)(hparams_of(rec))
+        init = step.init_run(spec, hparams_of(rec), shape)
         n = min(own.surface_examples, len(prepared.train_idx))
         subset = np.sort(np.random.default_rng(own.direction_seed).choice(prepared.train_idx, n, replace=False))
         runner.write_preamble(st, data_cfg, [], prepared, {"source_study": str(src.root), "run": rec["run_id"],
