@@ -1,9 +1,10 @@
 """The cost of progress lines inside long epochs: seconds per step of the same workload with the
-progress machinery on and off, paired in alternating order (off-on, on-off, ...) in one process, for a host loop of
-steps (BaselineNet, seq_loop: the CPU's layout for conv nets) and a scanned epoch (the seeds/002
-MLP group, seq_scan; its compiled steps call the host every steps // PROGRESS_POINTS steps). The
-progress interval is cut from engine.PROGRESS_SECONDS (10 s) to --interval (1 s) so that an
-epoch of a few seconds pays for several lines: an upper bound on the default's cost.
+progress machinery on and off, paired in alternating order (off-on, on-off, ...) in one process,
+for a host loop of steps (BaselineNet, seq_loop: the CPU's layout for conv nets) and a scanned
+epoch (the seeds/002 MLP group, seq_scan; after an epoch of half the interval or more, its
+compiled steps call the host every steps // PROGRESS_POINTS steps). The progress interval is cut
+from engine.PROGRESS_SECONDS (10 s) to --interval (1 s) so that an epoch of a few seconds pays
+for several lines: an upper bound on the default's cost.
 
     python -m benchmarks.progress [--quick] [--interval=1] [--pairs=4]
 """

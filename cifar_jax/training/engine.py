@@ -35,9 +35,11 @@ COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 class _Progress:
     """Progress inside the epoch being trained: steps done, images/s and the epoch's ETA, at most
     every PROGRESS_SECONDS, to `on_progress(runs, epoch, steps done, steps, seconds)` of the
-    callbacks. On CPU (where epochs take long) a scanned epoch's compiled steps call `heard` (a
-    host callback) every steps // PROGRESS_POINTS steps; accelerator programs have no callback
-    (their epochs take seconds); a host loop of steps calls it itself, on any backend."""
+    callbacks. On CPU, after a scanned epoch that took PROGRESS_SECONDS / 2 or more, the next ones
+    run a program whose compiled steps call `heard` (a host callback) every steps // PROGRESS_POINTS
+    steps: only then, as a program with a host callback is never kept in the persistent compilation
+    cache. Accelerator programs have no callback (their epochs take seconds); a host loop of steps
+    calls it itself, on any backend."""
 
     def __init__(self) -> None:
         self.report = None
@@ -109,9 +111,8 @@ def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axi
         idx = batched(lambda hp: epoch_indices(hp, epoch, data.train_idx, spec.batch_size), 0)(state.hp)
         return split(idx)
 
-    def epoch(state, data, epoch):
+    def epoch(state, data, epoch, heard=None):
         steps = data.train_idx.shape[0] // spec.batch_size
-        heard = _PROGRESS.heard if PROGRESS_POINTS and mesh.devices.flat[0].platform == "cpu" else None
         one = functools.partial(train_epoch, spec, on_steps=heard, every=max(1, steps // max(1, PROGRESS_POINTS)))
         return batched(one, 0, None, 0)(state, data, indices(state, data, epoch))
 
@@ -127,6 +128,7 @@ def _programs(spec: GroupSpec, image_shape: tuple[int, ...], mesh: Mesh, run_axi
     jit = functools.partial(jax.jit, compiler_options=COMPILER_OPTIONS.get(mesh.devices.flat[0].platform))
     return dict(init=jit(batched(lambda hp: init_run(spec, hp, image_shape), 0), out_shardings=by_run),
                 epoch=jit(epoch, donate_argnums=0, out_shardings=by_run),
+                heard_epoch=jit(functools.partial(epoch, heard=_PROGRESS.heard), donate_argnums=0, out_shardings=by_run),
                 step=jit(step, donate_argnums=(0, 1, 2), out_shardings=by_run),
                 indices=jit(indices), evaluate=jit(ev),
                 sharpness=jit(batched(functools.partial(sharpness_of, spec), 0, None), donate_argnums=0,
@@ -322,6 +324,7 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     on_state = getattr(callbacks, "on_state", None)
     for epoch in range(done, epochs):
         state, metrics, seconds = _epoch(chunk, run, state, epoch, callbacks)
+        run = _heard(chunk, run, state, seconds, callbacks)
         if on_state:  # before the epoch's records: a saved state is never behind them
             on_state(runs, epoch + 1, lambda: chunk.first(state))
         callbacks.on_epoch(runs, epoch + 1, metrics, seconds)
@@ -385,6 +388,16 @@ def _compile(chunk: _Chunk, state: TrainState, padded: int, limit: int | None) -
     for program in compiled:
         _check_fits(program, padded // chunk.mesh.shape["runs"],
                     sum(x.nbytes for x in jax.tree_util.tree_leaves(data)), limit, chunk.mesh.shape["runs"])
+    return run
+
+
+def _heard(chunk: _Chunk, run: Callable, state: TrainState, seconds: float, callbacks: Callbacks) -> Callable:
+    """The program for the next epochs: after a scanned epoch on CPU long enough to want progress
+    lines inside it (PROGRESS_SECONDS / 2 of training), the one whose steps call the host (the same
+    numbers); else `run`."""
+    if (chunk.scan and PROGRESS_POINTS and seconds >= PROGRESS_SECONDS / 2 and hasattr(callbacks, "on_progress")
+            and chunk.mesh.devices.flat[0].platform == "cpu"):
+        return _aot(chunk.prog["heard_epoch"], state, chunk.data, jnp.int32(0))
     return run
 
 
