@@ -56,7 +56,7 @@ def layer_errors(model: models.ModelConfig, x: np.ndarray, y: np.ndarray, l2: fl
     net = models.build(model)
     with jax.enable_x64(True):
         x, y = jnp.asarray(x, jnp.float64), jnp.asarray(y)
-        variables = net.init(jax.random.PRNGKey(seed), x[:1], train=False)
+        variables = jax.jit(lambda key: net.init(key, x[:1], train=False))(jax.random.PRNGKey(seed))
         params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), variables["params"])
         stats = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), variables.get("batch_stats", {}))
 

@@ -30,8 +30,8 @@ def numerical_gradient(loss: Callable[[Any], jax.Array], params: Any, h: float =
         f = jax.vmap(lambda v: loss(unravel(v)))
         return (f(flat + step) - f(flat - step)) / (2 * h)
 
-    out = [chunk(start)[:n - start] for start in range(0, n, size)]
-    return unravel(jnp.concatenate(out))
+    out = np.concatenate([np.asarray(chunk(start)) for start in range(0, n, size)])[:n]
+    return jax.jit(unravel)(out)
 
 
 def relative_error(a: np.ndarray, b: np.ndarray, eps: float = 1e-30) -> float:
@@ -42,7 +42,7 @@ def relative_error(a: np.ndarray, b: np.ndarray, eps: float = 1e-30) -> float:
 
 def relative_errors(loss: Callable[[Any], jax.Array], params: Any, h: float = 1e-6) -> dict[str, float]:
     """{"layer/name": relative error of the autodiff gradient against centred differences}."""
-    auto = jax.grad(loss)(params)
+    auto = jax.jit(jax.grad(loss))(params)
     numeric = numerical_gradient(loss, params, h)
     names = ["/".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
     return {name: relative_error(a, n) for name, a, n in
