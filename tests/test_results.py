@@ -110,14 +110,24 @@ def test_pending_changed_config_names_the_key(tmp_path):
         study.pending([("a", {}), ("a", {})])
 
 
-def test_corrupt_or_invalid_record_is_a_clear_error(tmp_path):
+def test_an_invalid_record_is_not_written_and_a_damaged_one_is_set_aside_in_one_line(tmp_path, capsys):
     study = StudyDir(tmp_path)
     with pytest.raises(ResultsError, match="status"):
         study.write_record({**make_record(), "status": "weird"})
-    study.runs_dir.mkdir()
+    good = study.write_record(make_record(seed=1))
+    changed = study.write_record(make_record(seed=2))
+    text = changed.read_text()
+    assert '"acc": 0.6' in text
+    changed.write_text(text.replace('"acc": 0.6', '"acc": 0.7'))  # still parses: only its checksum tells
     (study.runs_dir / "broken.json").write_text("{")
-    with pytest.raises(ResultsError, match="broken.json"):
-        study.records()
+    (study.runs_dir / "other.json").write_text('{"run_id": 1}')  # JSON, but no run record
+    assert [r["seed"] for r in study.records()] == [1]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("set aside" in line for line in lines)
+    assert any(changed.name in line and "checksum differs" in line for line in lines)
+    assert sorted(p.name for p in study.runs_dir.iterdir()) == sorted(
+        [good.name, changed.name + ".damaged", "broken.json.damaged", "other.json.damaged"])
+    assert study.record("lr=0.1,seed=2") is None  # its run is trained again
 
 
 def test_summarize_statistics_and_counts():

@@ -1,10 +1,12 @@
 """Files that survive a crash: strict JSON, atomic writes (a reader sees the old file or the new,
-never a part), JSON values compared as they read back, the leftovers of interrupted writes, and
-whether an output folder can be written."""
+never a part), JSON objects sealed with a checksum (damage is found on read) and damaged files set
+aside, JSON values compared as they read back, the leftovers of interrupted writes, and whether an
+output folder can be written."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -20,6 +22,10 @@ import numpy as np
 
 class ResultsError(Exception):
     """A results directory or run record that cannot be used as asked (one-line message)."""
+
+
+class DamagedFile(ResultsError):
+    """A file whose contents are not what was written: it does not parse, or its checksum differs."""
 
 
 def _jsonable(obj: Any) -> Any:
@@ -115,6 +121,51 @@ def read_json(path: Path | str) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ResultsError(f"cannot read {path}: {err}") from None
+
+
+CHECKSUM = "checksum"  # the key of a sealed JSON object's checksum
+
+
+def _digest(obj: dict) -> str:
+    return "sha256:" + hashlib.sha256(to_json(obj, indent=None).encode()).hexdigest()
+
+
+def sealed(obj: dict) -> dict:
+    """The JSON object with its checksum (sha256 of its one-line strict JSON) under CHECKSUM, so
+    that a changed number is found on read (`read_sealed`), not only a file that stops parsing."""
+    body = {k: v for k, v in obj.items() if k != CHECKSUM}
+    return {**body, CHECKSUM: _digest(body)}
+
+
+def read_sealed(path: Path | str) -> dict:
+    """A JSON object written `sealed`, without its checksum; DamagedFile when it does not parse,
+    is not an object, or its checksum differs (one without a checksum, written before there were
+    any, is read as it is)."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise DamagedFile(f"{path}: unreadable ({err})") from None
+    except OSError as err:
+        raise ResultsError(f"cannot read {path}: {err}") from None
+    if not isinstance(obj, dict):
+        raise DamagedFile(f"{path}: not a JSON object")
+    want = obj.pop(CHECKSUM, None)
+    if want is not None and want != _digest(obj):
+        raise DamagedFile(f"{path}: checksum differs from its contents")
+    return obj
+
+
+def set_aside(path: Path | str) -> Path:
+    """Rename a damaged file to <name>.damaged (.damaged-2, ... when taken), kept beside the
+    good ones for a look but never read again; returns the new path."""
+    path = Path(path)
+    target, n = path.with_name(path.name + ".damaged"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{n}")
+    path.rename(target)
+    return target
 
 
 # ----------------------------------------------------------------------------- comparing JSON values

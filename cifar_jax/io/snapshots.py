@@ -8,7 +8,8 @@ have passed since the last one, before the records of that epoch are written. A 
 ids and configs) that their records have reached, with the epochs it had done; the
 data order, dropout masks and augmentation of the epochs after it derive from the seeds, the
 epoch and the step, so the rest of the run is the same as without the interruption. A snapshot
-is one .npz written atomically, removed once its runs have finished.
+is one .npz written atomically (a CRC-32 per array), removed once its runs have finished; a damaged
+one is set aside and the one before it used, or the runs start again.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import hashlib
 from pathlib import Path
 import time
 from typing import Any
+import zipfile
 
 import jax
 import numpy as np
@@ -67,23 +69,25 @@ class Snapshots:
 
     def load(self, key: str, template: Any, recorded: int) -> tuple[int, Any] | None:
         """(epochs done, state shaped like `template`) of the newest snapshot of these runs that
-        their records have reached (`recorded` epochs); None when there is none or it does not
-        fit the template (it is then ignored)."""
-        usable = [e for e in self._epochs(key) if e <= recorded]
-        if not usable:
-            return None
-        path = self._path(key, usable[-1])
+        their records have reached (`recorded` epochs). A damaged one (each array carries its zip
+        CRC-32, checked over the whole file before it is used) is set aside as <file>.damaged with
+        one line and the one before it tried; None when none is left (the runs start again) or the
+        snapshot does not fit the template (it is then ignored)."""
         wanted, treedef = jax.tree_util.tree_flatten(template)
-        try:
-            with np.load(path) as z:
-                leaves = [z[f"leaf{i}"] for i in range(len(wanted))]
-        except (OSError, KeyError, ValueError) as err:
-            print(f"{path}: unreadable snapshot ignored ({err})", flush=True)
-            return None
-        if any(x.shape != w.shape or x.dtype != w.dtype for x, w in zip(leaves, wanted)):
-            print(f"{path}: snapshot of another program ignored", flush=True)
-            return None
-        return usable[-1], jax.tree_util.tree_unflatten(treedef, leaves)
+        usable = [e for e in self._epochs(key) if e <= recorded]
+        for n, epoch in enumerate(reversed(usable)):
+            path = self._path(key, epoch)
+            try:
+                leaves = _read_leaves(path, len(wanted))
+            except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+                then = "trying the one before" if n + 1 < len(usable) else "these runs start again from epoch 0"
+                print(f"{path}: damaged snapshot ({err}); set aside as {files.set_aside(path).name}, {then}", flush=True)
+                continue
+            if any(x.shape != w.shape or x.dtype != w.dtype for x, w in zip(leaves, wanted)):
+                print(f"{path}: snapshot of another program ignored", flush=True)
+                return None
+            return epoch, jax.tree_util.tree_unflatten(treedef, leaves)
+        return None
 
     def remove(self, key: str) -> None:
         """Forget the snapshots of finished runs (and the folder once empty)."""
@@ -91,3 +95,14 @@ class Snapshots:
             self._path(key, epoch).unlink(missing_ok=True)
         if self.directory.is_dir() and not any(self.directory.iterdir()):
             self.directory.rmdir()
+
+
+def _read_leaves(path: Path, n: int) -> list[np.ndarray]:
+    """The first n arrays of a snapshot, after checking every array's CRC-32 (zipfile.BadZipFile
+    names the first one that differs)."""
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"bad CRC-32 for {bad}")
+    with np.load(path) as z:
+        return [z[f"leaf{i}"] for i in range(n)]

@@ -1,6 +1,7 @@
 """The study directory: run records stored one file per run, its lock against a second writer,
 the bookkeeping of resumes, and the helpers that name and compare the configs runs are stored under.
-Every file is written atomically (`io.files`); a record's contents are `run_record`'s."""
+Every file is written atomically (`io.files`); a record is sealed with a checksum, and one found
+damaged on read is set aside and its run trained again. A record's contents are `run_record`'s."""
 
 from __future__ import annotations
 
@@ -46,12 +47,10 @@ class StudyDir:
         return self.runs_dir / f"{run_file_stem(run_id)}.json"
 
     def record(self, run_id: str) -> dict | None:
-        """The stored record of run_id, or None when it was never written."""
+        """The stored record of run_id, or None when it was never written or is damaged (`_read`)."""
         path = self._record_path(run_id)
-        if not path.is_file():
-            return None
-        rec = run_record.check(files.read_json(path), str(path))
-        if rec["run_id"] != run_id:
+        rec = self._read(path) if path.is_file() else None
+        if rec is not None and rec["run_id"] != run_id:
             raise ResultsError(f"{path}: holds run {rec['run_id']!r}, expected {run_id!r}")
         return rec
 
@@ -60,9 +59,27 @@ class StudyDir:
         if not self.runs_dir.is_dir():
             return []
         paths = sorted(p for p in self.runs_dir.glob("*.json") if not p.name.startswith("."))
-        loaded = [run_record.check(files.read_json(p), str(p)) for p in paths]
+        loaded = [rec for rec in map(self._read, paths) if rec is not None]
         groups = run_record.group_by_config(loaded)
         return [rec for group in groups.values() for rec in sorted(group, key=lambda r: r["seed"])]
+
+    @staticmethod
+    def _read(path: Path) -> dict | None:
+        """A record file's run record; a damaged one (it does not parse, its checksum differs, or it
+        is not a run record) is set aside as <file>.damaged with one line, and is None: its run is
+        trained again."""
+        try:
+            rec = files.read_sealed(path)
+        except files.DamagedFile as err:
+            why = str(err)
+        else:
+            try:
+                return run_record.check(rec, str(path))
+            except ResultsError as err:
+                why = str(err)
+        with contextlib.suppress(FileNotFoundError):  # another process of the study set it aside first
+            print(f"{why}; set aside as {files.set_aside(path).name}: its run is trained again", flush=True)
+        return None
 
     def pending(self, run_ids_and_configs: list[tuple[str, dict]]) -> list[str]:
         """Run ids still to train; a finished run with a different config is an error, not a rerun."""
@@ -88,7 +105,7 @@ class StudyDir:
     def write_record(self, record: dict) -> Path:
         """Store a run record atomically (replacing an older one of the same run)."""
         run_record.check(record, "write_record")
-        return files.atomic_write_json(self._record_path(record["run_id"]), record)
+        return files.atomic_write_json(self._record_path(record["run_id"]), files.sealed(record))
 
     def _root_file(self, name: str) -> Path:
         """Path of a root-level file; names with directories are refused."""

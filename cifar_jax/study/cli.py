@@ -1,9 +1,11 @@
 """The command line of every experiment: flags and flagfiles into one checked `Config`, the
 experiment called with it, one-line errors for bad input, SIGTERM/SIGINT as a clean stop that
-keeps every finished epoch, and `--helpfull` trimmed to the project's flags."""
+keeps every finished epoch, a lost host of a multi-host study as one line, and `--helpfull`
+trimmed to the project's flags."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 import signal
 import sys
@@ -16,8 +18,11 @@ import jax
 from cifar_jax.config.options import Option
 from cifar_jax.data import datasets
 from cifar_jax.io import files
-from cifar_jax.study import config, prepare, progress
+from cifar_jax.study import config, hosts, prepare, progress
 from cifar_jax.study.config import Config, ConfigError
+
+HOST_LOST = 3  # exit status when another process of a multi-host study was lost (bad input: 2)
+HEARTBEAT_TIMEOUT_S = 7 * 24 * 3600  # JAX's: longer than any wait (runner._wait_for_runs); `hosts` watches
 
 
 def show_project_flags(fl: flags.FlagValues = flags.FLAGS, main_module: str | None = None) -> None:
@@ -118,8 +123,9 @@ def checked_config(argv: list[str], fl: Any, own: dict[str, Option] | None = Non
 def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any,
                 own: dict[str, Option] | None = None) -> None:
     """Validate the flags (`checked_config`), set up JAX and run `experiment(cfg)`. Bad input or
-    a full disk → one line, exit 2; Ctrl-C or SIGTERM → one line saying what is kept and how to
-    resume, exit 130 or 143, instead of a traceback."""
+    a full disk → one line, exit 2; another process of a multi-host study lost → one line, exit 3
+    (HOST_LOST); Ctrl-C or SIGTERM → one line saying what is kept and how to resume, exit 130 or
+    143, instead of a traceback."""
     logging.set_verbosity(logging.WARNING)  # keep backend-probing chatter out of the progress output
     cfg = None
     try:
@@ -131,8 +137,9 @@ def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any,
             # (none of the lr_sweep smoke preset's was kept), and a study has few programs
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         address, count, index = cfg.distributed
-        if count > 1:
-            jax.distributed.initialize(address, count, index)
+        if count > 1:  # JAX's own heartbeats would abort a survivor with a native dump: ours stop it first
+            jax.distributed.initialize(address, count, index, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+            hosts.start(cfg.results_dir, address, count, index, cfg.host_timeout)
             progress.log(f"process {index} of {count} (coordinator {address}), local devices {jax.local_devices()}")
         experiment(cfg)
     except (ConfigError, datasets.DataError, files.ResultsError) as err:
@@ -141,6 +148,12 @@ def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any,
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise
         _fail(f"{err.filename or 'writing'}: {err.strerror}; fix that and run the same command again to resume")
+    except hosts.HostLost as lost:
+        print(f"error: process {lost.index} of {lost.count} stopped: no sign of it for {lost.silent_s:.0f} s "
+              f"(--host_timeout); every finished epoch is saved under {cfg.results_dir}; to resume, run the same "
+              "command on the hosts that remain (on one: --num_processes=1)", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(HOST_LOST)  # not sys.exit: JAX's shutdown at exit would wait for the lost process, then abort
     except KeyboardInterrupt as err:
         _interrupted(isinstance(err, Terminated), cfg)
     except jax.errors.JaxRuntimeError:

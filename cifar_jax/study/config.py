@@ -88,6 +88,9 @@ SINGLE = options.table(
       kind="int", low=1),
     O("process_id", None, "Multi-host: this process's index (default $CIFAR_JAX_PROCESS_ID, else 0).", kind="int",
       low=0),
+    O("host_timeout", 120.0, "Multi-host: a process that sees no sign of another (its heartbeat file under "
+      "--results_dir/.hosts) for this many seconds while waiting for its runs stops with one line naming it (exit 3).",
+      low=1.0),
 )
 # Every core option: one table (names are unique across the levels), its flags filed under this module.
 CORE = options.table(*(dataclasses.replace(o, module=__name__) for table in (SINGLE, options.RUN, models.OPTIONS,
@@ -148,6 +151,7 @@ class Config:
     noise_scale: bool
     noise_window: int
     distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
+    host_timeout: float
     per_run: tuple[tuple[str, tuple[float, ...]], ...]  # every options.RUN name → its values
     # every combination of the group-level options (`PER_GROUP`: the model, the learning rates of
     # its optimiser and every group option of train.OPTIONS) as (name, value) pairs

@@ -21,7 +21,7 @@ from cifar_jax.io.snapshots import Snapshots
 from cifar_jax.nn import models
 from cifar_jax.plots import charts
 from cifar_jax.results import run_record, studydir, summary, tensorboard
-from cifar_jax.study import prepare, progress, records
+from cifar_jax.study import hosts, prepare, progress, records
 from cifar_jax.study.config import Config, Run
 from cifar_jax.training import engine, step
 
@@ -126,13 +126,15 @@ def _saving_final(st: studydir.StudyDir, planned: list[Run], on_state: Callable 
 
 
 def _wait_for_runs(study: studydir.StudyDir, wanted: list[tuple[str, dict]], timeout_s: float = 7 * 24 * 3600) -> None:
-    """Block until every run has a finished record (written by the other processes)."""
+    """Block until every run has a finished record (written by the other processes); HostLost
+    when one of them stops giving signs of life (`hosts`)."""
     t0, left = time.monotonic(), study.pending(wanted)
     if left:
         progress.log(f"waiting for {len(left)} runs of the other processes")
     while left:
         if time.monotonic() - t0 > timeout_s:
             raise files.ResultsError(f"gave up waiting for {len(left)} runs, e.g. {left[0]!r}")
+        hosts.check()
         time.sleep(2.0)
         left = study.pending(wanted)
 
