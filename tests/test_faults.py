@@ -1,6 +1,6 @@
-"""Faults a long study meets: a damaged record, snapshot or lock (bytes changed in the middle,
-truncated, emptied) at several moments, a full disk and a lost host: each one line, no
-traceback, and a rerun that ends with the records of an uninterrupted study (timings aside)."""
+"""Faults a long study meets: a damaged record, snapshot, summary, lock or flag file (bytes changed
+in the middle, truncated, emptied) at several moments, a full disk and a lost host: each one line,
+no traceback, and a rerun that ends with the records of an uninterrupted study (timings aside)."""
 import errno
 import json
 import os
@@ -124,6 +124,18 @@ def test_a_damaged_file_is_one_line_and_the_rerun_recovers(tmp_path, reference, 
 
 
 @pytest.mark.parametrize("how", ["middle", "truncated", "emptied"])
+def test_a_damaged_summary_is_written_again_from_the_records(tmp_path, reference, how):
+    """Summaries, tables and figures are never read back: the rerun writes them again."""
+    root = tmp_path / "study"
+    shutil.copytree(reference, root)
+    _damage(root / "s" / "summary.json", how)
+    out = _study(root)
+    assert out.returncode == 0 and "Traceback" not in out.stdout + out.stderr, out.stderr[-2000:]
+    assert not _trained(out.stdout) and _records(root) == _records(reference)
+    assert json.loads((root / "s" / "summary.json").read_text()) == json.loads((reference / "s" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("how", ["middle", "truncated", "emptied"])
 def test_a_damaged_lock_of_no_live_process_is_taken_over_in_one_line(tmp_path, reference, how):
     root = tmp_path / "study"
     shutil.copytree(reference, root)
@@ -135,6 +147,23 @@ def test_a_damaged_lock_of_no_live_process_is_taken_over_in_one_line(tmp_path, r
     assert out.returncode == 0 and "Traceback" not in out.stdout + out.stderr, out.stderr[-2000:]
     assert sum("taking over the lock" in line for line in out.stdout.splitlines()) == 1
     assert not lock.exists() and _records(root) == _records(reference)
+
+
+@pytest.mark.parametrize("how", ["middle", "truncated", "emptied"])
+def test_a_damaged_flag_file_is_one_line_and_changes_nothing(tmp_path, reference, how):
+    """The study's protocol.flags given back as --flagfile, damaged (a byte in the middle made
+    0xff: not text): one line, exit 2, and the study's records untouched."""
+    root = tmp_path / "study"
+    shutil.copytree(reference, root)
+    flags = tmp_path / "protocol.flags"
+    data = (root / "s" / "protocol.flags").read_bytes()
+    half = len(data) // 2
+    flags.write_bytes({"middle": data[:half] + b"\xff" + data[half + 1:], "truncated": data[:half], "emptied": b""}[how])
+    out = run_experiment("lr_sweep", f"--flagfile={flags}", f"--results_dir={root}", "--name=s",
+                         f"--data_dir={tmp_path / 'no_data'}", "--nodownload")
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert _records(root) == _records(reference)
 
 
 def test_a_full_disk_stops_in_one_line_and_the_rerun_trains_no_epoch_again(tmp_path, reference, monkeypatch):

@@ -105,6 +105,23 @@ def parse_flags(argv: list[str], fl: flags.FlagValues = flags.FLAGS) -> list[str
         return fl(argv)
     except flags.Error as err:
         _fail(str(err))
+    except UnicodeDecodeError as err:  # absl reads flag files as UTF-8 text: a damaged one
+        _fail(f"--flagfile={_undecodable_flagfile(argv)}: not text ({err.reason} at byte {err.start}): "
+              "a damaged flag file; the study's flags.txt lists the flags it ran with")
+
+
+def _undecodable_flagfile(argv: list[str]) -> str:
+    """The first --flagfile of `argv` that is not UTF-8 text (`?` when none is: a nested one)."""
+    for arg in argv:
+        if arg.startswith(("--flagfile=", "-flagfile=")):
+            path = arg.split("=", 1)[1]
+            try:
+                Path(path).expanduser().read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                return path
+            except OSError:
+                continue
+    return "?"
 
 
 def checked_config(argv: list[str], fl: Any, own: dict[str, Option] | None = None) -> Config:
