@@ -211,15 +211,17 @@ def _processes(root: Path, count: int, *extra: str) -> list[subprocess.Popen]:
 
 
 @pytest.mark.slow
-def test_a_lost_host_ends_the_survivor_in_one_line_and_a_rerun_recovers(tmp_path):
-    """Two localhost processes; the second killed with SIGKILL mid-epoch. The first trains its
-    own runs, then exits (status 3) within --host_timeout of waiting, with one line naming the
-    lost process and no native dump; resumed on one process, or again on two, the study ends
-    with the records of an uninterrupted one."""
+@pytest.mark.parametrize("lost,resumed_on", [(1, 1), (0, 2)])
+def test_a_lost_host_ends_the_survivor_in_one_line_and_a_rerun_recovers(tmp_path, lost, resumed_on):
+    """Two localhost processes; one (the coordinator, process 0, or the other) killed with SIGKILL
+    mid-epoch. The survivor trains its own runs, then exits (status 3) within --host_timeout of
+    waiting, with one line naming the lost process and no native dump; resumed on one process, or
+    again on two, the study ends with the records of an uninterrupted one."""
     whole = run_experiment("lr_sweep", *MULTI, f"--results_dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr
     root = tmp_path / "lost"
-    survivor, victim = _processes(root, 2, "--host_timeout=5")
+    procs = _processes(root, 2, "--host_timeout=5")
+    victim, survivor = procs[lost], procs[1 - lost]
     for line in victim.stdout:
         if "epoch 2/" in line:
             break
@@ -229,15 +231,12 @@ def test_a_lost_host_ends_the_survivor_in_one_line_and_a_rerun_recovers(tmp_path
     out, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 3, err[-3000:]
     assert time.monotonic() - t0 < 60  # its own runs, then 5 s of silence (checked every 2 s)
-    assert err.strip().count("\n") == 0 and "process 1 of 2 stopped" in err and "--num_processes=1" in err, err
+    assert err.strip().count("\n") == 0 and f"process {lost} of 2 stopped" in err and "--num_processes=1" in err, err
     assert "Fatal Python error" not in err and "Aborted" not in err
-    shutil.copytree(root, tmp_path / "lost_again")
-    for where, count in ((root, 1), (tmp_path / "lost_again", 2)):
-        procs = _processes(where, count)
-        for p in procs:
-            _, perr = p.communicate(timeout=300)
-            assert p.returncode == 0, perr[-3000:]
-        _assert_close(_records(where), _records(tmp_path / "whole"))
+    for p in _processes(root, resumed_on):
+        _, perr = p.communicate(timeout=300)
+        assert p.returncode == 0, perr[-3000:]
+    _assert_close(_records(root), _records(tmp_path / "whole"))
 
 
 def _assert_close(a, b, path="records"):

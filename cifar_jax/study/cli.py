@@ -5,7 +5,6 @@ trimmed to the project's flags."""
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 import signal
 import sys
@@ -22,7 +21,6 @@ from cifar_jax.study import config, hosts, prepare, progress
 from cifar_jax.study.config import Config, ConfigError
 
 HOST_LOST = 3  # exit status when another process of a multi-host study was lost (bad input: 2)
-HEARTBEAT_TIMEOUT_S = 7 * 24 * 3600  # JAX's: longer than any wait (runner._wait_for_runs); `hosts` watches
 
 
 def show_project_flags(fl: flags.FlagValues = flags.FLAGS, main_module: str | None = None) -> None:
@@ -154,8 +152,12 @@ def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any,
             # (none of the lr_sweep smoke preset's was kept), and a study has few programs
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         address, count, index = cfg.distributed
-        if count > 1:  # JAX's own heartbeats would abort a survivor with a native dump: ours stop it first
-            jax.distributed.initialize(address, count, index, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+        if count > 1:
+            jax.distributed.initialize(address, count, index)  # every process there, each its index
+            jax.devices()  # the backend holds every process's devices and index from here on
+            # the processes coordinate through the study's files (runner, hosts), so JAX's client is
+            # shut down: it would abort a survivor with a native dump when another process is lost
+            jax.distributed.shutdown()
             hosts.start(cfg.results_dir, address, count, index, cfg.host_timeout)
             progress.log(f"process {index} of {count} (coordinator {address}), local devices {jax.local_devices()}")
         experiment(cfg)
@@ -169,8 +171,7 @@ def run_checked(argv: list[str], experiment: Callable[[Config], Any], fl: Any,
         print(f"error: process {lost.index} of {lost.count} stopped: no sign of it for {lost.silent_s:.0f} s "
               f"(--host_timeout); every finished epoch is saved under {cfg.results_dir}; to resume, run the same "
               "command on the hosts that remain (on one: --num_processes=1)", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(HOST_LOST)  # not sys.exit: JAX's shutdown at exit would wait for the lost process, then abort
+        sys.exit(HOST_LOST)
     except KeyboardInterrupt as err:
         _interrupted(isinstance(err, Terminated), cfg)
     except jax.errors.JaxRuntimeError:

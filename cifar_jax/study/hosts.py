@@ -1,7 +1,8 @@
 """The processes of a multi-host study keep each other in sight: each touches a heartbeat file in
 the shared --results_dir, and a process waiting for another's runs stops with `HostLost` once that
 one's file has not changed for --host_timeout seconds (measured on this host's clock, so clocks
-that differ between hosts do not matter), before JAX's coordination service would abort it."""
+that differ between hosts do not matter). JAX's coordination service is only used to start
+(cli.run_checked): it would abort a survivor with a native dump."""
 from __future__ import annotations
 
 import re
