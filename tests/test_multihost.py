@@ -57,6 +57,7 @@ def _one_and_two(tmp_path: Path, module: str, *extra: str) -> tuple[dict, dict, 
         np.testing.assert_allclose(np.asarray(two[k]), np.asarray(one[k]), rtol=1e-5, atol=1e-6)
     assert "results and figures" in outs[0][0] and "results and figures" not in outs[1][0]
     assert "process 0 writes the summary" in outs[1][0]
+    assert not (tmp_path / "two" / ".hosts").exists()  # each process's heartbeat file removed as it ends
     return one, two, outs
 
 

@@ -5,6 +5,8 @@ that differ between hosts do not matter). JAX's coordination service is only use
 (cli.run_checked): it would abort a survivor with a native dump."""
 from __future__ import annotations
 
+import atexit
+import contextlib
 import re
 import threading
 import time
@@ -29,19 +31,30 @@ class Heartbeats:
         self.count, self.index, self.timeout_s = count, index, timeout_s
         now = time.monotonic()
         self.seen = {i: (None, now) for i in range(count) if i != index}  # index → (mtime, when it changed)
-        threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self.thread.start()
+        atexit.register(self.stop)
 
     def path(self, index: int) -> Path:
         return self.folder / f"{self.prefix}-{index}"
 
     def _beat(self) -> None:
-        while True:
+        while not self.stopped.is_set():
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self.path(self.index).touch()
             except OSError:
                 pass  # a full or unreachable disk: the others will see this process as silent
-            time.sleep(self.timeout_s / 10)
+            self.stopped.wait(self.timeout_s / 10)
+
+    def stop(self) -> None:
+        """At exit: no more heartbeats, and this process's file (and the folder, once empty) removed."""
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        with contextlib.suppress(OSError):
+            self.path(self.index).unlink()
+            self.folder.rmdir()
 
     def check(self) -> None:
         """Raise HostLost for the first other process whose file has not changed (or never
