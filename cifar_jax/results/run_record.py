@@ -37,6 +37,10 @@ A record is one JSON object per run (`studydir.StudyDir` stores it atomically af
     grad_stats                          (--grad_stats) {tensors, columns, window, first, last}: per
                                         tensor mean |g|, std |g| and mean ‖g‖ over the first and
                                         the last `window` steps
+    checksum                            on disk only: "sha256:" and the SHA-256 of the record's
+                                        other keys as one line of strict JSON (`files.sealed`);
+                                        reading checks and drops it (a record that fails is set
+                                        aside by `studydir.StudyDir` and its run trained again)
 
 The file is strict JSON: a number that is not finite (a diverged run's NaN or ±inf loss) is stored
 as null, and the readers below give NaN for it (records of older versions may hold NaN tokens,
