@@ -13,14 +13,15 @@
 # share of every group's runs and process 0 writes the summary once all runs are done:
 #   machine 0: CIFAR_JAX_COORDINATOR=host0:12345 CIFAR_JAX_NUM_PROCESSES=2 CIFAR_JAX_PROCESS_ID=0 ./launch.sh lr_sweep ...
 #   machine 1: CIFAR_JAX_COORDINATOR=host0:12345 CIFAR_JAX_NUM_PROCESSES=2 CIFAR_JAX_PROCESS_ID=1 ./launch.sh lr_sweep ...
-# (or the flags --coordinator_address, --num_processes, --process_id).
+# (or the flags --coordinator_address, --num_processes, --process_id). A process that sees no sign of
+# another for --host_timeout seconds (default 120) stops with one line (exit 3): rerun on the hosts left.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 venv=${CIFAR_JAX_VENV:-.venv}
 python=${PYTHON:-python3}
 
 if [ $# -eq 0 ]; then
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   echo
   "$python" -m experiments
   exit 2
