@@ -115,14 +115,6 @@ def atomic_write_json(path: Path | str, obj: Any) -> Path:
     return atomic_write_text(path, to_json(obj))
 
 
-def read_json(path: Path | str) -> Any:
-    """Read a JSON file, turning a corrupt file into a one-line ResultsError."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ResultsError(f"cannot read {path}: {err}") from None
-
-
 CHECKSUM = "checksum"  # the key of a sealed JSON object's checksum
 
 
