@@ -94,9 +94,8 @@ def _damage(path: Path, how: str) -> None:
 
 def _target(root: Path, which: str) -> Path:
     recs = {p: json.loads(p.read_text()) for p in (root / "s" / "runs").glob("*.json")}
-    if which == "snapshot":
-        [snapshot] = (root / "s" / "resume").glob("*.npz")
-        return snapshot
+    if which == "snapshot":  # the newest (after epoch 2); the one after epoch 1 is kept beside it
+        return max((root / "s" / "resume").glob("*.npz"), key=lambda p: int(p.stem.rpartition("-")[2]))
     finished = which == "finished record"
     return sorted(p for p, r in recs.items() if (r["status"] in run_record.FINISHED) == finished)[0]
 
@@ -116,6 +115,8 @@ def test_a_damaged_file_is_one_line_and_the_rerun_recovers(tmp_path, reference, 
     assert len(lines) == 1 and "set aside" in lines[0], out.stdout[-3000:]
     assert path.with_name(path.name + ".damaged").is_file()  # kept beside, never read again
     assert _records(root) == _records(reference)
+    if which == "snapshot":  # resumed from the snapshot before the damaged one, not from the start
+        assert "trying the one before" in lines[0] and "resuming 1 run(s) after epoch 1" in out.stdout
     retrained = {run for run, _ in _trained(out.stdout)}
     damaged_run = json.loads((root / "s" / "runs" / path.name).read_text())["run_id"] if path.suffix == ".json" else None
     for name, rec in before.items():  # only what was lost is trained again

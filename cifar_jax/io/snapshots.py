@@ -61,10 +61,10 @@ class Snapshots:
         self._last = time.monotonic()
 
     def prune(self, key: str, recorded: int) -> None:
-        """Once the records hold `recorded` epochs, drop every snapshot older than the newest one
-        they have reached."""
+        """Once the records hold `recorded` epochs, drop every snapshot older than the two newest
+        they have reached (the one before the newest stands in if the newest is found damaged)."""
         usable = [e for e in self._epochs(key) if e <= recorded]
-        for epoch in usable[:-1]:
+        for epoch in usable[:-2]:
             self._path(key, epoch).unlink(missing_ok=True)
 
     def load(self, key: str, template: Any, recorded: int) -> tuple[int, Any] | None:
