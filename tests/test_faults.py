@@ -124,6 +124,17 @@ def test_a_damaged_file_is_one_line_and_the_rerun_recovers(tmp_path, reference, 
             assert rec["run_id"] not in retrained
 
 
+def test_snapshots_left_in_a_finished_study_are_removed(tmp_path, reference):
+    """A process killed between a run's last record and its snapshots' removal leaves them: the
+    next run of the finished study removes the folder (and trains nothing)."""
+    root = tmp_path / "study"
+    shutil.copytree(reference, root)
+    (root / "s" / "resume").mkdir()
+    (root / "s" / "resume" / "0123abcd-3.npz").write_bytes(b"left by a killed process")
+    out = _study(root)
+    assert out.returncode == 0 and not _trained(out.stdout) and not (root / "s" / "resume").exists()
+
+
 @pytest.mark.parametrize("how", ["middle", "truncated", "emptied"])
 def test_a_damaged_summary_is_written_again_from_the_records(tmp_path, reference, how):
     """Summaries, tables and figures are never read back: the rerun writes them again."""

@@ -183,7 +183,8 @@ def test_a_study_killed_at_random_moments_resumes_to_the_same_records(tmp_path):
     compiled = sum(float(line.split("compiled in ")[1].split(" s")[0]) for line in out.splitlines() if "compiled in " in line)
     length = time.perf_counter() - t0 - compiled  # the victims find every program in the cache
     want, want_summary = _metrics(tmp_path / "ref"), json.loads((tmp_path / "ref" / "s" / "summary.json").read_text())
-    moments = np.random.default_rng(0).uniform(0.1, 0.7, 10) * length
+    # a resumed victim reaches its summary and figures early: late phases come up at these moments too
+    moments = np.random.default_rng(0).uniform(0.05, 0.55, 10) * length
     roots, root, kills = [], None, 0
     for moment in moments:
         if root is None or (root / "s" / "summary.json").exists():  # a finished study: kill a fresh one

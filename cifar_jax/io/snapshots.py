@@ -13,6 +13,7 @@ one is set aside and the one before it used, or the runs start again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 import time
@@ -88,6 +89,15 @@ class Snapshots:
                 return None
             return epoch, jax.tree_util.tree_unflatten(treedef, leaves)
         return None
+
+    def clear(self) -> None:
+        """Remove every snapshot (and the folder, unless it keeps damaged ones set aside): for a
+        study whose runs have all finished, where one is left only by a process killed between a
+        run's last record and its snapshots' removal."""
+        for path in self.directory.glob("*.npz") if self.directory.is_dir() else []:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
 
     def remove(self, key: str) -> None:
         """Forget the snapshots of finished runs (and the folder once empty)."""
