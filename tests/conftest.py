@@ -104,3 +104,35 @@ def noise_data():
     tr, va = splits.make_split(400, 320, 80, seed=0)
     mean, std = splits.norm_stats(x, tr, "per_channel")
     return step.put_data(x, y, x[:100], y[:100], tr, va, mean, std)
+
+
+def study_records(study: pathlib.Path) -> dict:
+    """Every run record of a study directory by file stem, without its timings and checksum (the
+    only parts that differ between two runs of the same study)."""
+    import json
+
+    out = {}
+    for path in sorted((study / "runs").glob("*.json")):
+        rec = json.loads(path.read_text())
+        rec.pop("checksum", None)  # of the whole record, timings included
+        rec["epochs"] = [{k: v for k, v in e.items() if "seconds" not in k} for e in rec["epochs"]]
+        out[path.stem] = rec
+    return out
+
+
+def trained_epochs(out: str) -> list[tuple[str, int]]:
+    """(run, epoch) of every epoch a study's progress output says it trained."""
+    found = []
+    for line in out.splitlines():
+        if "] epoch " in line and line.count("[") >= 2:
+            found.append((line.split("[")[2].split("]")[0], int(line.split("] epoch ")[1].split("/")[0])))
+    return found
+
+
+def free_port() -> int:
+    """A TCP port free on this host now (a multi-host test's coordinator)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

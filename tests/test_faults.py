@@ -14,10 +14,9 @@ import time
 
 import pytest
 
-from cifar_jax.io import files
 from cifar_jax.results import run_record
 from cifar_jax.study import records
-from conftest import run_experiment
+from conftest import free_port, run_experiment, study_records, trained_epochs as _trained
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--dataset=synthetic", "--split=512/128", "--model=mlp", "--hidden=16", "--lr=0.1,0.05", "--seeds=2",
@@ -29,23 +28,7 @@ def _study(root: Path, *extra: str):
 
 
 def _records(root: Path) -> dict:
-    """Every run's record without its timings (the only part that differs between two runs)."""
-    out = {}
-    for path in sorted((root / "s" / "runs").glob("*.json")):
-        rec = json.loads(path.read_text())
-        rec.pop(files.CHECKSUM, None)
-        rec["epochs"] = [{k: v for k, v in e.items() if "seconds" not in k} for e in rec["epochs"]]
-        out[path.name] = rec
-    return out
-
-
-def _trained(out: str) -> list[tuple[str, int]]:
-    """(run, epoch) of every epoch a study's output says it trained."""
-    found = []
-    for line in out.splitlines():
-        if "] epoch " in line and line.count("[") >= 2:
-            found.append((line.split("[")[2].split("]")[0], int(line.split("] epoch ")[1].split("/")[0])))
-    return found
+    return study_records(root / "s")
 
 
 @pytest.fixture(scope="module")
@@ -211,10 +194,7 @@ MULTI = [a for a in ARGS if not a.startswith(("--epochs", "--split"))] + ["--spl
 
 
 def _processes(root: Path, count: int, *extra: str) -> list[subprocess.Popen]:
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
-    address = f"127.0.0.1:{port.getsockname()[1]}"
-    port.close()
+    address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     return [subprocess.Popen([sys.executable, "-u", "-m", "experiments.lr_sweep", *MULTI, f"--results_dir={root}",
                               f"--num_processes={count}", f"--process_id={i}", f"--coordinator_address={address}",

@@ -3,24 +3,17 @@ one process (the reference, run in this one); each process writes only its own r
 summary is written once."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from conftest import run_experiment
+from conftest import free_port, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--dataset=synthetic", "--split=512/256", "--model=mlp", "--hidden=16", "--init=he",
         "--lr=0.1,0.05", "--seeds=2", "--epochs=2", "--batch_size=64"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _command(module: str, results: Path, *extra: str) -> list[str]:
@@ -43,7 +36,7 @@ def _one_and_two(tmp_path: Path, module: str, *extra: str) -> tuple[dict, dict, 
     """The study's run metrics from 1 process and from 2, and the 2 processes' (stdout, stderr)."""
     single = run_experiment(module, *ARGS, f"--results_dir={tmp_path / 'one'}", *extra)
     assert single.returncode == 0, single.stderr
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen(_command(module, tmp_path / "two", *extra, "--num_processes=2", f"--process_id={i}",
                                        f"--coordinator_address=127.0.0.1:{port}"),
                               env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

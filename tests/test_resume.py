@@ -19,6 +19,7 @@ from cifar_jax.io.snapshots import Snapshots
 from cifar_jax.nn import models
 from cifar_jax.results import run_record, studydir
 from cifar_jax.training import engine, step
+from conftest import study_records, trained_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
@@ -139,14 +140,7 @@ def _start(root, *extra):
 
 
 def _metrics(root):
-    """Every run's record without its timings (the only part that differs between two runs)."""
-    out = {}
-    for path in sorted((root / "s" / "runs").glob("*.json")):
-        rec = json.loads(path.read_text())
-        rec.pop(files.CHECKSUM, None)  # of the whole record, timings included
-        rec["epochs"] = [{k: v for k, v in e.items() if "seconds" not in k} for e in rec["epochs"]]
-        out[path.stem] = rec
-    return out
+    return study_records(root / "s")
 
 
 def _leftovers(root):
@@ -159,14 +153,8 @@ def _recorded(root):
 
 
 def _trained_again(out, recorded):
-    """Lines of a rerun's output that train an epoch its run had already recorded."""
-    lines = []
-    for line in out.splitlines():
-        if "] epoch " in line and line.count("[") >= 2:
-            run, epoch = line.split("[")[2].split("]")[0], int(line.split("] epoch ")[1].split("/")[0])
-            if epoch <= recorded.get(run, 0):
-                lines.append(line)
-    return lines
+    """The (run, epoch) a rerun trained that its run had already recorded."""
+    return [(run, epoch) for run, epoch in trained_epochs(out) if epoch <= recorded.get(run, 0)]
 
 
 @pytest.mark.slow
