@@ -48,7 +48,7 @@ def test_a_finished_smoke_study_as_dataframes(study):
 
     # one row per run × recorded epoch (a run with none yet: one row, epoch null)
     assert len(epochs) == sum(max(1, len(r["epochs"])) for _, r in recs) == 2 + 2 + 2 + 2 + 1 + 1 + 2
-    assert list(epochs.columns[:7]) == [*frames.ID_COLUMNS, "epoch"]
+    assert list(epochs.columns[:8]) == [*frames.ID_COLUMNS, "epoch"]
     for col in ("lr", "train_loss", "train_acc", "train_top5", "val_loss", "val_acc", "val_top5", "l2_penalty",
                 "seconds", "config.lr", "config.epochs", "config.model.hidden", "config.model.name", "config.split"):
         assert col in epochs.columns, col
@@ -62,7 +62,7 @@ def test_a_finished_smoke_study_as_dataframes(study):
 
     # one row per run × split; test accuracy exactly the records', null for diverged and unfinished runs
     assert len(finals) == 2 * len(recs) and set(finals.split) == {"val", "test"}
-    assert list(finals.columns[:11]) == [*frames.ID_COLUMNS, *frames.FINAL_COLUMNS]
+    assert list(finals.columns[:12]) == [*frames.ID_COLUMNS, *frames.FINAL_COLUMNS]
     test = finals[finals.split == "test"].set_index(["part", "run_id"])
     for part, rec in recs:
         row = test.loc[(part, rec["run_id"])]

@@ -92,16 +92,16 @@ def test_snapshots_keep_the_newest_the_records_reached(tmp_path):
     template = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     snaps.save("k", 1, state)
     snaps.save("k", 2, {**state, "w": state["w"] + 1})
-    assert snaps.load("k", template, recorded=1)[0] == 1  # epoch 2's records were never written
-    epoch, got = snaps.load("k", template, recorded=2)
+    assert snaps.load(["k"], template, recorded=1)[0] == 1  # epoch 2's records were never written
+    epoch, got = snaps.load(["k"], template, recorded=2)
     assert epoch == 2 and np.array_equal(got["w"], state["w"] + 1) and got["step"].dtype == np.int32
     snaps.prune("k", 2)  # both kept: the one before the newest stands in for a damaged newest
-    assert snaps.load("k", template, recorded=1)[0] == 1
+    assert snaps.load(["k"], template, recorded=1)[0] == 1
     snaps.save("k", 3, state)
     snaps.prune("k", 3)
-    assert snaps.load("k", template, recorded=1) is None and snaps.load("k", template, recorded=3)[0] == 3
+    assert snaps.load(["k"], template, recorded=1) is None and snaps.load(["k"], template, recorded=3)[0] == 3
     other = {"w": np.zeros((2, 4)), "step": np.zeros(2, np.int32)}
-    assert snaps.load("k", jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other), 2) is None
+    assert snaps.load(["k"], jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), other), 2) is None
     snaps.remove("k")
     assert not (tmp_path / "resume").exists()
 

@@ -68,24 +68,29 @@ class Snapshots:
         for epoch in usable[:-2]:
             self._path(key, epoch).unlink(missing_ok=True)
 
-    def load(self, key: str, template: Any, recorded: int) -> tuple[int, Any] | None:
-        """(epochs done, state shaped like `template`) of the newest snapshot of these runs that
-        their records have reached (`recorded` epochs). A damaged one (each array carries its zip
-        CRC-32, checked over the whole file before it is used) is set aside as <file>.damaged with
-        one line and the one before it tried; None when none is left (the runs start again) or the
+    def load(self, keys: list[str], template: Any, recorded: int) -> tuple[int, Any] | None:
+        """(epochs done, state shaped like `template`) of the newest snapshot that their records
+        have reached (`recorded` epochs): of `keys[0]`'s runs, or with several keys (one run's
+        each, e.g. the runs a successive-halving rung kept of a larger group) of each at the same
+        epoch, stacked along the run axis. A damaged one (each array carries its zip CRC-32,
+        checked over the whole file before it is used) is set aside as <file>.damaged with one
+        line and the one before it tried; None when none is left (the runs start again) or the
         snapshot does not fit the template (it is then ignored)."""
         wanted, treedef = jax.tree_util.tree_flatten(template)
-        usable = [e for e in self._epochs(key) if e <= recorded]
+        usable = sorted(set.intersection(*(set(self._epochs(k)) for k in keys)))
+        usable = [e for e in usable if e <= recorded]
         for n, epoch in enumerate(reversed(usable)):
-            path = self._path(key, epoch)
+            paths = [self._path(k, epoch) for k in keys]
             try:
-                leaves = _read_leaves(path, len(wanted))
-            except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+                parts = [_read_leaves(path, len(wanted)) for path in paths]
+            except _Damaged as err:
                 then = "trying the one before" if n + 1 < len(usable) else "these runs start again from epoch 0"
-                print(f"{path}: damaged snapshot ({err}); set aside as {files.set_aside(path).name}, {then}", flush=True)
+                print(f"{err.path}: damaged snapshot ({err.cause}); set aside as {files.set_aside(err.path).name}, "
+                      f"{then}", flush=True)
                 continue
+            leaves = [np.concatenate(xs) for xs in zip(*parts)] if len(parts) > 1 else parts[0]
             if any(x.shape != w.shape or x.dtype != w.dtype for x, w in zip(leaves, wanted)):
-                print(f"{path}: snapshot of another program ignored", flush=True)
+                print(f"{paths[0]}: snapshot of another program ignored", flush=True)
                 return None
             return epoch, jax.tree_util.tree_unflatten(treedef, leaves)
         return None
@@ -107,12 +112,23 @@ class Snapshots:
             self.directory.rmdir()
 
 
+class _Damaged(Exception):
+    """A snapshot file that cannot be read back whole (`cause` says why)."""
+
+    def __init__(self, path: Path, cause: Exception):
+        super().__init__(path, cause)
+        self.path, self.cause = path, cause
+
+
 def _read_leaves(path: Path, n: int) -> list[np.ndarray]:
-    """The first n arrays of a snapshot, after checking every array's CRC-32 (zipfile.BadZipFile
-    names the first one that differs)."""
-    with zipfile.ZipFile(path) as archive:
-        bad = archive.testzip()
-    if bad is not None:
-        raise zipfile.BadZipFile(f"bad CRC-32 for {bad}")
-    with np.load(path) as z:
-        return [z[f"leaf{i}"] for i in range(n)]
+    """The first n arrays of a snapshot, after checking every array's CRC-32 (_Damaged when one
+    differs or the file is not a whole archive)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise zipfile.BadZipFile(f"bad CRC-32 for {bad}")
+        with np.load(path) as z:
+            return [z[f"leaf{i}"] for i in range(n)]
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise _Damaged(path, err) from None

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from cifar_jax.io.files import ResultsError
 from cifar_jax.results import run_record, studydir
 
-ID_COLUMNS = ("part", "run_id", "config_name", "seed", "status", "diverged_epoch")
+ID_COLUMNS = ("part", "run_id", "config_name", "seed", "status", "diverged_epoch", "pruned_epoch")
 FINAL_COLUMNS = ("split", "loss", "acc", "top5", "epochs_done")
 _NOT_PARTS = frozenset({"runs", "figures", "checkpoints", "resume", "tensorboard"})  # a study's own folders
 
@@ -71,7 +71,7 @@ def flat_config(config: dict, prefix: str = "config.") -> dict[str, Any]:
 
 def _identity(part: str, rec: dict) -> dict[str, Any]:
     return {"part": part, "run_id": rec["run_id"], "config_name": rec["config_name"], "seed": rec["seed"],
-            "status": rec["status"], "diverged_epoch": rec.get("diverged_epoch")}
+            "status": rec["status"], "diverged_epoch": rec.get("diverged_epoch"), "pruned_epoch": rec.get("pruned_epoch")}
 
 
 def _table(rows: list[tuple[dict, dict, dict]]) -> tuple[list[str], list[dict]]:
@@ -114,7 +114,7 @@ def _final_table(parts: dict[str, list[dict]]) -> tuple[list[str], list[dict]]:
 
 def epoch_rows(study: studydir.StudyDir | Path | str, *, recursive: bool = True) -> list[dict]:
     """One plain dict per run × recorded epoch (`study_parts`), every dict with the same keys:
-    part, run_id, config_name, seed, status, diverged_epoch; the epoch's entries as the record
+    part, run_id, config_name, seed, status, diverged_epoch, pruned_epoch; the epoch's entries as the record
     stores them (epoch, lr, train_loss, train_acc, train_top5, val_*, l2_penalty, loss_noise,
     seconds, run_seconds, and what the study measured: test_*, train_eval_*, grad_norm and
     loss_trace as tuples); then the run's config as config.* (`flat_config`). Null values
@@ -125,7 +125,7 @@ def epoch_rows(study: studydir.StudyDir | Path | str, *, recursive: bool = True)
 
 def final_rows(study: studydir.StudyDir | Path | str, *, recursive: bool = True) -> list[dict]:
     """One plain dict per run × split after training, every dict with the same keys: part, run_id,
-    config_name, seed, status, diverged_epoch, split ("val": the last epoch's; "test": the
+    config_name, seed, status, diverged_epoch, pruned_epoch, split ("val": the last epoch's; "test": the
     eval-mode pass after training; "train" too where a run has it, --eval_train), loss, acc,
     top5, epochs_done, config.*. None where a run has no finite value (diverged, unfinished)."""
     return _final_table(study_parts(study, recursive=recursive))[1]

@@ -8,8 +8,10 @@ A record is one JSON object per run (`studydir.StudyDir` stores it atomically af
                                         values; an option recorded only when changed, e.g.
                                         --activation, --clip_value, --warmup_steps, is absent
                                         at its default)
-    status                              "done", "diverged" or "incomplete"
+    status                              "done", "diverged", "pruned" (stopped at a rung of
+                                        --prune=halving: no test numbers) or "incomplete"
     diverged_epoch                      the first epoch whose loss was not finite, or null
+    pruned_epoch                        (pruned runs) the rung's epoch: the record's last
     untrained                           {split: {loss, acc, top5}} in eval mode before training
                                         (a run continued from another's state after epoch k, as
                                         a connectivity child: at that state; its epochs then
@@ -57,8 +59,8 @@ from cifar_jax.io import files
 
 METRICS = ("loss", "acc", "top5")
 SPLITS = ("train", "val", "test")
-STATUSES = ("done", "diverged", "incomplete")
-FINISHED = ("done", "diverged")
+STATUSES = ("done", "diverged", "pruned", "incomplete")
+FINISHED = ("done", "diverged", "pruned")
 GRAD_COLUMNS = ("mean_abs", "std_abs", "norm")
 NOISE_SCALE = ("b_simple_g2", "b_simple_trace", "b_simple")  # an epoch's |G|², tr Σ and B_simple
 
@@ -163,6 +165,13 @@ def finish(record: dict, f: Final, j: int, tensor_names: list[str]) -> None:
         record["grad_stats"] = {"tensors": tensor_names, "columns": list(GRAD_COLUMNS), "window": f.grad_window,
                                 "first": f.grad_first[j].tolist(), "last": f.grad_last[j].tolist()}
     record["status"] = "done" if f.alive[j] else "diverged"
+
+
+def prune(record: dict, epoch: int) -> dict:
+    """The record of a run stopped by successive halving after `epoch` (its rung): its epochs up to
+    there, status "pruned" and no final numbers (it was never evaluated at an end)."""
+    kept = truncate(record, epoch)
+    return {**kept, "status": "pruned", "pruned_epoch": epoch}
 
 
 def check(record: Any, where: str) -> dict:

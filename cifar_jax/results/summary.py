@@ -61,6 +61,8 @@ def _config_summary(group: list[dict]) -> dict:
         "n_diverged": sum(r["status"] == "diverged" for r in group),
         "diverged_epochs": sorted(r["diverged_epoch"] for r in group
                                   if r["status"] == "diverged" and isinstance(r.get("diverged_epoch"), int)),
+        "n_pruned": sum(r["status"] == "pruned" for r in group),
+        "pruned_epochs": sorted({r["pruned_epoch"] for r in group if r["status"] == "pruned" and "pruned_epoch" in r}),
         "n_incomplete": sum(r["status"] == "incomplete" for r in group),
         "metrics": metrics,
     }
@@ -121,12 +123,16 @@ def best_configs(summary: dict, metric: str) -> set[str]:
 
 
 def runs_cell(config_summary: dict) -> str:
-    """'done/total' plus diverged (with the epochs they diverged at) and incomplete counts when any."""
+    """'done/total' plus diverged (with the epochs they diverged at), pruned (with the rungs they
+    stopped at) and incomplete counts when any."""
     text = f"{config_summary['n_done']}/{config_summary['n_runs']}"
-    epochs = config_summary.get("diverged_epochs") or []
-    at = f" at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else ""
-    for key, word in (("n_diverged", f"diverged{at}"), ("n_incomplete", "incomplete")):
-        if config_summary[key]:
+
+    def at(epochs: list[int]) -> str:
+        return f" at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else ""
+    for key, word in (("n_diverged", f"diverged{at(config_summary.get('diverged_epochs') or [])}"),
+                      ("n_pruned", f"pruned{at(config_summary.get('pruned_epochs') or [])}"),
+                      ("n_incomplete", "incomplete")):
+        if config_summary.get(key):
             text += f", {config_summary[key]} {word}"
     return text
 

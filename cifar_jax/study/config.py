@@ -19,6 +19,7 @@ from cifar_jax.config import options
 from cifar_jax.config.registry import ConfigError
 from cifar_jax.data import splits
 from cifar_jax.nn import models
+from cifar_jax.study import halving
 from cifar_jax.training import schedules, step
 
 
@@ -88,6 +89,16 @@ SINGLE = options.table(
       kind="int", low=1),
     O("process_id", None, "Multi-host: this process's index (default $CIFAR_JAX_PROCESS_ID, else 0).", kind="int",
       low=0),
+    O("prune", "none", "Successive halving (halving): at each of --prune_rungs the configurations are ranked by the "
+      "mean over seeds of --prune_metric, the best --prune_keep fraction train on, the others stop with status "
+      "'pruned'; none: every run trains to its last epoch.", kind="choice", choices=("none", "halving")),
+    O("prune_rungs", (), "--prune=halving: the epochs after which configurations are ranked, each below --epochs "
+      "(empty: epochs·keep^k rounded, for k = 1, 2, ...; 9 epochs at keep 1/3: 1,3).", kind="int", many=True, low=1,
+      distinct=True),
+    O("prune_keep", 1 / 3, "--prune=halving: the fraction of configurations each rung keeps (rounded up, at least "
+      "one).", low=0.0, high=1.0, low_open=True, high_open=True),
+    O("prune_metric", "val_acc", "--prune=halving: what ranks the configurations at a rung (the epoch's validation "
+      "accuracy or loss, or its running training accuracy or loss).", kind="choice", choices=halving.METRICS),
     O("host_timeout", 120.0, "Multi-host: a process that sees no sign of another (its heartbeat file under "
       "--results_dir/.hosts) for this many seconds while waiting for its runs stops with one line naming it (exit 3).",
       low=1.0),
@@ -152,6 +163,10 @@ class Config:
     noise_window: int
     distributed: tuple[str | None, int, int]  # (coordinator address, process count, process index)
     host_timeout: float
+    prune: str
+    prune_rungs: tuple[int, ...]  # resolved: the given rungs, or the default ones (halving.default_rungs)
+    prune_keep: float
+    prune_metric: str
     per_run: tuple[tuple[str, tuple[float, ...]], ...]  # every options.RUN name → its values
     # every combination of the group-level options (`PER_GROUP`: the model, the learning rates of
     # its optimiser and every group option of train.OPTIONS) as (name, value) pairs
@@ -263,6 +278,7 @@ def from_flags(fl: Any, own: dict[str, options.Option] | None = None, own_name: 
         raise ConfigError("--noise_window=1: must be 0 (the halves of each batch) or >= 2 (steps)")
     if given["schedule"] == "cyclic" and given["lr_min"] >= min(min(v["lrs"]) for v in variants):
         raise ConfigError(f"--lr_min={given['lr_min']}: must be below every --lr (η_max) for the cyclic schedule")
+    given["prune_rungs"] = _rungs(given, variants)
     fields = {f.name for f in dataclasses.fields(Config)}
     return Config(
         **{k: v for k, v in given.items() if k in fields and k != "seeds"},
@@ -299,6 +315,25 @@ def build(own: dict[str, options.Option] | None = None, **values: Any) -> Config
         listed = bool(value) and isinstance(value[0], (list, tuple)) if o.kind == "widths" else isinstance(value, (list, tuple))
         return (o.sep if o.kind == "widths" else ",").join(map(o.text, value)) if listed else o.text(value)
     return parse(*(f"--{k}={text(k, v)}" for k, v in values.items()), own=own)
+
+
+def _rungs(given: dict[str, Any], variants: list[dict[str, Any]]) -> tuple[int, ...]:
+    """--prune_rungs checked against the groups' epochs (and a validation split for validation
+    metrics), or the default rungs of the shortest group; () without --prune."""
+    rungs, epochs = tuple(sorted(given["prune_rungs"])), min(v["epochs"] for v in variants)
+    if given["prune"] == "none":
+        if rungs:
+            raise ConfigError(f"--prune_rungs={','.join(map(str, rungs))}: give --prune=halving too")
+        return ()
+    if given["prune_metric"].startswith("val") and given["split"][1] == 0:
+        raise ConfigError(f"--prune_metric={given['prune_metric']}: --split has no validation images to rank by; "
+                          "give some, or --prune_metric=train_acc or train_loss")
+    if rungs and rungs[-1] >= epochs:
+        raise ConfigError(f"--prune_rungs={','.join(map(str, rungs))}: every rung must be below --epochs ({epochs})")
+    rungs = rungs or halving.default_rungs(epochs, given["prune_keep"])
+    if not rungs:
+        raise ConfigError(f"--prune=halving: {epochs} epoch(s) leave no rung below --epochs; give more epochs")
+    return rungs
 
 
 def _distributed(given: dict[str, Any]) -> tuple[str | None, int, int]:

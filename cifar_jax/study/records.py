@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 from cifar_jax.io.snapshots import Snapshots
@@ -19,16 +20,20 @@ def _mean(x: Any) -> float:
 
 
 class RecordWriter:
-    """Engine callbacks: builds each run's record, writes it every epoch, prints progress."""
+    """Engine callbacks: builds each run's record, writes it every epoch, prints progress. With
+    `pause` (a rung of successive halving, before the runs' last epoch) the state after that epoch
+    is kept as a snapshot of each run of its own, for whichever of them train on."""
 
     def __init__(self, study: studydir.StudyDir, runs: list[Run], total_epochs: int, label: str,
                  tally: dict, tensor_names: list[str], snapshots: Snapshots,
-                 events: tensorboard.StudyWriter | None = None, on_epoch: Callable | None = None):
+                 events: tensorboard.StudyWriter | None = None, on_epoch: Callable | None = None,
+                 pause: int | None = None):
         self.study, self.runs, self.label, self.tensor_names = study, runs, label, tensor_names
         self.snapshots, self.events = snapshots, events  # events: --tensorboard's files
         self.on_epoch_state = on_epoch  # a study's own look at the full state after every epoch (`execute`)
         self.records: dict[int, dict] = {}
         self.total, self.tally = total_epochs, tally  # epochs done and their seconds, shared across groups
+        self.pause = pause
 
     def on_compiled(self, seconds: float) -> None:
         if seconds > 0.5:
@@ -50,6 +55,10 @@ class RecordWriter:
             if self.events is not None:  # the record's own numbers, so TensorBoard shows exactly them
                 self.events.add_epoch(self.runs[i].run_id, self.records[i]["epochs"][-1], self.tensor_names)
         self.snapshots.prune(self._key(runs), epoch)
+        if epoch == self.pause and len(runs) > 1:  # each run has its own snapshot now
+            self.snapshots.remove(self._key(runs))
+            for key in self._run_keys(runs):
+                self.snapshots.prune(key, epoch)
         self.tally["done"] += 1
         self.tally["seconds"] += seconds
         left = (self.total - self.tally["done"]) * self.tally["seconds"] / self.tally["done"]
@@ -71,18 +80,28 @@ class RecordWriter:
         for j, i in enumerate(runs):
             run_record.finish(self.records[i], final, j, self.tensor_names)
             self.study.write_record(self.records[i])
-        self.snapshots.remove(self._key(runs))
+        for key in {self._key(runs), *self._run_keys(runs)}:
+            self.snapshots.remove(key)
         if self.events is not None:
             self.events.close([self.runs[i].run_id for i in runs])
 
     def _key(self, runs: np.ndarray) -> str:
         return self.snapshots.key([(self.runs[i].run_id, self.runs[i].config) for i in runs])
 
+    def _run_keys(self, runs: np.ndarray) -> list[str]:
+        return [self._key(np.array([i])) for i in runs]
+
     def resume(self, runs: np.ndarray, template: Any) -> tuple[int, Any] | None:
-        """The newest snapshot of these runs that every run's record has reached."""
+        """The newest snapshot that every run's record has reached: of these runs together, or
+        of each run on its own (kept at a rung), whichever is newer."""
         records = [self.study.record(self.runs[i].run_id) for i in runs]
         recorded = min(run_record.last_epoch(r) for r in records)
-        return self.snapshots.load(self._key(runs), template, recorded) if recorded else None
+        if not recorded:
+            return None
+        found = [self.snapshots.load([self._key(runs)], template, recorded)]
+        if len(runs) > 1:
+            found.append(self.snapshots.load(self._run_keys(runs), template, recorded))
+        return max((f for f in found if f is not None), key=lambda f: f[0], default=None)
 
     def on_resume(self, runs: np.ndarray, epochs_done: int) -> None:
         for i in runs:
@@ -91,7 +110,11 @@ class RecordWriter:
         progress.log(f"{self.label} resuming {len(runs)} run(s) after epoch {epochs_done} from their snapshot")
 
     def on_state(self, runs: np.ndarray, epoch: int, state: Callable[[], Any]) -> None:
-        if epoch < self.runs[runs[0]].epochs and self.snapshots.due(epoch):
+        if epoch == self.pause:
+            whole = state()
+            for j, key in enumerate(self._run_keys(runs)):
+                self.snapshots.save(key, epoch, jax.tree_util.tree_map(lambda x: x[j:j + 1], whole))
+        elif epoch < self.runs[runs[0]].epochs and self.snapshots.due(epoch):
             self.snapshots.save(self._key(runs), epoch, state())
         if self.on_epoch_state:
             self.on_epoch_state([self.runs[i] for i in runs], epoch, state)

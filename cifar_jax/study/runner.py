@@ -21,7 +21,7 @@ from cifar_jax.io.snapshots import Snapshots
 from cifar_jax.nn import models
 from cifar_jax.plots import charts
 from cifar_jax.results import run_record, studydir, summary, tensorboard
-from cifar_jax.study import hosts, prepare, progress, records
+from cifar_jax.study import halving, hosts, prepare, progress, records
 from cifar_jax.study.config import Config, Run
 from cifar_jax.training import engine, step
 
@@ -67,20 +67,57 @@ def execute(study: studydir.StudyDir, runs: list[Run], prepared: prepare.Prepare
     whole state that the runs continue from after `first_epoch` epochs (`engine.train_group`);
     `on_state(run, (params, batch_stats))` receives each run's final variables (e.g. to save a
     checkpoint); `on_epoch(runs, epoch, state)` is called after every epoch of a group, `state()`
-    giving those runs' full TrainState on the host (run axis first), e.g. to keep it at chosen epochs."""
+    giving those runs' full TrainState on the host (run axis first), e.g. to keep it at chosen epochs.
+    With --prune=halving every run trains up to a rung, then the configurations a rung keeps
+    (`halving`) go on to the next: the others' records end there, "pruned"."""
     wanted = [(r.run_id, r.config) for r in runs]
-    todo = set(study.pending(wanted))
+    todo = set(study.pending(wanted))  # at the start, so every process splits the same runs
     if len(todo) < len(runs):
         progress.log(f"{study.root}: {len(runs) - len(todo)} of {len(runs)} runs already finished, skipped")
-    groups: dict[Any, list[int]] = {}
-    for i, r in enumerate(runs):
-        if r.run_id in todo:
-            groups.setdefault((r.spec, r.epochs), []).append(i)
-    groups = {k: list(np.array_split(ids, jax.process_count())[jax.process_index()]) for k, ids in groups.items()}
-    groups = {k: ids for k, ids in groups.items() if ids}
-    _train_groups(study, runs, groups, prepared, cfg, initial_for, on_state, first_epoch, on_epoch)
-    if jax.process_count() > 1:  # every process sees every record before it goes on (e.g. to a next part)
-        _wait_for_runs(study, wanted)
+    contenders = list(runs)
+    for until in [*(r for r in cfg.prune_rungs if r > first_epoch), None]:
+        alive = {r.run_id for r in contenders}
+        groups: dict[Any, list[int]] = {}
+        for i, r in enumerate(runs):
+            if r.run_id in todo and r.run_id in alive:
+                groups.setdefault((r.spec, r.epochs), []).append(i)
+        mine = {k: [i for i in np.array_split(ids, jax.process_count())[jax.process_index()]
+                    if _behind(study, runs[i], until)] for k, ids in groups.items()}
+        _train_groups(study, runs, {k: ids for k, ids in mine.items() if ids}, prepared, cfg, initial_for, on_state,
+                      first_epoch, on_epoch, until)
+        if jax.process_count() > 1:  # every process sees every record before it goes on (to a rung, a next part)
+            _wait_for_runs(study, contenders, until)
+        if until is not None:
+            contenders = _rung(study, contenders, until, cfg)
+
+
+def _behind(study: studydir.StudyDir, run: Run, until: int | None) -> bool:
+    """Whether a run still has epochs to train before `until` (None: its end)."""
+    rec = study.record(run.run_id)
+    if rec is not None and rec["status"] in run_record.FINISHED:
+        return False
+    return until is None or run_record.last_epoch(rec) < until
+
+
+def _rung(study: studydir.StudyDir, contenders: list[Run], rung: int, cfg: Config) -> list[Run]:
+    """Rank the contenders' configurations after epoch `rung` (--prune_metric, mean over seeds) and
+    stop the ones not kept (--prune_keep): their records end there as "pruned" (written by the lead
+    process) and their snapshots go. Returns the runs of the configurations kept."""
+    records = {r.run_id: study.record(r.run_id) for r in contenders}
+    by_config: dict[str, list[dict]] = {}
+    for r in contenders:
+        by_config.setdefault(r.config_name, []).append(records[r.run_id])
+    kept = halving.decide(by_config, rung, cfg.prune_keep, cfg.prune_metric)
+    losers = [r for r in contenders if r.config_name not in kept]
+    if is_lead():
+        snapshots = Snapshots(study.root / "resume")
+        for r in losers:
+            if records[r.run_id]["status"] == "incomplete":
+                study.write_record(run_record.prune(records[r.run_id], rung))
+            snapshots.remove(snapshots.key([(r.run_id, r.config)]))
+    progress.log(f"{study.root.name}: rung at epoch {rung}: {len(kept)} of {len(by_config)} configurations go on "
+                 f"(by mean {cfg.prune_metric}): {', '.join(kept)}; {len(losers)} runs pruned")
+    return [r for r in contenders if r.config_name in kept]
 
 
 def train_again(st: studydir.StudyDir, run_id: str, why: str) -> None:
@@ -125,10 +162,11 @@ def _saving_final(st: studydir.StudyDir, planned: list[Run], on_state: Callable 
     return hook
 
 
-def _wait_for_runs(study: studydir.StudyDir, wanted: list[tuple[str, dict]], timeout_s: float = 7 * 24 * 3600) -> None:
-    """Block until every run has a finished record (written by the other processes); HostLost
-    when one of them stops giving signs of life (`hosts`)."""
-    t0, left = time.monotonic(), study.pending(wanted)
+def _wait_for_runs(study: studydir.StudyDir, runs: list[Run], until: int | None = None,
+                   timeout_s: float = 7 * 24 * 3600) -> None:
+    """Block until every run has a finished record (written by the other processes), or one that
+    reached epoch `until`; HostLost when one of them stops giving signs of life (`hosts`)."""
+    t0, left = time.monotonic(), [r.run_id for r in runs if _behind(study, r, until)]
     if left:
         progress.log(f"waiting for {len(left)} runs of the other processes")
     while left:
@@ -136,7 +174,7 @@ def _wait_for_runs(study: studydir.StudyDir, wanted: list[tuple[str, dict]], tim
             raise files.ResultsError(f"gave up waiting for {len(left)} runs, e.g. {left[0]!r}")
         hosts.check()
         time.sleep(2.0)
-        left = study.pending(wanted)
+        left = [r.run_id for r in runs if _behind(study, r, until)]
 
 
 def _stack_initial(trees: list[dict]) -> dict:
@@ -146,10 +184,11 @@ def _stack_initial(trees: list[dict]) -> dict:
 
 def _train_groups(study: studydir.StudyDir, runs: list[Run], groups: dict, prepared: prepare.Prepared, cfg: Config,
                   initial_for: Callable | None, on_state: Callable | None, first_epoch: int = 0,
-                  on_epoch: Callable | None = None) -> None:
-    """Train the given groups (run indices per (spec, epochs)) with progress output."""
-    total = sum((r.epochs - first_epoch) * _chunks(r.spec, len(ids), cfg.layout) for (_, _), ids in groups.items()
-                for r in [runs[ids[0]]])
+                  on_epoch: Callable | None = None, until: int | None = None) -> None:
+    """Train the given groups (run indices per (spec, epochs)) with progress output, to their end
+    or up to epoch `until` (a rung)."""
+    total = sum(((until or r.epochs) - first_epoch) * _chunks(r.spec, len(ids), cfg.layout)
+                for (_, _), ids in groups.items() for r in [runs[ids[0]]])
     tally = {"done": 0, "seconds": 0.0}
     for g, ((spec, epochs), ids) in enumerate(groups.items()):
         group_runs = [runs[i] for i in ids]
@@ -165,15 +204,16 @@ def _train_groups(study: studydir.StudyDir, runs: list[Run], groups: dict, prepa
         recorder = records.RecordWriter(study, group_runs, total, label, tally, tensors,
                                         Snapshots(study.root / "resume", cfg.snapshot_every),
                                         tensorboard.StudyWriter(study.root / tensorboard.FOLDER) if cfg.tensorboard else None,
-                                        on_epoch)
+                                        on_epoch, until)
         initial = _stack_initial([initial_for(r) for r in group_runs]) if initial_for else None
         states = engine.train_group(spec, hp, prepared.data, epochs, recorder, layout=layout,
                                     memory_limit=int(cfg.memory_limit_gb * 2**30) or None, initial=initial,
-                                    first_epoch=first_epoch)
-        if on_state:
+                                    first_epoch=first_epoch, until=until)
+        if on_state and until is None:
             for i, r in enumerate(group_runs):
                 on_state(r, jax.tree_util.tree_map(lambda x: x[i], (states.params, states.batch_stats)))
-        progress.log(f"{label} finished in {progress.duration(time.perf_counter() - t0)}")
+        progress.log(f"{label} {'finished' if until is None else f'at rung epoch {until}'} in "
+                     f"{progress.duration(time.perf_counter() - t0)}")
 
 
 def _chunks(spec: step.GroupSpec, n: int, layout: str) -> int:

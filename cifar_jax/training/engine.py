@@ -173,7 +173,7 @@ def _masked(metrics: Metrics | None, alive: np.ndarray) -> Metrics | None:
 
 def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: int,
                 callbacks: Callbacks, *, layout: str = "auto", memory_limit: int | None = None,
-                initial: dict | None = None, first_epoch: int = 0) -> TrainState:
+                initial: dict | None = None, first_epoch: int = 0, until: int | None = None) -> TrainState:
     """Train a group of runs for `epochs`, reporting through `callbacks`; returns the final
     state of every run (stacked along the run axis).
 
@@ -184,7 +184,10 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
     `initial` ({"params": {layer: [R, ...]}, "batch_stats": {...}}) replaces those layers of the
     fresh initialisation, e.g. restored pretrained layers to freeze; with "opt_state" and "step"
     too it is a whole state to continue from, after `first_epoch` epochs (e.g. children spawned
-    from a parent run's state at epoch k: the epochs and the schedule go on from there)."""
+    from a parent run's state at epoch k: the epochs and the schedule go on from there). With
+    `until` < `epochs` the runs stop after epoch `until` without their end (no `on_end`: a rung of
+    successive halving, after which the runs kept resume from their snapshots); the schedule stays
+    `epochs` long."""
     layout = auto_layout(spec.model) if layout == "auto" else layout
     if layout not in LAYOUTS:
         raise ValueError(f"--layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
@@ -198,7 +201,8 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
         try:
             start_from = jax.tree_util.tree_map(lambda x: x[runs], initial) if initial else None
             states.append(_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
-                                       callbacks, layout, devices, limit, start_from, first_epoch))
+                                       callbacks, layout, devices, limit, start_from, first_epoch,
+                                       epochs if until is None else until))
         except _TooBig as big:
             chunk = big.fits
             log = getattr(callbacks, "on_log", print)  # on_log is optional for callers of the engine
@@ -307,10 +311,10 @@ class _Chunk(NamedTuple):
 
 def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
                  epochs: int, callbacks: Callbacks, layout: str, devices: list, limit: int | None,
-                 initial: dict | None, first_epoch: int = 0) -> TrainState:
+                 initial: dict | None, first_epoch: int, until: int) -> TrainState:
     """One chunk of a group's runs, in phases: lay it out on a mesh, start its state (fresh, from
     `initial`, or resumed from a snapshot), compile (refusing a program that does not fit), train
-    epoch by epoch, and evaluate the end."""
+    epoch by epoch up to `until`, and evaluate the end when that is the last epoch."""
     chunk, hp = _lay_out(spec, hp, runs, data, layout, devices)
     state, done, resumed = _start(chunk, hp, initial, first_epoch, callbacks)
     t0 = time.perf_counter()
@@ -322,13 +326,14 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
         before = ("train", "val", "test") if spec.eval_train != "none" else ("val", "test")
         callbacks.on_start(runs, _eval_splits(chunk.prog, state, chunk.data, before, chunk.n))
     on_state = getattr(callbacks, "on_state", None)
-    for epoch in range(done, epochs):
+    for epoch in range(done, until):
         state, metrics, seconds = _epoch(chunk, run, state, epoch, callbacks)
         run = _heard(chunk, run, state, seconds, callbacks)
         if on_state:  # before the epoch's records: a saved state is never behind them
             on_state(runs, epoch + 1, lambda: chunk.first(state))
         callbacks.on_epoch(runs, epoch + 1, metrics, seconds)
-    callbacks.on_end(runs, _final(chunk, state, epochs))
+    if until == epochs:
+        callbacks.on_end(runs, _final(chunk, state, epochs))
     return jax.tree_util.tree_map(lambda x: jax.device_get(x)[:chunk.n], state)
 
 
