@@ -106,6 +106,8 @@ def test_pruned_runs_show_as_pruned_in_summary_table_and_frames(pruned):
     assert sorted(counts.values()) == [(0, 2, 0)] * 4 + [(2, 0, 0)] * 2
     table = (pruned / "test_table.md").read_text()
     assert table.count("0/2, 2 pruned at epoch 1") == 3 and table.count("0/2, 2 pruned at epoch 2") == 1
+    report = (pruned / "halving.md").read_text()
+    assert "run-epochs of the full grid's 48" in report and report.count("| pruned at epoch") == 4
     runs = {r["run_id"]: (r["status"], r["pruned_epoch"]) for r in frames.final_rows(pruned)}
     assert sorted(runs.values()) == [("done", None)] * 4 + [("pruned", 1)] * 6 + [("pruned", 2)] * 2
 

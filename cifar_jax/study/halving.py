@@ -57,3 +57,32 @@ def decide(records_by_config: dict[str, list[dict]], rung: int, keep: float, met
 def run_epochs(records: Sequence[dict]) -> int:
     """The epochs the records' runs trained (a pruned run's up to its rung): the compute spent."""
     return sum(len(r.get("epochs") or []) for r in records)
+
+
+def markdown(records: Sequence[dict], metric: str, title: str) -> str:
+    """What halving did in a study: each configuration's end (the rung it stopped at, or its final
+    mean `metric` and test accuracy), the one it chose (best final mean `metric` among those that
+    finished) and the compute: run-epochs and seconds of training against the full grid's."""
+    by_config: dict[str, list[dict]] = {}
+    for rec in records:
+        by_config.setdefault(rec["config_name"], []).append(rec)
+    finished = {name: recs for name, recs in by_config.items() if all(r["status"] == "done" for r in recs)}
+    final = {name: score(recs, recs[0]["epochs"][-1]["epoch"], metric) for name, recs in finished.items()}
+    test = {name: float(np.mean([(r.get("test") or {}).get("acc", np.nan) for r in recs])) for name, recs in finished.items()}
+    chosen = rank(final, metric)[0] if final else None
+    spent, full = run_epochs(records), sum(r["config"]["epochs"] for r in records)
+    seconds = sum(e.get("run_seconds", 0.0) for r in records for e in r["epochs"])
+    out = [f"# {title}: successive halving", ""]
+    if chosen:
+        out += [f"Chosen: **{chosen}** (mean final {metric} {final[chosen]:.4f}, test accuracy "
+                f"{100 * test[chosen]:.2f}%)", ""]
+    out += [f"Compute: {spent} run-epochs of the full grid's {full} ({spent / full:.0%}), {seconds:.1f} s of training", "",
+            f"| configuration | runs | stopped | final {metric} | test acc (%) |", "|:---|---:|:---|---:|---:|"]
+    for name, recs in by_config.items():
+        pruned = sorted({r.get("pruned_epoch") for r in recs if r["status"] == "pruned"})
+        stopped = f"pruned at epoch {', '.join(map(str, pruned))}" if pruned else recs[0]["status"]
+        cells = [f"{final[name]:.4f}", f"{100 * test[name]:.2f}"] if name in final else ["–", "–"]
+        if name == chosen:
+            name, cells = f"**{name}**", [f"**{c}**" for c in cells]
+        out.append(f"| {name} | {len(recs)} | {stopped} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"

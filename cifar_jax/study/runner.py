@@ -315,6 +315,9 @@ def run(cfg: Config, name: str, title: str, runs: Callable[[prepare.Prepared], l
         execute(st, planned, prepared, cfg, initial_for=initial_for, on_state=on_state)
         if is_lead() and not st.pending([(r.run_id, r.config) for r in planned]):
             Snapshots(st.root / "resume").clear()  # every run finished: a snapshot left is stale
-        if finish(st, planned, title, figures=figures) is not None and analysis:
-            analysis(st, [st.record(r.run_id) for r in planned])
+        if finish(st, planned, title, figures=figures) is not None:
+            if cfg.prune == "halving":
+                st.write_text("halving.md", halving.markdown([st.record(r.run_id) for r in planned], cfg.prune_metric, title))
+            if analysis:
+                analysis(st, [st.record(r.run_id) for r in planned])
     return Outcome(st, planned, [st.record(r.run_id) for r in planned], prepared)
