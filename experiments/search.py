@@ -29,12 +29,14 @@ import numpy as np
 
 from cifar_jax.config.options import Option, table
 from cifar_jax.plots import charts
-from cifar_jax.results import run_record
+from cifar_jax.results import run_record, summary
 from cifar_jax.study import cli, config, halving, prepare, progress, runner
+from experiments import grid_study
 
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "qmc": "QMCSampler",
             "gp": "GPSampler", "nsgaii": "NSGAIISampler", "bruteforce": "BruteForceSampler"}
 OPTIONS = table(
+    *grid_study.OPTIONS.values(),  # a trial trains as a grid_study run: the seeds' protocols (--cycles) apply
     Option("space", "", "The search space: entries separated by ';', each NAME=LOW:HIGH, NAME=LOW:HIGH:log or "
            "NAME=A|B|C, NAME a grid option (a per-run, model or group one, or lr).", kind="str"),
     Option("rounds", 4, "Rounds of the search: each asks --trials trials and trains them as one part.", kind="int",
@@ -100,10 +102,9 @@ def parse_space(text: str, known: dict[str, Option]) -> list[Dimension]:
 def trial_config(cfg: config.Config, params: dict[str, Any]) -> config.Config:
     """The search's flags with a trial's values in place of the searched options' (checked like
     flags: a value the option does not allow is a ConfigError)."""
-    kept = [line for name, line, _ in cfg.given if name not in params and name != "prune_rungs"]
-    rungs = [f"--prune_rungs={','.join(map(str, cfg.prune_rungs))}"] if cfg.prune_rungs else []
-    return config.parse(*kept, *rungs, *(f"--{k}={v!r}" if isinstance(v, float) else f"--{k}={v}"
-                                         for k, v in params.items()), own=OPTIONS)
+    kept = [line for name, line, _ in cfg.given if name not in params]
+    return config.parse(*kept, *(f"--{k}={v!r}" if isinstance(v, float) else f"--{k}={v}" for k, v in params.items()),
+                        own=OPTIONS)
 
 
 def _optuna() -> Any:
@@ -117,6 +118,7 @@ def _optuna() -> Any:
 
 
 def trial_name(number: int) -> str:
+    """A trial's configuration name in its round's records."""
     return f"trial={number:03d}"
 
 
@@ -130,8 +132,8 @@ def _train_round(cfg: config.Config, index: int, trials: list[tuple[int, dict]],
     """The round's trials (number, values) as one study part, round-NNN; each trial's records.
     (`prepared`: the data, made once: a searched option never changes it.)"""
     def runs(prepared: Any) -> list:
-        return [run for number, params in trials for run in config.grid(
-            trial_config(cfg, params), len(prepared.train_idx), prepared.dataset.num_classes, trial_name(number))]
+        return [dataclasses.replace(run, config_name=trial_name(number)) for number, params in trials
+                for run in grid_study.grid_runs(trial_config(cfg, params), prepared, cfg.own.cycles)]
     done = runner.run(cfg, "search", f"{TITLE}: round {index + 1}", runs, part=f"round-{index:03d}", figures=False,
                       prepared=prepared)
     by_trial: dict[int, list[dict]] = {number: [] for number, _ in trials}
@@ -156,19 +158,23 @@ def _tell(optuna: Any, study: Any, trial: Any, records: list[dict], cfg: config.
     study.tell(trial, value) if math.isfinite(value) else study.tell(trial, state=state.FAIL)
 
 
-def markdown(rows: list[dict], best: dict | None, metric: str, spent: int, full: int) -> str:
-    """Every trial (its values, state, value) with the best in bold, and the compute spent."""
+def markdown(rows: list[dict], best: dict | None, metric: str, spent: int, full: int, seconds: float) -> str:
+    """Every trial (its values, state, value and mean test accuracy) with the best in bold, and the
+    compute spent."""
     names = list(dict.fromkeys(k for r in rows for k in r["params"]))
     out = [f"# {TITLE}: {len(rows)} trials, value = mean {metric} over seeds after the last epoch", ""]
     if best:
-        out += [f"Best: trial {best['trial']} ({', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in best['params'].items())}): "
-                f"{metric} {best['value']:.4f}", ""]
-    out += [f"Compute: {spent} run-epochs of the {full} that training every trial to its end would take.", "",
-            "| trial | " + " | ".join(names) + " | state | value |", "|---:|" + "---:|" * len(names) + ":---|---:|"]
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+        out += [f"Best: trial {best['trial']} ({shown}): {metric} {best['value']:.4f}, test accuracy "
+                f"{summary.percent(best['test_acc'])}%", ""]
+    out += [f"Compute: {spent} run-epochs of the {full} that training every trial to its end would take; "
+            f"{seconds:.1f} s of training.", "",
+            "| trial | " + " | ".join(names) + " | state | value | test acc (%) |",
+            "|---:|" + "---:|" * len(names) + ":---|---:|---:|"]
     for r in rows:
         cells = [str(r["trial"]), *(f"{r['params'][k]:.4g}" if isinstance(r["params"].get(k), float)
                                     else str(r["params"].get(k, "–")) for k in names),
-                 r["state"], "–" if r["value"] is None else f"{r['value']:.4f}"]
+                 r["state"], "–" if r["value"] is None else f"{r['value']:.4f}", summary.percent(r["test_acc"])]
         if best and r["trial"] == best["trial"]:
             cells = [f"**{c}**" for c in cells]
         out.append("| " + " | ".join(cells) + " |")
@@ -214,6 +220,7 @@ def main(cfg: config.Config) -> None:
                                 direction="minimize" if "loss" in metric else "maximize", load_if_exists=True)
     space = {d.name: d.distribution(known[d.name]) for d in dims}
     records: list[dict] = []
+    test: dict[int, float | None] = {}  # each trial's mean test accuracy over its seeds
     prepared = prepare.data(cfg)
     with st.lock():
         for index in range(own.rounds):
@@ -224,17 +231,20 @@ def main(cfg: config.Config) -> None:
                 progress.log(f"search round {index + 1}/{own.rounds}: trials {', '.join(str(t.number) for t in untold)}")
             by_trial = _train_round(cfg, index, [(t.number, t.params) for t in [*asked, *new]], prepared)
             records += [r for recs in by_trial.values() for r in recs]
+            test.update((n, run_record.finite_or_none(np.mean([(r.get("test") or {}).get("acc", np.nan) for r in recs])))
+                        for n, recs in by_trial.items())
             for t in untold:
                 _tell(optuna, study, t, by_trial[t.number], cfg)
     rows = [{"trial": t.number, "params": t.params, "state": t.state.name.lower(), "value": t.value,
-             "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())}} for t in study.trials]
+             "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+             "test_acc": test.get(t.number)} for t in study.trials]
     finished = [r for r in rows if r["state"] == "complete"]
     best = (min if "loss" in metric else max)(finished, key=lambda r: r["value"]) if finished else None
-    spent, full = halving.run_epochs(records), len(records) * cfg.epochs
-    text = markdown(rows, best, metric, spent, full)
+    spent, full, seconds = halving.compute(records)
+    text = markdown(rows, best, metric, spent, full, seconds)
     st.write_text("search.md", text)
     st.write_json("search.json", {"metric": metric, "best": best, "trials": rows, "run_epochs": spent,
-                                  "run_epochs_without_pruning": full})
+                                  "run_epochs_without_pruning": full, "training_seconds": seconds})
     progress_figure(rows, "loss" in metric, st.figures_dir / "search.png", f"{TITLE}: {metric} per trial")
     progress.log("\n" + text + f"\nresults: {st.root}")
 

@@ -266,3 +266,14 @@ def test_an_instrument_part_runs_its_preset_and_packs_its_figures_without_checkp
                          "r/connectivity/parent/runs/a.json"]
         small = Image.open(io.BytesIO(tar.extractfile("r/connectivity/figures/connectivity.png").read()))
         assert len(small.convert("RGB").getcolors(2**16)) <= 128
+
+
+def test_halving_segments_add_the_seconds_of_the_runs_still_training():
+    """benchmarks.halving: a segment's group step is the sum over the runs training in it of their
+    epoch seconds per run, over the steps; a run pruned at epoch 1 counts in the first only."""
+    from benchmarks import halving as halving_bench
+
+    rec = lambda name, epochs: {"config_name": name, "epochs": [{"epoch": e, "run_seconds": 0.5} for e in range(1, epochs + 1)]}
+    segments = halving_bench._segments([rec("a", 1), rec("b", 1), rec("c", 3), rec("d", 3)], [1], 3, steps=10)
+    assert [(s["epochs"], s["configs"], s["runs"]) for s in segments] == [("1", 4, 4), ("2-3", 2, 2)]
+    assert [s["group_ms_per_step"] for s in segments] == pytest.approx([200.0, 100.0])

@@ -4,6 +4,7 @@ study interrupted at a rung (in this process, or by kill -9) resumes to the same
 import json
 import os
 from pathlib import Path
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from cifar_jax.config.registry import ConfigError
+from cifar_jax.io import files
 from cifar_jax.results import frames, studydir
 from cifar_jax.study import config, halving, runner
 from conftest import study_records
@@ -123,6 +125,14 @@ def test_a_vmapped_group_gathers_its_kept_runs_and_matches_the_unpruned_one(tmp_
         for a, b in zip(got[name]["epochs"], want[name]["epochs"]):
             np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(a)], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(list(got[name]["test"].values()), list(want[name]["test"].values()), rtol=1e-6)
+
+
+def test_other_halving_options_on_a_halved_study_are_refused(tmp_path, pruned):
+    """Keeping more at epoch 1 would keep configurations this study pruned there: refused in one
+    line rather than summarised as something neither policy made."""
+    shutil.copytree(pruned, tmp_path / "s")
+    with pytest.raises(files.ResultsError, match=r"was pruned at epoch 1 under other --prune_\* options"):
+        _study(tmp_path, **{**HALVING, "prune_keep": 0.75})
 
 
 class Stop(Exception):

@@ -59,6 +59,12 @@ def run_epochs(records: Sequence[dict]) -> int:
     return sum(len(r.get("epochs") or []) for r in records)
 
 
+def compute(records: Sequence[dict]) -> tuple[int, int, float]:
+    """(run-epochs trained, run-epochs of every run to its end, seconds of training) of the records."""
+    return (run_epochs(records), sum(r["config"]["epochs"] for r in records),
+            sum(e.get("run_seconds", 0.0) for r in records for e in r["epochs"]))
+
+
 def markdown(records: Sequence[dict], metric: str, title: str) -> str:
     """What halving did in a study: each configuration's end (the rung it stopped at, or its final
     mean `metric` and test accuracy), the one it chose (best final mean `metric` among those that
@@ -70,8 +76,7 @@ def markdown(records: Sequence[dict], metric: str, title: str) -> str:
     final = {name: score(recs, recs[0]["epochs"][-1]["epoch"], metric) for name, recs in finished.items()}
     test = {name: float(np.mean([(r.get("test") or {}).get("acc", np.nan) for r in recs])) for name, recs in finished.items()}
     chosen = rank(final, metric)[0] if final else None
-    spent, full = run_epochs(records), sum(r["config"]["epochs"] for r in records)
-    seconds = sum(e.get("run_seconds", 0.0) for r in records for e in r["epochs"])
+    spent, full, seconds = compute(records)
     out = [f"# {title}: successive halving", ""]
     if chosen:
         out += [f"Chosen: **{chosen}** (mean final {metric} {final[chosen]:.4f}, test accuracy "

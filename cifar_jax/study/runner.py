@@ -107,16 +107,23 @@ def _rung(study: studydir.StudyDir, contenders: list[Run], rung: int, cfg: Confi
     by_config: dict[str, list[dict]] = {}
     for r in contenders:
         by_config.setdefault(r.config_name, []).append(records[r.run_id])
-    kept = halving.decide(by_config, rung, cfg.prune_keep, cfg.prune_metric)
+    earlier = [r for r in contenders if records[r.run_id]["status"] == "pruned" and records[r.run_id]["pruned_epoch"] < rung]
+    kept = halving.decide(by_config, rung, cfg.prune_keep, cfg.prune_metric) if not earlier else []
     losers = [r for r in contenders if r.config_name not in kept]
+    clash = earlier or [r for r in contenders if r.config_name in kept and records[r.run_id].get("pruned_epoch") == rung]
+    if clash:
+        raise files.ResultsError(f"{study.root}: {clash[0].run_id!r} was pruned at epoch "
+                                 f"{records[clash[0].run_id]['pruned_epoch']} under other --prune_* options; pass a new "
+                                 "--name or --results_dir")
     if is_lead():
         snapshots = Snapshots(study.root / "resume")
         for r in losers:
-            if records[r.run_id]["status"] == "incomplete":
+            if records[r.run_id]["status"] == "incomplete" or records[r.run_id].get("pruned_epoch", rung) > rung:
                 study.write_record(run_record.prune(records[r.run_id], rung))
             snapshots.remove(snapshots.key([(r.run_id, r.config)]))
+    shown = ", ".join(kept[:6]) + (f", … ({len(kept) - 6} more)" if len(kept) > 6 else "")
     progress.log(f"{study.root.name}: rung at epoch {rung}: {len(kept)} of {len(by_config)} configurations go on "
-                 f"(by mean {cfg.prune_metric}): {', '.join(kept)}; {len(losers)} runs pruned")
+                 f"(by mean {cfg.prune_metric}, best first): {shown}; {len(losers)} runs pruned")
     return [r for r in contenders if r.config_name in kept]
 
 
