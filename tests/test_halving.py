@@ -14,6 +14,7 @@ import pytest
 
 from cifar_jax.config.registry import ConfigError
 from cifar_jax.io import files
+from cifar_jax.plots import charts
 from cifar_jax.results import frames, studydir
 from cifar_jax.study import config, halving, runner
 from conftest import study_records
@@ -110,6 +111,7 @@ def test_pruned_runs_show_as_pruned_in_summary_table_and_frames(pruned):
     assert table.count("0/2, 2 pruned at epoch 1") == 3 and table.count("0/2, 2 pruned at epoch 2") == 1
     report = (pruned / "halving.md").read_text()
     assert "run-epochs of the full grid's 48" in report and report.count("| pruned at epoch") == 4
+    assert charts.pruned_note(studydir.StudyDir(pruned).records()) == "pruned at epochs 1, 2"  # the figures' labels
     runs = {r["run_id"]: (r["status"], r["pruned_epoch"]) for r in frames.final_rows(pruned)}
     assert sorted(runs.values()) == [("done", None)] * 4 + [("pruned", 1)] * 6 + [("pruned", 2)] * 2
 

@@ -28,7 +28,8 @@ def _metrics(study: Path) -> dict:
     out = {}
     for p in (study / "runs").glob("*.json"):
         r = json.loads(p.read_text())
-        out[r["run_id"]] = [[e["train_loss"], e["val_acc"]] for e in r["epochs"]] + [[r["test"]["loss"], r["test"]["acc"]]]
+        test = [[r["test"]["loss"], r["test"]["acc"]]] if r["status"] == "done" else []  # a pruned run has none
+        out[r["run_id"]] = [[e["train_loss"], e["val_acc"]] for e in r["epochs"]] + test
     return out
 
 
@@ -63,6 +64,19 @@ def test_two_processes_equal_one(tmp_path):
     assert "lr=0.05,seed=0, lr=0.05,seed=1" in headers[1][0] and "lr=0.1," not in headers[1][0]
     summary = json.loads((tmp_path / "two" / "lr_sweep" / "summary.json").read_text())
     assert summary["configs"]["lr=0.1"]["n_done"] == 2
+
+
+def test_halving_over_two_processes_makes_the_decisions_of_one(tmp_path):
+    """--prune=halving split over 2 processes: each trains its share up to the rung, both wait for
+    every record there, make the same decision, and the kept runs' numbers are one process's."""
+    one, two, outs = _one_and_two(tmp_path, "lr_sweep", "--epochs=3", "--prune=halving", "--prune_rungs=1",
+                                  "--prune_keep=0.5")
+    status = {n: [json.loads(p.read_text())["status"] for p in sorted((tmp_path / n / "lr_sweep" / "runs").glob("*.json"))]
+              for n in ("one", "two")}
+    assert status["one"] == status["two"] and sorted(status["one"]) == ["done", "done", "pruned", "pruned"]
+    decisions = [[line for line in out.splitlines() if "rung at epoch 1" in line] for out, _ in outs]
+    assert len(decisions[0]) == len(decisions[1]) == 1 and decisions[0] == decisions[1]
+    assert {k: len(v) for k, v in two.items()} == {k: len(v) for k, v in one.items()}
 
 
 def test_grid_study_over_two_processes_reports_once(tmp_path):

@@ -95,6 +95,12 @@ def diverged_note(epochs: Sequence[int], n: int) -> str:
     return f"{'all' if len(epochs) == n else f'{len(epochs)} of'} {n} seeds diverged at {at}"
 
 
+def pruned_note(records: Sequence[dict]) -> str:
+    """'pruned at epoch r' for runs successive halving stopped ('' when none was)."""
+    epochs = sorted({r["pruned_epoch"] for r in records if r.get("status") == "pruned" and "pruned_epoch" in r})
+    return f"pruned at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else ""
+
+
 def until_divergence(record: dict, values: np.ndarray) -> np.ndarray:
     """Blank the epochs after a run diverged (its later numbers are meaningless)."""
     epoch = diverged_at(record)
@@ -177,8 +183,9 @@ def _seed_panel(ax: Axes, records: list[dict], key: str) -> None:
         if not np.isfinite(values).any():
             continue
         drawn = True
+        pruned = pruned_note([rec])
         ax.plot(epochs_axis(values), values, color=color, lw=1.0, alpha=0.55, ls="-" if epoch is None else "--",
-                label=None if epoch else f"seed {rec.get('seed')}")
+                label=None if epoch else f"seed {rec.get('seed')}" + (f" ({pruned})" if pruned else ""))
         if epoch is None:
             kept.append(values)
     if kept:
@@ -268,7 +275,7 @@ def _comparison_panel(ax: Axes, records_by_config: dict[str, list[dict]], key: s
         style, diverged = line_style(i), diverged_epochs(records)
         curves = [plotted(r, key) for r in records if diverged_at(r) is None]
         curves = [c for c in curves if np.isfinite(c).any()]
-        note = diverged_note(diverged, len(records)) if diverged else ""
+        note = ", ".join(filter(None, (diverged_note(diverged, len(records)) if diverged else "", pruned_note(records))))
         if not curves:
             if diverged:
                 ax.plot([], [], lw=2, label=f"{name} ({note})", **style)
