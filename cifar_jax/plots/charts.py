@@ -97,8 +97,8 @@ def diverged_note(epochs: Sequence[int], n: int) -> str:
 
 def pruned_note(records: Sequence[dict]) -> str:
     """'pruned at epoch r' for runs successive halving stopped ('' when none was)."""
-    epochs = sorted({r["pruned_epoch"] for r in records if r.get("status") == "pruned" and "pruned_epoch" in r})
-    return f"pruned at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else ""
+    epochs = run_record.pruned_epochs(records)
+    return f"pruned{summary.at_epochs(epochs)}" if epochs else ""
 
 
 def until_divergence(record: dict, values: np.ndarray) -> np.ndarray:

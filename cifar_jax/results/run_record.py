@@ -174,6 +174,11 @@ def prune(record: dict, epoch: int) -> dict:
     return {**kept, "status": "pruned", "pruned_epoch": epoch}
 
 
+def pruned_epochs(records: Iterable[dict]) -> list[int]:
+    """The rungs at which the pruned runs among `records` stopped, ascending."""
+    return sorted({r["pruned_epoch"] for r in records if r.get("status") == "pruned" and "pruned_epoch" in r})
+
+
 def check(record: Any, where: str) -> dict:
     """The record, if it has the keys resume and statistics depend on (else files.ResultsError)."""
     if not isinstance(record, dict):

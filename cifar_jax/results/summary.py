@@ -62,7 +62,7 @@ def _config_summary(group: list[dict]) -> dict:
         "diverged_epochs": sorted(r["diverged_epoch"] for r in group
                                   if r["status"] == "diverged" and isinstance(r.get("diverged_epoch"), int)),
         "n_pruned": sum(r["status"] == "pruned" for r in group),
-        "pruned_epochs": sorted({r["pruned_epoch"] for r in group if r["status"] == "pruned" and "pruned_epoch" in r}),
+        "pruned_epochs": run_record.pruned_epochs(group),
         "n_incomplete": sum(r["status"] == "incomplete" for r in group),
         "metrics": metrics,
     }
@@ -122,15 +122,17 @@ def best_configs(summary: dict, metric: str) -> set[str]:
     return {name for name, m in present.items() if m == best}
 
 
+def at_epochs(epochs: Sequence[int]) -> str:
+    """' at epoch 3', ' at epochs 1, 2' ('' for none)."""
+    return f" at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else ""
+
+
 def runs_cell(config_summary: dict) -> str:
     """'done/total' plus diverged (with the epochs they diverged at), pruned (with the rungs they
     stopped at) and incomplete counts when any."""
     text = f"{config_summary['n_done']}/{config_summary['n_runs']}"
-
-    def at(epochs: list[int]) -> str:
-        return f" at epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))}" if epochs else ""
-    for key, word in (("n_diverged", f"diverged{at(config_summary.get('diverged_epochs') or [])}"),
-                      ("n_pruned", f"pruned{at(config_summary.get('pruned_epochs') or [])}"),
+    for key, word in (("n_diverged", f"diverged{at_epochs(config_summary.get('diverged_epochs') or [])}"),
+                      ("n_pruned", f"pruned{at_epochs(config_summary.get('pruned_epochs') or [])}"),
                       ("n_incomplete", "incomplete")):
         if config_summary.get(key):
             text += f", {config_summary[key]} {word}"

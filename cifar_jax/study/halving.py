@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cifar_jax.results import run_record, summary
+
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 
 
@@ -74,19 +76,19 @@ def markdown(records: Sequence[dict], metric: str, title: str) -> str:
         by_config.setdefault(rec["config_name"], []).append(rec)
     finished = {name: recs for name, recs in by_config.items() if all(r["status"] == "done" for r in recs)}
     final = {name: score(recs, recs[0]["epochs"][-1]["epoch"], metric) for name, recs in finished.items()}
-    test = {name: float(np.mean([(r.get("test") or {}).get("acc", np.nan) for r in recs])) for name, recs in finished.items()}
+    test = {name: np.mean([(r.get("test") or {}).get("acc", np.nan) for r in recs]) for name, recs in finished.items()}
     chosen = rank(final, metric)[0] if final else None
     spent, full, seconds = compute(records)
     out = [f"# {title}: successive halving", ""]
     if chosen:
         out += [f"Chosen: **{chosen}** (mean final {metric} {final[chosen]:.4f}, test accuracy "
-                f"{100 * test[chosen]:.2f}%)", ""]
+                f"{summary.percent(test[chosen])}%)", ""]
     out += [f"Compute: {spent} run-epochs of the full grid's {full} ({spent / full:.0%}), {seconds:.1f} s of training", "",
             f"| configuration | runs | stopped | final {metric} | test acc (%) |", "|:---|---:|:---|---:|---:|"]
     for name, recs in by_config.items():
-        pruned = sorted({r.get("pruned_epoch") for r in recs if r["status"] == "pruned"})
-        stopped = f"pruned at epoch {', '.join(map(str, pruned))}" if pruned else recs[0]["status"]
-        cells = [f"{final[name]:.4f}", f"{100 * test[name]:.2f}"] if name in final else ["–", "–"]
+        pruned = run_record.pruned_epochs(recs)
+        stopped = f"pruned{summary.at_epochs(pruned)}" if pruned else recs[0]["status"]
+        cells = [f"{final[name]:.4f}", summary.percent(test[name])] if name in final else ["–", "–"]
         if name == chosen:
             name, cells = f"**{name}**", [f"**{c}**" for c in cells]
         out.append(f"| {name} | {len(recs)} | {stopped} | " + " | ".join(cells) + " |")

@@ -107,14 +107,11 @@ def _rung(study: studydir.StudyDir, contenders: list[Run], rung: int, cfg: Confi
     by_config: dict[str, list[dict]] = {}
     for r in contenders:
         by_config.setdefault(r.config_name, []).append(records[r.run_id])
-    earlier = [r for r in contenders if records[r.run_id]["status"] == "pruned" and records[r.run_id]["pruned_epoch"] < rung]
-    kept = halving.decide(by_config, rung, cfg.prune_keep, cfg.prune_metric) if not earlier else []
+    _refuse_other_decisions(study, [r for r in contenders if records[r.run_id].get("pruned_epoch", rung) < rung], records)
+    kept = halving.decide(by_config, rung, cfg.prune_keep, cfg.prune_metric)
+    _refuse_other_decisions(study, [r for r in contenders if r.config_name in kept
+                                    and records[r.run_id].get("pruned_epoch") == rung], records)
     losers = [r for r in contenders if r.config_name not in kept]
-    clash = earlier or [r for r in contenders if r.config_name in kept and records[r.run_id].get("pruned_epoch") == rung]
-    if clash:
-        raise files.ResultsError(f"{study.root}: {clash[0].run_id!r} was pruned at epoch "
-                                 f"{records[clash[0].run_id]['pruned_epoch']} under other --prune_* options; pass a new "
-                                 "--name or --results_dir")
     if is_lead():
         snapshots = Snapshots(study.root / "resume")
         for r in losers:
@@ -125,6 +122,15 @@ def _rung(study: studydir.StudyDir, contenders: list[Run], rung: int, cfg: Confi
     progress.log(f"{study.root.name}: rung at epoch {rung}: {len(kept)} of {len(by_config)} configurations go on "
                  f"(by mean {cfg.prune_metric}, best first): {shown}; {len(losers)} runs pruned")
     return [r for r in contenders if r.config_name in kept]
+
+
+def _refuse_other_decisions(study: studydir.StudyDir, runs: list[Run], records: dict[str, dict]) -> None:
+    """ResultsError naming the first of `runs`, pruned where these --prune_* options would not have
+    pruned it (its study was halved under others)."""
+    if runs:
+        raise files.ResultsError(f"{study.root}: {runs[0].run_id!r} was pruned at epoch "
+                                 f"{records[runs[0].run_id]['pruned_epoch']} under other --prune_* options; pass a new "
+                                 "--name or --results_dir")
 
 
 def train_again(st: studydir.StudyDir, run_id: str, why: str) -> None:
