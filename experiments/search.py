@@ -14,8 +14,9 @@ Optuna's study is an SQLite file in the study directory (optuna.db, study name "
 interrupted search resumes (its unfinished round trains on from its records, nothing finished is
 trained again) and Optuna's own plots and optuna-dashboard read it. Needs the [search] extra.
 
-Writes search.md and search.json (every trial: its values, state and value; the best) and
-figures/search.png (value per trial, best so far), and a part round-NNN per round.
+Writes search.md and search.json (every trial: its values, state, value and mean test accuracy; the
+best; run-epochs and seconds of training) and figures/search.png (value per trial, best so far), and
+a part round-NNN per round.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from cifar_jax.config.options import Option, table
@@ -122,12 +124,6 @@ def trial_name(number: int) -> str:
     return f"trial={number:03d}"
 
 
-def trial_value(records: list[dict], metric: str) -> float:
-    """The mean over a trial's seeds of `metric` after its last epoch (NaN when a seed has none)."""
-    values = [run_record.last(r, metric) if r["status"] == "done" else math.nan for r in records]
-    return float(np.mean(values)) if values and np.isfinite(values).all() else math.nan
-
-
 def _train_round(cfg: config.Config, index: int, trials: list[tuple[int, dict]], prepared: Any) -> dict[int, list[dict]]:
     """The round's trials (number, values) as one study part, round-NNN; each trial's records.
     (`prepared`: the data, made once: a searched option never changes it.)"""
@@ -154,7 +150,7 @@ def _tell(optuna: Any, study: Any, trial: Any, records: list[dict], cfg: config.
     if any(r["status"] == "pruned" for r in records):
         study.tell(trial, state=state.PRUNED)
         return
-    value = trial_value(records, metric)
+    value = halving.final_score(records, metric)
     study.tell(trial, value) if math.isfinite(value) else study.tell(trial, state=state.FAIL)
 
 
@@ -182,23 +178,24 @@ def markdown(rows: list[dict], best: dict | None, metric: str, spent: int, full:
 
 
 @charts.styled
-def progress_figure(rows: list[dict], minimise: bool, path: Path, title: str) -> Path:
-    """Each trial's value (pruned and failed trials marked at the bottom) and the best so far."""
+def progress_figure(rows: list[dict], metric: str, path: Path, title: str) -> Path:
+    """Each finished trial's value, each pruned one's at its last rung, and the best so far."""
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     numbers = np.array([r["trial"] for r in rows])
-    values = np.array([np.nan if r["value"] is None or r["state"] != "complete" else r["value"] for r in rows], float)
-    scale = 100.0 if "acc" in title else 1.0
-    ax.plot(numbers, scale * values, "o", color=charts.PALETTE[0], ms=5, label="trial")
-    best = (np.fmin if minimise else np.fmax).accumulate(np.where(np.isfinite(values), values, np.inf if minimise else -np.inf))
+    minimise, scale = summary.lower_is_better(metric), 100.0 if summary.is_percent(metric) else 1.0
+    value = lambda state: np.array([r["value"] if r["state"] == state and r["value"] is not None else np.nan
+                                    for r in rows], float)
+    done, pruned = value("complete"), value("pruned")
+    ax.plot(numbers, scale * done, "o", color=charts.PALETTE[0], ms=5, label="trial")
+    if np.isfinite(pruned).any():
+        ax.plot(numbers, scale * pruned, "x", color=charts.PALETTE[4], ms=6, label="pruned (its value at its last rung)")
+    best = (np.fmin if minimise else np.fmax).accumulate(np.where(np.isfinite(done), done, np.inf if minimise else -np.inf))
     ax.step(numbers, scale * np.where(np.isfinite(best), best, np.nan), where="post", color=charts.PALETTE[3], lw=2,
             label="best so far")
-    stopped = np.array([r["state"] in ("pruned", "fail") for r in rows])
-    if stopped.any():
-        ax.plot(numbers[stopped], np.full(stopped.sum(), np.nanmin(scale * values) if np.isfinite(values).any() else 0),
-                "x", color=charts.PALETTE[4], ms=6, label="pruned or failed")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel(title.split(": ")[-1].replace(" per trial", "") + (" (%)" if scale == 100 else ""))
+    ax.set_ylabel(summary.metric_label(metric))
     return charts.save(fig, path, title=title, legend=[ax])
 
 
@@ -220,7 +217,7 @@ def main(cfg: config.Config) -> None:
                                 direction="minimize" if "loss" in metric else "maximize", load_if_exists=True)
     space = {d.name: d.distribution(known[d.name]) for d in dims}
     records: list[dict] = []
-    test: dict[int, float | None] = {}  # each trial's mean test accuracy over its seeds
+    test: dict[int, float | None] = {}  # each trial's mean test accuracy over its seeds (halving.test_accuracy)
     prepared = prepare.data(cfg)
     with st.lock():
         for index in range(own.rounds):
@@ -231,8 +228,7 @@ def main(cfg: config.Config) -> None:
                 progress.log(f"search round {index + 1}/{own.rounds}: trials {', '.join(str(t.number) for t in untold)}")
             by_trial = _train_round(cfg, index, [(t.number, t.params) for t in [*asked, *new]], prepared)
             records += [r for recs in by_trial.values() for r in recs]
-            test.update((n, run_record.finite_or_none(np.mean([(r.get("test") or {}).get("acc", np.nan) for r in recs])))
-                        for n, recs in by_trial.items())
+            test.update((n, halving.test_accuracy(recs)) for n, recs in by_trial.items())
             for t in untold:
                 _tell(optuna, study, t, by_trial[t.number], cfg)
     rows = [{"trial": t.number, "params": t.params, "state": t.state.name.lower(), "value": t.value,
@@ -245,7 +241,7 @@ def main(cfg: config.Config) -> None:
     st.write_text("search.md", text)
     st.write_json("search.json", {"metric": metric, "best": best, "trials": rows, "run_epochs": spent,
                                   "run_epochs_without_pruning": full, "training_seconds": seconds})
-    progress_figure(rows, "loss" in metric, st.figures_dir / "search.png", f"{TITLE}: {metric} per trial")
+    progress_figure(rows, metric, st.figures_dir / "search.png", f"{TITLE}: {metric.replace('_', ' ')} per trial")
     progress.log("\n" + text + f"\nresults: {st.root}")
 
 

@@ -44,6 +44,19 @@ def score(records: Sequence[dict], rung: int, metric: str) -> float:
     return float(arr.mean()) if np.isfinite(arr).all() else math.nan
 
 
+def final_score(records: Sequence[dict], metric: str) -> float:
+    """A configuration's mean over its seeds of `metric` after its last epoch (NaN unless every seed
+    is done)."""
+    if not records or any(r["status"] != "done" for r in records):
+        return math.nan
+    return score(records, records[0]["epochs"][-1]["epoch"], metric)
+
+
+def test_accuracy(records: Sequence[dict]) -> float | None:
+    """The mean over a configuration's seeds of their final test accuracy (None when one has none)."""
+    return run_record.finite_or_none(np.mean([(r.get("test") or {}).get("acc", np.nan) for r in records]))
+
+
 def rank(scores: dict[str, float], metric: str) -> list[str]:
     """Configurations best first (accuracies high, losses low; NaN last; ties in the given order)."""
     sign = 1.0 if "loss" in metric else -1.0
@@ -74,21 +87,20 @@ def markdown(records: Sequence[dict], metric: str, title: str) -> str:
     by_config: dict[str, list[dict]] = {}
     for rec in records:
         by_config.setdefault(rec["config_name"], []).append(rec)
-    finished = {name: recs for name, recs in by_config.items() if all(r["status"] == "done" for r in recs)}
-    final = {name: score(recs, recs[0]["epochs"][-1]["epoch"], metric) for name, recs in finished.items()}
-    test = {name: np.mean([(r.get("test") or {}).get("acc", np.nan) for r in recs]) for name, recs in finished.items()}
+    final = {name: final_score(recs, metric) for name, recs in by_config.items()
+             if all(r["status"] == "done" for r in recs)}
     chosen = rank(final, metric)[0] if final else None
     spent, full, seconds = compute(records)
     out = [f"# {title}: successive halving", ""]
     if chosen:
         out += [f"Chosen: **{chosen}** (mean final {metric} {final[chosen]:.4f}, test accuracy "
-                f"{summary.percent(test[chosen])}%)", ""]
+                f"{summary.percent(test_accuracy(by_config[chosen]))}%)", ""]
     out += [f"Compute: {spent} run-epochs of the full grid's {full} ({spent / full:.0%}), {seconds:.1f} s of training", "",
             f"| configuration | runs | stopped | final {metric} | test acc (%) |", "|:---|---:|:---|---:|---:|"]
     for name, recs in by_config.items():
         pruned = run_record.pruned_epochs(recs)
         stopped = f"pruned{summary.at_epochs(pruned)}" if pruned else recs[0]["status"]
-        cells = [f"{final[name]:.4f}", summary.percent(test[name])] if name in final else ["–", "–"]
+        cells = [f"{final[name]:.4f}", summary.percent(test_accuracy(recs))] if name in final else ["–", "–"]
         if name == chosen:
             name, cells = f"**{name}**", [f"**{c}**" for c in cells]
         out.append(f"| {name} | {len(recs)} | {stopped} | " + " | ".join(cells) + " |")
