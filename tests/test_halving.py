@@ -17,7 +17,7 @@ from cifar_jax.io import files
 from cifar_jax.plots import charts
 from cifar_jax.results import frames, studydir
 from cifar_jax.study import config, halving, runner
-from conftest import study_records
+from conftest import run_experiment, study_records, trained_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="synthetic", split="256/64", test_size=64, epochs=4, seeds=2, batch_size=32, model="mlp",
@@ -67,6 +67,16 @@ def test_rungs_counts_and_ranking():
 def test_bad_halving_options_are_one_line(given, message):
     with pytest.raises(ConfigError, match=message):
         config.build(**{**TINY, **given})
+
+
+def test_a_rung_beyond_the_runs_epochs_is_refused_before_training(tmp_path):
+    """grid_study's --cycles sets the epochs after the flags are checked: 1 cycle of n_s = 8 steps
+    is 2 epochs of 8 steps here, so a rung at epoch 5 is refused in one line."""
+    done = run_experiment("grid_study", "--dataset=synthetic", "--split=256/64", "--model=mlp", "--hidden=8",
+                          "--batch_size=32", "--seeds=1", "--schedule=cyclic", "--lr_min=0.001", "--cycles=1",
+                          "--half_cycle=8", "--prune=halving", "--prune_rungs=5", f"--results_dir={tmp_path}")
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert "every rung must be below the runs' epochs (2 here)" in done.stderr and trained_epochs(done.stdout) == []
 
 
 def test_default_rungs_are_resolved_into_the_config():

@@ -22,7 +22,7 @@ from cifar_jax.nn import models
 from cifar_jax.plots import charts
 from cifar_jax.results import run_record, studydir, summary, tensorboard
 from cifar_jax.study import halving, hosts, prepare, progress, records
-from cifar_jax.study.config import Config, Run
+from cifar_jax.study.config import Config, ConfigError, Run
 from cifar_jax.training import engine, step
 
 
@@ -74,8 +74,12 @@ def execute(study: studydir.StudyDir, runs: list[Run], prepared: prepare.Prepare
     todo = set(study.pending(wanted))  # at the start, so every process splits the same runs
     if len(todo) < len(runs):
         progress.log(f"{study.root}: {len(runs) - len(todo)} of {len(runs)} runs already finished, skipped")
+    rungs = [r for r in cfg.prune_rungs if r > first_epoch]
+    if runs and rungs and rungs[-1] >= min(r.epochs for r in runs):  # e.g. epochs set by grid_study's --cycles
+        raise ConfigError(f"--prune_rungs={','.join(map(str, cfg.prune_rungs))}: every rung must be below the runs' "
+                          f"epochs ({min(r.epochs for r in runs)} here)")
     contenders = list(runs)
-    for until in [*(r for r in cfg.prune_rungs if r > first_epoch), None]:
+    for until in [*rungs, None]:
         alive = {r.run_id for r in contenders}
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(runs):
