@@ -132,14 +132,17 @@ def no_data(ax: Axes, text: str) -> None:
 
 
 def figure_legend(fig: Figure, axes: Sequence[Axes], ncol: int = 5) -> None:
-    """One legend below the panels with each label once."""
+    """One legend below the panels with each label once, in at most `ncol` columns and no more than
+    the figure's width holds for its longest label (about 0.6 em a character, 6 em for the handle)."""
     handles: dict[str, object] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
     if handles:
+        em = STYLE["legend.fontsize"] / 72  # inches
+        fits = int(fig.get_figwidth() // ((0.6 * max(map(len, handles)) + 6) * em))
         fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-                   ncol=min(ncol, len(handles)), frameon=False)
+                   ncol=max(1, min(ncol, len(handles), fits)), frameon=False)
 
 
 def save(fig: Figure, path: Path | str, crop: bool = False, *, title: str | None = None,
@@ -282,7 +285,8 @@ def _comparison_panel(ax: Axes, records_by_config: dict[str, list[dict]], key: s
             continue
         mean, std = (moving_average(a, smooth) for a in mean_std(curves))
         x = epochs_axis(mean)
-        ax.plot(x, mean, lw=2, label=f"{name} (n={len(curves)}{', ' + note if note else ''})", **style)
+        ax.plot(x, mean, lw=2, marker="o" if len(x) == 1 else None,  # a run pruned after one epoch is a point
+                label=f"{name} (n={len(curves)}{', ' + note if note else ''})", **style)
         ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.18, lw=0)
         drawn = True
     if not drawn:
