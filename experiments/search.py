@@ -5,7 +5,7 @@ trials are halved at its rungs, their rung values reported to Optuna as intermed
 the pruned ones told as pruned), then tells each trial its value: the mean over seeds of
 --search_metric after the last epoch. The space is --space, one entry per option, e.g.
 
-    python -m experiments.search --model=mlp --epochs=10 --seeds=2 --rounds=4 --trials=8 \
+    python -m experiments.search --model=mlp --epochs=10 --seeds=2 --rounds=4 --trials=8 \\
         --space="lr=1e-4:0.5:log;l2=1e-6:1e-2:log;hidden=64|128|256,256"
 
 An entry is NAME=LOW:HIGH (uniform), NAME=LOW:HIGH:log (log-uniform; integers for integer
