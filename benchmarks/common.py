@@ -9,7 +9,6 @@ import importlib.metadata
 import math
 import os
 import pathlib
-import platform
 import time
 from typing import Any, Sequence
 
@@ -323,19 +322,8 @@ def _lax_map(f: Any) -> Any:
 
 # ----------------------------------------------------------------------------- records
 
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _environment() -> dict[str, Any]:
-    """cifar_jax's environment record plus torch's version and the device, CPU model and cores."""
+    """cifar_jax's environment record plus torch's version and the device: CPU model, its extensions, cores."""
     env = environment.environment()
     try:
         env["versions"]["torch"] = importlib.metadata.version("torch")
@@ -343,7 +331,8 @@ def _environment() -> dict[str, Any]:
         env["versions"]["torch"] = None
     device = jax.devices()[0]
     env["device"] = {"platform": device.platform, "device_kind": device.device_kind,
-                     "cpu_model": cpu_model(), "cores": os.cpu_count()}
+                     "cpu_model": env["cpu"]["model"] or "unknown", "cpu_features": env["cpu"]["features"],
+                     "cores": os.cpu_count()}
     return env
 
 

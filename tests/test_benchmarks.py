@@ -64,7 +64,7 @@ def test_engine_benchmark_measures_layouts_and_writes_a_record(images, tmp_path)
     record = json.loads(lines[-1])
     assert RECORD_KEYS <= set(record) and record["args"]["quick"] is True
     assert {"jax", "jaxlib", "flax", "optax", "numpy", "torch"} <= set(record["versions"])
-    assert {"platform", "device_kind", "cpu_model", "cores"} <= set(record["device"])
+    assert {"platform", "device_kind", "cpu_model", "cpu_features", "cores"} <= set(record["device"])
     assert "img/s total" in engine_bench.report(toy_mlp(), result)
 
 

@@ -175,10 +175,21 @@ def test_markdown_table_bolds_best_cells():
     assert row_a[4] == "2/2" and row_b[4] == "1/2, 1 diverged at epoch 2"
 
 
+def test_the_cpu_is_named_with_the_extensions_that_set_its_speed(tmp_path):
+    info = tmp_path / "cpuinfo"
+    core = "processor\t: {}\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16{}\n\n"
+    info.write_text(core.format(0, "") + core.format(1, " amx_tile"))  # the first processor's entry counts
+    assert environment.cpu(info) == {"model": "AMD EPYC", "features": ["avx2", "fma", "avx512f", "avx512_bf16"]}
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2\n")
+    assert environment.cpu(info) == {"model": "Some CPU", "features": []}
+    assert environment.cpu(tmp_path / "missing")["features"] is None
+
+
 def test_environment_keys_and_git(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     env = environment.environment()
-    assert set(env) == {"versions", "backend", "devices", "hostname", "platform", "timestamp_utc", "git"}
+    assert set(env) == {"versions", "backend", "devices", "hostname", "platform", "cpu", "timestamp_utc", "git"}
+    assert env["cpu"]["features"] is None or set(env["cpu"]["features"]) <= set(environment.CPU_FEATURES)
     assert set(env["versions"]) == {"python", "jax", "jaxlib", "flax", "optax", "numpy"}
     assert env["backend"] and env["devices"]
     git = env["git"]

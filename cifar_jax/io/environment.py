@@ -11,6 +11,10 @@ import socket
 import subprocess
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+# The CPU extensions that set XLA:CPU's and PyTorch's speed (AVX-512, its bf16 dot products, AMX):
+# machines sold under one model name differ in them (an "AMD EPYC" with AVX-512 BF16 ran the
+# benchmarks 3-4x faster than one with AVX2 only), so timings name them.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
 def _version(package: str) -> str | None:
@@ -49,8 +53,24 @@ def _devices() -> tuple[str | None, list[str] | None]:
         return None, None
 
 
+def cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """The CPU's model name and which of `CPU_FEATURES` it has, from Linux's `cpuinfo`; elsewhere
+    the platform's processor name and features None (unknown)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return {"model": platform.processor() or None, "features": None}
+    first = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    flags = set(first.get("flags", "").split())
+    return {"model": first.get("model name") or platform.processor() or None,
+            "features": [f for f in CPU_FEATURES if f in flags]}
+
+
 def environment() -> dict:
-    """Versions, devices, host and git commit, so every result can be traced to what produced it."""
+    """Versions, devices, CPU, host and git commit, so every result can be traced to what produced it."""
     backend, devices = _devices()
     return {
         "versions": {"python": platform.python_version(), **{p: _version(p) for p in _PACKAGES}},
@@ -58,6 +78,7 @@ def environment() -> dict:
         "devices": devices,
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
+        "cpu": cpu(),
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git": git_state(),
     }
