@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
+from cifar_jax.io import environment
 from cifar_jax.nn import models
 from cifar_jax.training import engine
 
@@ -510,6 +511,18 @@ def report(w: common.Workload, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cpu_line(cpu: dict[str, Any]) -> str:
+    """The CPU, its vector extensions and whether it has bf16 arithmetic, which decides what
+    torch's bf16 variant measures: without it, PyTorch emulates bf16."""
+    features = cpu["features"]
+    if features is None:
+        return f"CPU: {cpu['model']} (extensions unknown)"
+    native = sorted(set(features) & {"avx512_bf16", "amx_bf16"})
+    bf16 = f"bf16 arithmetic: {', '.join(native)}" if native else \
+        "no bf16 arithmetic: torch's bf16 variant is emulated here, compare fp32 with fp32"
+    return f"CPU: {cpu['model']} ({', '.join(features) or 'none of ' + ', '.join(environment.CPU_FEATURES)}); {bf16}"
+
+
 def _compiled_how(info: dict[str, Any]) -> str:
     """How the functional step was compiled, in words."""
     if not info.get("compiled"):
@@ -530,6 +543,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"data: {images.source}; cifar_jax on {jax.devices()[0].device_kind}, torch "
           f"{torch.__version__} on {device} ({torch.get_num_threads()} threads); torch variants: "
           f"{', '.join(args.variants)}")
+    if device == "cpu":
+        print(cpu_line(environment.cpu()))
     if args.quick and not args.conv_runs:
         print(f"--quick: {loads[0].title} uses {len(loads[0].runs)} runs (5 LRs x seed 0), "
               f"not the full 25; fewer steps than the full size")

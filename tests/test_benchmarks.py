@@ -147,6 +147,15 @@ def test_functional_step_trains_each_run_as_alone(images, workload):
         np.testing.assert_allclose(bf16.losses[epoch], fp32.losses[epoch], rtol=2e-2)
 
 
+def test_torch_reference_names_the_cpu_and_whether_its_bf16_is_native():
+    from benchmarks import torch_reference
+    line = torch_reference.cpu_line({"model": "AMD EPYC", "features": ["avx2", "fma", "avx512f", "avx512_bf16"]})
+    assert line == "CPU: AMD EPYC (avx2, fma, avx512f, avx512_bf16); bf16 arithmetic: avx512_bf16"
+    line = torch_reference.cpu_line({"model": "AMD EPYC", "features": ["avx2", "fma"]})
+    assert line.endswith("no bf16 arithmetic: torch's bf16 variant is emulated here, compare fp32 with fp32")
+    assert torch_reference.cpu_line({"model": "M1", "features": None}) == "CPU: M1 (extensions unknown)"
+
+
 def test_torch_reference_flags_choose_variants_and_conv_run_counts():
     pytest.importorskip("torch", reason=NO_TORCH)
     import torch

@@ -82,7 +82,8 @@ OPTIONS = options.table(*(dataclasses.replace(o, spec=o.name != "epochs") for o 
       recorded="changed"),
     O("eval_batch_size", 500, "Batch size of evaluation passes.", kind="int", low=1),
     O("precision", "fp32", "Compute precision: fp32, or bf16 (bf16 compute with float32 master weights, loss and BN "
-      "statistics).", kind="choice", choices=tuple(models.PRECISIONS)),
+      "statistics). On CPU, XLA computes bf16 matmuls and convolutions in float32 between conversions: the bf16 "
+      "numbers, at a little more than fp32's time.", kind="choice", choices=tuple(models.PRECISIONS)),
     O("conv_impl", "auto", "Convolution implementation (auto: the measured-fastest for the backend and precision; "
       "cifar_jax/nn/layers.py describes each); the same numbers either way.", kind="choice",
       choices=tuple(layers.CONV_IMPLS)),
