@@ -13,7 +13,7 @@ import subprocess
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
 # The CPU extensions that set XLA:CPU's and PyTorch's speed (AVX-512, its bf16 dot products, AMX):
 # machines sold under one model name differ in them (an "AMD EPYC" with AVX-512 BF16 ran the
-# benchmarks 3-4x faster than one with AVX2 only), so timings name them.
+# benchmarks 2-3.5x faster than one with AVX2 only), so timings name them.
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 
