@@ -1,4 +1,4 @@
-"""The engine's XLA compile options (`engine.COMPILER_OPTIONS`) against XLA's defaults: a whole
+"""The engine's XLA compile options (`step.COMPILER_OPTIONS`) against XLA's defaults: a whole
 `train_group` call (every program compiled, nothing cached, then the epochs) and the training
 speed of its timed epochs, for the LR-sweep group (BaselineNet) and the seeds/002 MLP group, paired
 in alternating order (default-ours, ours-default, ...) in one process.
@@ -16,18 +16,24 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from cifar_jax.training import engine
+from cifar_jax.training import engine, step
 
-OURS = dict(engine.COMPILER_OPTIONS)
+OURS = dict(step.COMPILER_OPTIONS)
 # (workload, runs, steps per epoch, epochs): the first epoch is untimed
 CASES = {"full": [(common.lr_sweep, 5, 100, 3), (common.mlp_group, 25, 200, 3)],
          "quick": [(common.lr_sweep, 5, 20, 3), (common.mlp_group, 25, 50, 3)]}
 
 
+def use(options: dict) -> None:
+    """Make `options` the compile options of every program compiled from now on."""
+    step.COMPILER_OPTIONS.clear()
+    step.COMPILER_OPTIONS.update(options)
+
+
 def measure(w: common.Workload, dev, ours: bool) -> common.Measurement:
     """One `train_group` call of the workload in its automatic layout, compiled afresh with the
     project's compile options or with XLA's defaults."""
-    engine.COMPILER_OPTIONS = OURS if ours else {}
+    use(OURS if ours else {})
     engine._programs.cache_clear()
     engine._COMPILED.clear()
     jax.clear_caches()
@@ -67,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(common.table(["workload", "compile s default", "compile s ours", "wall s default", "wall s ours",
                         "wall default / ours", "img/s default", "img/s ours", "img/s ours / default"], rows))
     print("compile s: the engine's step or epoch program; wall s: the whole call (every program, the epochs)")
-    engine.COMPILER_OPTIONS = OURS
+    use(OURS)
     path = pathlib.Path(args.results) if args.results else common.RESULTS_DIR / "compile_options.jsonl"
     common.append_jsonl(path, common.make_record("compile_options", args, {"ours": OURS, "cases": out}, load_start))
     print(f"\n{common.load_line(load_start)}\nappended to {path}")

@@ -19,7 +19,7 @@ from benchmarks import common
 from benchmarks import compile_options
 from benchmarks import engine as engine_bench
 from cifar_jax.nn import models
-from cifar_jax.training import engine, schedules
+from cifar_jax.training import engine, schedules, step
 
 RECORD_KEYS = {"benchmark", "date_utc", "git_commit", "args", "device", "versions", "environment", "loadavg"}
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,10 +73,16 @@ def test_compile_options_train_to_the_losses_of_xla_defaults(images):
     group trains to the same losses both ways (each compiled afresh), and the options are back after."""
     w = toy_mlp()
     dev = common.device_data(images, common.training_split(images, w))
+    hp = {k: v[0] for k, v in w.hparams().items()}
     try:
         default, ours = (compile_options.measure(w, dev, flag) for flag in (False, True))
+        compile_options.use({})
+        drawn_default = step.init_run(w.spec, hp, dev.x.shape[1:])
     finally:
-        engine.COMPILER_OPTIONS = compile_options.OURS
+        compile_options.use(compile_options.OURS)
+    drawn_ours = step.init_run(w.spec, hp, dev.x.shape[1:])  # the initialisation too: bit-identical
+    for a, b in zip(jax.tree_util.tree_leaves(drawn_default), jax.tree_util.tree_leaves(drawn_ours)):
+        np.testing.assert_array_equal(a, b)
     assert ours.label == "ours" and default.label == "XLA default" and positive_rates([default.record(), ours.record()])
     assert ours.first_loss == pytest.approx(default.first_loss, rel=1e-5)
     assert ours.final_loss == pytest.approx(default.final_loss, rel=1e-5)

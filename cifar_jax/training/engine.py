@@ -23,13 +23,10 @@ from cifar_jax.nn import models
 from cifar_jax.results import run_record
 from cifar_jax.results.run_record import Metrics
 from cifar_jax.training import dynamics, optim, schedules
-from cifar_jax.training.step import Data, epoch_indices, evaluate, GroupSpec, init_run, LAYOUTS, sharpness_of, sharpness_points, step_columns, train_epoch, train_step, TrainState
+from cifar_jax.training.step import COMPILER_OPTIONS, Data, epoch_indices, evaluate, GroupSpec, init_run, LAYOUTS, sharpness_of, sharpness_points, step_columns, train_epoch, train_step, TrainState
 
 PROGRESS_SECONDS = 10.0  # a progress line inside an epoch at most this often (epochs longer than this)
 PROGRESS_POINTS = 10     # a scanned epoch reports its step count to the host this many times (0: never)
-# XLA options of the engine's programs per platform: on CPU, LLVM at -O1 trains as fast as the default -O2
-# and a group call, its compiles included, takes 1.12-1.19x less wall time (benchmarks.compile_options).
-COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 
 
 class _Progress:
