@@ -59,11 +59,12 @@ def _gain(rec: dict) -> float:
 
 
 def run_range_test(cfg: config.Config, prepared: prepare.Prepared, parent: studydir.StudyDir) -> None:
-    """The range test: one seed per LR, all in one group, in a sub-study `range_test`."""
+    """The range test: one seed per LR, all in one group, in a sub-study `range_test`; it chooses
+    the sweep's LRs from training and validation numbers, so it never evaluates the test set."""
     rcfg = cfg.replace(lrs=range_lrs(cfg), epochs=cfg.own.range_epochs, seeds=cfg.seeds[:1])
     runs = config.grid(rcfg, len(prepared.train_idx), prepared.dataset.num_classes)
     sub = studydir.StudyDir(parent.root / "range_test")
-    runner.execute(sub, runs, prepared, rcfg)
+    runner.execute(sub, runs, prepared.without_test(), rcfg)
     if not runner.is_lead():
         return
     records = [sub.record(r.run_id) for r in runs]

@@ -292,3 +292,26 @@ def test_halving_segments_add_the_seconds_of_the_runs_still_training():
     segments = halving_bench._segments([rec("a", 1), rec("b", 1), rec("c", 3), rec("d", 3)], [1], 3, steps=10)
     assert [(s["epochs"], s["configs"], s["runs"]) for s in segments] == [("1", 4, 4), ("2-3", 2, 2)]
     assert [s["group_ms_per_step"] for s in segments] == pytest.approx([200.0, 100.0])
+
+
+def _fake_experiment(root: pathlib.Path, body: str) -> pathlib.Path:
+    """A tree whose experiments/fake.py runs `body`, with an empty preset flagfile."""
+    (root / "experiments" / "flags").mkdir(parents=True)
+    (root / "experiments" / "__init__.py").write_text("")
+    (root / "experiments" / "fake.py").write_text(body)
+    (root / "experiments" / "flags" / "fake_smoke.flags").write_text("")
+    return root
+
+
+def test_startup_times_the_first_compiled_program_and_the_end_and_names_a_failure(tmp_path):
+    from benchmarks import startup
+    ok = _fake_experiment(tmp_path / "ok", "import sys, time\nprint(sys.argv[1:])\nprint('[g 1/1]: compiled "
+                          "in 0.1 s', flush=True)\ntime.sleep(0.5)\nprint('done')\n")
+    t = startup.time_command(ok, "fake", "fake_smoke", "DATA", tmp_path / "xla", tmp_path / "out")
+    assert 0 < t["first_program_s"] < t["total_s"] and t["total_s"] - t["first_program_s"] >= 0.45
+    silent = _fake_experiment(tmp_path / "silent", "print('trained')\n")
+    with pytest.raises(RuntimeError, match="exit 0, no 'compiled in' line\ntrained"):
+        startup.time_command(silent, "fake", "fake_smoke", "DATA", tmp_path / "xla", tmp_path / "out")
+    failed = _fake_experiment(tmp_path / "failed", "import sys\nprint('compiled in 1 s')\nsys.exit('bad flag')\n")
+    with pytest.raises(RuntimeError, match="(?s)exit 1\n.*bad flag"):
+        startup.time_command(failed, "fake", "fake_smoke", "DATA", tmp_path / "xla", tmp_path / "out")

@@ -147,6 +147,27 @@ def test_divergent_run_leaves_group_mates_bit_identical(small_data):
     assert not cb_bad.final[0]["alive"]
 
 
+def test_runs_starting_from_the_same_variables_share_one_untrained_evaluation(small_data, monkeypatch):
+    """One run at a time, a seed's second LR starts from the first's variables: its untrained
+    numbers are the first's, evaluated once; a run of a new seed (or normal init at another σ) is
+    evaluated itself, and the records equal those of evaluating every run."""
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(16,), init="normal"), batch_size=32)
+    runs = [dict(seed=s, lr=lr, init_scale=sigma) for s, sigma in ((0, 0.1), (1, 0.1), (0, 0.01))
+            for lr in (0.05, 0.01)]
+    evaluated = []
+    real = engine._eval_splits
+    monkeypatch.setattr(engine, "_eval_splits", lambda prog, state, data, splits, n: (
+        evaluated.append(splits), real(prog, state, data, splits, n))[1])
+    _, shared = _train(spec, runs, small_data, 1, "seq_scan")
+    assert evaluated.count(("val", "test")) == 3  # of 6 chunks: one per (seed, σ)
+    assert shared.untrained[1] == shared.untrained[0] and shared.untrained[3] == shared.untrained[2]
+    assert shared.untrained[2] != shared.untrained[0] and shared.untrained[4] != shared.untrained[0]
+    monkeypatch.setattr(engine, "_untrained", lambda chunk, state, splits, seen: real(
+        chunk.prog, state, chunk.data, splits, chunk.n))
+    _, alone = _train(spec, runs, small_data, 1, "seq_scan")
+    assert shared.untrained == alone.untrained and shared.final == alone.final
+
+
 def test_evaluate_counts_every_example_once(small_data):
     """Padding to the eval batch is masked: accuracy equals a direct full-batch computation."""
     spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), eval_batch_size=7)

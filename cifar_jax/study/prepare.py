@@ -29,6 +29,12 @@ class Prepared:
         y = self.dataset.y_train
         return {"train": y[self.train_idx], "val": y[self.val_idx], "test": self.dataset.y_test}
 
+    def without_test(self) -> Prepared:
+        """The same data with an empty test split on the device: a part that chooses hyperparameters
+        (the LR range test) neither looks at the test set nor spends its evaluations on it."""
+        d = self.data
+        return dataclasses.replace(self, data=d._replace(x_test=d.x_test[:0], y_test=d.y_test[:0]))
+
 
 def data(cfg: Config) -> Prepared:
     """Load the dataset and its split, check the batch size fits, and put it on the device."""

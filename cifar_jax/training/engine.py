@@ -11,6 +11,7 @@ into chunks of runs. Progress and metrics go to `Callbacks` as typed values (`ru
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from typing import Any, Callable, NamedTuple, Protocol
 
@@ -163,6 +164,21 @@ def _eval_splits(prog: dict, state: TrainState, data: Data, splits: tuple[str, .
     return out
 
 
+def _untrained(chunk: _Chunk, state: TrainState, splits: tuple[str, ...], seen: dict) -> dict[str, Metrics]:
+    """`_eval_splits` of the chunk's untrained runs, evaluated only where a run starts from
+    variables no earlier chunk of the group evaluated on a run axis as wide (runs of one seed that
+    differ in a per-run option, as an LR sweep's do, share them: the same program on the same
+    variables gives the same numbers). `seen` keeps each run's numbers by that key."""
+    variables = chunk.first({"params": state.params, "batch_stats": state.batch_stats})
+    leaves, width = jax.tree_util.tree_leaves(variables), len(state.hp["seed"])
+    keys = [(width, hashlib.sha256(b"".join(np.ascontiguousarray(x[j]).tobytes() for x in leaves)).digest())
+            for j in range(chunk.n)]
+    if not all(k in seen for k in keys):
+        evals = _eval_splits(chunk.prog, state, chunk.data, splits, chunk.n)
+        seen.update((k, {split: np.stack(m, -1)[j] for split, m in evals.items()}) for j, k in enumerate(keys))
+    return {split: Metrics(*np.stack([seen[k][split] for k in keys]).T) for split in seen[keys[0]]}
+
+
 def _masked(metrics: Metrics | None, alive: np.ndarray) -> Metrics | None:
     """NaN for diverged runs: their frozen parameters are not a trained model."""
     return None if metrics is None else Metrics(*(np.where(alive, v, np.nan) for v in metrics))
@@ -192,14 +208,14 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
     n = len(hp["seed"])
     chunk = min(n, len(devices)) if layout.startswith("seq") else n
     limit = memory_limit or _device_memory(devices[0])
-    states, start = [], 0
+    states, start, untrained = [], 0, {}
     while start < n:
         runs = np.arange(start, min(start + chunk, n))
         try:
             start_from = jax.tree_util.tree_map(lambda x: x[runs], initial) if initial else None
             states.append(_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
                                        callbacks, layout, devices, limit, start_from, first_epoch,
-                                       epochs if until is None else until))
+                                       epochs if until is None else until, untrained))
         except _TooBig as big:
             chunk = big.fits
             log = getattr(callbacks, "on_log", print)  # on_log is optional for callers of the engine
@@ -315,10 +331,11 @@ class _Chunk(NamedTuple):
 
 def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
                  epochs: int, callbacks: Callbacks, layout: str, devices: list, limit: int | None,
-                 initial: dict | None, first_epoch: int, until: int) -> TrainState:
+                 initial: dict | None, first_epoch: int, until: int, untrained: dict) -> TrainState:
     """One chunk of a group's runs, in phases: lay it out on a mesh, start its state (fresh, from
-    `initial`, or resumed from a snapshot), compile (refusing a program that does not fit), train
-    epoch by epoch up to `until`, and evaluate the end when that is the last epoch."""
+    `initial`, or resumed from a snapshot), compile (refusing a program that does not fit), evaluate
+    the untrained runs (`untrained`: the group's evaluations so far), train epoch by epoch up to
+    `until`, and evaluate the end when that is the last epoch."""
     chunk, hp = _lay_out(spec, hp, runs, data, layout, devices)
     state, done, resumed = _start(chunk, hp, initial, first_epoch, callbacks)
     t0 = time.perf_counter()
@@ -328,7 +345,7 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
         callbacks.on_resume(runs, done)
     else:
         before = ("train", "val", "test") if spec.eval_train != "none" else ("val", "test")
-        callbacks.on_start(runs, _eval_splits(chunk.prog, state, chunk.data, before, chunk.n))
+        callbacks.on_start(runs, _untrained(chunk, state, before, untrained))
     on_state = getattr(callbacks, "on_state", None)
     for epoch in range(done, until):
         state, metrics, seconds = _epoch(chunk, run, state, epoch, callbacks)
