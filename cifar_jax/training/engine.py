@@ -164,11 +164,13 @@ def _eval_splits(prog: dict, state: TrainState, data: Data, splits: tuple[str, .
     return out
 
 
-def _untrained(chunk: _Chunk, state: TrainState, splits: tuple[str, ...], seen: dict) -> dict[str, Metrics]:
+def _untrained(chunk: _Chunk, state: TrainState, splits: tuple[str, ...], seen: dict | None) -> dict[str, Metrics]:
     """`_eval_splits` of the chunk's untrained runs, evaluated only where a run starts from
     variables no earlier chunk of the group evaluated on a run axis as wide (runs of one seed that
     differ in a per-run option, as an LR sweep's do, share them: the same program on the same
     variables gives the same numbers). `seen` keeps each run's numbers by that key."""
+    if seen is None:
+        return _eval_splits(chunk.prog, state, chunk.data, splits, chunk.n)
     variables = chunk.first({"params": state.params, "batch_stats": state.batch_stats})
     leaves, width = jax.tree_util.tree_leaves(variables), len(state.hp["seed"])
     keys = [(width, hashlib.sha256(b"".join(np.ascontiguousarray(x[j]).tobytes() for x in leaves)).digest())
@@ -215,7 +217,7 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
             start_from = jax.tree_util.tree_map(lambda x: x[runs], initial) if initial else None
             states.append(_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
                                        callbacks, layout, devices, limit, start_from, first_epoch,
-                                       epochs if until is None else until, untrained))
+                                       epochs if until is None else until, untrained if chunk < n else None))
         except _TooBig as big:
             chunk = big.fits
             log = getattr(callbacks, "on_log", print)  # on_log is optional for callers of the engine
@@ -331,11 +333,11 @@ class _Chunk(NamedTuple):
 
 def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, data: Data,
                  epochs: int, callbacks: Callbacks, layout: str, devices: list, limit: int | None,
-                 initial: dict | None, first_epoch: int, until: int, untrained: dict) -> TrainState:
+                 initial: dict | None, first_epoch: int, until: int, untrained: dict | None) -> TrainState:
     """One chunk of a group's runs, in phases: lay it out on a mesh, start its state (fresh, from
     `initial`, or resumed from a snapshot), compile (refusing a program that does not fit), evaluate
-    the untrained runs (`untrained`: the group's evaluations so far), train epoch by epoch up to
-    `until`, and evaluate the end when that is the last epoch."""
+    the untrained runs (`untrained`: the group's evaluations so far; None in a group of one chunk),
+    train epoch by epoch up to `until`, and evaluate the end when that is the last epoch."""
     chunk, hp = _lay_out(spec, hp, runs, data, layout, devices)
     state, done, resumed = _start(chunk, hp, initial, first_epoch, callbacks)
     t0 = time.perf_counter()
