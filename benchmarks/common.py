@@ -232,6 +232,14 @@ class Timings:
                            other_cores)
 
 
+def forget_programs() -> None:
+    """Drop every compiled program this process holds (the engine's and JAX's in-memory caches),
+    so the next call compiles, or loads from a persistent compile cache, as a new process would."""
+    engine._programs.cache_clear()
+    engine._COMPILED.clear()
+    jax.clear_caches()
+
+
 def measure_engine(w: Workload, dev: step.Data, layout: str, label: str | None = None) -> Measurement:
     """Train the workload with cifar_jax in `layout` and measure it."""
     rec = Timings()

@@ -34,9 +34,7 @@ def measure(w: common.Workload, dev, ours: bool) -> common.Measurement:
     """One `train_group` call of the workload in its automatic layout, compiled afresh with the
     project's compile options or with XLA's defaults."""
     use(OURS if ours else {})
-    engine._programs.cache_clear()
-    engine._COMPILED.clear()
-    jax.clear_caches()
+    common.forget_programs()
     return common.measure_engine(w, dev, engine.auto_layout(w.spec.model), "ours" if ours else "XLA default")
 
 

@@ -21,7 +21,6 @@ import numpy as np
 from benchmarks import common
 from cifar_jax.results import run_record, studydir
 from cifar_jax.study import config, halving, runner
-from cifar_jax.training import engine
 
 GRID = dict(model="mlp", hidden=[[64], [128], [256]], lr=[0.1, 0.03, 0.01], l2=[0.0, 1e-4, 1e-3], seeds=2,
             epochs=9, batch_size=128)
@@ -35,8 +34,7 @@ def _study(root: pathlib.Path, name: str, args: argparse.Namespace, **more: Any)
     source = dict(dataset="cifar10", data_dir=str(data), download=False) if data.is_dir() else dict(dataset="synthetic")
     cfg = config.build(**GRID, **source, split=SPLITS["quick" if args.quick else "full"], test_size=2000 if args.quick else 0,
                        results_dir=str(root), layout=args.layout, compile_cache="", **more)
-    engine._COMPILED.clear()  # each study compiles its own programs, as in a process of its own
-    engine._programs.cache_clear()
+    common.forget_programs()  # each study compiles its own programs, as in a process of its own
     t0 = time.perf_counter()
     runner.run(cfg, name, name, lambda p: config.grid(cfg, len(p.train_idx), p.dataset.num_classes), figures=False)
     return studydir.StudyDir(root / name).records(), time.perf_counter() - t0

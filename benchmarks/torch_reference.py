@@ -17,6 +17,7 @@ import math
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -446,12 +447,15 @@ def loss_check(ours: common.Measurement, refs: list[common.Measurement], learnab
             "first_losses": {m.label: m.first_loss for m in everyone}}
 
 
-def ratios(ours: common.Measurement, measured: dict[str, common.Measurement]) -> dict[str, float]:
+def ratios(ours: common.Measurement, measured: dict[str, common.Measurement],
+           warm: common.Measurement) -> dict[str, float]:
     """cifar_jax's img/s over each torch variant's (`vs_<key>`), then each variant's wall time over
-    cifar_jax's (`wall_vs_<key>`), the key being the record key without "torch_"."""
+    cifar_jax's, compiling (`wall_vs_<key>`) and with its programs from the compile cache
+    (`wall_warm_vs_<key>`), the key being the record key without "torch_"."""
     names = {key.removeprefix("torch_"): m for key, m in measured.items()}
     return {**{f"vs_{name}": ours.images_per_s / m.images_per_s for name, m in names.items()},
-            **{f"wall_vs_{name}": m.wall_s / ours.wall_s for name, m in names.items()}}
+            **{f"wall_vs_{name}": m.wall_s / ours.wall_s for name, m in names.items()},
+            **{f"wall_warm_vs_{name}": m.wall_s / warm.wall_s for name, m in names.items()}}
 
 
 def compare(w: common.Workload, images: common.Images, device: str,
@@ -459,10 +463,14 @@ def compare(w: common.Workload, images: common.Images, device: str,
     """cifar_jax (auto layout) and the chosen torch variants (VARIANTS names) on one workload."""
     split = common.training_split(images, w)
     layout = engine.auto_layout(w.model)
-    ours = common.measure_engine(w, common.device_data(images, split), "auto", f"cifar_jax ({layout})")
+    dev = common.device_data(images, split)
+    ours = common.measure_engine(w, dev, "auto", f"cifar_jax ({layout})")
+    common.forget_programs()  # the same call again, its programs loaded from the persistent cache
+    warm = common.measure_engine(w, dev, "auto", f"cifar_jax ({layout}), compile cache warm")
     x, y = torch_arrays(images, split, w.model)
     shape = tuple(images.x.shape[1:])
-    result: dict[str, Any] = {"workload": w.record(), "layout": layout, "cifar_jax": ours.record()}
+    result: dict[str, Any] = {"workload": w.record(), "layout": layout, "cifar_jax": ours.record(),
+                              "cifar_jax_warm": warm.record()}
     fmt = None
     if "best" in variants:
         fmt = fastest_memory_format(w, x, y, shape, device)
@@ -474,7 +482,7 @@ def compare(w: common.Workload, images: common.Images, device: str,
         if m is not None:
             measured[VARIANTS[name]] = m
     result["check"] = loss_check(ours, list(measured.values()), images.learnable)
-    result["ratios"] = ratios(ours, measured)
+    result["ratios"] = ratios(ours, measured, warm)
     return result
 
 
@@ -487,7 +495,7 @@ def report(w: common.Workload, result: dict[str, Any]) -> str:
     rows = [[m["label"], m["runs"], m["steps"], m["compile_s"], m["step_s"], m["images_per_s"],
              m["images_per_s_per_run"], m["wall_s"], m["other_cores"], m["first_loss"],
              m["final_loss"], ours["images_per_s"] / m["images_per_s"]]
-            for m in (ours, *measured.values())]
+            for m in (ours, result["cifar_jax_warm"], *measured.values())]
     lines = [
         f"\n{w.title}: {len(w.runs)} runs x {w.steps_per_epoch * w.epochs} steps "
         f"({w.epochs} epochs of {w.steps_per_epoch}; the first epoch untimed)",
@@ -502,7 +510,9 @@ def report(w: common.Workload, result: dict[str, Any]) -> str:
         each = lambda kind: ", ".join(f"{r[kind + name]:.2f}x {m['label'].removeprefix('torch, ')}"
                                       for name, m in measured.items())
         lines += [f"cifar_jax / torch img/s: {each('vs_')}",
-                  f"end to end (torch wall / cifar_jax wall, compile included): {each('wall_vs_')}"]
+                  f"end to end (torch wall / cifar_jax wall, compile included): {each('wall_vs_')}",
+                  f"end to end, cifar_jax's programs from its compile cache (a study's second run): "
+                  f"{each('wall_warm_vs_')}"]
     check = result["check"]
     gaps = ", ".join(f"{k}: {v:.1%}" for k, v in check["relative_gaps"].items()) or "no torch variant to compare with"
     learned = {None: "not checked (random images)", True: "yes", False: "NO"}[check["learned"]]
@@ -521,6 +531,22 @@ def cpu_line(cpu: dict[str, Any]) -> str:
     bf16 = f"bf16 arithmetic: {', '.join(native)}" if native else \
         "no bf16 arithmetic: torch's bf16 variant is emulated here, compare fp32 with fp32"
     return f"CPU: {cpu['model']} ({', '.join(features) or 'none of ' + ', '.join(environment.CPU_FEATURES)}); {bf16}"
+
+
+@contextlib.contextmanager
+def compile_cache() -> Iterator[str]:
+    """JAX's persistent compile cache for every program (studies keep one by default): the one
+    already set ($JAX_COMPILATION_CACHE_DIR), else an empty temporary one, removed afterwards."""
+    if jax.config.jax_compilation_cache_dir:
+        yield f"{jax.config.jax_compilation_cache_dir} (set already: it may hold these programs)"
+        return
+    with tempfile.TemporaryDirectory(prefix="torch-reference-xla-") as tmp:
+        jax.config.update("jax_compilation_cache_dir", tmp)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        try:
+            yield f"{tmp} (empty)"
+        finally:
+            jax.config.update("jax_compilation_cache_dir", None)
 
 
 def _compiled_how(info: dict[str, Any]) -> str:
@@ -549,10 +575,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"--quick: {loads[0].title} uses {len(loads[0].runs)} runs (5 LRs x seed 0), "
               f"not the full 25; fewer steps than the full size")
     out = []
-    for w in loads:
-        result = compare(w, images, device, args.variants)
-        print(report(w, result), flush=True)
-        out.append(result)
+    with compile_cache() as where:
+        print(f"cifar_jax's compile cache: {where} (each workload compiles, then runs again with its "
+              f"programs loaded from there, as a study run again does)")
+        for w in loads:
+            result = compare(w, images, device, args.variants)
+            print(report(w, result), flush=True)
+            out.append(result)
     passed = all(r["check"]["passed"] for r in out)
     path = pathlib.Path(args.results) if args.results else common.RESULTS_DIR / "torch_reference.jsonl"
     common.append_jsonl(path, common.make_record("torch_reference", args, {

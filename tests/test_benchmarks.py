@@ -117,7 +117,9 @@ def test_torch_reference_writes_its_record_and_exits_1_on_a_failed_check(monkeyp
     # the failed variant is recorded, and left out of the ratios and the check
     assert result["torch_func_compile_bf16"] == {"label": "torch, func.vmap + compile (bf16)",
                                                  "error": "RuntimeError: planted bf16 failure"}
-    assert set(result["ratios"]) == {f"{kind}{name}" for kind in ("vs_", "wall_vs_")
+    assert positive_rates([result["cifar_jax_warm"]]) and result["cifar_jax_warm"]["final_loss"] == pytest.approx(
+        result["cifar_jax"]["final_loss"], rel=1e-6)
+    assert set(result["ratios"]) == {f"{kind}{name}" for kind in ("vs_", "wall_vs_", "wall_warm_vs_")
                                      for name in ("reports_way", "best_effort", "func_compile_fp32")}
     assert all(r > 0 for r in result["ratios"].values())
     assert len(result["check"]["relative_gaps"]) == 3
