@@ -193,13 +193,20 @@ class Measurement:
 
 
 class Timings:
-    """Engine callbacks (the torch loops feed it too) keeping compile time, seconds per epoch
-    summed over runs, and every run's training loss per epoch."""
+    """Engine callbacks (the torch loops feed it too) keeping compile time, the seconds of each
+    epoch's training, and every run's training loss per epoch. An epoch's seconds are the time
+    covered by its runs' training (the union of their spans): the sum over runs trained one after
+    another, the wall time of runs trained side by side (par layouts)."""
 
     def __init__(self) -> None:
         self.compile_s = 0.0
-        self.epoch_s: dict[int, float] = {}
+        self.spans: dict[int, list[tuple[float, float]]] = {}
         self.losses: dict[int, list[float]] = {}
+
+    @property
+    def epoch_s(self) -> dict[int, float]:
+        """Seconds covered by each epoch's training spans."""
+        return {epoch: _covered(spans) for epoch, spans in self.spans.items()}
 
     def on_compiled(self, seconds: float) -> None:
         """Add a chunk's compile time."""
@@ -213,8 +220,10 @@ class Timings:
         self.add_epoch(epoch, metrics.train.loss, seconds)
 
     def add_epoch(self, epoch: int, losses: Any, seconds: float) -> None:
-        """One epoch's seconds and its runs' training losses (the torch loops call this)."""
-        self.epoch_s[epoch] = self.epoch_s.get(epoch, 0.0) + seconds
+        """One epoch's training seconds, ending about now, and its runs' training losses (the torch
+        loops call this)."""
+        now = time.perf_counter()
+        self.spans.setdefault(epoch, []).append((now - seconds, now))
         self.losses.setdefault(epoch, []).extend(np.asarray(losses, float).ravel().tolist())
 
     def on_end(self, runs: np.ndarray, final: run_record.Final) -> None:
@@ -238,6 +247,15 @@ def forget_programs() -> None:
     engine._programs.cache_clear()
     engine._COMPILED.clear()
     jax.clear_caches()
+
+
+def _covered(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of the (start, end) spans."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
 
 
 def measure_engine(w: Workload, dev: step.Data, layout: str, label: str | None = None) -> Measurement:

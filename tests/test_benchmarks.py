@@ -317,3 +317,10 @@ def test_startup_times_the_first_compiled_program_and_the_end_and_names_a_failur
     failed = _fake_experiment(tmp_path / "failed", "import sys\nprint('compiled in 1 s')\nsys.exit('bad flag')\n")
     with pytest.raises(RuntimeError, match="(?s)exit 1\n.*bad flag"):
         startup.time_command(failed, "fake", "fake_smoke", "DATA", tmp_path / "xla", tmp_path / "out")
+
+
+def test_an_epochs_seconds_are_the_time_its_runs_covered():
+    """Runs one after another add their seconds; runs side by side (par layouts) count once."""
+    assert common._covered([(0.0, 2.0), (5.0, 6.0)]) == 3.0  # one after another
+    assert common._covered([(0.0, 2.0), (1.0, 3.0), (1.5, 2.5)]) == 3.0  # side by side
+    assert common._covered([(4.0, 5.0), (0.0, 1.0), (0.5, 1.5)]) == 2.5

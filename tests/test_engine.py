@@ -168,6 +168,38 @@ def test_runs_starting_from_the_same_variables_share_one_untrained_evaluation(sm
     assert shared.untrained == alone.untrained and shared.final == alone.final
 
 
+@pytest.mark.parametrize("loop", ["loop", "scan"])
+def test_runs_in_threads_compute_what_they_compute_one_after_another(noise_data, loop):
+    """par layouts train the runs one per host thread, as many at a time as CPU cores: every
+    record and final state equals the seq layout's, bit for bit."""
+    spec = step.GroupSpec(models.ModelConfig("baseline", (16,), channels=(4, 8), kernels=(3, 3), use_dropout=True),
+                          batch_size=32, eval_train="epoch", loss_every=3)
+    runs = RUNS + [dict(seed=3, lr=0.05)]
+    seq_state, seq = _train(spec, runs, noise_data, 2, f"seq_{loop}")
+    par_state, par = _train(spec, runs, noise_data, 2, f"par_{loop}")
+    for a, b in zip(jax.tree_util.tree_leaves(seq_state), jax.tree_util.tree_leaves(par_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert par.untrained == seq.untrained and par.final == seq.final
+    assert {i: [{k: v for k, v in e.items() if "seconds" not in k} for e in es] for i, es in par.epochs.items()} == \
+        {i: [{k: v for k, v in e.items() if "seconds" not in k} for e in es] for i, es in seq.epochs.items()}
+
+
+def test_a_run_failing_in_its_thread_stops_the_group_with_its_error(noise_data):
+    spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), batch_size=32)
+
+    class FailsRunTwo(Collect):
+        def on_epoch(self, runs, epoch, metrics, seconds):
+            if 2 in runs:
+                raise RuntimeError("planted failure of run 2")
+            super().on_epoch(runs, epoch, metrics, seconds)
+
+    cb = FailsRunTwo()
+    with pytest.raises(RuntimeError, match="planted failure of run 2"):
+        engine.train_group(spec, step.stack_hparams([dict(seed=s) for s in range(4)]), noise_data, 3, cb,
+                           layout="par_loop")
+    assert 2 not in cb.epochs and 2 not in cb.final
+
+
 def test_evaluate_counts_every_example_once(small_data):
     """Padding to the eval batch is masked: accuracy equals a direct full-batch computation."""
     spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he"), eval_batch_size=7)

@@ -235,6 +235,8 @@ def _train_groups(study: studydir.StudyDir, runs: list[Run], groups: dict, prepa
 
 def _chunks(spec: step.GroupSpec, n: int, layout: str) -> int:
     layout = engine.auto_layout(spec.model) if layout == "auto" else layout
+    if layout.startswith("par"):
+        return n  # a run per thread, on one device
     return 1 if layout.startswith("vmap") else -(-n // len(jax.local_devices()))
 
 

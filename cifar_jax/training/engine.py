@@ -10,8 +10,11 @@ into chunks of runs. Progress and metrics go to `Callbacks` as typed values (`ru
 """
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import hashlib
+import os
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Protocol
 
@@ -37,33 +40,43 @@ class _Progress:
     run a program whose compiled steps call `heard` (a host callback) every steps // PROGRESS_POINTS
     steps: only then, as a program with a host callback is never kept in the persistent compilation
     cache. Accelerator programs have no callback (their epochs take seconds); a host loop of steps
-    calls it itself, on any backend."""
+    calls it itself, on any backend. Kept per thread, as runs trained in threads (par layouts)
+    report their own; a compiled callback comes from an XLA thread and reports the main thread's
+    epoch (only the main thread runs programs with the callback: `_heard`)."""
 
     def __init__(self) -> None:
-        self.report = None
+        self._by_thread: dict[int, list] = {}  # thread id -> [report, t0, last]
 
     def start(self, report: Callable[[int, float], None] | None) -> None:
-        self.report, self.t0 = report, time.perf_counter()
-        self.last = self.t0
+        now = time.perf_counter()
+        self._by_thread[threading.get_ident()] = [report, now, now]
+
+    def due(self) -> bool:
+        """Whether this thread's epoch is due a progress line."""
+        _, _, last = self._by_thread[threading.get_ident()]
+        return time.perf_counter() - last >= PROGRESS_SECONDS
 
     def heard(self, step: Any) -> None:
+        entry = self._by_thread.get(threading.get_ident()) or self._by_thread.get(threading.main_thread().ident)
         now = time.perf_counter()
-        if self.report is not None and now - self.last >= PROGRESS_SECONDS:
-            self.last = now
-            self.report(int(np.max(step)), now - self.t0)
+        if entry and entry[0] is not None and now - entry[2] >= PROGRESS_SECONDS:
+            entry[2] = now
+            entry[0](int(np.max(step)), now - entry[1])
 
 
 _PROGRESS = _Progress()
 
 
 def auto_layout(model: models.ModelConfig, backend: str | None = None) -> str:
-    """The measured-fastest layout (benchmarks/README.md). On CPU runs go one at a time: vmapped
+    """The measured-fastest layout (benchmarks/README.md). On CPU runs are not vmapped: vmapped
     convs become slow grouped convs and even the vmapped MLP group lost to runs in sequence
     (47k vs 77k images/s for 25 seeds/002 MLPs); conv steps are slow inside scan on XLA:CPU, so
-    conv models host-loop their steps. Elsewhere the whole group is vmapped with scanned steps."""
+    conv models host-loop their steps, a run per core side by side (XLA leaves a core idle in a
+    small conv net's step: 1.3-1.7x the images/s of one run at a time on 2 cores). Elsewhere the
+    whole group is vmapped with scanned steps."""
     if (backend or jax.default_backend()) != "cpu":
         return "vmap_scan"
-    return "seq_loop" if models.MODELS[model.name].convolutional else "seq_scan"
+    return "par_loop" if models.MODELS[model.name].convolutional else "seq_scan"
 
 
 class Callbacks(Protocol):
@@ -208,6 +221,11 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
         raise ValueError(f"--layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
     devices = jax.local_devices()
     n = len(hp["seed"])
+    if layout.startswith("par"):
+        return _in_threads(n, lambda runs, cbs, seen: _train_chunk(
+            spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs, cbs, layout, devices[:1], None,
+            jax.tree_util.tree_map(lambda x: x[runs], initial) if initial else None, first_epoch,
+            epochs if until is None else until, seen), callbacks)
     chunk = min(n, len(devices)) if layout.startswith("seq") else n
     limit = memory_limit or _device_memory(devices[0])
     states, start, untrained = [], 0, {}
@@ -226,6 +244,56 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
             continue
         start += len(runs)
     return states[0] if len(states) == 1 else _stack_chunks(states)
+
+
+def _in_threads(n: int, train: Callable[[np.ndarray, Callbacks, dict], TrainState], callbacks: Callbacks) -> TrainState:
+    """Runs 0..n-1 each trained by `train(runs, callbacks, untrained)`, one per host thread and as
+    many at a time as the process has CPU cores: on CPU, XLA leaves the second core idle in a small
+    net's step (BaselineNet's took the same time on one core as on two), and two runs side by side
+    keep both busy. Each run computes what it computes alone; the callbacks are called one at a time,
+    and once a run fails (or the caller is interrupted) the others stop at their next callback."""
+    stop, lock, seen = threading.Event(), threading.Lock(), {}
+    shared = _Serialized(callbacks, lock, stop)
+    workers = max(1, min(n, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="cifar_jax-run") as pool:
+        futures = [pool.submit(train, np.array([i]), shared, seen) for i in range(n)]
+        try:
+            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            for f in futures:  # the first failure in run order, else every state
+                if f in done and f.exception() is not None:
+                    raise f.exception()
+            states = [f.result() for f in futures]
+        except BaseException:
+            stop.set()
+            for f in futures:
+                f.cancel()
+            raise
+    return states[0] if n == 1 else _stack_chunks(states)
+
+
+class _Stopped(Exception):
+    """A run trained in a thread stops: another run failed, or the caller was interrupted."""
+
+
+class _Serialized:
+    """Callbacks shared by runs trained in threads: one call at a time, none once `stop` is set
+    (the calling run then ends with _Stopped)."""
+
+    def __init__(self, callbacks: Callbacks, lock: threading.Lock, stop: threading.Event) -> None:
+        self._callbacks, self._lock, self._stop = callbacks, lock, stop
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._callbacks, name)  # AttributeError for an optional callback it lacks
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._stop.is_set():
+                raise _Stopped(name)
+            with self._lock:
+                return attr(*args, **kwargs)
+        return call
 
 
 @jax.jit
@@ -338,10 +406,11 @@ def _train_chunk(spec: GroupSpec, hp: dict[str, np.ndarray], runs: np.ndarray, d
     `initial`, or resumed from a snapshot), compile (refusing a program that does not fit), evaluate
     the untrained runs (`untrained`: the group's evaluations so far; None in a group of one chunk),
     train epoch by epoch up to `until`, and evaluate the end when that is the last epoch."""
-    chunk, hp = _lay_out(spec, hp, runs, data, layout, devices)
-    state, done, resumed = _start(chunk, hp, initial, first_epoch, callbacks)
-    t0 = time.perf_counter()
-    run = _compile(chunk, state, len(hp["seed"]), limit)
+    with _SETUP:  # runs in threads (par layouts) lay out and compile one at a time: each program once
+        chunk, hp = _lay_out(spec, hp, runs, data, layout, devices)
+        state, done, resumed = _start(chunk, hp, initial, first_epoch, callbacks)
+        t0 = time.perf_counter()
+        run = _compile(chunk, state, len(hp["seed"]), limit)
     callbacks.on_compiled(time.perf_counter() - t0)
     if resumed:
         callbacks.on_resume(runs, done)
@@ -424,12 +493,14 @@ def _heard(chunk: _Chunk, run: Callable, state: TrainState, seconds: float, call
     lines inside it (PROGRESS_SECONDS / 2 of training), the one whose steps call the host (the same
     numbers); else `run`."""
     if (chunk.scan and PROGRESS_POINTS and seconds >= PROGRESS_SECONDS / 2 and hasattr(callbacks, "on_progress")
-            and chunk.mesh.devices.flat[0].platform == "cpu"):
+            and chunk.mesh.devices.flat[0].platform == "cpu"
+            and threading.current_thread() is threading.main_thread()):  # in a thread (par): see _Progress
         return _aot(chunk.prog["heard_epoch"], state, chunk.data, jnp.int32(0))
     return run
 
 
 _COMPILED: dict = {}
+_SETUP = threading.Lock()
 
 
 def _aot(program: Callable, *args: Any) -> Any:
@@ -464,7 +535,7 @@ def _epoch(chunk: _Chunk, run: Callable, state: TrainState, epoch: int,
                 values, state = prog["sharpness"](state, data)
                 in_epoch.append(values)
             state, sums, per_step = run(state, sums, per_step, data, idx, jnp.int32(s))
-            if on_progress and time.perf_counter() - _PROGRESS.last >= PROGRESS_SECONDS:
+            if on_progress and _PROGRESS.due():
                 sums.block_until_ready()  # the steps dispatched so far have run
                 _PROGRESS.heard(s + 1)
     sums, per_step = np.asarray(sums)[:n], np.asarray(per_step)[:n]  # waits for the epoch's steps

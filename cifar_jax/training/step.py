@@ -29,9 +29,10 @@ SEED_OF_RUN = -1  # an init_seed or order_seed of -1 is the run's own seed
 # every per-run array of a group and its default (the options table overrides the schedule's decay_rate)
 HP_DEFAULTS = {"seed": 0, "init_seed": SEED_OF_RUN, "order_seed": SEED_OF_RUN, "schedule": 0, **schedules.PARAM_DEFAULTS,
                **{k: o.default for k, o in options.RUN.items()}}
-# how the engine runs a group's runs (engine.train_group): vmapped, mapped or one after another,
-# each epoch a scan or a Python loop; auto: the measured-fastest for the backend and model
-LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop")
+# how the engine runs a group's runs (engine.train_group): vmapped, mapped, one after another, or
+# one per host thread with as many at a time as CPU cores (par: seq in threads), each epoch a scan
+# or a Python loop; auto: the measured-fastest for the backend and model
+LAYOUTS = ("auto", "vmap_scan", "vmap_loop", "map_scan", "map_loop", "seq_scan", "seq_loop", "par_scan", "par_loop")
 EVAL_TRAIN = ("none", "final", "epoch")  # when the training split is evaluated in eval mode
 SHARPNESS_UNITS = ("epoch", "step")  # the unit of --sharpness_every
 SHARPNESS_SUBSET_SEED = 0  # the fixed subset of the training split whose loss Hessian is measured
