@@ -221,21 +221,21 @@ def train_group(spec: GroupSpec, hp: dict[str, np.ndarray], data: Data, epochs: 
         raise ValueError(f"--layout={layout!r} is unknown; allowed: {', '.join(LAYOUTS)}")
     devices = jax.local_devices()
     n = len(hp["seed"])
+
+    def train(runs: np.ndarray, cbs: Callbacks, devs: list, limit: int | None, seen: dict | None) -> TrainState:
+        start_from = jax.tree_util.tree_map(lambda x: x[runs], initial) if initial else None
+        return _train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs, cbs, layout, devs,
+                            limit, start_from, first_epoch, epochs if until is None else until, seen)
+
     if layout.startswith("par"):
-        return _in_threads(n, lambda runs, cbs, seen: _train_chunk(
-            spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs, cbs, layout, devices[:1], None,
-            jax.tree_util.tree_map(lambda x: x[runs], initial) if initial else None, first_epoch,
-            epochs if until is None else until, seen), callbacks)
+        return _in_threads(n, lambda runs, cbs, seen: train(runs, cbs, devices[:1], None, seen), callbacks)
     chunk = min(n, len(devices)) if layout.startswith("seq") else n
     limit = memory_limit or _device_memory(devices[0])
     states, start, untrained = [], 0, {}
     while start < n:
         runs = np.arange(start, min(start + chunk, n))
         try:
-            start_from = jax.tree_util.tree_map(lambda x: x[runs], initial) if initial else None
-            states.append(_train_chunk(spec, {k: v[runs] for k, v in hp.items()}, runs, data, epochs,
-                                       callbacks, layout, devices, limit, start_from, first_epoch,
-                                       epochs if until is None else until, untrained if chunk < n else None))
+            states.append(train(runs, callbacks, devices, limit, untrained if chunk < n else None))
         except _TooBig as big:
             chunk = big.fits
             log = getattr(callbacks, "on_log", print)  # on_log is optional for callers of the engine
