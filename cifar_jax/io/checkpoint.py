@@ -24,13 +24,15 @@ import os
 from pathlib import Path
 import shutil
 import tempfile
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TYPE_CHECKING, TypeVar
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from cifar_jax.io import environment, files
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
 
 ARRAYS = "arrays"
 METADATA = "metadata.json"
@@ -110,8 +112,9 @@ def save(path: str | Path, params: Any, batch_stats: Any, *, study: str | Path, 
             "metrics": metrics, "manifest": _manifest(tree)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
-            ckptr.save(tmp / ARRAYS, args=ocp.args.StandardSave(tree))
+        orbax = _orbax_module()
+        with orbax.Checkpointer(orbax.StandardCheckpointHandler()) as ckptr:
+            ckptr.save(tmp / ARRAYS, args=orbax.args.StandardSave(tree))
         (tmp / METADATA).write_text(files.to_json({**meta, "files": _files(tmp)}))
         _replace_dir(tmp, path)
     except BaseException:
@@ -173,11 +176,20 @@ def check_files(path: str | Path, files: dict[str, str]) -> None:
             raise CheckpointError(f"checkpoint {path} is damaged: {file} differs from its checksum in {METADATA}")
 
 
+def _orbax_module():
+    """orbax.checkpoint, imported on first use: its import takes about 0.3 s of every process's
+    start, and most studies never write or read a checkpoint."""
+    import orbax.checkpoint
+
+    return orbax.checkpoint
+
+
 def _orbax(path: str | Path, read: Callable[[ocp.Checkpointer], T]) -> T:
     """`read(checkpointer)` of checkpoint `path`; a failure (orbax and tensorstore raise bare
     Exception) is a CheckpointError naming the checkpoint and the cause."""
+    orbax = _orbax_module()
     try:
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+        with orbax.Checkpointer(orbax.StandardCheckpointHandler()) as ckptr:
             return read(ckptr)
     except Exception as err:  # noqa: BLE001 - orbax's errors have no common class
         raise CheckpointError(f"checkpoint {path} cannot be read: {_innermost(err)}") from err
@@ -198,7 +210,7 @@ def _read(path: str | Path, stored: Any) -> dict[str, jax.Array]:
     abstract = jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), stored)
     restored = _orbax(path, lambda ckptr: ckptr.restore(Path(path).absolute() / ARRAYS,
-                                                        args=ocp.args.StandardRestore(abstract)))
+                                                        args=_orbax_module().args.StandardRestore(abstract)))
     return {path_str(k): x for k, x in jax.tree_util.tree_flatten_with_path(restored)[0]}
 
 
