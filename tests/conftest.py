@@ -75,6 +75,17 @@ def reproduce_in_process(report: str, sections: list[str], results_dir: pathlib.
     reproduce.write_report(reproduce.REPORTS[report], results_dir, results_dir / f"{report}_report_smoke", {}, smoke=True)
 
 
+def init_group(spec, hp, image_shape=(8, 8, 3)):
+    """The runs of `hp` initialised in one compiled program (as the engine's, with the engine's
+    compiler options), not operation by operation under vmap."""
+    import jax
+
+    from cifar_jax.training import step
+
+    init = lambda h: step.init_run(spec, h, image_shape)
+    return jax.jit(jax.vmap(init), compiler_options=step.COMPILER_OPTIONS.get(jax.default_backend()))(hp)
+
+
 def count_params(params) -> int:
     """Total number of scalars in a parameter pytree."""
     import jax

@@ -15,6 +15,7 @@ from cifar_jax.data import splits
 from cifar_jax.nn import models
 from cifar_jax.study import config
 from cifar_jax.training import dynamics, engine, step
+from conftest import init_group  # noqa: E402
 
 
 def _tiny_data(classes: int = 3) -> step.Data:
@@ -93,7 +94,7 @@ def test_a_vmapped_group_gives_each_run_its_own_sharpness(noise_data):
                                              use_dropout=True), batch_size=16,
                           sharpness_every=1, sharpness_iters=6, sharpness_examples=64)
     hp = jax.device_put(step.stack_hparams(RUNS))
-    state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
+    state = init_group(spec, hp)
     group, _ = jax.jit(jax.vmap(functools.partial(step.sharpness_of, spec), in_axes=(0, None)))(state, noise_data)
     one = jax.jit(functools.partial(step.sharpness_of, spec))
     for i in range(len(RUNS)):
@@ -201,7 +202,7 @@ def test_order_and_init_seeds_default_to_the_run_seed(noise_data):
     spec = step.GroupSpec(models.ModelConfig("mlp", hidden=(8,), init="he", use_dropout=True), batch_size=32)
     hp = step.stack_hparams([dict(seed=3), dict(seed=3, order_seed=3, init_seed=3), dict(seed=3, order_seed=4),
                              dict(seed=3, init_seed=4)])
-    state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(jax.device_put(hp))
+    state = init_group(spec, jax.device_put(hp))
     idx = jax.vmap(lambda h: step.epoch_indices(h, 0, noise_data.train_idx, 32))(state.hp)
     leaf = lambda i: np.asarray(state.params["fc1"]["kernel"][i])
     np.testing.assert_array_equal(leaf(0), leaf(1))

@@ -11,6 +11,7 @@ from cifar_jax.data import datasets, splits
 from cifar_jax.nn import models
 from cifar_jax.results import run_record
 from cifar_jax.training import engine, step
+from conftest import init_group  # noqa: E402
 
 
 class Collect:
@@ -94,7 +95,7 @@ def test_batchnorm_conv_group_equals_runs_alone_in_float64(noise_data):
         spec = step.GroupSpec(models.ModelConfig("baseline", norm="batch", use_dropout=True), batch_size=16,
                               optimizer="momentum")
         hp = jax.device_put(step.stack_hparams(RUNS))
-        state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
+        state = init_group(spec, hp)
         f64 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, t)
         state = state._replace(params=f64(state.params), batch_stats=f64(state.batch_stats),
                                opt_state=f64(state.opt_state))
@@ -321,7 +322,7 @@ def test_each_run_draws_its_own_dropout_masks_fresh_every_step(noise_data):
 
     def after_one_step(rate, seeds=(0, 1), start=0):
         hp = jax.device_put(step.stack_hparams([dict(seed=s, lr=0.1, dropout=rate) for s in seeds]))
-        state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
+        state = init_group(spec, hp)
         same = jax.tree_util.tree_map(lambda x: jnp.stack([x[0], x[0]]), state.params)  # run 1 gets run 0's params
         state = state._replace(params=same, step=jnp.full(2, start, jnp.int32))
         return np.asarray(train_step(state, noise_data, idx)[0].params["fc1"]["kernel"])

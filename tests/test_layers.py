@@ -10,6 +10,7 @@ import pytest
 
 from cifar_jax.nn import layers, models
 from cifar_jax.training import step
+from conftest import init_group  # noqa: E402
 
 SHAPES = [(3, 3, 4), (5, 4, 6)]  # (kernel, cin, cout): BaselineNet's 3x3 pad 1, ConvNet's 5x5 pad 2
 
@@ -103,7 +104,7 @@ def test_batchnorm_dropout_group_trains_the_same_with_every_convolution():
 
         def three_steps(conv_impl):
             spec = step.GroupSpec(model, "momentum", 16, conv_impl=conv_impl)
-            state = jax.vmap(lambda h: step.init_run(spec, h, (8, 8, 3)))(hp)
+            state = init_group(spec, hp)
             f64 = lambda t: jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), t)
             state = state._replace(params=f64(state.params), batch_stats=f64(state.batch_stats),
                                    opt_state=f64(state.opt_state))
