@@ -32,17 +32,17 @@ def test_convolution_and_its_gradients_equal_xla(impl, k, cin, cout):
         x = jnp.asarray(rng.normal(size=(3, 9, 7, cin)))  # odd sizes: padding at every edge
         w = jnp.asarray(rng.normal(size=(k, k, cin, cout)))
         conv = layers.CONVS[impl]
-        np.testing.assert_allclose(conv(x, w), _reference(x, w), rtol=1e-12, atol=1e-12)
-        got = jax.grad(_loss(conv), (0, 1))(x, w)
-        want = jax.grad(_loss(_reference), (0, 1))(x, w)
+        np.testing.assert_allclose(jax.jit(conv)(x, w), jax.jit(_reference)(x, w), rtol=1e-12, atol=1e-12)
+        got = jax.jit(jax.grad(_loss(conv), (0, 1)))(x, w)
+        want = jax.jit(jax.grad(_loss(_reference), (0, 1)))(x, w)
         for g, r in zip(got, want):
             assert g.dtype == jnp.float64
             np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
         # vmapped over three runs, each with its own inputs and kernel: a group's layout
         xs, ws = jnp.stack([x, 2 * x, -x]), jnp.stack([w, -w, 0.5 * w])
-        np.testing.assert_allclose(jax.vmap(conv)(xs, ws), jax.vmap(_reference)(xs, ws), rtol=1e-12, atol=1e-12)
-        got = jax.vmap(jax.grad(_loss(conv), (0, 1)))(xs, ws)
-        want = jax.vmap(jax.grad(_loss(_reference), (0, 1)))(xs, ws)
+        np.testing.assert_allclose(jax.jit(jax.vmap(conv))(xs, ws), jax.jit(jax.vmap(_reference))(xs, ws), rtol=1e-12, atol=1e-12)
+        got = jax.jit(jax.vmap(jax.grad(_loss(conv), (0, 1))))(xs, ws)
+        want = jax.jit(jax.vmap(jax.grad(_loss(_reference), (0, 1))))(xs, ws)
         for g, r in zip(got, want):
             np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
 
@@ -70,11 +70,11 @@ def test_max_pool_and_its_gradient_equal_flax_including_ties():
     with jax.enable_x64(True):
         x = jnp.asarray(rng.integers(0, 3, size=(4, 9, 7, 3)).astype(np.float64))
         ours = lambda v: layers.max_pool(v, 2)
-        np.testing.assert_array_equal(ours(x), _flax_pool(x))
-        np.testing.assert_array_equal(jax.grad(_pool_loss(ours))(x), jax.grad(_pool_loss(_flax_pool))(x))
+        np.testing.assert_array_equal(jax.jit(ours)(x), jax.jit(_flax_pool)(x))
+        np.testing.assert_array_equal(jax.jit(jax.grad(_pool_loss(ours)))(x), jax.jit(jax.grad(_pool_loss(_flax_pool)))(x))
         xs = jnp.stack([x, -x, jnp.zeros_like(x)])  # all-tied windows in the last run
-        np.testing.assert_array_equal(jax.vmap(jax.grad(_pool_loss(ours)))(xs),
-                                      jax.vmap(jax.grad(_pool_loss(_flax_pool)))(xs))
+        np.testing.assert_array_equal(jax.jit(jax.vmap(jax.grad(_pool_loss(ours))))(xs),
+                                      jax.jit(jax.vmap(jax.grad(_pool_loss(_flax_pool))))(xs))
         ties = jax.grad(_pool_loss(ours))(jnp.zeros((1, 2, 2, 1)))[0, :, :, 0]
         np.testing.assert_array_equal(ties, [[1.0, 0.0], [0.0, 0.0]])
 
