@@ -86,8 +86,8 @@ def test_strict_restore_names_missing_shape_and_dtype_mismatch(saved_bn):
     params, stats = _variables(BATCH)
     with pytest.raises(checkpoint.CheckpointError, match=r"params/bn_conv1/bias is in the checkpoint but not in"):
         checkpoint.restore(path, {k: v for k, v in params.items() if k != "bn_conv1"}, stats, expected={})
-    wide = dict(params, fc1={"kernel": jnp.zeros((1024, 128))})
-    shape_error = r"params/fc1/kernel has shape \(1024, 64\) in the checkpoint, \(1024, 128\) in the model"
+    wide = dict(params, fc1={"kernel": jnp.zeros((128, 1024))})
+    shape_error = r"params/fc1/kernel has shape \(64, 1024\) in the checkpoint, \(128, 1024\) in the model"
     with pytest.raises(checkpoint.CheckpointError, match=shape_error):
         checkpoint.restore(path, wide, stats, expected={})
     half = jax.tree_util.tree_map(lambda x: x.astype(jnp.float16), params)

@@ -120,9 +120,9 @@ def test_a_study_can_share_another_ones_pretraining(done, tmp_path):
 def test_a_two_class_head_is_initialised_around_the_three_class_backbone(done):
     tmp, final = done
     params, _ = stored(tmp, final["source,seed=0"])
-    assert params["fc2"]["kernel"].shape == (8, 3)
+    assert params["fc2"]["kernel"].shape == (3, 8)  # [out, in]
     for run_id in ("linear_probe,lr=0.01,seed=0", "fine_tune,lr=0.01,seed=0", "scratch,lr=0.01,seed=0"):
-        assert final[run_id][0]["fc2"]["kernel"].shape == (8, 2)
+        assert final[run_id][0]["fc2"]["kernel"].shape == (2, 8)
     # a strict restore refuses the 2-class model; restore_partial fills every layer but the head
     spec = step.GroupSpec(models.ModelConfig("baseline", (8,), "batch", channels=(4, 8), kernels=(3, 3), num_classes=2))
     shape = (32, 32, 3)

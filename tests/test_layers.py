@@ -89,6 +89,25 @@ def test_conv_layer_has_nn_conv_parameters():
         jax.tree_util.tree_map(np.testing.assert_array_equal, ours, ref)
 
 
+@pytest.mark.parametrize("init", ["he", "torch", "normal"])
+def test_dense_layer_is_nn_dense_with_its_kernel_stored_out_by_in(init):
+    """The kernel's values are nn.Dense's transposed ([out, in]); outputs and gradients equal."""
+    kinit, binit = models.INITS[init](7)
+    ref, ours = nn.Dense(5, kernel_init=kinit, bias_init=binit), layers.Dense(5, True, kinit, binit)
+    x = jnp.ones((2, 7))
+    a, b = ref.init(jax.random.PRNGKey(3), x), ours.init(jax.random.PRNGKey(3), x)
+    assert b["params"]["kernel"].shape == (5, 7)
+    np.testing.assert_array_equal(b["params"]["kernel"], a["params"]["kernel"].T)
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 7)))
+        a, b = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), (a, b))
+        loss = lambda module: lambda v: jnp.sum(jnp.sin(module.apply(v, x)) * jnp.arange(5))
+        np.testing.assert_allclose(ours.apply(b, x), ref.apply(a, x), rtol=1e-12)
+        ga, gb = jax.grad(loss(ref))(a)["params"], jax.grad(loss(ours))(b)["params"]
+        np.testing.assert_allclose(gb["kernel"], ga["kernel"].T, rtol=1e-12)
+        np.testing.assert_allclose(gb["bias"], ga["bias"], rtol=1e-12)
+
+
 def test_batchnorm_dropout_group_trains_the_same_with_every_convolution():
     """Three vmapped steps of a batch-normed, dropout BaselineNet group (float64): parameters and
     BN statistics equal those of the XLA-convolution model."""

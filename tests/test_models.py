@@ -25,7 +25,7 @@ def _shapes(cfg, shape=(32, 32, 3)):
 def test_baseline_net_has_89834_parameters():
     variables = _shapes(models.ModelConfig("baseline"))
     assert count_params(variables["params"]) == 89_834
-    assert variables["params"]["fc1"]["kernel"].shape == (1024, 64)
+    assert variables["params"]["fc1"]["kernel"].shape == (64, 1024)  # [out, in]
 
 
 def test_convnet_parameter_count():

@@ -38,9 +38,12 @@ def test_every_filter_has_its_weight_filters_norm_and_vectors_get_zero():
     kernels = 0
     for (path, w), dl in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(d)):
         name = "/".join(k.key for k in path)
-        if w.ndim >= 2:  # conv HWIO: output channel; dense [in, out]: output unit
+        if w.ndim >= 2:  # conv HWIO: an output channel (last axis); dense [out, in]: an output unit (a row)
             kernels += 1
-            np.testing.assert_allclose(surfaces.filter_norms(dl), surfaces.filter_norms(w), rtol=1e-6, err_msg=name)
+            rows = lambda a: np.asarray(a).reshape(-1, a.shape[-1]).T if a.ndim == 4 else np.asarray(a)
+            np.testing.assert_allclose(np.linalg.norm(rows(dl), axis=1), np.linalg.norm(rows(w), axis=1), rtol=1e-6,
+                                       err_msg=name)
+            np.testing.assert_allclose(surfaces.filter_norms(w), np.linalg.norm(rows(w), axis=1), rtol=1e-6)
             assert np.std(np.asarray(dl)) > 0
         else:  # biases, BN scale and bias
             assert not np.asarray(dl).any(), name

@@ -1,4 +1,4 @@
-"""Convolution and max-pooling written so that a group of runs trains fast under `vmap`.
+"""Convolution, max-pooling and the dense layer, written so that a group of runs trains fast.
 
 Vmapped over runs, XLA's convolution becomes a grouped convolution whose weight gradient (a
 `batch_group_count` convolution) is slow on GPU and CPU, and `reduce_window` max-pooling has a
@@ -19,6 +19,8 @@ row-major order, exactly as `flax.linen.max_pool`'s (ties included). Training us
 (`pool="vjp"`); forward-mode differentiation, which a custom VJP forbids, uses the same routing as
 a JVP (`pool="jvp"`): the sharpness's forward-over-reverse Hessian-vector products (3.5× faster
 than reverse over reverse for BaselineNet on the CPU).
+
+`Dense` keeps its kernel [out, in], so that XLA:CPU's weight gradient needs no transpose.
 """
 from __future__ import annotations
 
@@ -120,6 +122,29 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
         dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
         y = lookup(CONVS, self.impl, "conv_impl")(x.astype(dtype), kernel.astype(dtype))
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(dtype)
+        return y
+
+
+class Dense(nn.Module):
+    """A dense layer with its kernel stored [out, in] (as PyTorch stores a Linear weight), drawn by
+    `kernel_init` as [in, out]: the values of `nn.Dense`'s kernel, transposed. On XLA:CPU the
+    weight gradient of an [in, out] kernel comes out [out, in] and is transposed inside the
+    update, which cost the seeds/002 MLP group a third of its step (benchmarks/README.md)."""
+
+    features: int
+    use_bias: bool
+    kernel_init: Any
+    bias_init: Any
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        draw = lambda key, shape, dtype: self.kernel_init(key, shape[::-1], dtype).T
+        kernel = self.param("kernel", draw, (self.features, x.shape[-1]), jnp.float32)
+        dtype = self.dtype or jnp.promote_types(x.dtype, kernel.dtype)
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (((x.ndim - 1,), (1,)), ((), ())))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(dtype)
         return y

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from cifar_jax.config import options
 from cifar_jax.config.options import Option
 from cifar_jax.config.registry import ConfigError, lookup
-from cifar_jax.nn.layers import Conv, max_pool
+from cifar_jax.nn.layers import Conv, Dense, max_pool
 
 Layer = tuple
 
@@ -176,8 +176,7 @@ class Net(nn.Module):
                 name = f"fc{n_fc}"
                 x = x.reshape(x.shape[0], -1)
                 kinit, binit = INITS[m.init](x.shape[-1])
-                x = nn.Dense(layer[1], use_bias=bias, kernel_init=kinit, bias_init=binit,
-                             dtype=self.dtype, name=name)(x)
+                x = Dense(layer[1], bias, kinit, binit, self.dtype, name=name)(x)
                 if early and self.layers[i + 1:i + 2] == (("dropout",),):
                     x = drop(x)
             if norm is not None:
@@ -185,8 +184,7 @@ class Net(nn.Module):
             x = ACTIVATIONS[m.activation](x)
         x = x.reshape(x.shape[0], -1)
         kinit, binit = INITS[m.init](x.shape[-1])
-        logits = nn.Dense(m.num_classes, kernel_init=kinit, bias_init=binit, dtype=self.dtype,
-                          name=f"fc{n_fc + 1}")(x)
+        logits = Dense(m.num_classes, True, kinit, binit, self.dtype, name=f"fc{n_fc + 1}")(x)
         return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bf16 → float32 loss
 
 

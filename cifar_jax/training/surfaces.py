@@ -6,9 +6,10 @@ path (stacked along a leading "point" axis, as a group stacks runs), one jitted,
 evaluation of all points (`step.evaluate`, chunked so memory stays bounded) and the error barrier
 of a path (Frankle et al. 2020, arXiv 1912.05671).
 
-Filters: a parameter tensor of two or more axes (conv kernel HWIO, dense kernel [in, out]) has
-one filter per index of its last axis (a conv's output channel, a dense layer's output unit, as
-Li et al.'s code takes the rows of PyTorch's [out, in] weights); its direction is a Gaussian
+Filters: a parameter tensor of two or more axes (conv kernel HWIO, dense kernel [out, in]) has
+one filter per output: per index of a conv kernel's last axis (an output channel) and of a dense
+kernel's first (an output unit, as Li et al.'s code takes the rows of PyTorch's [out, in]
+weights); its direction is a Gaussian
 whose every filter is scaled to the norm of that filter of the weights. Vectors (biases,
 batch- and layer-norm scale and bias) get a zero direction, as Li et al. do with
 `ignore='biasbn'`.
@@ -37,9 +38,16 @@ def has_filters(leaf: Any) -> bool:
     return np.ndim(leaf) >= 2
 
 
+def filter_axis(leaf: Any) -> int:
+    """The axis of a kernel's filters (its outputs): 0 of a dense kernel [out, in], the last of a
+    conv kernel HWIO."""
+    return 0 if np.ndim(leaf) == 2 else np.ndim(leaf) - 1
+
+
 def filter_norms(leaf: jax.Array) -> jax.Array:
-    """The norm of every filter of a kernel (over all axes but the last): [filters]."""
-    return jnp.sqrt(jnp.sum(jnp.square(leaf), axis=tuple(range(leaf.ndim - 1))))
+    """The norm of every filter of a kernel (over all axes but `filter_axis`): [filters]."""
+    axis = filter_axis(leaf)
+    return jnp.sqrt(jnp.sum(jnp.square(leaf), axis=tuple(a for a in range(leaf.ndim) if a != axis)))
 
 
 def random_direction(key: jax.Array, params: Tree) -> Tree:
@@ -52,7 +60,8 @@ def random_direction(key: jax.Array, params: Tree) -> Tree:
         if not has_filters(w):
             return jnp.zeros_like(w)
         d = jax.random.normal(k, w.shape, w.dtype)
-        return d * (filter_norms(w) / filter_norms(d))
+        along = [-1 if a == filter_axis(w) else 1 for a in range(w.ndim)]
+        return d * (filter_norms(w) / filter_norms(d)).reshape(along)
 
     return jax.tree_util.tree_unflatten(treedef, [one(k, w) for k, w in zip(keys, leaves)])
 
