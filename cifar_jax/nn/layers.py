@@ -131,7 +131,7 @@ class Dense(nn.Module):
     """A dense layer with its kernel stored [out, in] (as PyTorch stores a Linear weight), drawn by
     `kernel_init` as [in, out]: the values of `nn.Dense`'s kernel, transposed. On XLA:CPU the
     weight gradient of an [in, out] kernel comes out [out, in] and is transposed inside the
-    update, which cost the seeds/002 MLP group a third of its step (benchmarks/README.md)."""
+    update, which cost the seeds/002 MLP group a third of its step (README, "Performance")."""
 
     features: int
     use_bias: bool
